@@ -1,0 +1,231 @@
+//! Types shared by the kernel side (`detector-ebpf`) and the agent (`detector`).
+//!
+//! Every type here is `#[repr(C)]`, laid out by hand with explicit padding fields so that the
+//! kernel and userspace agree byte for byte, and checked by the size assertions at the bottom.
+//! Enums travel as integers and are converted back with `TryFrom` on the userspace side.
+#![no_std]
+
+/// Length of `task_struct::comm`, including the trailing NUL.
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Linux address families carried in [`SockTuple::family`].
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_CLOSE: u8 = 7;
+pub const TCP_CLOSE_WAIT: u8 = 8;
+
+/// Offset value meaning "this field does not exist on the running kernel".
+pub const OFFSET_ABSENT: u32 = u32::MAX;
+
+/// Which program saw a send. Carried as `u8` in [`SockState::hook`] and [`SockEvent::hook`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendHook {
+    /// Classic tracepoint `sock:sock_send_length` (stable ABI, fields from the format file).
+    SockSendLength = 1,
+    /// Raw tracepoint `tcp_sendmsg_locked` (the classic one does not carry the socket).
+    TcpSendmsgLocked = 2,
+    /// fentry on `tcp_sendmsg`.
+    FentryTcpSendmsg = 3,
+    /// kprobe on `tcp_sendmsg`.
+    KprobeTcpSendmsg = 4,
+}
+
+impl TryFrom<u8> for SendHook {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        Ok(match v {
+            1 => Self::SockSendLength,
+            2 => Self::TcpSendmsgLocked,
+            3 => Self::FentryTcpSendmsg,
+            4 => Self::KprobeTcpSendmsg,
+            other => return Err(other),
+        })
+    }
+}
+
+/// What happened to a socket; carried as `u8` in [`SockEvent::kind`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// First send seen on a socket: it is now tracked.
+    Tracked = 1,
+    /// A tracked socket changed TCP state (e.g. ESTABLISHED -> CLOSE_WAIT).
+    StateChange = 2,
+    /// A tracked socket reached TCP_CLOSE; the kernel side forgot it.
+    Closed = 3,
+}
+
+impl TryFrom<u8> for EventKind {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        Ok(match v {
+            1 => Self::Tracked,
+            2 => Self::StateChange,
+            3 => Self::Closed,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Indexes into the per-CPU `COUNTERS` array: things the kernel side could not do.
+/// Each is exported as a Prometheus counter, so nothing is lost silently.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// The ring buffer was full; an event was dropped.
+    EventsDropped = 0,
+    /// The socket map was full; a socket could not be tracked.
+    MapFull = 1,
+    /// A kernel read (`bpf_probe_read_kernel`) failed.
+    ReadErrors = 2,
+    /// Sends seen (all hooks).
+    Sends = 3,
+    /// Retransmits seen on tracked sockets.
+    Retransmits = 4,
+}
+
+/// Number of slots in the `COUNTERS` array.
+pub const COUNTER_SLOTS: u32 = 5;
+
+/// A socket's addresses, in network byte order. IPv4 addresses sit in the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockTuple {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Remote port, host byte order.
+    pub dport: u16,
+    pub family: u16,
+    pub _pad: u16,
+    /// Inode number of the socket's network namespace (0 when unknown).
+    pub netns: u32,
+}
+
+/// Per-socket state the kernel side keeps in the `SOCKS` map, keyed by the `struct sock` address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockState {
+    pub first_send_ns: u64,
+    pub last_send_ns: u64,
+    pub last_retrans_ns: u64,
+    /// cgroup v2 id of the last sender.
+    pub cgroup_id: u64,
+    /// Addresses, kept here too so the agent can rebuild its table from the map alone
+    /// (after dropped events, or at start-up).
+    pub tuple: SockTuple,
+    pub sends: u32,
+    pub retransmits: u32,
+    /// Process (tgid) and thread (tid) of the last sender, taken in process context only.
+    pub tgid: u32,
+    pub tid: u32,
+    /// `comm` of the last sending thread.
+    pub comm: [u8; TASK_COMM_LEN],
+    pub tcp_state: u8,
+    pub hook: u8,
+    pub _pad: [u8; 2],
+}
+
+/// An event from the kernel side, sent through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockEvent {
+    /// Kernel address of `struct sock`: the key of the `SOCKS` map.
+    pub sk: u64,
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub tuple: SockTuple,
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+    pub kind: u8,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub hook: u8,
+}
+
+/// Offsets the programs need, read at start-up from tracefs `format` files and kernel BTF,
+/// and handed over as the read-only global `CONFIG`. Rust eBPF has no CO-RE, so nothing about
+/// kernel layout is compiled in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KernelConfig {
+    // sock:sock_send_length
+    pub send_len_sk: u32,
+    pub send_len_family: u32,
+    pub send_len_protocol: u32,
+    pub send_len_ret: u32,
+    // tcp:tcp_retransmit_skb
+    pub retrans_skaddr: u32,
+    // sock:inet_sock_set_state
+    pub state_skaddr: u32,
+    pub state_oldstate: u32,
+    pub state_newstate: u32,
+    pub state_protocol: u32,
+    // struct sock_common, struct net, struct ns_common (from BTF)
+    pub sk_family: u32,
+    pub sk_state: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_dport: u32,
+    pub sk_num: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_net: u32,
+    pub net_ns_inum: u32,
+    /// Sends from this process are ignored (the agent itself).
+    pub agent_tgid: u32,
+}
+
+impl KernelConfig {
+    /// All offsets absent: programs that need one do nothing.
+    pub const EMPTY: Self = Self {
+        send_len_sk: OFFSET_ABSENT,
+        send_len_family: OFFSET_ABSENT,
+        send_len_protocol: OFFSET_ABSENT,
+        send_len_ret: OFFSET_ABSENT,
+        retrans_skaddr: OFFSET_ABSENT,
+        state_skaddr: OFFSET_ABSENT,
+        state_oldstate: OFFSET_ABSENT,
+        state_newstate: OFFSET_ABSENT,
+        state_protocol: OFFSET_ABSENT,
+        sk_family: OFFSET_ABSENT,
+        sk_state: OFFSET_ABSENT,
+        sk_daddr: OFFSET_ABSENT,
+        sk_rcv_saddr: OFFSET_ABSENT,
+        sk_dport: OFFSET_ABSENT,
+        sk_num: OFFSET_ABSENT,
+        sk_v6_daddr: OFFSET_ABSENT,
+        sk_v6_rcv_saddr: OFFSET_ABSENT,
+        sk_net: OFFSET_ABSENT,
+        net_ns_inum: OFFSET_ABSENT,
+        agent_tgid: 0,
+    };
+}
+
+// Layout checks: a change here must be made on both sides at once.
+const _: () = assert!(core::mem::size_of::<SockTuple>() == 44);
+const _: () = assert!(core::mem::size_of::<SockState>() == 112);
+const _: () = assert!(core::mem::size_of::<SockEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 20 * 4);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]`, made only of integers and integer arrays, with every
+    // padding byte spelled out as a field (checked by the size assertions above), so any bit
+    // pattern is a valid value and there are no uninitialised bytes.
+    unsafe impl aya::Pod for SockTuple {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KernelConfig {}
+}

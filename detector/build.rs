@@ -1,0 +1,16 @@
+//! Compiles `detector-ebpf` for the BPF target with the nightly toolchain and bpf-linker
+//! (`cargo xtask setup` installs both) and leaves the object in OUT_DIR for
+//! `include_bytes_aligned!`. The rest of the agent builds on stable.
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../detector-ebpf");
+    aya_build::build_ebpf(
+        [Package {
+            name: "detector-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
+        Toolchain::default(),
+    )
+}

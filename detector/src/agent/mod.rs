@@ -1,0 +1,181 @@
+//! The running agent: loads the kernel side, then wires events → tracker → sweep (samples and
+//! verdicts) → snapshot, which the API and metrics read.
+pub mod sweep;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, RwLock, atomic::AtomicBool, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf};
+use detector_common::SockState;
+use serde_json::json;
+
+use crate::{
+    api::{self, Request, StalledSocket},
+    kernel::{self, btf::KernelBtf, caps, loader, tracefs::Tracefs},
+    metrics::{self, BuildLabel, HookLabel, Metrics},
+};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub grace: Duration,
+    pub interval: Duration,
+    pub api_socket: PathBuf,
+    pub metrics_addr: Option<SocketAddr>,
+    pub max_sockets: u32,
+    pub ring_buffer_bytes: u32,
+}
+
+/// What a sweep publishes.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub stalled: Vec<StalledSocket>,
+    pub tracked: usize,
+    pub sweeps: u64,
+    pub last_sweep_ms: f64,
+}
+
+/// State shared by the sweep thread, the API and metrics.
+pub struct Shared {
+    pub snapshot: RwLock<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    pub started: Instant,
+    pub status: serde_json::Value,
+}
+
+impl Shared {
+    pub fn answer(&self, req: &Request) -> serde_json::Value {
+        let snap = self.snapshot.read().map(|s| s.clone()).unwrap_or_default();
+        match req {
+            Request::Stalled => serde_json::to_value(&snap.stalled).unwrap_or_default(),
+            Request::Status => {
+                let mut v = self.status.clone();
+                v["uptime_s"] = json!(self.started.elapsed().as_secs());
+                v["sockets_tracked"] = json!(snap.tracked);
+                v["sockets_stalled"] = json!(snap.stalled.len());
+                v["sweeps"] = json!(snap.sweeps);
+                v["last_sweep_ms"] = json!(snap.last_sweep_ms);
+                v
+            }
+        }
+    }
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    caps::check_self()?;
+    let tracefs = Tracefs::find_or_mount()?;
+    let btf = KernelBtf::load()?;
+    let cfg = loader::kernel_config(&tracefs, &btf)?;
+    let mut loaded = loader::load(
+        kernel::object(),
+        &cfg,
+        loader::Sizes {
+            max_sockets: opts.max_sockets,
+            ring_buffer_bytes: opts.ring_buffer_bytes,
+        },
+    )?;
+    let kernel_release = kernel::kernel_release();
+    log::info!("kernel {kernel_release}; send-path hook: {}", loaded.send_hook);
+    for h in &loaded.hooks {
+        if h.attached {
+            log::info!("hook {} ({}): attached", h.hook, h.role);
+        } else {
+            log::info!("hook {} ({}): {}", h.hook, h.role, h.detail);
+        }
+    }
+
+    let metrics = Metrics::new();
+    for h in &loaded.hooks {
+        metrics
+            .hook_attached
+            .get_or_create(&HookLabel {
+                role: h.role.into(),
+                hook: h.hook.into(),
+            })
+            .set(h.attached as i64);
+    }
+    metrics
+        .build_info
+        .get_or_create(&BuildLabel {
+            version: env!("CARGO_PKG_VERSION").into(),
+            kernel: kernel_release.clone(),
+        })
+        .set(1);
+    let shared = Arc::new(Shared {
+        snapshot: RwLock::new(Snapshot::default()),
+        metrics: Arc::new(metrics),
+        started: Instant::now(),
+        status: json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "kernel": kernel_release,
+            "send_hook": loaded.send_hook,
+            "hooks": loaded.hooks,
+            "grace_ms": opts.grace.as_millis() as u64,
+            "interval_ms": opts.interval.as_millis() as u64,
+            "max_sockets": opts.max_sockets,
+        }),
+    });
+
+    let mut take = |name: &str| {
+        loaded
+            .ebpf
+            .take_map(name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))
+    };
+    let ring = RingBuf::try_from(take("EVENTS")?)?;
+    let socks: BpfHashMap<_, u64, SockState> = BpfHashMap::try_from(take("SOCKS")?)?;
+    let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take("COUNTERS")?)?;
+
+    let listener = api::server::bind(&opts.api_socket)?;
+    let _socket_file = api::server::SocketFile(opts.api_socket.clone());
+    let metrics_listener = match opts.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    if let Some(l) = &metrics_listener {
+        log::info!("metrics on http://{}/metrics", l.local_addr()?);
+    }
+    log::info!("API on {}; grace {:?}", opts.api_socket.display(), opts.grace);
+
+    let (tx, rx) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sweeper = {
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let cfg = sweep::Config {
+            grace: opts.grace,
+            interval: opts.interval,
+        };
+        std::thread::Builder::new()
+            .name("sweep".into())
+            .spawn(move || sweep::run(cfg, rx, socks, counters, shared, stop))
+            .context("starting the sweep thread")?
+    };
+    let events = tokio::spawn(kernel::events::forward(ring, tx));
+    let api_task = tokio::spawn(api::server::serve(listener, shared.clone()));
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, shared.metrics.clone())));
+
+    wait_for_signal().await;
+    log::info!("stopping");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    events.abort();
+    api_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    let _ = sweeper.join();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

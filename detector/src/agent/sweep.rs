@@ -1,0 +1,283 @@
+//! The detection pass, once per `--interval`, on its own thread (it enters network namespaces,
+//! which is per-thread state). It owns the socket table: applies the kernel's events, samples
+//! each tracked socket, feeds the verdict, attributes stalled sockets and publishes a snapshot.
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::Receiver,
+    },
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use detector_common::{Counter, SockEvent, SockState};
+
+use super::{Shared, Snapshot};
+use crate::{
+    api::{StalledSocket, tcp_state_name},
+    metrics::ReasonLabel,
+    owner::{self, Owner},
+    sample::netns::NetnsPool,
+    tracker::Tracker,
+    verdict::{Reason, StallTracker, TCP_CLOSE_WAIT, TCP_ESTABLISHED, Transition},
+};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    pub grace: Duration,
+    pub interval: Duration,
+}
+
+pub fn run(
+    cfg: Config,
+    events: Receiver<SockEvent>,
+    socks: BpfHashMap<MapData, u64, SockState>,
+    counters: PerCpuArray<MapData, u64>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut pool = match NetnsPool::new() {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("cannot open sock_diag: {e}; no socket can be sampled");
+            return;
+        }
+    };
+    let mut s = Sweep {
+        cfg,
+        tracker: Tracker::default(),
+        owners: HashMap::new(),
+        kernel_counts: [0; 5],
+        clock: Instant::now(),
+        sweeps: 0,
+    };
+    // Sockets that sent before the agent (re)started and are still in a pinned or reused map
+    // are picked up here; afterwards the map is only re-read when events were lost.
+    s.resync(&socks);
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        while let Ok(ev) = events.try_recv() {
+            s.tracker.apply(&ev);
+        }
+        if s.read_counters(&counters, &shared) {
+            s.resync(&socks);
+        }
+        let stalled = s.pass(&mut pool, &socks, &shared);
+        let took = started.elapsed();
+        shared.metrics.sweep_duration.observe(took.as_secs_f64());
+        shared.metrics.sockets_tracked.set(s.tracker.len() as i64);
+        s.sweeps += 1;
+        if let Ok(mut snap) = shared.snapshot.write() {
+            *snap = Snapshot {
+                stalled,
+                tracked: s.tracker.len(),
+                sweeps: s.sweeps,
+                last_sweep_ms: took.as_secs_f64() * 1e3,
+            };
+        }
+        let deadline = started + cfg.interval;
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
+        }
+    }
+}
+
+struct Sweep {
+    cfg: Config,
+    tracker: Tracker,
+    /// (pid, socket inode) → owner, verified with one readlink before each use.
+    owners: HashMap<(u32, u32), Owner>,
+    kernel_counts: [u64; 5],
+    clock: Instant,
+    sweeps: u64,
+}
+
+impl Sweep {
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Adds the kernel's per-CPU counters to the metrics; `true` when events were lost, so the
+    /// table must be rebuilt from the map.
+    fn read_counters(&mut self, counters: &PerCpuArray<MapData, u64>, shared: &Shared) -> bool {
+        let m = &shared.metrics;
+        let mut lost = false;
+        for (slot, counter) in [
+            (Counter::EventsDropped, &m.kernel_events_dropped),
+            (Counter::MapFull, &m.kernel_map_full),
+            (Counter::ReadErrors, &m.kernel_read_errors),
+        ] {
+            let Ok(values) = counters.get(&(slot as u32), 0) else {
+                continue;
+            };
+            let total: u64 = values.iter().sum();
+            let prev = &mut self.kernel_counts[slot as usize];
+            if total > *prev {
+                counter.inc_by(total - *prev);
+                lost |= slot == Counter::EventsDropped;
+                *prev = total;
+            }
+        }
+        lost
+    }
+
+    fn resync(&mut self, socks: &BpfHashMap<MapData, u64, SockState>) {
+        for (sk, st) in socks.iter().filter_map(Result::ok) {
+            self.tracker.adopt(sk, &st);
+        }
+    }
+
+    /// Samples every tracked socket, updates verdicts, returns the stalled ones.
+    fn pass(
+        &mut self,
+        pool: &mut NetnsPool,
+        socks: &BpfHashMap<MapData, u64, SockState>,
+        shared: &Shared,
+    ) -> Vec<StalledSocket> {
+        let grace_ms = self.cfg.grace.as_millis() as u64;
+        let m = &shared.metrics;
+        let mut gone = Vec::new();
+        let now = self.now_ms();
+        for t in self.tracker.iter_mut() {
+            // Only states in which the application holds the socket and data should flow.
+            if t.tcp_state != TCP_ESTABLISHED && t.tcp_state != TCP_CLOSE_WAIT && t.tcp_state != 0 {
+                t.verdict = None;
+                continue;
+            }
+            let conn = match pool.conn(t.tuple.netns, Some(t.sender.tgid)) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::debug!("socket {:#x}: {e}", t.sk);
+                    m.sample_errors.inc();
+                    continue;
+                }
+            };
+            match conn.lookup(&t.lookup(), now) {
+                Ok(Some(d)) => {
+                    t.tcp_state = d.sample.state;
+                    t.last = Some(d);
+                    let v = t.verdict.get_or_insert_with(|| StallTracker::new(&d.sample));
+                    match v.observe(&d.sample, grace_ms) {
+                        Transition::Stalled(stall) => {
+                            m.stalls_detected.get_or_create(&label(stall.reason)).inc();
+                            log::info!(
+                                "stalled: {}:{} -> {}:{} pid {} ({}) reason {} queued {}",
+                                t.local(),
+                                t.tuple.sport,
+                                t.remote(),
+                                t.tuple.dport,
+                                t.sender.tgid,
+                                t.sender.comm,
+                                stall.reason.as_str(),
+                                d.sample.queued
+                            );
+                        }
+                        Transition::Recovered { stalled_for_ms } => {
+                            m.stalls_recovered.inc();
+                            log::info!(
+                                "recovered after {stalled_for_ms} ms: {}:{} -> {}:{}",
+                                t.local(),
+                                t.tuple.sport,
+                                t.remote(),
+                                t.tuple.dport
+                            );
+                        }
+                        Transition::None => {}
+                    }
+                }
+                Ok(None) => gone.push(t.sk),
+                Err(e) => {
+                    log::debug!("socket {:#x}: {e}", t.sk);
+                    m.sample_errors.inc();
+                }
+            }
+        }
+        for sk in gone {
+            self.tracker.remove(sk);
+        }
+        let tracker = &self.tracker;
+        pool.retain(|inum| tracker.iter().any(|t| t.tuple.netns == inum));
+
+        // Open stalls by reason, and the report.
+        let mut open: HashMap<Reason, i64> = Reason::ALL.iter().map(|&r| (r, 0)).collect();
+        let mut out = Vec::new();
+        let stalled: Vec<u64> = self
+            .tracker
+            .iter()
+            .filter(|t| t.verdict.as_ref().and_then(|v| v.stall()).is_some())
+            .map(|t| t.sk)
+            .collect();
+        for sk in stalled {
+            // The last sender may have changed since the event (fork, fd passing).
+            if let Ok(st) = socks.get(&sk, 0) {
+                self.tracker.refresh_sender(sk, &st);
+            }
+            let Some(t) = self.tracker.get(sk) else { continue };
+            let (Some(v), Some(d)) = (t.verdict.as_ref(), t.last) else { continue };
+            let Some(stall) = v.stall() else { continue };
+            *open.entry(stall.reason).or_default() += 1;
+            let owner = owner_of(&mut self.owners, t.sender.tgid, d.inode);
+            out.push(StalledSocket {
+                pid: owner.as_ref().map(|o| o.pid),
+                comm: owner.as_ref().map(|o| o.comm.clone()).unwrap_or_else(|| t.sender.comm.clone()),
+                fd: owner.as_ref().and_then(|o| o.fds.first().copied()),
+                fds: owner.map(|o| o.fds).unwrap_or_default(),
+                tid: t.sender.tid,
+                cgroup_id: t.sender.cgroup_id,
+                local: std::net::SocketAddr::new(t.local(), t.tuple.sport).to_string(),
+                remote: std::net::SocketAddr::new(t.remote(), t.tuple.dport).to_string(),
+                state: tcp_state_name(d.sample.state).into(),
+                queued_bytes: d.sample.queued,
+                notsent_bytes: d.sample.notsent,
+                stalled_for_ms: v.stalled_for_ms(d.sample.at_ms).unwrap_or(0),
+                reason: stall.reason.as_str().into(),
+                retransmits: d.sample.total_retrans.saturating_sub(stall.retrans_at_onset),
+                zero_window_probes: d.sample.probes,
+                peer_window: d.sample.snd_wnd,
+                socket_cookie: d.cookie,
+                inode: d.inode,
+                netns: t.tuple.netns,
+            });
+        }
+        for (r, n) in open {
+            m.stalls_open.get_or_create(&label(r)).set(n);
+        }
+        self.owners.retain(|_, o| out.iter().any(|s| s.pid == Some(o.pid)));
+        out.sort_by(|a, b| b.stalled_for_ms.cmp(&a.stalled_for_ms));
+        out
+    }
+}
+
+fn label(r: Reason) -> ReasonLabel {
+    ReasonLabel {
+        reason: r.as_str().into(),
+    }
+}
+
+/// The owner of socket `inode`, if process `pid` (the last sender) still holds it. Cached and
+/// re-verified with one readlink, so /proc/<pid>/fd is scanned once per stalled socket.
+fn owner_of(cache: &mut HashMap<(u32, u32), Owner>, pid: u32, inode: u32) -> Option<Owner> {
+    if let Some(o) = cache.get(&(pid, inode)) {
+        let still = o.fds.first().is_some_and(|fd| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .is_ok_and(|l| l.to_string_lossy() == format!("socket:[{inode}]"))
+        });
+        if still {
+            return Some(o.clone());
+        }
+    }
+    let o = owner::resolve(pid, inode)?;
+    if o.fds.is_empty() {
+        // The sender no longer holds it (closed, or passed it on): not this pid.
+        cache.remove(&(pid, inode));
+        return None;
+    }
+    cache.insert((pid, inode), o.clone());
+    Some(o)
+}

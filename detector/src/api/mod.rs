@@ -1,0 +1,76 @@
+//! The agent's local API: one JSON request line in, one JSON response line out, over a unix
+//! socket (root-only by default). The CLI is its client.
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_SOCKET: &str = "/run/detector/detector.sock";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Sockets stalled now.
+    Stalled,
+    /// Kernel, hooks, counts.
+    Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// One stalled socket, as `detector stalled --output json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StalledSocket {
+    /// Owning process (the last sender, verified to still hold the socket); null if unknown.
+    pub pid: Option<u32>,
+    pub comm: String,
+    /// The fd that holds the socket in `pid`; null when unknown.
+    pub fd: Option<i32>,
+    /// Every fd of `pid` that holds it.
+    pub fds: Vec<i32>,
+    /// Thread that last sent on it.
+    pub tid: u32,
+    pub cgroup_id: u64,
+    pub local: String,
+    pub remote: String,
+    pub state: String,
+    pub queued_bytes: u32,
+    pub notsent_bytes: u32,
+    pub stalled_for_ms: u64,
+    pub reason: String,
+    /// Retransmits since the stall began.
+    pub retransmits: u32,
+    /// Unanswered zero-window probes.
+    pub zero_window_probes: u8,
+    /// Peer's advertised window (kernel 6.2+).
+    pub peer_window: Option<u32>,
+    pub socket_cookie: u64,
+    pub inode: u32,
+    pub netns: u32,
+}
+
+/// Kernel state names.
+pub fn tcp_state_name(s: u8) -> &'static str {
+    match s {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}

@@ -1,0 +1,84 @@
+//! Serves the API on a unix socket.
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use super::{Request, Response};
+use crate::agent::Shared;
+
+/// Binds the socket (replacing a stale one), root-only.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the API socket directory {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another agent is already serving {}; stop it or pass a different --api-socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale API socket {}", path.display()))?;
+    }
+    let l = UnixListener::bind(path)
+        .with_context(|| format!("binding the API socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to root", path.display()))?;
+    Ok(l)
+}
+
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, &shared).await {
+                        log::debug!("API client: {e}");
+                    }
+                });
+            }
+            Err(e) => log::warn!("API accept: {e}"),
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => Response {
+            ok: true,
+            error: None,
+            data: shared.answer(&req),
+        },
+        Err(e) => Response {
+            ok: false,
+            error: Some(format!("bad request {:?}: {e}", line.trim())),
+            data: serde_json::Value::Null,
+        },
+    };
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    w.write_all(&out).await
+}
+
+/// Removes the socket file when the agent stops.
+pub struct SocketFile(pub PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,121 @@
+//! Command line: `detector run` (the agent) and the queries that ask it.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::api::DEFAULT_SOCKET;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "detector",
+    version,
+    about = "Finds TCP connections whose send queue never drains (dead or frozen peers) and reports them"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent in the foreground (needs root: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN).
+    Run(RunArgs),
+    /// List the sockets the running agent finds stalled now.
+    Stalled(QueryArgs),
+    /// Show the running agent's kernel, hooks and counts.
+    Status(QueryArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// How long queued bytes may go unacknowledged before a socket counts as stalled (e.g. 30s, 2m).
+    #[arg(long, env = "DETECTOR_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// How often tracked sockets are sampled.
+    #[arg(long, env = "DETECTOR_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Unix socket the CLI queries (created root-only).
+    #[arg(long, env = "DETECTOR_API_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub api_socket: PathBuf,
+    /// Address for Prometheus metrics (/metrics), or `off`.
+    #[arg(long, env = "DETECTOR_METRICS_ADDR", default_value = "127.0.0.1:9465", value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
+    /// Most sockets tracked at once (the kernel map's size; a full map is counted, never silent).
+    #[arg(long, env = "DETECTOR_MAX_SOCKETS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
+    pub max_sockets: u32,
+    /// Size of the kernel→agent event ring buffer in bytes (a power of two, multiple of the page size).
+    #[arg(long, env = "DETECTOR_RING_BUFFER_BYTES", default_value_t = 256 * 1024, value_parser = parse_ring_size)]
+    pub ring_buffer_bytes: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// Output format.
+    #[arg(long, short, env = "DETECTOR_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// The running agent's API socket.
+    #[arg(long, env = "DETECTOR_API_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub api_socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write it like 30s, 500ms or 2m"))?;
+    if d.is_zero() {
+        return Err(format!("`{s}` must be longer than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s.eq_ignore_ascii_case("off") || s.is_empty() {
+        return Ok(MetricsAddr(None));
+    }
+    s.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|e| format!("`{s}` is not an address like 0.0.0.0:9465 or `off` ({e})"))
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("`{s}` must be a power of two of at least 4096 bytes"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_human() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        let e = parse_duration("thirty").unwrap_err();
+        assert!(e.contains("30s"), "{e}");
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn flags_parse_and_bad_values_are_named() {
+        let c = Cli::try_parse_from(["detector", "run", "--grace", "3s", "--metrics-addr", "off"]).unwrap();
+        let Command::Run(r) = c.command else { panic!() };
+        assert_eq!(r.grace, Duration::from_secs(3));
+        assert!(r.metrics_addr.0.is_none());
+        let e = Cli::try_parse_from(["detector", "run", "--ring-buffer-bytes", "5000"]).unwrap_err();
+        assert!(e.to_string().contains("power of two"), "{e}");
+        let e = Cli::try_parse_from(["detector", "run", "--metrics-addr", "nowhere"]).unwrap_err();
+        assert!(e.to_string().contains("nowhere"), "{e}");
+    }
+}

@@ -1,0 +1,150 @@
+//! Offsets of the few kernel struct fields the programs read, found in the running kernel's
+//! BTF (/sys/kernel/btf/vmlinux) at start-up. Rust eBPF has no CO-RE, so this is how the same
+//! object runs on every kernel.
+use btf_rs::{Btf, Type};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum BtfError {
+    #[error(
+        "reading kernel BTF from {path}: {err}; the kernel must be built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    Read { path: String, err: String },
+    #[error("kernel BTF has no {0}")]
+    Missing(String),
+}
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// Byte offsets in `struct sock` (its first member is `struct sock_common`) and `struct net`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub family: u32,
+    pub state: u32,
+    pub daddr: u32,
+    pub rcv_saddr: u32,
+    pub dport: u32,
+    pub num: u32,
+    /// Absent on kernels built without IPv6.
+    pub v6_daddr: Option<u32>,
+    pub v6_rcv_saddr: Option<u32>,
+    pub net: u32,
+    /// `struct net` → `ns.inum`.
+    pub net_ns_inum: u32,
+}
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<Self, BtfError> {
+        Btf::from_file(VMLINUX)
+            .map(|btf| Self { btf })
+            .map_err(|e| BtfError::Read {
+                path: VMLINUX.into(),
+                err: e.to_string(),
+            })
+    }
+
+    /// Byte offset of member `name` in the struct named `strukt`, searching through anonymous
+    /// struct and union members (sock_common nests its addresses in several).
+    pub fn member_offset(&self, strukt: &str, name: &str) -> Option<u32> {
+        let types = self.btf.resolve_types_by_name(strukt).ok()?;
+        types.iter().find_map(|t| match t {
+            Type::Struct(s) => self.find_in(s, name, 0, 0),
+            _ => None,
+        })
+    }
+
+    fn find_in(&self, s: &btf_rs::Struct, name: &str, base_bits: u32, depth: u8) -> Option<u32> {
+        if depth > 8 {
+            return None;
+        }
+        for m in &s.members {
+            let bits = base_bits + m.bit_offset();
+            let mname = self.btf.resolve_name(m).unwrap_or_default();
+            if mname == name {
+                return Some(bits / 8);
+            }
+            if mname.is_empty() {
+                // Anonymous struct/union: its members are ours.
+                let inner = self.resolve(m)?;
+                if let Type::Struct(i) | Type::Union(i) = &inner {
+                    if let Some(off) = self.find_in(i, name, bits, depth + 1) {
+                        return Some(off);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn resolve(&self, m: &btf_rs::Member) -> Option<Type> {
+        let mut t = self.btf.resolve_chained_type(m).ok()?;
+        // Skip typedefs and qualifiers down to the struct or union.
+        for _ in 0..8 {
+            match &t {
+                Type::Typedef(x) => t = self.btf.resolve_chained_type(x).ok()?,
+                Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => {
+                    t = self.btf.resolve_chained_type(x).ok()?
+                }
+                _ => break,
+            }
+        }
+        Some(t)
+    }
+
+    pub fn sock_offsets(&self) -> Result<SockOffsets, BtfError> {
+        let need = |s: &str, f: &str| {
+            self.member_offset(s, f)
+                .ok_or_else(|| BtfError::Missing(format!("{s}.{f}")))
+        };
+        let net = need("sock_common", "skc_net")?;
+        // possible_net_t wraps a single `struct net *net`, at offset 0.
+        let net_ns = need("net", "ns")?;
+        let ns_inum = need("ns_common", "inum")?;
+        Ok(SockOffsets {
+            family: need("sock_common", "skc_family")?,
+            state: need("sock_common", "skc_state")?,
+            daddr: need("sock_common", "skc_daddr")?,
+            rcv_saddr: need("sock_common", "skc_rcv_saddr")?,
+            dport: need("sock_common", "skc_dport")?,
+            num: need("sock_common", "skc_num")?,
+            v6_daddr: self.member_offset("sock_common", "skc_v6_daddr"),
+            v6_rcv_saddr: self.member_offset("sock_common", "skc_v6_rcv_saddr"),
+            net,
+            net_ns_inum: net_ns + ns_inum,
+        })
+    }
+
+    /// Whether the kernel has a function of this name (an fentry/kprobe target).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
+            .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the build host's BTF when it has one: checks the search through anonymous members
+    /// against facts that hold on every kernel (sock_common starts with the address pair).
+    #[test]
+    fn finds_nested_sock_common_members() {
+        let Ok(btf) = KernelBtf::load() else {
+            eprintln!("skipped: no kernel BTF at {VMLINUX}");
+            return;
+        };
+        let o = btf.sock_offsets().expect("sock_common offsets");
+        assert_eq!(o.daddr, 0, "skc_daddr opens struct sock_common");
+        assert_eq!(o.rcv_saddr, 4);
+        assert!(o.dport >= 8 && o.num == o.dport + 2, "{o:?}");
+        assert!(o.family > o.num && o.state == o.family + 2, "{o:?}");
+        assert!(btf.has_function("tcp_sendmsg"));
+        assert!(!btf.has_function("no_such_function_here"));
+    }
+}

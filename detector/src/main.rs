@@ -1,0 +1,65 @@
+//! `detector`: the agent (`detector run`) and its CLI.
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use detector::{
+    agent,
+    api::{Request, StalledSocket, client},
+    cli::{Cli, Command, Output, QueryArgs},
+    output,
+};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            rt.block_on(agent::run(agent::Options {
+                grace: a.grace,
+                interval: a.interval,
+                api_socket: a.api_socket,
+                metrics_addr: a.metrics_addr.0,
+                max_sockets: a.max_sockets,
+                ring_buffer_bytes: a.ring_buffer_bytes,
+            }))
+        }
+        Command::Stalled(q) => {
+            let data = client::call(&q.api_socket, &Request::Stalled)?;
+            print(&q, &data, |v| {
+                let rows: Vec<StalledSocket> = serde_json::from_value(v.clone())?;
+                Ok(output::stalled_table(&rows))
+            })
+        }
+        Command::Status(q) => {
+            let data = client::call(&q.api_socket, &Request::Status)?;
+            print(&q, &data, |v| Ok(serde_json::to_string_pretty(v)? + "\n"))
+        }
+    }
+}
+
+fn print(
+    q: &QueryArgs,
+    data: &serde_json::Value,
+    table: impl Fn(&serde_json::Value) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    match q.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(data)?),
+        Output::Table => print!("{}", table(data)?),
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Prometheus metrics (OpenMetrics text) on `--metrics-addr`. Labels are bounded: reasons,
+//! hooks and counters, never a socket, a peer address or a pid.
+use std::{net::SocketAddr, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabel {
+    pub role: String,
+    pub hook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: String,
+    pub kernel: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub stalls_detected: Family<ReasonLabel, Counter>,
+    pub stalls_open: Family<ReasonLabel, Gauge>,
+    pub stalls_recovered: Counter,
+    pub sockets_tracked: Gauge,
+    pub kernel_events_dropped: Counter,
+    pub kernel_map_full: Counter,
+    pub kernel_read_errors: Counter,
+    pub sample_errors: Counter,
+    pub sweep_duration: Histogram,
+    pub hook_attached: Family<HookLabel, Gauge>,
+    pub build_info: Family<BuildLabel, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("detector");
+        let m = Self {
+            stalls_detected: Family::default(),
+            stalls_open: Family::default(),
+            stalls_recovered: Counter::default(),
+            sockets_tracked: Gauge::default(),
+            kernel_events_dropped: Counter::default(),
+            kernel_map_full: Counter::default(),
+            kernel_read_errors: Counter::default(),
+            sample_errors: Counter::default(),
+            sweep_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
+            hook_attached: Family::default(),
+            build_info: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("stalls_detected", "Stalls detected, by reason", m.stalls_detected.clone());
+        registry.register("stalled_sockets", "Sockets stalled now, by reason", m.stalls_open.clone());
+        registry.register("stalls_recovered", "Stalls that ended because progress resumed", m.stalls_recovered.clone());
+        registry.register("sockets_tracked", "Sockets the agent tracks now", m.sockets_tracked.clone());
+        registry.register("kernel_events_dropped", "Kernel events lost to a full ring buffer", m.kernel_events_dropped.clone());
+        registry.register("kernel_map_full", "Sockets not tracked because the socket map was full", m.kernel_map_full.clone());
+        registry.register("kernel_read_errors", "Failed kernel memory reads in the eBPF programs", m.kernel_read_errors.clone());
+        registry.register("sample_errors", "Failed sock_diag samples", m.sample_errors.clone());
+        registry.register("sweep_duration_seconds", "Time one detection pass takes", m.sweep_duration.clone());
+        registry.register("hook_attached", "1 for each kernel hook attached", m.hook_attached.clone());
+        registry.register("build_info", "Agent version and kernel release", m.build_info.clone());
+        for r in crate::verdict::Reason::ALL {
+            // Export zeros from the start so alerts see every series.
+            let l = ReasonLabel { reason: r.as_str().into() };
+            let _ = m.stalls_detected.get_or_create(&l);
+            let _ = m.stalls_open.get_or_create(&l);
+        }
+        Self { registry, ..m }
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut s, &self.registry);
+        s
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `/metrics` (and `/healthz`) until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let resp = match req.uri().path() {
+                        "/metrics" => Response::builder()
+                            .header(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )
+                            .body(Full::new(Bytes::from(metrics.render()))),
+                        "/healthz" => Response::builder().body(Full::new(Bytes::from("ok\n"))),
+                        _ => Response::builder()
+                            .status(404)
+                            .body(Full::new(Bytes::from("not found; try /metrics\n"))),
+                    };
+                    Ok::<_, hyper::http::Error>(resp.expect("static response parts are valid"))
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("binding --metrics-addr {addr}: {e}; pick a free address or pass --metrics-addr off")
+    })
+}

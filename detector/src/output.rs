@@ -1,0 +1,82 @@
+//! Rendering query answers for people (table) or programs (json).
+use crate::api::StalledSocket;
+
+pub fn stalled_table(rows: &[StalledSocket]) -> String {
+    if rows.is_empty() {
+        return "no stalled sockets\n".into();
+    }
+    let header = [
+        "PID", "COMM", "FD", "LOCAL", "REMOTE", "STATE", "QUEUED", "STALLED", "REASON", "RETRANS", "PROBES",
+    ];
+    let cells: Vec<[String; 11]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.pid.map_or("-".into(), |p| p.to_string()),
+                r.comm.clone(),
+                r.fd.map_or("-".into(), |f| f.to_string()),
+                r.local.clone(),
+                r.remote.clone(),
+                r.state.clone(),
+                r.queued_bytes.to_string(),
+                format!("{:.1}s", r.stalled_for_ms as f64 / 1e3),
+                r.reason.clone(),
+                r.retransmits.to_string(),
+                r.zero_window_probes.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cols: &mut dyn Iterator<Item = &str>| {
+        let parts: Vec<String> = cols.zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in &cells {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_a_header_and_one_line_per_socket() {
+        let r = StalledSocket {
+            pid: Some(7),
+            comm: "server".into(),
+            fd: None,
+            fds: vec![],
+            tid: 7,
+            cgroup_id: 1,
+            local: "127.0.0.1:80".into(),
+            remote: "127.0.0.1:5000".into(),
+            state: "ESTABLISHED".into(),
+            queued_bytes: 100,
+            notsent_bytes: 0,
+            stalled_for_ms: 31_500,
+            reason: "peer_not_reading".into(),
+            retransmits: 0,
+            zero_window_probes: 2,
+            peer_window: Some(0),
+            socket_cookie: 9,
+            inode: 1,
+            netns: 1,
+        };
+        let t = stalled_table(&[r]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("PID"));
+        assert!(lines[1].contains("server") && lines[1].contains("31.5s") && lines[1].contains(" - "));
+        assert_eq!(stalled_table(&[]), "no stalled sockets\n");
+    }
+}

@@ -1,0 +1,175 @@
+//! Reading a tracked socket's kernel state without waiting for an event.
+//!
+//! A dead peer fires no hook, so progress must be checked by polling. The agent asks
+//! sock_diag for each tracked socket by its exact 4-tuple (and, once known, its cookie), in the
+//! socket's own network namespace, with INET_DIAG_INFO for `tcp_info`.
+//!
+//! Why sock_diag exact lookups and not an `iter/tcp` program: an iterator walks every TCP socket
+//! of the namespace on each pass (cost grows with all sockets on the node), while an exact
+//! lookup is one hash-table probe in the kernel per tracked socket, so a pass costs
+//! O(tracked sockets), not O(all sockets). `iter/tcp` also needs BPF trampolines (the same
+//! attach path as fentry, refused on kernels like the CI one). Measured numbers: BENCHMARKS.md.
+pub mod netns;
+pub mod tcp_info;
+
+use std::{io, net::IpAddr};
+
+use netlink_packet_core::{
+    NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, nlas::Nla},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+use thiserror::Error;
+
+pub use tcp_info::TcpInfo;
+
+/// One observation of a socket, in the units the verdict needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// Agent monotonic clock, milliseconds.
+    pub at_ms: u64,
+    pub state: u8,
+    /// Bytes written by the app and not yet acknowledged (write_seq − snd_una).
+    pub queued: u32,
+    /// Of those, bytes not sent yet.
+    pub notsent: u32,
+    pub bytes_acked: u64,
+    /// Segments in flight.
+    pub unacked: u32,
+    pub snd_wnd: Option<u32>,
+    pub retransmits: u8,
+    pub backoff: u8,
+    pub probes: u8,
+    pub total_retrans: u32,
+    pub last_ack_recv_ms: u32,
+}
+
+/// What sock_diag returned for one socket.
+#[derive(Debug, Clone, Copy)]
+pub struct DiagSocket {
+    pub cookie: u64,
+    pub inode: u32,
+    pub uid: u32,
+    pub sample: Sample,
+}
+
+#[derive(Debug, Error)]
+pub enum SampleError {
+    #[error("netlink sock_diag socket: {0}")]
+    Socket(io::Error),
+    #[error("sock_diag request failed: {0}")]
+    Io(io::Error),
+    #[error("malformed sock_diag answer: {0}")]
+    Decode(String),
+}
+
+/// The socket to look up.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup {
+    pub family: u16,
+    pub local: IpAddr,
+    pub local_port: u16,
+    pub remote: IpAddr,
+    pub remote_port: u16,
+    /// `None` until the first answer gives it; then it guards against tuple reuse.
+    pub cookie: Option<u64>,
+}
+
+/// A sock_diag netlink socket bound to one network namespace.
+pub struct DiagConn {
+    sock: Socket,
+    buf: Vec<u8>,
+    seq: u32,
+}
+
+impl DiagConn {
+    /// Opens a sock_diag socket in the calling thread's current network namespace.
+    pub fn open() -> Result<Self, SampleError> {
+        let mut sock = Socket::new(NETLINK_SOCK_DIAG).map_err(SampleError::Socket)?;
+        sock.bind_auto().map_err(SampleError::Socket)?;
+        sock.connect(&SocketAddr::new(0, 0)).map_err(SampleError::Socket)?;
+        Ok(Self {
+            sock,
+            buf: vec![0; 16 * 1024],
+            seq: 0,
+        })
+    }
+
+    /// Exact lookup of one socket. `Ok(None)` when it no longer exists.
+    pub fn lookup(&mut self, l: &Lookup, at_ms: u64) -> Result<Option<DiagSocket>, SampleError> {
+        let mut id = if l.family == AF_INET6 as u16 {
+            SocketId::new_v6()
+        } else {
+            SocketId::new_v4()
+        };
+        id.source_port = l.local_port;
+        id.destination_port = l.remote_port;
+        id.source_address = l.local;
+        id.destination_address = l.remote;
+        // INET_DIAG_NOCOOKIE (all ones) skips the cookie check.
+        id.cookie = l.cookie.unwrap_or(u64::MAX).to_ne_bytes();
+
+        let mut hdr = NetlinkHeader::default();
+        hdr.flags = NLM_F_REQUEST;
+        self.seq = self.seq.wrapping_add(1);
+        hdr.sequence_number = self.seq;
+        let mut msg = NetlinkMessage::new(
+            hdr,
+            SockDiagMessage::InetRequest(InetRequest {
+                family: if l.family == AF_INET6 as u16 { AF_INET6 } else { AF_INET },
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::INFO,
+                states: StateFlags::all(),
+                socket_id: id,
+            })
+            .into(),
+        );
+        msg.finalize();
+        let mut out = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut out);
+        self.sock.send(&out, 0).map_err(SampleError::Io)?;
+
+        let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(SampleError::Io)?;
+        let reply = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[..n])
+            .map_err(|e| SampleError::Decode(e.to_string()))?;
+        match reply.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                let mut info = None;
+                for nla in &r.nlas {
+                    if let Nla::TcpInfo(bytes) = nla {
+                        info = TcpInfo::parse(bytes);
+                    }
+                }
+                let h = &r.header;
+                let info = info.unwrap_or_default();
+                Ok(Some(DiagSocket {
+                    cookie: u64::from_ne_bytes(h.socket_id.cookie),
+                    inode: h.inode,
+                    uid: h.uid,
+                    sample: Sample {
+                        at_ms,
+                        state: h.state,
+                        queued: h.send_queue,
+                        notsent: info.notsent_bytes.unwrap_or(0),
+                        bytes_acked: info.bytes_acked.unwrap_or(0),
+                        unacked: info.unacked,
+                        snd_wnd: info.snd_wnd,
+                        retransmits: info.retransmits,
+                        backoff: info.backoff,
+                        probes: info.probes,
+                        total_retrans: info.total_retrans,
+                        last_ack_recv_ms: info.last_ack_recv_ms,
+                    },
+                }))
+            }
+            // ENOENT: the socket is gone (or its cookie no longer matches).
+            NetlinkPayload::Error(e) if e.code.map(|c| c.get()) == Some(-libc::ENOENT) => Ok(None),
+            NetlinkPayload::Error(e) => Err(SampleError::Io(e.to_io())),
+            other => Err(SampleError::Decode(format!("unexpected answer {other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The agent's table of tracked sockets: created by the kernel's events (or rebuilt from the
+//! `SOCKS` map), sampled by the sweep, and judged by `verdict`. No I/O here.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use detector_common::{AF_INET6, EventKind, SockEvent, SockState, SockTuple, TASK_COMM_LEN};
+
+use crate::{
+    sample::{DiagSocket, Lookup},
+    verdict::StallTracker,
+};
+
+/// Who sent on the socket last, as the send hook saw it (process context).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tracked {
+    pub sk: u64,
+    pub tuple: SockTuple,
+    pub sender: Sender,
+    pub hook: u8,
+    pub tcp_state: u8,
+    /// From the last sample.
+    pub last: Option<DiagSocket>,
+    pub verdict: Option<StallTracker>,
+}
+
+impl Tracked {
+    pub fn local(&self) -> IpAddr {
+        addr(&self.tuple.saddr, self.tuple.family)
+    }
+
+    pub fn remote(&self) -> IpAddr {
+        addr(&self.tuple.daddr, self.tuple.family)
+    }
+
+    pub fn lookup(&self) -> Lookup {
+        Lookup {
+            family: self.tuple.family,
+            local: self.local(),
+            local_port: self.tuple.sport,
+            remote: self.remote(),
+            remote_port: self.tuple.dport,
+            cookie: self.last.map(|d| d.cookie),
+        }
+    }
+}
+
+pub fn addr(b: &[u8; 16], family: u16) -> IpAddr {
+    if family == AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(*b))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    }
+}
+
+pub fn comm_str(c: &[u8; TASK_COMM_LEN]) -> String {
+    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    String::from_utf8_lossy(&c[..end]).into_owned()
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    socks: HashMap<u64, Tracked>,
+}
+
+impl Tracker {
+    pub fn len(&self) -> usize {
+        self.socks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.socks.is_empty()
+    }
+
+    pub fn get(&self, sk: u64) -> Option<&Tracked> {
+        self.socks.get(&sk)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Tracked> {
+        self.socks.values()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Tracked> {
+        self.socks.values_mut()
+    }
+
+    pub fn remove(&mut self, sk: u64) -> Option<Tracked> {
+        self.socks.remove(&sk)
+    }
+
+    pub fn retain(&mut self, f: impl FnMut(&u64, &mut Tracked) -> bool) {
+        self.socks.retain(f)
+    }
+
+    /// Applies one kernel event.
+    pub fn apply(&mut self, ev: &SockEvent) {
+        match EventKind::try_from(ev.kind) {
+            Ok(EventKind::Tracked) => {
+                // A new socket (possibly at the address of one whose close event was lost).
+                self.socks.insert(
+                    ev.sk,
+                    Tracked {
+                        sk: ev.sk,
+                        tuple: ev.tuple,
+                        sender: Sender {
+                            tgid: ev.tgid,
+                            tid: ev.tid,
+                            comm: comm_str(&ev.comm),
+                            cgroup_id: ev.cgroup_id,
+                        },
+                        hook: ev.hook,
+                        tcp_state: ev.new_state,
+                        last: None,
+                        verdict: None,
+                    },
+                );
+            }
+            Ok(EventKind::StateChange) => {
+                if let Some(t) = self.socks.get_mut(&ev.sk) {
+                    t.tcp_state = ev.new_state;
+                }
+            }
+            Ok(EventKind::Closed) => {
+                self.socks.remove(&ev.sk);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Adds a socket found in the kernel map that no event announced (dropped events).
+    pub fn adopt(&mut self, sk: u64, st: &SockState) {
+        self.socks.entry(sk).or_insert_with(|| Tracked {
+            sk,
+            tuple: st.tuple,
+            sender: Sender {
+                tgid: st.tgid,
+                tid: st.tid,
+                comm: comm_str(&st.comm),
+                cgroup_id: st.cgroup_id,
+            },
+            hook: st.hook,
+            tcp_state: st.tcp_state,
+            last: None,
+            verdict: None,
+        });
+    }
+
+    /// Refreshes the last sender from the kernel map (fork or fd passing moved the socket).
+    pub fn refresh_sender(&mut self, sk: u64, st: &SockState) {
+        if let Some(t) = self.socks.get_mut(&sk) {
+            t.sender = Sender {
+                tgid: st.tgid,
+                tid: st.tid,
+                comm: comm_str(&st.comm),
+                cgroup_id: st.cgroup_id,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventKind, sk: u64, state: u8) -> SockEvent {
+        let mut comm = [0u8; TASK_COMM_LEN];
+        comm[..6].copy_from_slice(b"server");
+        SockEvent {
+            sk,
+            kind: kind as u8,
+            new_state: state,
+            tgid: 42,
+            tid: 43,
+            comm,
+            tuple: SockTuple {
+                saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                daddr: [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                sport: 8080,
+                dport: 50000,
+                family: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn events_create_update_and_remove() {
+        let mut t = Tracker::default();
+        t.apply(&ev(EventKind::Tracked, 1, 1));
+        let s = t.get(1).unwrap();
+        assert_eq!(s.sender.comm, "server");
+        assert_eq!(s.local().to_string(), "127.0.0.1");
+        assert_eq!(s.remote().to_string(), "10.1.2.3");
+        t.apply(&ev(EventKind::StateChange, 1, 8));
+        assert_eq!(t.get(1).unwrap().tcp_state, 8);
+        t.apply(&ev(EventKind::StateChange, 2, 8));
+        assert!(t.get(2).is_none(), "state change of an unknown socket creates nothing");
+        t.apply(&ev(EventKind::Closed, 1, 7));
+        assert!(t.is_empty());
+        let mut bad = ev(EventKind::Tracked, 3, 1);
+        bad.kind = 99;
+        t.apply(&bad);
+        assert!(t.is_empty());
+    }
+}

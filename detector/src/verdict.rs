@@ -1,0 +1,315 @@
+//! The stall verdict: pure arithmetic over samples of one socket's kernel state.
+//!
+//! A socket is stalled when bytes are queued and acknowledged progress has been zero for the
+//! grace window. Progress is judged by acknowledged bytes, never by ACK recency: a peer that
+//! ACKs zero-window probes keeps `last_ack_recv` fresh while nothing drains. An idle socket
+//! (nothing queued) is never stalled, whatever its age, and the clock of a stall starts no
+//! earlier than the first sample that saw bytes queued, so a burst after a long idle period is
+//! not mistaken for an old stall.
+use serde::Serialize;
+
+use crate::sample::Sample;
+
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_CLOSE_WAIT: u8 = 8;
+
+/// Why a socket is stalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// No ACKs at all; retransmits or probes go unanswered (peer gone, half-open path).
+    PeerUnreachable,
+    /// ACKs arrive but the peer's window is closed and nothing drains.
+    PeerNotReading,
+    /// The peer sent FIN; the socket sits in CLOSE_WAIT while its owner still holds it.
+    PeerClosed,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 3] = [Self::PeerUnreachable, Self::PeerNotReading, Self::PeerClosed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PeerUnreachable => "peer_unreachable",
+            Self::PeerNotReading => "peer_not_reading",
+            Self::PeerClosed => "peer_closed",
+        }
+    }
+}
+
+/// An open stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    /// When progress was last seen (the stall's onset), in sample clock milliseconds.
+    pub since_ms: u64,
+    pub reason: Reason,
+    /// `total_retrans` at the last progress, to count retransmits during the stall.
+    pub retrans_at_onset: u32,
+}
+
+/// What one observation changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    /// The socket just crossed the grace window.
+    Stalled(Stall),
+    /// A stall ended because progress resumed (or the queue drained).
+    Recovered { stalled_for_ms: u64 },
+}
+
+/// `true` when the 64-bit acknowledged-bytes counter moved forward from `prev` to `now`,
+/// in serial-number arithmetic (RFC 1982): a wrap past `u64::MAX` still counts as progress,
+/// a step backwards (a different socket reusing the tuple) does not.
+pub fn acked_advanced(prev: u64, now: u64) -> bool {
+    let d = now.wrapping_sub(prev);
+    d != 0 && d < (1 << 63)
+}
+
+/// The same for 32-bit TCP sequence numbers (`snd_una`).
+pub fn seq_after(now: u32, prev: u32) -> bool {
+    (now.wrapping_sub(prev) as i32) > 0
+}
+
+/// Why a socket that is not progressing is stuck, from one sample.
+pub fn classify(s: &Sample) -> Reason {
+    if s.state == TCP_CLOSE_WAIT {
+        return Reason::PeerClosed;
+    }
+    // Data in flight with RTO retransmits or backoff and no ACK for it: nobody answers.
+    if s.unacked > 0 && (s.retransmits > 0 || s.backoff > 0) {
+        return Reason::PeerUnreachable;
+    }
+    // Nothing in flight although bytes are queued: the peer's window is closed. If the
+    // zero-window probes go unanswered too, the peer is gone rather than not reading.
+    let window_closed = s.snd_wnd == Some(0) || (s.unacked == 0 && s.queued > 0);
+    if window_closed {
+        if s.probes > 0 && s.backoff > 0 {
+            return Reason::PeerUnreachable;
+        }
+        return Reason::PeerNotReading;
+    }
+    Reason::PeerUnreachable
+}
+
+/// Per-socket progress state, fed one sample per sweep.
+#[derive(Debug, Clone)]
+pub struct StallTracker {
+    acked: u64,
+    /// Last time progress was seen (or the queue was empty).
+    progress_at: u64,
+    retrans_at_progress: u32,
+    had_queue: bool,
+    close_wait_since: Option<u64>,
+    stall: Option<Stall>,
+}
+
+impl StallTracker {
+    /// Starts from a first sample: nothing before it is known, so it counts as progress.
+    pub fn new(first: &Sample) -> Self {
+        Self {
+            acked: first.bytes_acked,
+            progress_at: first.at_ms,
+            retrans_at_progress: first.total_retrans,
+            had_queue: first.queued > 0,
+            close_wait_since: (first.state == TCP_CLOSE_WAIT).then_some(first.at_ms),
+            stall: None,
+        }
+    }
+
+    pub fn stall(&self) -> Option<&Stall> {
+        self.stall.as_ref()
+    }
+
+    /// Milliseconds since the stall's onset, measured at `now_ms`.
+    pub fn stalled_for_ms(&self, now_ms: u64) -> Option<u64> {
+        self.stall.map(|s| now_ms.saturating_sub(s.since_ms))
+    }
+
+    pub fn observe(&mut self, s: &Sample, grace_ms: u64) -> Transition {
+        let advanced = acked_advanced(self.acked, s.bytes_acked);
+        if advanced {
+            self.acked = s.bytes_acked;
+        }
+
+        // The peer closed its side; the owner has not noticed. Queue or not, the socket is
+        // dead weight once it sits there for the grace window.
+        if s.state == TCP_CLOSE_WAIT {
+            let since = *self.close_wait_since.get_or_insert(s.at_ms);
+            if self.stall.is_none() && s.at_ms.saturating_sub(since) >= grace_ms {
+                let stall = Stall {
+                    since_ms: since,
+                    reason: Reason::PeerClosed,
+                    retrans_at_onset: s.total_retrans,
+                };
+                self.stall = Some(stall);
+                return Transition::Stalled(stall);
+            }
+            return Transition::None;
+        }
+        self.close_wait_since = None;
+
+        if s.queued == 0 || advanced || !self.had_queue {
+            // Drained, draining, or just started queueing: the clock (re)starts now.
+            self.progress_at = s.at_ms;
+            self.retrans_at_progress = s.total_retrans;
+            self.had_queue = s.queued > 0;
+            if let Some(stall) = self.stall.take() {
+                return Transition::Recovered {
+                    stalled_for_ms: s.at_ms.saturating_sub(stall.since_ms),
+                };
+            }
+            return Transition::None;
+        }
+
+        let reason = classify(s);
+        match &mut self.stall {
+            Some(stall) => {
+                // Still stuck; the cause may change (a frozen peer that then dies).
+                stall.reason = reason;
+                Transition::None
+            }
+            None if s.at_ms.saturating_sub(self.progress_at) >= grace_ms => {
+                let stall = Stall {
+                    since_ms: self.progress_at,
+                    reason,
+                    retrans_at_onset: self.retrans_at_progress,
+                };
+                self.stall = Some(stall);
+                Transition::Stalled(stall)
+            }
+            None => Transition::None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: u64 = 3_000;
+
+    fn sample(at_ms: u64, queued: u32, acked: u64) -> Sample {
+        Sample {
+            at_ms,
+            state: TCP_ESTABLISHED,
+            queued,
+            notsent: 0,
+            bytes_acked: acked,
+            unacked: 1,
+            snd_wnd: Some(65_535),
+            retransmits: 0,
+            backoff: 0,
+            probes: 0,
+            total_retrans: 0,
+            last_ack_recv_ms: 0,
+        }
+    }
+
+    #[test]
+    fn serial_arithmetic_handles_wrap() {
+        assert!(acked_advanced(u64::MAX - 10, 5));
+        assert!(acked_advanced(1, 2));
+        assert!(!acked_advanced(7, 7));
+        assert!(!acked_advanced(100, 50), "backwards is not progress");
+        assert!(seq_after(3, u32::MAX - 3));
+        assert!(!seq_after(u32::MAX - 3, 3));
+        assert!(!seq_after(9, 9));
+    }
+
+    #[test]
+    fn queued_without_progress_for_grace_is_stalled() {
+        let mut t = StallTracker::new(&sample(0, 0, 100));
+        assert_eq!(t.observe(&sample(1_000, 5_000, 100), GRACE), Transition::None);
+        assert_eq!(t.observe(&sample(3_999, 5_000, 100), GRACE), Transition::None);
+        match t.observe(&sample(4_000, 5_000, 100), GRACE) {
+            Transition::Stalled(s) => assert_eq!(s.since_ms, 1_000, "clock starts at first queued sample"),
+            other => panic!("expected a stall, got {other:?}"),
+        }
+        assert_eq!(t.stalled_for_ms(5_000), Some(4_000));
+        // Reported once, not on every sweep.
+        assert_eq!(t.observe(&sample(5_000, 5_000, 100), GRACE), Transition::None);
+    }
+
+    #[test]
+    fn progress_resets_the_clock_and_recovers() {
+        let mut t = StallTracker::new(&sample(0, 10, 100));
+        for at in (500..=2_500).step_by(500) {
+            // Acked advances a little every sample: a slow reader, never a stall.
+            assert_eq!(t.observe(&sample(at, 10_000, 100 + at), GRACE), Transition::None);
+        }
+        let mut t = StallTracker::new(&sample(0, 10, 100));
+        assert!(matches!(t.observe(&sample(3_000, 10, 100), GRACE), Transition::Stalled(_)));
+        assert_eq!(
+            t.observe(&sample(4_500, 10, 101), GRACE),
+            Transition::Recovered { stalled_for_ms: 4_500 }
+        );
+        assert!(t.stall().is_none());
+    }
+
+    #[test]
+    fn progress_across_counter_wrap_is_progress() {
+        let mut t = StallTracker::new(&sample(0, 10, u64::MAX - 1));
+        assert_eq!(t.observe(&sample(2_000, 10, 3), GRACE), Transition::None);
+        assert_eq!(t.observe(&sample(4_000, 10, 9), GRACE), Transition::None);
+        assert!(matches!(t.observe(&sample(7_000, 10, 9), GRACE), Transition::Stalled(_)));
+    }
+
+    #[test]
+    fn idle_socket_is_never_stalled() {
+        let mut t = StallTracker::new(&sample(0, 0, 100));
+        for at in (1_000..100_000).step_by(1_000) {
+            assert_eq!(t.observe(&sample(at, 0, 100), GRACE), Transition::None);
+        }
+    }
+
+    #[test]
+    fn burst_after_long_idle_is_not_an_old_stall() {
+        let mut t = StallTracker::new(&sample(0, 0, 100));
+        t.observe(&sample(60_000, 0, 100), GRACE);
+        assert_eq!(t.observe(&sample(61_000, 8_000, 100), GRACE), Transition::None);
+        assert_eq!(t.observe(&sample(63_000, 8_000, 100), GRACE), Transition::None);
+        assert!(matches!(t.observe(&sample(64_000, 8_000, 100), GRACE), Transition::Stalled(_)));
+    }
+
+    #[test]
+    fn clock_going_backwards_never_fires() {
+        let mut t = StallTracker::new(&sample(10_000, 10, 100));
+        assert_eq!(t.observe(&sample(5_000, 10, 100), GRACE), Transition::None);
+        assert_eq!(t.observe(&sample(u64::MIN, 10, 100), GRACE), Transition::None);
+    }
+
+    #[test]
+    fn close_wait_for_grace_is_peer_closed_even_with_empty_queue() {
+        let mut s = sample(0, 0, 100);
+        s.state = TCP_CLOSE_WAIT;
+        let mut t = StallTracker::new(&s);
+        s.at_ms = 2_000;
+        assert_eq!(t.observe(&s, GRACE), Transition::None);
+        s.at_ms = 3_000;
+        match t.observe(&s, GRACE) {
+            Transition::Stalled(st) => assert_eq!(st.reason, Reason::PeerClosed),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn classification() {
+        let mut s = sample(0, 10, 0);
+        s.snd_wnd = Some(0);
+        s.unacked = 0;
+        assert_eq!(classify(&s), Reason::PeerNotReading);
+        // Old kernel without snd_wnd: nothing in flight although bytes are queued.
+        s.snd_wnd = None;
+        assert_eq!(classify(&s), Reason::PeerNotReading);
+        // Zero window and the probes go unanswered with backoff: gone.
+        s.probes = 3;
+        s.backoff = 3;
+        assert_eq!(classify(&s), Reason::PeerUnreachable);
+        let mut s = sample(0, 10, 0);
+        s.retransmits = 2;
+        s.backoff = 2;
+        assert_eq!(classify(&s), Reason::PeerUnreachable);
+        s.state = TCP_CLOSE_WAIT;
+        assert_eq!(classify(&s), Reason::PeerClosed);
+    }
+}
