@@ -100,6 +100,6 @@ mod tests {
         assert_eq!(t.snd_wnd, None);
         let t = TcpInfo::parse(&buf(104)).unwrap();
         assert_eq!(t.bytes_acked, None);
-        assert!(TcpInfo::parse(&buf(100)).is_none());
+        assert!(TcpInfo::parse(&buf(104)[..100]).is_none());
     }
 }
