@@ -22,6 +22,8 @@ pub enum Command {
     Run(RunArgs),
     /// List the sockets the running agent finds stalled now.
     Stalled(QueryArgs),
+    /// List every socket the running agent tracks.
+    Sockets(QueryArgs),
     /// Show the running agent's kernel, hooks and counts.
     Status(QueryArgs),
 }
@@ -43,9 +45,39 @@ pub struct RunArgs {
     /// Most sockets tracked at once (the kernel map's size; a full map is counted, never silent).
     #[arg(long, env = "DETECTOR_MAX_SOCKETS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub max_sockets: u32,
+    /// Send-path hook: `auto` takes the best the kernel offers; naming one forces it (for testing
+    /// a fallback, or to avoid one).
+    #[arg(long, env = "DETECTOR_SEND_HOOK", value_enum, default_value_t = SendHookChoice::Auto)]
+    pub send_hook: SendHookChoice,
     /// Size of the kernel→agent event ring buffer in bytes (a power of two, multiple of the page size).
     #[arg(long, env = "DETECTOR_RING_BUFFER_BYTES", default_value_t = 256 * 1024, value_parser = parse_ring_size)]
     pub ring_buffer_bytes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SendHookChoice {
+    Auto,
+    /// tracepoint sock:sock_send_length
+    SockSendLength,
+    /// raw tracepoint tcp_sendmsg_locked
+    TcpSendmsgLocked,
+    /// fentry tcp_sendmsg
+    Fentry,
+    /// kprobe tcp_sendmsg
+    Kprobe,
+}
+
+impl SendHookChoice {
+    /// Index into the loader's preference order, or `None` for auto.
+    pub fn index(self) -> Option<usize> {
+        match self {
+            Self::Auto => None,
+            Self::SockSendLength => Some(0),
+            Self::TcpSendmsgLocked => Some(1),
+            Self::Fentry => Some(2),
+            Self::Kprobe => Some(3),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -5,7 +5,7 @@ use clap::Parser as _;
 
 use detector::{
     agent,
-    api::{Request, StalledSocket, client},
+    api::{Request, StalledSocket, TrackedSocket, client},
     cli::{Cli, Command, Output, QueryArgs},
     output,
 };
@@ -36,6 +36,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 metrics_addr: a.metrics_addr.0,
                 max_sockets: a.max_sockets,
                 ring_buffer_bytes: a.ring_buffer_bytes,
+                send_hook: a.send_hook.index(),
             }))
         }
         Command::Stalled(q) => {
@@ -43,6 +44,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             print(&q, &data, |v| {
                 let rows: Vec<StalledSocket> = serde_json::from_value(v.clone())?;
                 Ok(output::stalled_table(&rows))
+            })
+        }
+        Command::Sockets(q) => {
+            let data = client::call(&q.api_socket, &Request::Sockets)?;
+            print(&q, &data, |v| {
+                let rows: Vec<TrackedSocket> = serde_json::from_value(v.clone())?;
+                Ok(output::sockets_table(&rows))
             })
         }
         Command::Status(q) => {

@@ -1,5 +1,5 @@
 //! Rendering query answers for people (table) or programs (json).
-use crate::api::StalledSocket;
+use crate::api::{StalledSocket, TrackedSocket};
 
 pub fn stalled_table(rows: &[StalledSocket]) -> String {
     if rows.is_empty() {
@@ -26,8 +26,36 @@ pub fn stalled_table(rows: &[StalledSocket]) -> String {
             ]
         })
         .collect();
+    render(&header, &cells)
+}
+
+pub fn sockets_table(rows: &[TrackedSocket]) -> String {
+    if rows.is_empty() {
+        return "no tracked sockets\n".into();
+    }
+    let header = ["SENDER", "COMM", "LOCAL", "REMOTE", "STATE", "QUEUED", "ACKED", "STALLED"];
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let cells: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.sender_pid.to_string(),
+                r.sender_comm.clone(),
+                r.local.clone(),
+                r.remote.clone(),
+                r.state.clone(),
+                opt(r.queued_bytes.map(|q| q.to_string())),
+                opt(r.bytes_acked.map(|q| q.to_string())),
+                if r.stalled { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    render(&header, &cells)
+}
+
+fn render<const N: usize>(header: &[&str; N], cells: &[[String; N]]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &cells {
+    for row in cells {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.len());
         }
@@ -39,7 +67,7 @@ pub fn stalled_table(rows: &[StalledSocket]) -> String {
         out.push('\n');
     };
     line(&mut header.iter().copied());
-    for row in &cells {
+    for row in cells {
         line(&mut row.iter().map(String::as_str));
     }
     out

@@ -1,1 +1,266 @@
+//! Support for the integration tests: the real agent binary, real peer processes, and cleanup
+//! that runs even when a test panics (every handle kills and reaps its process on drop).
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc::{Receiver, channel},
+    },
+    time::{Duration, Instant},
+};
 
+use serde_json::Value;
+
+/// `true` when privileged tests can run. Under `cargo xtask test` (DETECTOR_REQUIRE_PRIVILEGED=1)
+/// a missing privilege fails the test instead of skipping it, so CI never passes by skipping.
+pub fn privileged(test: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false);
+    if root {
+        return true;
+    }
+    if std::env::var_os("DETECTOR_REQUIRE_PRIVILEGED").is_some() {
+        panic!("{test}: needs root (eBPF, sock_diag), and DETECTOR_REQUIRE_PRIVILEGED is set");
+    }
+    eprintln!("skipped {test}: needs root to load eBPF programs");
+    false
+}
+
+fn detector_bin() -> PathBuf {
+    let p = std::env::var_os("DETECTOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/detector")));
+    assert!(
+        p.exists(),
+        "agent binary {} not found: run the suite with `cargo xtask test`, which builds it",
+        p.display()
+    );
+    p
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A private scratch directory, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "detector-test-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
+        Self(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `detector run`, killed on drop.
+pub struct Agent {
+    child: Child,
+    pub api: PathBuf,
+    log: PathBuf,
+    _dir: Scratch,
+}
+
+impl Agent {
+    /// Starts the agent with `--grace grace` and a fast sampling interval, and waits until its
+    /// API answers.
+    pub fn start(grace: &str, extra: &[&str]) -> Agent {
+        let dir = Scratch::new("agent");
+        let api = dir.0.join("api.sock");
+        let log = dir.0.join("agent.log");
+        let logf = std::fs::File::create(&log).expect("agent log file");
+        let child = Command::new(detector_bin())
+            .args(["run", "--grace", grace, "--interval", "250ms", "--metrics-addr", "off"])
+            .arg("--api-socket")
+            .arg(&api)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(logf.try_clone().expect("log fd"))
+            .stderr(logf)
+            .spawn()
+            .expect("spawning the agent");
+        let mut a = Agent {
+            child,
+            api,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = a.child.try_wait() {
+                panic!("agent exited with {status} during start-up:\n{}", a.log());
+            }
+            if a.query("status").is_ok() {
+                // One full sweep so the table is live before the test starts its peers.
+                std::thread::sleep(Duration::from_millis(300));
+                return a;
+            }
+            if Instant::now() > deadline {
+                panic!("agent API not up after 30 s:\n{}", a.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `detector <cmd> --output json` against this agent.
+    pub fn query(&self, cmd: &str) -> Result<Value, String> {
+        let out = Command::new(detector_bin())
+            .args([cmd, "--output", "json", "--api-socket"])
+            .arg(&self.api)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// The stalled entry whose local address is `local`, if any.
+    pub fn stalled(&self, local: &str) -> Option<Value> {
+        let v = self
+            .query("stalled")
+            .unwrap_or_else(|e| panic!("detector stalled failed: {e}\n{}", self.log()));
+        v.as_array()
+            .expect("stalled answers an array")
+            .iter()
+            .find(|s| s["local"] == local)
+            .cloned()
+    }
+
+    /// The tracked entry whose local address is `local`, if any.
+    pub fn tracked(&self, local: &str) -> Option<Value> {
+        let v = self
+            .query("sockets")
+            .unwrap_or_else(|e| panic!("detector sockets failed: {e}\n{}", self.log()));
+        v.as_array()
+            .expect("sockets answers an array")
+            .iter()
+            .find(|s| s["local"] == local)
+            .cloned()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `stream-peer` process; its stdout lines arrive on a channel. Killed on drop.
+pub struct Peer {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Peer {
+    pub fn spawn(bin: &str, args: &[&str]) -> Peer {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {bin} {args:?}: {e}"));
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Peer { child, lines: rx }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a line starting with `prefix`; returns the rest of it.
+    pub fn expect(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    if let Some(rest) = l.strip_prefix(prefix) {
+                        return rest.trim().to_string();
+                    }
+                }
+                Err(e) => panic!("peer {} never printed {prefix:?}: {e}", self.pid()),
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `key=value` words.
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
+pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

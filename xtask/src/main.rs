@@ -1,1 +1,120 @@
-fn main() {}
+//! Build, run and test helper: `cargo xtask setup|build|run|test`.
+//!
+//! `run` and `test` install what they need first (nightly's rust-src and a bpf-linker built
+//! against nightly's own LLVM), so each is one command on a fresh machine.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install nightly rust-src and bpf-linker when missing (a no-op when present).
+    Setup,
+    /// Build the agent (release).
+    Build,
+    /// Build and run the agent in the foreground, as root, on built-in defaults.
+    /// Extra arguments go to `detector run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite: unit tests and the privileged integration tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.cmd {
+        Cmd::Setup => setup::ensure(),
+        Cmd::Build => {
+            setup::ensure()?;
+            cargo(&root, &["build", "--release", "--package", "detector"])
+        }
+        Cmd::Run { args } => {
+            setup::ensure()?;
+            cargo(&root, &["build", "--release", "--package", "detector"])?;
+            let bin = root.join("target/release/detector");
+            let mut cmd = if nix_is_root() {
+                Command::new(&bin)
+            } else {
+                eprintln!("the agent needs root; re-running under sudo");
+                let mut c = Command::new("sudo");
+                c.arg(&bin);
+                c
+            };
+            cmd.arg("run").args(&args);
+            let status = cmd.status().with_context(|| format!("starting {}", bin.display()))?;
+            if !status.success() {
+                bail!("detector run exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            setup::ensure()?;
+            // The integration tests start the real agent binary and the peer helper.
+            cargo(&root, &["build", "--package", "detector", "--package", "detector-tests", "--bins"])?;
+            let mut test = vec!["test", "--workspace"];
+            test.extend(args.iter().map(String::as_str));
+            let status = Command::new(env!("CARGO"))
+                .current_dir(&root)
+                .args(&test)
+                .env("DETECTOR_BIN", root.join("target/debug/detector"))
+                // Privileged tests must run, not skip, under `cargo xtask test`.
+                .env("DETECTOR_REQUIRE_PRIVILEGED", "1")
+                .status()
+                .context("running cargo test")?;
+            if !status.success() {
+                bail!("tests failed");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root)
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}

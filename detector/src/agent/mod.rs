@@ -15,7 +15,7 @@ use detector_common::SockState;
 use serde_json::json;
 
 use crate::{
-    api::{self, Request, StalledSocket},
+    api::{self, Request, StalledSocket, TrackedSocket},
     kernel::{self, btf::KernelBtf, caps, loader, tracefs::Tracefs},
     metrics::{self, BuildLabel, HookLabel, Metrics},
 };
@@ -28,12 +28,14 @@ pub struct Options {
     pub metrics_addr: Option<SocketAddr>,
     pub max_sockets: u32,
     pub ring_buffer_bytes: u32,
+    pub send_hook: loader::SendHookChoice,
 }
 
 /// What a sweep publishes.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub stalled: Vec<StalledSocket>,
+    pub sockets: Vec<TrackedSocket>,
     pub tracked: usize,
     pub sweeps: u64,
     pub last_sweep_ms: f64,
@@ -52,6 +54,7 @@ impl Shared {
         let snap = self.snapshot.read().map(|s| s.clone()).unwrap_or_default();
         match req {
             Request::Stalled => serde_json::to_value(&snap.stalled).unwrap_or_default(),
+            Request::Sockets => serde_json::to_value(&snap.sockets).unwrap_or_default(),
             Request::Status => {
                 let mut v = self.status.clone();
                 v["uptime_s"] = json!(self.started.elapsed().as_secs());
@@ -77,6 +80,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             max_sockets: opts.max_sockets,
             ring_buffer_bytes: opts.ring_buffer_bytes,
         },
+        opts.send_hook,
     )?;
     let kernel_release = kernel::kernel_release();
     log::info!("kernel {kernel_release}; send-path hook: {}", loaded.send_hook);

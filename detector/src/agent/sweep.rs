@@ -16,7 +16,7 @@ use detector_common::{Counter, SockEvent, SockState};
 
 use super::{Shared, Snapshot};
 use crate::{
-    api::{StalledSocket, tcp_state_name},
+    api::{StalledSocket, TrackedSocket, tcp_state_name},
     metrics::ReasonLabel,
     owner::{self, Owner},
     sample::netns::NetnsPool,
@@ -65,6 +65,7 @@ pub fn run(
             s.resync(&socks);
         }
         let stalled = s.pass(&mut pool, &socks, &shared);
+        let sockets = s.rows();
         let took = started.elapsed();
         shared.metrics.sweep_duration.observe(took.as_secs_f64());
         shared.metrics.sockets_tracked.set(s.tracker.len() as i64);
@@ -72,6 +73,7 @@ pub fn run(
         if let Ok(mut snap) = shared.snapshot.write() {
             *snap = Snapshot {
                 stalled,
+                sockets,
                 tracked: s.tracker.len(),
                 sweeps: s.sweeps,
                 last_sweep_ms: took.as_secs_f64() * 1e3,
@@ -131,6 +133,23 @@ impl Sweep {
         for (sk, st) in socks.iter().filter_map(Result::ok) {
             self.tracker.adopt(sk, &st);
         }
+    }
+
+    /// Every tracked socket, for `detector sockets`.
+    fn rows(&self) -> Vec<TrackedSocket> {
+        self.tracker
+            .iter()
+            .map(|t| TrackedSocket {
+                sender_pid: t.sender.tgid,
+                sender_comm: t.sender.comm.clone(),
+                local: std::net::SocketAddr::new(t.local(), t.tuple.sport).to_string(),
+                remote: std::net::SocketAddr::new(t.remote(), t.tuple.dport).to_string(),
+                state: tcp_state_name(t.tcp_state).into(),
+                queued_bytes: t.last.map(|d| d.sample.queued),
+                bytes_acked: t.last.map(|d| d.sample.bytes_acked),
+                stalled: t.verdict.as_ref().is_some_and(|v| v.stall().is_some()),
+            })
+            .collect()
     }
 
     /// Samples every tracked socket, updates verdicts, returns the stalled ones.

@@ -12,8 +12,25 @@ pub const DEFAULT_SOCKET: &str = "/run/detector/detector.sock";
 pub enum Request {
     /// Sockets stalled now.
     Stalled,
+    /// Every tracked socket.
+    Sockets,
     /// Kernel, hooks, counts.
     Status,
+}
+
+/// One tracked socket, as `detector sockets` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrackedSocket {
+    /// Process that last sent on it, as the send hook saw it.
+    pub sender_pid: u32,
+    pub sender_comm: String,
+    pub local: String,
+    pub remote: String,
+    pub state: String,
+    /// From the last sample (null before the first).
+    pub queued_bytes: Option<u32>,
+    pub bytes_acked: Option<u64>,
+    pub stalled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -60,6 +60,10 @@ pub struct Sizes {
     pub ring_buffer_bytes: u32,
 }
 
+/// Which send hook to use: `None` picks the best available; `Some(i)` forces candidate `i`
+/// (0 = sock_send_length, 1 = raw tcp_sendmsg_locked, 2 = fentry, 3 = kprobe).
+pub type SendHookChoice = Option<usize>;
+
 /// Reads offsets from tracefs and BTF into the programs' `CONFIG`.
 pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig, LoadError> {
     let mut c = KernelConfig::EMPTY;
@@ -92,7 +96,12 @@ pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig,
     Ok(c)
 }
 
-pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes) -> Result<Loaded, LoadError> {
+pub fn load(
+    object: &[u8],
+    cfg: &KernelConfig,
+    sizes: Sizes,
+    choice: SendHookChoice,
+) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", cfg, true)
         .map_max_entries("SOCKS", sizes.max_sockets)
@@ -162,7 +171,16 @@ pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes) -> Result<Loaded, L
             Ok(())
         }),
     ];
-    for (hook, try_attach) in candidates {
+    for (i, (hook, try_attach)) in candidates.into_iter().enumerate() {
+        if choice.is_some_and(|c| c != i) {
+            hooks.push(HookStatus {
+                role: "send",
+                hook,
+                attached: false,
+                detail: "not tried: another hook was forced with --send-hook".into(),
+            });
+            continue;
+        }
         let keep = send_hook.is_none();
         let (attached, detail) = match try_attach(&mut ebpf, cfg, keep) {
             Ok(()) if keep => {

@@ -1,0 +1,110 @@
+//! Clear errors for the ways the agent cannot run or cannot be reached.
+use std::process::Command;
+
+use detector_tests::{Agent, Scratch, privileged};
+
+fn detector() -> Command {
+    let bin = std::env::var("DETECTOR_BIN")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/detector").into());
+    Command::new(bin)
+}
+
+#[test]
+fn query_without_a_running_agent_says_so() {
+    let dir = Scratch::new("noagent");
+    let out = detector()
+        .args(["stalled", "--api-socket"])
+        .arg(dir.0.join("none.sock"))
+        .output()
+        .expect("running detector");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("agent is not running") && err.contains("detector run"), "{err}");
+}
+
+#[test]
+fn unprivileged_run_names_the_missing_capabilities() {
+    if !privileged("unprivileged_run_names_the_missing_capabilities") {
+        return;
+    }
+    let dir = Scratch::new("unpriv");
+    let bin = std::env::var("DETECTOR_BIN")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/detector").into());
+    // Drop to nobody with no capabilities.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(bin)
+        .args(["run", "--metrics-addr", "off", "--api-socket"])
+        .arg(dir.0.join("api.sock"))
+        .output()
+        .expect("running setpriv (util-linux)");
+    assert!(!out.status.success(), "an unprivileged agent must refuse to start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"] {
+        assert!(err.contains(cap), "error does not name {cap}: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn forced_raw_tracepoint_send_hook_attaches_and_is_reported() {
+    if !privileged("forced_raw_tracepoint_send_hook") {
+        return;
+    }
+    let agent = Agent::start("3s", &["--send-hook", "tcp-sendmsg-locked"]);
+    let status = agent.query("status").expect("status");
+    assert_eq!(status["send_hook"], "raw_tracepoint tcp_sendmsg_locked", "{status}");
+    let hooks = status["hooks"].as_array().unwrap();
+    let sl = hooks.iter().find(|h| h["hook"] == "tracepoint sock:sock_send_length").unwrap();
+    assert_eq!(sl["attached"], false, "{status}");
+}
+
+/// fentry needs BPF trampolines. Where the kernel refuses them (as the CI kernel does), forcing
+/// it must fail with an error that names every refused hook and why; where it works, the
+/// agent must report it attached.
+#[test]
+fn forced_fentry_either_attaches_or_fails_clearly() {
+    if !privileged("forced_fentry_either_attaches_or_fails_clearly") {
+        return;
+    }
+    let dir = Scratch::new("fentry");
+    let mut child = detector()
+        .args(["run", "--send-hook", "fentry", "--metrics-addr", "off", "--api-socket"])
+        .arg(dir.0.join("api.sock"))
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning detector");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            assert!(!status.success());
+            assert!(err.contains("no send-path hook could be attached"), "{err}");
+            assert!(err.contains("fentry tcp_sendmsg:"), "the refused hook's reason is missing: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+            return;
+        }
+        if dir.0.join("api.sock").exists() {
+            let out = detector()
+                .args(["status", "-o", "json", "--api-socket"])
+                .arg(dir.0.join("api.sock"))
+                .output()
+                .unwrap();
+            if out.status.success() {
+                let _ = child.kill();
+                let _ = child.wait();
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert_eq!(v["send_hook"], "fentry tcp_sendmsg", "{v}");
+                return;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("agent with --send-hook fentry neither failed nor served its API in 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
