@@ -1,15 +1,28 @@
-//! A TCP peer for the integration tests, run as its own process so the agent attributes sockets
-//! to a real pid and comm. Prints one line per milestone on stdout for the test to read.
+//! A TCP peer for the integration tests, run as its own process (often inside a test network
+//! namespace) so the agent attributes sockets to a real pid and comm. It prints one line per
+//! milestone on stdout for the test to read.
 //!
-//!   stream-peer server <bind-addr>            accept one client, write to it until an error
-//!   stream-peer client <addr> <mode>          connect; mode: read | none
+//!   stream-peer server <bind-addr> [<mode>] [<conns>]
+//!     Accepts <conns> clients (default 1), one thread each. Modes:
+//!       stream        write as fast as the socket takes it, until an error (default)
+//!       burst:<n>     write n bytes, then hold the socket open and idle, never reading
+//!       paced:<r>     write r bytes per second, in 10 chunks a second
+//!     Prints `LISTEN <addr>`, then per client `ACCEPTED fd=<n> local=<addr> peer=<addr>`,
+//!     and `SEND_ERROR local=<addr> <err>` when a send fails (the thread then closes it).
 //!
-//! The server prints `LISTEN <addr>`, then `ACCEPTED fd=<n> local=<addr> peer=<addr>`, and
-//! `SEND_ERROR <err>` when a send fails (then exits). The client prints `CONNECTED local=<addr>`.
+//!   stream-peer client <addr> <mode> [<conns>]
+//!     Opens <conns> connections (default 1). Modes:
+//!       read          read everything as fast as it comes
+//!       none          never read
+//!       slow:<r>      read r bytes per second
+//!       close:<ms>    read for ms milliseconds, then close (FIN)
+//!       rst:<ms>      read for ms milliseconds, then abort the connection (RST)
+//!     Prints `CONNECTED local=<addr>` per connection.
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     os::fd::AsRawFd,
+    time::{Duration, Instant},
 };
 
 fn say(line: String) {
@@ -18,50 +31,139 @@ fn say(line: String) {
     let _ = out.flush();
 }
 
+fn arg_num(mode: &str) -> u64 {
+    mode.split_once(':')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("mode {mode:?} needs a number after ':'"))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let conns = |i: usize| args.get(i).map_or(1, |n| n.parse::<usize>().expect("conns"));
     match args.get(1).map(String::as_str) {
-        Some("server") => server(&args[2]),
-        Some("client") => client(&args[2], args.get(3).map(String::as_str).unwrap_or("read")),
+        Some("server") => server(&args[2], args.get(3).map_or("stream", String::as_str), conns(4)),
+        Some("client") => client(&args[2], args.get(3).map_or("read", String::as_str), conns(4)),
         _ => {
-            eprintln!("usage: stream-peer server <bind> | client <addr> <read|none>");
+            eprintln!("usage: stream-peer server <bind> [mode] [conns] | client <addr> <mode> [conns]");
             std::process::exit(2);
         }
     }
 }
 
-fn server(bind: &str) {
+fn server(bind: &str, mode: &str, conns: usize) {
     let l = TcpListener::bind(bind).expect("bind");
     say(format!("LISTEN {}", l.local_addr().expect("local addr")));
-    let (mut s, peer) = l.accept().expect("accept");
-    say(format!(
-        "ACCEPTED fd={} local={} peer={peer}",
-        s.as_raw_fd(),
-        s.local_addr().expect("local addr")
-    ));
-    let buf = vec![b'x'; 16 * 1024];
-    loop {
-        if let Err(e) = s.write_all(&buf) {
-            say(format!("SEND_ERROR {e}"));
-            return;
-        }
+    let mut threads = Vec::new();
+    for _ in 0..conns {
+        let (s, peer) = l.accept().expect("accept");
+        let local = s.local_addr().expect("local addr");
+        say(format!("ACCEPTED fd={} local={local} peer={peer}", s.as_raw_fd()));
+        let mode = mode.to_string();
+        threads.push(std::thread::spawn(move || {
+            if let Err(e) = serve_one(s, &mode) {
+                say(format!("SEND_ERROR local={local} {e}"));
+            }
+        }));
+    }
+    for t in threads {
+        let _ = t.join();
     }
 }
 
-fn client(addr: &str, mode: &str) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    say(format!("CONNECTED local={}", s.local_addr().expect("local addr")));
-    match mode {
-        "none" => loop {
+fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
+    let buf = vec![b'x'; 16 * 1024];
+    if mode == "stream" {
+        loop {
+            s.write_all(&buf)?;
+        }
+    } else if mode.starts_with("burst:") {
+        let mut left = arg_num(mode) as usize;
+        while left > 0 {
+            let n = left.min(buf.len());
+            s.write_all(&buf[..n])?;
+            left -= n;
+        }
+        // Hold the socket, idle, and never read: the app that missed the EOF.
+        loop {
             std::thread::park();
-        },
-        _ => {
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(n) = s.read(&mut buf) {
-                if n == 0 {
-                    return;
+        }
+    } else if mode.starts_with("paced:") {
+        let chunk = (arg_num(mode) / 10).max(1) as usize;
+        let chunk = vec![b'x'; chunk];
+        let start = Instant::now();
+        for tick in 1u32.. {
+            s.write_all(&chunk)?;
+            let next = start + Duration::from_millis(100) * tick;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        Ok(())
+    } else {
+        panic!("unknown server mode {mode:?}");
+    }
+}
+
+fn client(addr: &str, mode: &str, conns: usize) {
+    let mut threads = Vec::new();
+    for _ in 0..conns {
+        let s = TcpStream::connect(addr).expect("connect");
+        say(format!("CONNECTED local={}", s.local_addr().expect("local addr")));
+        let mode = mode.to_string();
+        threads.push(std::thread::spawn(move || read_one(s, &mode)));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    // Keep the process (and any sockets a mode left open) alive until killed.
+    loop {
+        std::thread::park();
+    }
+}
+
+fn read_one(mut s: TcpStream, mode: &str) {
+    let mut buf = vec![0u8; 64 * 1024];
+    if mode == "none" {
+        loop {
+            std::thread::park();
+        }
+    } else if mode == "read" {
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    } else if mode.starts_with("slow:") {
+        let per_tick = (arg_num(mode) / 10).max(1) as usize;
+        let start = Instant::now();
+        for tick in 1u32.. {
+            let mut left = per_tick;
+            while left > 0 {
+                match s.read(&mut buf[..left.min(64 * 1024)]) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left -= n,
                 }
             }
+            let next = start + Duration::from_millis(100) * tick;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
+    } else if mode.starts_with("close:") || mode.starts_with("rst:") {
+        let until = Instant::now() + Duration::from_millis(arg_num(mode));
+        s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        while Instant::now() < until {
+            if matches!(s.read(&mut buf), Ok(0)) {
+                break;
+            }
+        }
+        if mode.starts_with("rst:") {
+            // SO_LINGER {on, 0}: close() sends RST instead of FIN.
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as u32,
+                )
+            };
+        }
+        drop(s);
+    } else {
+        panic!("unknown client mode {mode:?}");
     }
 }
