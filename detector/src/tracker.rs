@@ -31,6 +31,8 @@ pub struct Tracked {
     /// From the last sample.
     pub last: Option<DiagSocket>,
     pub verdict: Option<StallTracker>,
+    /// Stalls of this socket that ended because progress resumed.
+    pub recoveries: u32,
 }
 
 impl Tracked {
@@ -121,6 +123,7 @@ impl Tracker {
                         tcp_state: ev.new_state,
                         last: None,
                         verdict: None,
+                        recoveries: 0,
                     },
                 );
             }
@@ -151,6 +154,7 @@ impl Tracker {
             tcp_state: st.tcp_state,
             last: None,
             verdict: None,
+            recoveries: 0,
         });
     }
 

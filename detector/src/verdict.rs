@@ -45,6 +45,25 @@ pub struct Stall {
     pub reason: Reason,
     /// `total_retrans` at the last progress, to count retransmits during the stall.
     pub retrans_at_onset: u32,
+    /// `segs_out` at the last progress, to count window probes during the stall.
+    pub segs_out_at_onset: u32,
+}
+
+impl Stall {
+    /// Retransmits since the stall began.
+    pub fn retransmits(&self, s: &Sample) -> u32 {
+        s.total_retrans.wrapping_sub(self.retrans_at_onset)
+    }
+
+    /// Zero-window probes sent since the stall began. While the peer's window is closed the
+    /// sender transmits nothing but probes, so that is the segments sent since the onset;
+    /// otherwise it is the kernel's count of unanswered probes.
+    pub fn zero_window_probes(&self, s: &Sample) -> u32 {
+        match self.reason {
+            Reason::PeerNotReading => s.segs_out.wrapping_sub(self.segs_out_at_onset),
+            _ => s.probes as u32,
+        }
+    }
 }
 
 /// What one observation changed.
@@ -79,11 +98,12 @@ pub fn classify(s: &Sample) -> Reason {
     if s.unacked > 0 && (s.retransmits > 0 || s.backoff > 0) {
         return Reason::PeerUnreachable;
     }
-    // Nothing in flight although bytes are queued: the peer's window is closed. If the
-    // zero-window probes go unanswered too, the peer is gone rather than not reading.
+    // Nothing in flight although bytes are queued: the peer's window is closed. Every ACK
+    // resets the unanswered-probe count, so a peer that still ACKs shows 0 (1 for the instant
+    // between a probe and its ACK); two or more unanswered probes mean the peer is gone.
     let window_closed = s.snd_wnd == Some(0) || (s.unacked == 0 && s.queued > 0);
     if window_closed {
-        if s.probes > 0 && s.backoff > 0 {
+        if s.probes >= 2 {
             return Reason::PeerUnreachable;
         }
         return Reason::PeerNotReading;
@@ -98,6 +118,7 @@ pub struct StallTracker {
     /// Last time progress was seen (or the queue was empty).
     progress_at: u64,
     retrans_at_progress: u32,
+    segs_out_at_progress: u32,
     had_queue: bool,
     close_wait_since: Option<u64>,
     stall: Option<Stall>,
@@ -110,6 +131,7 @@ impl StallTracker {
             acked: first.bytes_acked,
             progress_at: first.at_ms,
             retrans_at_progress: first.total_retrans,
+            segs_out_at_progress: first.segs_out,
             had_queue: first.queued > 0,
             close_wait_since: (first.state == TCP_CLOSE_WAIT).then_some(first.at_ms),
             stall: None,
@@ -140,6 +162,7 @@ impl StallTracker {
                     since_ms: since,
                     reason: Reason::PeerClosed,
                     retrans_at_onset: s.total_retrans,
+                    segs_out_at_onset: s.segs_out,
                 };
                 self.stall = Some(stall);
                 return Transition::Stalled(stall);
@@ -152,6 +175,7 @@ impl StallTracker {
             // Drained, draining, or just started queueing: the clock (re)starts now.
             self.progress_at = s.at_ms;
             self.retrans_at_progress = s.total_retrans;
+            self.segs_out_at_progress = s.segs_out;
             self.had_queue = s.queued > 0;
             if let Some(stall) = self.stall.take() {
                 return Transition::Recovered {
@@ -173,6 +197,7 @@ impl StallTracker {
                     since_ms: self.progress_at,
                     reason,
                     retrans_at_onset: self.retrans_at_progress,
+                    segs_out_at_onset: self.segs_out_at_progress,
                 };
                 self.stall = Some(stall);
                 Transition::Stalled(stall)
@@ -201,6 +226,7 @@ mod tests {
             backoff: 0,
             probes: 0,
             total_retrans: 0,
+            segs_out: 0,
             last_ack_recv_ms: 0,
         }
     }
@@ -293,6 +319,24 @@ mod tests {
     }
 
     #[test]
+    fn stall_counts_retransmits_and_probes_since_onset() {
+        let mut s = sample(0, 10, 0);
+        s.total_retrans = 5;
+        s.segs_out = 100;
+        let mut t = StallTracker::new(&s);
+        s.at_ms = 3_000;
+        s.snd_wnd = Some(0);
+        s.unacked = 0;
+        s.segs_out = 104;
+        let Transition::Stalled(st) = t.observe(&s, GRACE) else { panic!() };
+        assert_eq!(st.reason, Reason::PeerNotReading);
+        assert_eq!(st.zero_window_probes(&s), 4);
+        assert_eq!(st.retransmits(&s), 0);
+        s.total_retrans = 8;
+        assert_eq!(st.retransmits(&s), 3);
+    }
+
+    #[test]
     fn classification() {
         let mut s = sample(0, 10, 0);
         s.snd_wnd = Some(0);
@@ -301,9 +345,12 @@ mod tests {
         // Old kernel without snd_wnd: nothing in flight although bytes are queued.
         s.snd_wnd = None;
         assert_eq!(classify(&s), Reason::PeerNotReading);
-        // Zero window and the probes go unanswered with backoff: gone.
+        // One probe in the instant before its ACK: still a live peer.
+        s.probes = 1;
+        s.backoff = 4;
+        assert_eq!(classify(&s), Reason::PeerNotReading);
+        // Zero window and the probes go unanswered: gone.
         s.probes = 3;
-        s.backoff = 3;
         assert_eq!(classify(&s), Reason::PeerUnreachable);
         let mut s = sample(0, 10, 0);
         s.retransmits = 2;

@@ -264,3 +264,77 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Runs a command, panicking with its output when it fails.
+pub fn sh(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two network namespaces joined by a veth pair: `a` (10.213.0.1) and `b` (10.213.0.2).
+/// Created by the test and deleted on drop, even when the test panics.
+pub struct NetnsPair {
+    pub a: String,
+    pub b: String,
+}
+
+pub const NS_A_ADDR: &str = "10.213.0.1";
+pub const NS_B_ADDR: &str = "10.213.0.2";
+
+impl NetnsPair {
+    pub fn new() -> NetnsPair {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let pair = NetnsPair {
+            a: format!("dtest-{}-{n}-a", std::process::id()),
+            b: format!("dtest-{}-{n}-b", std::process::id()),
+        };
+        sh("ip", &["netns", "add", &pair.a]);
+        sh("ip", &["netns", "add", &pair.b]);
+        pair.exec_ok(&pair.a, &["ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", &pair.b]);
+        for (ns, dev, addr) in [(&pair.a, "veth0", NS_A_ADDR), (&pair.b, "veth1", NS_B_ADDR)] {
+            pair.exec_ok(ns, &["ip", "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            pair.exec_ok(ns, &["ip", "link", "set", dev, "up"]);
+            pair.exec_ok(ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    pub fn exec_ok(&self, ns: &str, args: &[&str]) {
+        let mut full = vec!["netns", "exec", ns];
+        full.extend_from_slice(args);
+        sh("ip", &full);
+    }
+
+    /// A peer process inside namespace `ns` (`ip netns exec` execs it: same pid).
+    pub fn peer(&self, ns: &str, bin: &str, args: &[&str]) -> Peer {
+        let mut full = vec!["netns", "exec", ns, bin];
+        full.extend_from_slice(args);
+        Peer::spawn("ip", &full)
+    }
+
+    /// Cuts the link from `b`'s side: `a`'s packets to `b` go nowhere, nothing comes back.
+    pub fn cut_b(&self) {
+        self.exec_ok(&self.b, &["ip", "link", "set", "veth1", "down"]);
+    }
+}
+
+impl Default for NetnsPair {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}

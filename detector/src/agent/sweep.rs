@@ -148,6 +148,7 @@ impl Sweep {
                 queued_bytes: t.last.map(|d| d.sample.queued),
                 bytes_acked: t.last.map(|d| d.sample.bytes_acked),
                 stalled: t.verdict.as_ref().is_some_and(|v| v.stall().is_some()),
+                recoveries: t.recoveries,
             })
             .collect()
     }
@@ -199,6 +200,7 @@ impl Sweep {
                         }
                         Transition::Recovered { stalled_for_ms } => {
                             m.stalls_recovered.inc();
+                            t.recoveries += 1;
                             log::info!(
                                 "recovered after {stalled_for_ms} ms: {}:{} -> {}:{}",
                                 t.local(),
@@ -256,8 +258,8 @@ impl Sweep {
                 notsent_bytes: d.sample.notsent,
                 stalled_for_ms: v.stalled_for_ms(d.sample.at_ms).unwrap_or(0),
                 reason: stall.reason.as_str().into(),
-                retransmits: d.sample.total_retrans.saturating_sub(stall.retrans_at_onset),
-                zero_window_probes: d.sample.probes,
+                retransmits: stall.retransmits(&d.sample),
+                zero_window_probes: stall.zero_window_probes(&d.sample),
                 peer_window: d.sample.snd_wnd,
                 socket_cookie: d.cookie,
                 inode: d.inode,

@@ -31,6 +31,8 @@ pub struct TrackedSocket {
     pub queued_bytes: Option<u32>,
     pub bytes_acked: Option<u64>,
     pub stalled: bool,
+    /// Stalls of this socket that ended because progress resumed.
+    pub recoveries: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,8 +66,8 @@ pub struct StalledSocket {
     pub reason: String,
     /// Retransmits since the stall began.
     pub retransmits: u32,
-    /// Unanswered zero-window probes.
-    pub zero_window_probes: u8,
+    /// Zero-window probes sent since the stall began (unanswered ones when the peer is gone).
+    pub zero_window_probes: u32,
     /// Peer's advertised window (kernel 6.2+).
     pub peer_window: Option<u32>,
     pub socket_cookie: u64,

@@ -45,6 +45,7 @@ pub struct Sample {
     pub backoff: u8,
     pub probes: u8,
     pub total_retrans: u32,
+    pub segs_out: u32,
     pub last_ack_recv_ms: u32,
 }
 
@@ -162,6 +163,7 @@ impl DiagConn {
                         backoff: info.backoff,
                         probes: info.probes,
                         total_retrans: info.total_retrans,
+                        segs_out: info.segs_out.unwrap_or(0),
                         last_ack_recv_ms: info.last_ack_recv_ms,
                     },
                 }))

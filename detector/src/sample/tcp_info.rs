@@ -20,6 +20,8 @@ pub struct TcpInfo {
     pub last_ack_recv_ms: u32,
     pub total_retrans: u32,
     pub bytes_acked: Option<u64>,
+    /// Segments sent (kernel 4.2+); during a zero-window stall, each one is a window probe.
+    pub segs_out: Option<u32>,
     pub notsent_bytes: Option<u32>,
     /// The peer's advertised window (kernel 6.2+).
     pub snd_wnd: Option<u32>,
@@ -49,6 +51,7 @@ impl TcpInfo {
             last_ack_recv_ms: u32_at(b, 56)?,
             total_retrans: u32_at(b, 100)?,
             bytes_acked: u64_at(b, 120),
+            segs_out: u32_at(b, 136),
             notsent_bytes: u32_at(b, 144),
             snd_wnd: u32_at(b, 228),
         })

@@ -6,6 +6,7 @@
 //!     Accepts <conns> clients (default 1), one thread each. Modes:
 //!       stream        write as fast as the socket takes it, until an error (default)
 //!       burst:<n>     write n bytes, then hold the socket open and idle, never reading
+//!       burst-close:<n>  write n bytes, then read until the client's EOF and close (clean close)
 //!       paced:<r>     write r bytes per second, in 10 chunks a second
 //!     Prints `LISTEN <addr>`, then per client `ACCEPTED fd=<n> local=<addr> peer=<addr>`,
 //!     and `SEND_ERROR local=<addr> <err>` when a send fails (the thread then closes it).
@@ -76,6 +77,17 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
         loop {
             s.write_all(&buf)?;
         }
+    } else if mode.starts_with("burst-close:") {
+        let mut left = arg_num(mode) as usize;
+        while left > 0 {
+            let n = left.min(buf.len());
+            s.write_all(&buf[..n])?;
+            left -= n;
+        }
+        let mut sink = [0u8; 4096];
+        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        say(format!("CLOSED local={}", s.local_addr()?));
+        Ok(())
     } else if mode.starts_with("burst:") {
         let mut left = arg_num(mode) as usize;
         while left > 0 {

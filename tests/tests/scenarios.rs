@@ -1,0 +1,393 @@
+//! The scenario matrix: real TCP over loopback and over veth between test-made network
+//! namespaces, each case with the verdict it must get (or must never get). Grace is 3 s.
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use detector_tests::{Agent, NS_A_ADDR, NetnsPair, Peer, field, poll, privileged};
+use serde_json::Value;
+
+const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
+const GRACE: Duration = Duration::from_secs(3);
+const GRACE_ARG: &str = "3s";
+/// Sampling interval the test agent runs with (see `Agent::start`), plus scheduling slack.
+const SLACK: Duration = Duration::from_secs(2);
+
+struct Pair {
+    server: Peer,
+    client: Peer,
+    /// The server side's local address: what the agent reports.
+    local: String,
+}
+
+fn pair(server_mode: &str, client_mode: &str) -> Pair {
+    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", server_mode]);
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let client = Peer::spawn(PEER, &["client", &addr, client_mode]);
+    let accepted = server.expect("ACCEPTED", Duration::from_secs(5));
+    let local = field(&accepted, "local").to_string();
+    Pair { server, client, local }
+}
+
+/// Waits until `local` is tracked with at least one sample.
+fn wait_tracked(agent: &Agent, local: &str) -> Value {
+    poll(Duration::from_secs(5), || agent.tracked(local).filter(|t| !t["bytes_acked"].is_null()))
+        .unwrap_or_else(|| panic!("{local} never tracked:\n{}", agent.log()))
+}
+
+/// Polls `detector stalled` until `local` is listed; returns the entry and the time it took
+/// from `since`.
+fn expect_stalled(agent: &Agent, local: &str, since: Instant, within: Duration) -> (Value, Duration) {
+    let e = poll(within, || agent.stalled(local)).unwrap_or_else(|| {
+        panic!(
+            "{local} not reported within {within:?}; tracked: {:?}\n{}",
+            agent.tracked(local),
+            agent.log()
+        )
+    });
+    (e, since.elapsed())
+}
+
+/// Asserts that none of `locals` is listed at any poll during `dur`.
+fn expect_never(agent: &Agent, locals: &[&str], dur: Duration) {
+    let until = Instant::now() + dur;
+    while Instant::now() < until {
+        let all = agent.query("stalled").expect("stalled");
+        for e in all.as_array().unwrap() {
+            if locals.iter().any(|l| e["local"] == *l) {
+                panic!("healthy connection reported stalled: {e}\n{}", agent.log());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn latency_line(case: &str, took: Duration) {
+    let over = took.saturating_sub(GRACE);
+    eprintln!(
+        "LATENCY {case}: reported {:.2} s after onset = grace + {:.2} s",
+        took.as_secs_f64(),
+        over.as_secs_f64()
+    );
+}
+
+// 1. The peer becomes unreachable mid-stream (its namespace's link goes down).
+#[test]
+fn s01_peer_unreachable_mid_stream() {
+    if !privileged("s01") {
+        return;
+    }
+    let net = NetnsPair::new();
+    let agent = Agent::start(GRACE_ARG, &[]);
+    let server = net.peer(&net.a, PEER, &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let _client = net.peer(&net.b, PEER, &["client", &addr, "read"]);
+    let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
+    wait_tracked(&agent, &local);
+    expect_never(&agent, &[&local], Duration::from_secs(1));
+    net.cut_b();
+    let cut = Instant::now();
+    let (e, took) = expect_stalled(&agent, &local, cut, GRACE + SLACK);
+    latency_line("peer_unreachable", took);
+    assert_eq!(e["reason"], "peer_unreachable", "{e}");
+    assert_eq!(e["pid"], server.pid(), "{e}");
+    assert!(e["retransmits"].as_u64().unwrap() > 0, "{e}");
+    assert!(e["queued_bytes"].as_u64().unwrap() > 0, "{e}");
+}
+
+// 2. The peer process is frozen (SIGSTOP) while the server streams.
+#[test]
+fn s02_frozen_peer_is_not_reading() {
+    if !privileged("s02") {
+        return;
+    }
+    let agent = Agent::start(GRACE_ARG, &[]);
+    let p = pair("stream", "read");
+    wait_tracked(&agent, &p.local);
+    expect_never(&agent, &[&p.local], Duration::from_secs(1));
+    p.client.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    let (e, took) = expect_stalled(&agent, &p.local, stopped, GRACE + SLACK);
+    latency_line("peer_not_reading (frozen)", took);
+    p.client.signal(libc::SIGCONT);
+    assert_eq!(e["reason"], "peer_not_reading", "{e}");
+    assert_eq!(e["peer_window"], 0, "{e}");
+    assert_eq!(e["pid"], p.server.pid(), "{e}");
+}
+
+// 3. The peer is alive but never reads.
+#[test]
+fn s03_peer_never_reads() {
+    if !privileged("s03") {
+        return;
+    }
+    let agent = Agent::start(GRACE_ARG, &[]);
+    let p = pair("stream", "none");
+    let t0 = Instant::now();
+    let (e, took) = expect_stalled(&agent, &p.local, t0, GRACE + SLACK);
+    latency_line("peer_not_reading (never reads)", took);
+    assert_eq!(e["reason"], "peer_not_reading", "{e}");
+    // Every probe the peer ACKs keeps it looking alive; the queue still never drains.
+    std::thread::sleep(Duration::from_secs(2));
+    let e = agent.stalled(&p.local).expect("still stalled");
+    assert!(e["zero_window_probes"].as_u64().unwrap() >= 1, "{e}");
+}
+
+// 4. The peer closes its side; the server keeps the socket open and idle.
+#[test]
+fn s04_peer_closed_while_owner_holds_it() {
+    if !privileged("s04") {
+        return;
+    }
+    let agent = Agent::start(GRACE_ARG, &[]);
+    let p = pair("burst:65536", "close:500");
+    wait_tracked(&agent, &p.local);
+    let closed = Instant::now() + Duration::from_millis(500);
+    let (e, took) = expect_stalled(&agent, &p.local, closed, GRACE + SLACK + Duration::from_millis(500));
+    latency_line("peer_closed", took);
+    assert_eq!(e["reason"], "peer_closed", "{e}");
+    assert_eq!(e["state"], "CLOSE_WAIT", "{e}");
+    assert_eq!(e["pid"], p.server.pid(), "{e}");
+}
+
+// 5. A clean close is never reported and its state is removed.
+#[test]
+fn s05_clean_close_is_never_reported_and_forgotten() {
+    if !privileged("s05") {
+        return;
+    }
+    let agent = Agent::start(GRACE_ARG, &[]);
+    let p = pair("burst-close:65536", "close:500");
+    wait_tracked(&agent, &p.local);
+    p.server.expect("CLOSED", Duration::from_secs(5));
+    let gone = poll(Duration::from_secs(2), || agent.tracked(&p.local).is_none().then_some(()));
+    assert!(gone.is_some(), "closed socket still tracked: {:?}", agent.tracked(&p.local));
+    expect_never(&agent, &[&p.local], GRACE + SLACK);
+}
+
+// 6. A fast reader is never reported.
+#[test]
+fn s06_fast_reader_never() {
+    if !privileged("s06") {
+        return;
+    }
+    let agent = Agent::start(GRACE_ARG, &[]);
+    let p = pair("stream", "read");
+    let a0 = wait_tracked(&agent, &p.local)["bytes_acked"].as_u64().unwrap();
+    expect_never(&agent, &[&p.local], GRACE * 2 + SLACK);
+    let a1 = agent.tracked(&p.local).unwrap()["bytes_acked"].as_u64().unwrap();
+    assert!(a1 > a0, "the stream did not move");
+}
+
+// 7. A slow reader: reads far slower than the server writes; the queue stays high but drains.
+#[test]
+fn s07_slow_reader_never() {
+    if !privileged("s07") {
+        return;
+    }
+    let agent = Agent::start(GRACE_ARG, &[]);
+    let p = pair("paced:2000000", "slow:262144");
+    wait_tracked(&agent, &p.local);
+    expect_never(&agent, &[&p.local], GRACE * 2 + SLACK);
+    let t = agent.tracked(&p.local).unwrap();
+    assert!(t["queued_bytes"].as_u64().unwrap() > 256 * 1024, "queue never built up: {t}");
+}
+
+// 8a. The peer pauses for less than the grace window, then resumes: never reported.
+#[test]
+fn s08a_short_pause_never() {
+    if !privileged("s08a") {
+        return;
+    }
+    let agent = Agent::start(GRACE_ARG, &[]);
+    let p = pair("stream", "read");
+    wait_tracked(&agent, &p.local);
+    p.client.signal(libc::SIGSTOP);
+    let watch = std::thread::scope(|s| {
+        let w = s.spawn(|| expect_never(&agent, &[&p.local], GRACE * 2));
+        std::thread::sleep(GRACE / 2);
+        p.client.signal(libc::SIGCONT);
+        w.join()
+    });
+    if let Err(e) = watch {
+        std::panic::resume_unwind(e);
+    }
+}
+
+// 8b. Paused longer than grace: reported, then recovered when it resumes.
+#[test]
+fn s08b_long_pause_reported_then_recovered() {
+    if !privileged("s08b") {
+        return;
+    }
+    let agent = Agent::start(GRACE_ARG, &[]);
+    let p = pair("stream", "read");
+    wait_tracked(&agent, &p.local);
+    p.client.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    let (e, took) = expect_stalled(&agent, &p.local, stopped, GRACE + SLACK);
+    latency_line("peer_not_reading (long pause)", took);
+    assert_eq!(e["reason"], "peer_not_reading", "{e}");
+    p.client.signal(libc::SIGCONT);
+    let recovered = poll(Duration::from_secs(3), || {
+        agent
+            .tracked(&p.local)
+            .filter(|t| t["stalled"] == false && t["recoveries"].as_u64() >= Some(1))
+    });
+    assert!(recovered.is_some(), "no recovery: {:?}\n{}", agent.tracked(&p.local), agent.log());
+    assert!(agent.stalled(&p.local).is_none());
+}
+
+// 9. Backpressure: the queue plateaus at the send buffer's size while ACKs trickle (over veth).
+#[test]
+fn s09_backpressured_plateau_never() {
+    if !privileged("s09") {
+        return;
+    }
+    let net = NetnsPair::new();
+    let agent = Agent::start(GRACE_ARG, &[]);
+    let server = net.peer(&net.a, PEER, &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let _client = net.peer(&net.b, PEER, &["client", &addr, "slow:131072"]);
+    let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
+    wait_tracked(&agent, &local);
+    std::thread::sleep(Duration::from_secs(1));
+    let q0 = agent.tracked(&local).unwrap()["queued_bytes"].as_u64().unwrap();
+    expect_never(&agent, &[&local], GRACE * 2 + SLACK);
+    let t = agent.tracked(&local).unwrap();
+    let q1 = t["queued_bytes"].as_u64().unwrap();
+    assert!(q0 > 64 * 1024 && q1 > 64 * 1024, "no backpressure: {q0} -> {q1}");
+}
+
+// 10. An idle connection with nothing queued, for several grace windows.
+#[test]
+fn s10_idle_connection_never() {
+    if !privileged("s10") {
+        return;
+    }
+    let agent = Agent::start(GRACE_ARG, &[]);
+    let p = pair("burst:1000", "read");
+    let t = wait_tracked(&agent, &p.local);
+    expect_never(&agent, &[&p.local], GRACE * 4);
+    let t2 = agent.tracked(&p.local).expect("still tracked");
+    assert_eq!(t2["queued_bytes"], 0, "{t} {t2}");
+}
+
+// 11. A reset from the peer: removed, never reported.
+#[test]
+fn s11_reset_from_peer_removed_never_reported() {
+    if !privileged("s11") {
+        return;
+    }
+    let agent = Agent::start(GRACE_ARG, &[]);
+    let mut p = pair("stream", "rst:1000");
+    wait_tracked(&agent, &p.local);
+    p.server.expect("SEND_ERROR", Duration::from_secs(5));
+    assert!(p.server.wait_exit(Duration::from_secs(3)));
+    let gone = poll(Duration::from_secs(2), || agent.tracked(&p.local).is_none().then_some(()));
+    assert!(gone.is_some(), "reset socket still tracked");
+    expect_never(&agent, &[&p.local], GRACE + SLACK);
+}
+
+/// One group of connections of the same kind, between one server and one client process.
+struct Group {
+    name: &'static str,
+    server: Peer,
+    client: Peer,
+    /// The client ends' addresses: the `remote` the agent reports (all connections of a
+    /// group share the server's local address).
+    remotes: Vec<String>,
+    /// `Some(reason)` for dead connections.
+    expect: Option<&'static str>,
+}
+
+fn group(name: &'static str, n: usize, server_mode: &str, client_mode: &str, expect: Option<&'static str>) -> Group {
+    let ns = n.to_string();
+    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", server_mode, &ns]);
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let client = Peer::spawn(PEER, &["client", &addr, client_mode, &ns]);
+    let remotes = (0..n)
+        .map(|_| field(&server.expect("ACCEPTED", Duration::from_secs(10)), "peer").to_string())
+        .collect();
+    Group { name, server, client, remotes, expect }
+}
+
+// Mixed: 100 healthy connections of several kinds and 10 dead ones at once.
+#[test]
+fn s12_mixed_100_healthy_10_dead() {
+    if !privileged("s12") {
+        return;
+    }
+    let net = NetnsPair::new();
+    let agent = Agent::start(GRACE_ARG, &[]);
+    let mut groups = vec![
+        group("fast", 40, "paced:2000000", "read", None),
+        group("slow", 30, "paced:1000000", "slow:262144", None),
+        group("idle", 30, "burst:1000", "read", None),
+        group("never-reads", 3, "stream", "none", Some("peer_not_reading")),
+        group("frozen", 2, "stream", "read", Some("peer_not_reading")),
+        group("closed", 2, "burst:65536", "close:500", Some("peer_closed")),
+    ];
+    // Three connections to a peer in another namespace whose link will go down.
+    let server = net.peer(&net.a, PEER, &["server", &format!("{NS_A_ADDR}:0"), "stream", "3"]);
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let client = net.peer(&net.b, PEER, &["client", &addr, "read", "3"]);
+    let remotes = (0..3)
+        .map(|_| field(&server.expect("ACCEPTED", Duration::from_secs(10)), "peer").to_string())
+        .collect();
+    groups.push(Group { name: "unreachable", server, client, remotes, expect: Some("peer_unreachable") });
+    let healthy: HashSet<String> = groups.iter().filter(|g| g.expect.is_none()).flat_map(|g| g.remotes.clone()).collect();
+    let dead: HashMap<String, (&str, &str)> = groups
+        .iter()
+        .filter_map(|g| g.expect.map(|r| (g, r)))
+        .flat_map(|(g, r)| g.remotes.iter().map(move |l| (l.clone(), (g.name, r))))
+        .collect();
+    assert_eq!((healthy.len(), dead.len()), (100, 10));
+    let tracked = poll(Duration::from_secs(5), || {
+        let all = agent.query("sockets").expect("sockets");
+        let seen: HashSet<&str> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| !t["bytes_acked"].is_null())
+            .filter_map(|t| t["remote"].as_str())
+            .collect();
+        healthy.iter().chain(dead.keys()).all(|r| seen.contains(r.as_str())).then_some(())
+    });
+    assert!(tracked.is_some(), "not all 110 connections tracked:\n{}", agent.log());
+
+    // The deaths, at one instant.
+    let onset = Instant::now();
+    groups.iter().find(|g| g.name == "frozen").unwrap().client.signal(libc::SIGSTOP);
+    net.cut_b();
+
+    let mut found: HashMap<String, (String, Duration)> = HashMap::new();
+    let until = onset + GRACE * 2 + SLACK;
+    while Instant::now() < until {
+        let all = agent.query("stalled").expect("stalled");
+        for e in all.as_array().unwrap() {
+            let remote = e["remote"].as_str().unwrap().to_string();
+            if healthy.contains(&remote) {
+                panic!("false positive: healthy {remote} reported: {e}\n{}", agent.log());
+            }
+            if dead.contains_key(&remote) && !found.contains_key(&remote) {
+                found.insert(remote, (e["reason"].as_str().unwrap().to_string(), onset.elapsed()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    groups.iter().find(|g| g.name == "frozen").unwrap().client.signal(libc::SIGCONT);
+    for (remote, (group, reason)) in &dead {
+        let (got, took) = found
+            .get(remote)
+            .unwrap_or_else(|| panic!("missed dead {group} connection to {remote}\n{}", agent.log()));
+        assert_eq!(got, reason, "{group} {remote}");
+        // Only these two died at `onset`; the others were dead from the start.
+        if *group == "frozen" || *group == "unreachable" {
+            latency_line(&format!("mixed {group}"), *took);
+        }
+    }
+    eprintln!("mixed run: recall {}/{}, false positives 0 of {}", found.len(), dead.len(), healthy.len());
+    drop(groups);
+}
