@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// a fallback, or to avoid one).
     #[arg(long, env = "DETECTOR_SEND_HOOK", value_enum, default_value_t = SendHookChoice::Auto)]
     pub send_hook: SendHookChoice,
+    /// The kubelet's pod log directory (`<namespace>_<name>_<uid>/` entries), used to name the
+    /// pod a stalled socket belongs to without asking the API server.
+    #[arg(long, env = "DETECTOR_POD_LOGS_DIR", default_value = "/var/log/pods")]
+    pub pod_logs_dir: PathBuf,
     /// Size of the kernel→agent event ring buffer in bytes (a power of two, multiple of the page size).
     #[arg(long, env = "DETECTOR_RING_BUFFER_BYTES", default_value_t = 256 * 1024, value_parser = parse_ring_size)]
     pub ring_buffer_bytes: u32,

@@ -37,6 +37,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 max_sockets: a.max_sockets,
                 ring_buffer_bytes: a.ring_buffer_bytes,
                 send_hook: a.send_hook.index(),
+                pod_logs_dir: a.pod_logs_dir,
             }))
         }
         Command::Stalled(q) => {

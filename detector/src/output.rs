@@ -6,15 +6,19 @@ pub fn stalled_table(rows: &[StalledSocket]) -> String {
         return "no stalled sockets\n".into();
     }
     let header = [
-        "PID", "COMM", "FD", "LOCAL", "REMOTE", "STATE", "QUEUED", "STALLED", "REASON", "RETRANS", "PROBES",
+        "PID", "COMM", "FD", "POD", "LOCAL", "REMOTE", "STATE", "QUEUED", "STALLED", "REASON", "RETRANS", "PROBES",
     ];
-    let cells: Vec<[String; 11]> = rows
+    let cells: Vec<[String; 12]> = rows
         .iter()
         .map(|r| {
             [
                 r.pid.map_or("-".into(), |p| p.to_string()),
-                r.comm.clone(),
+                r.comm.clone().unwrap_or_else(|| format!("? (sent: {})", r.sender_comm)),
                 r.fd.map_or("-".into(), |f| f.to_string()),
+                match (&r.pod_namespace, &r.pod_name) {
+                    (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                    _ => "-".into(),
+                },
                 r.local.clone(),
                 r.remote.clone(),
                 r.state.clone(),
@@ -81,11 +85,22 @@ mod tests {
     fn table_has_a_header_and_one_line_per_socket() {
         let r = StalledSocket {
             pid: Some(7),
-            comm: "server".into(),
+            comm: Some("server".into()),
             fd: None,
-            fds: vec![],
-            tid: 7,
+            owner_known: true,
+            holders: vec![],
+            exe: None,
+            cmdline: None,
+            start_time: None,
+            sender_pid: 7,
+            sender_tid: 7,
+            sender_comm: "server".into(),
             cgroup_id: 1,
+            cgroup: None,
+            container_id: None,
+            pod_uid: None,
+            pod_namespace: None,
+            pod_name: None,
             local: "127.0.0.1:80".into(),
             remote: "127.0.0.1:5000".into(),
             state: "ESTABLISHED".into(),

@@ -295,8 +295,9 @@ struct Group {
     name: &'static str,
     server: Peer,
     client: Peer,
-    /// The client ends' addresses: the `remote` the agent reports (all connections of a
-    /// group share the server's local address).
+    /// `local remote` of each server-side socket, as the agent reports them. Both are needed:
+    /// a group's connections share the server's local address, and other tests' agents-visible
+    /// connections may reuse a client port towards another server.
     remotes: Vec<String>,
     /// `Some(reason)` for dead connections.
     expect: Option<&'static str>,
@@ -307,9 +308,7 @@ fn group(name: &'static str, n: usize, server_mode: &str, client_mode: &str, exp
     let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", server_mode, &ns]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
     let client = Peer::spawn(PEER, &["client", &addr, client_mode, &ns]);
-    let remotes = (0..n)
-        .map(|_| field(&server.expect("ACCEPTED", Duration::from_secs(10)), "peer").to_string())
-        .collect();
+    let remotes = (0..n).map(|_| conn_key(&server.expect("ACCEPTED", Duration::from_secs(10)))).collect();
     Group { name, server, client, remotes, expect }
 }
 
@@ -333,9 +332,7 @@ fn s12_mixed_100_healthy_10_dead() {
     let server = net.peer(&net.a, PEER, &["server", &format!("{NS_A_ADDR}:0"), "stream", "3"]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
     let client = net.peer(&net.b, PEER, &["client", &addr, "read", "3"]);
-    let remotes = (0..3)
-        .map(|_| field(&server.expect("ACCEPTED", Duration::from_secs(10)), "peer").to_string())
-        .collect();
+    let remotes = (0..3).map(|_| conn_key(&server.expect("ACCEPTED", Duration::from_secs(10)))).collect();
     groups.push(Group { name: "unreachable", server, client, remotes, expect: Some("peer_unreachable") });
     let healthy: HashSet<String> = groups.iter().filter(|g| g.expect.is_none()).flat_map(|g| g.remotes.clone()).collect();
     let dead: HashMap<String, (&str, &str)> = groups
@@ -346,14 +343,14 @@ fn s12_mixed_100_healthy_10_dead() {
     assert_eq!((healthy.len(), dead.len()), (100, 10));
     let tracked = poll(Duration::from_secs(5), || {
         let all = agent.query("sockets").expect("sockets");
-        let seen: HashSet<&str> = all
+        let seen: HashSet<String> = all
             .as_array()
             .unwrap()
             .iter()
             .filter(|t| !t["bytes_acked"].is_null())
-            .filter_map(|t| t["remote"].as_str())
+            .map(entry_key)
             .collect();
-        healthy.iter().chain(dead.keys()).all(|r| seen.contains(r.as_str())).then_some(())
+        healthy.iter().chain(dead.keys()).all(|r| seen.contains(r)).then_some(())
     });
     assert!(tracked.is_some(), "not all 110 connections tracked:\n{}", agent.log());
 
@@ -367,7 +364,7 @@ fn s12_mixed_100_healthy_10_dead() {
     while Instant::now() < until {
         let all = agent.query("stalled").expect("stalled");
         for e in all.as_array().unwrap() {
-            let remote = e["remote"].as_str().unwrap().to_string();
+            let remote = entry_key(e);
             if healthy.contains(&remote) {
                 panic!("false positive: healthy {remote} reported: {e}\n{}", agent.log());
             }
@@ -390,4 +387,12 @@ fn s12_mixed_100_healthy_10_dead() {
     }
     eprintln!("mixed run: recall {}/{}, false positives 0 of {}", found.len(), dead.len(), healthy.len());
     drop(groups);
+}
+
+fn conn_key(accepted: &str) -> String {
+    format!("{} {}", field(accepted, "local"), field(accepted, "peer"))
+}
+
+fn entry_key(e: &Value) -> String {
+    format!("{} {}", e["local"].as_str().unwrap_or(""), e["remote"].as_str().unwrap_or(""))
 }

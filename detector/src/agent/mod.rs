@@ -29,6 +29,7 @@ pub struct Options {
     pub max_sockets: u32,
     pub ring_buffer_bytes: u32,
     pub send_hook: loader::SendHookChoice,
+    pub pod_logs_dir: PathBuf,
 }
 
 /// What a sweep publishes.
@@ -153,6 +154,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let cfg = sweep::Config {
             grace: opts.grace,
             interval: opts.interval,
+            pod_logs_dir: opts.pod_logs_dir.clone(),
         };
         std::thread::Builder::new()
             .name("sweep".into())

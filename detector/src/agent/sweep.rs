@@ -2,7 +2,7 @@
 //! which is per-thread state). It owns the socket table: applies the kernel's events, samples
 //! each tracked socket, feeds the verdict, attributes stalled sockets and publishes a snapshot.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -18,16 +18,17 @@ use super::{Shared, Snapshot};
 use crate::{
     api::{StalledSocket, TrackedSocket, tcp_state_name},
     metrics::ReasonLabel,
-    owner::{self, Owner},
+    owner::{self, Holder, pods::PodNames},
     sample::netns::NetnsPool,
     tracker::Tracker,
     verdict::{Reason, StallTracker, TCP_CLOSE_WAIT, TCP_ESTABLISHED, Transition},
 };
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub grace: Duration,
     pub interval: Duration,
+    pub pod_logs_dir: std::path::PathBuf,
 }
 
 pub fn run(
@@ -45,10 +46,13 @@ pub fn run(
             return;
         }
     };
+    let pods = PodNames::new(cfg.pod_logs_dir.clone());
     let mut s = Sweep {
         cfg,
         tracker: Tracker::default(),
-        owners: HashMap::new(),
+        holders: HashMap::new(),
+        unknown_until: HashMap::new(),
+        pods,
         kernel_counts: [0; 5],
         clock: Instant::now(),
         sweeps: 0,
@@ -79,7 +83,7 @@ pub fn run(
                 last_sweep_ms: took.as_secs_f64() * 1e3,
             };
         }
-        let deadline = started + cfg.interval;
+        let deadline = started + s.cfg.interval;
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= deadline {
@@ -93,8 +97,11 @@ pub fn run(
 struct Sweep {
     cfg: Config,
     tracker: Tracker,
-    /// (pid, socket inode) → owner, verified with one readlink before each use.
-    owners: HashMap<(u32, u32), Owner>,
+    /// Stalled socket → its holders, re-verified (start time, one readlink) before each use.
+    holders: HashMap<u64, Vec<Holder>>,
+    /// Stalled sockets no process was found to hold: not scanned for again before this time.
+    unknown_until: HashMap<u64, Instant>,
+    pods: PodNames,
     kernel_counts: [u64; 5],
     clock: Instant,
     sweeps: u64,
@@ -234,23 +241,38 @@ impl Sweep {
             .filter(|t| t.verdict.as_ref().and_then(|v| v.stall()).is_some())
             .map(|t| t.sk)
             .collect();
-        for sk in stalled {
+        for &sk in &stalled {
             // The last sender may have changed since the event (fork, fd passing).
             if let Ok(st) = socks.get(&sk, 0) {
                 self.tracker.refresh_sender(sk, &st);
             }
+        }
+        self.attribute(&stalled);
+        for sk in stalled {
             let Some(t) = self.tracker.get(sk) else { continue };
             let (Some(v), Some(d)) = (t.verdict.as_ref(), t.last) else { continue };
             let Some(stall) = v.stall() else { continue };
             *open.entry(stall.reason).or_default() += 1;
-            let owner = owner_of(&mut self.owners, t.sender.tgid, d.inode);
+            let holders = self.holders.get(&sk).cloned().unwrap_or_default();
+            let first = holders.first();
+            let pod = first.and_then(|h| h.pod_uid.as_deref()).and_then(|u| self.pods.get(u));
             out.push(StalledSocket {
-                pid: owner.as_ref().map(|o| o.pid),
-                comm: owner.as_ref().map(|o| o.comm.clone()).unwrap_or_else(|| t.sender.comm.clone()),
-                fd: owner.as_ref().and_then(|o| o.fds.first().copied()),
-                fds: owner.map(|o| o.fds).unwrap_or_default(),
-                tid: t.sender.tid,
+                pid: first.map(|h| h.pid),
+                comm: first.map(|h| h.comm.clone()),
+                fd: first.and_then(|h| h.fds.first().copied()),
+                owner_known: first.is_some(),
+                exe: first.and_then(|h| h.exe.clone()),
+                cmdline: first.map(|h| h.cmdline.clone()),
+                start_time: first.map(|h| h.start_time),
+                sender_pid: t.sender.tgid,
+                sender_tid: t.sender.tid,
+                sender_comm: t.sender.comm.clone(),
                 cgroup_id: t.sender.cgroup_id,
+                cgroup: first.and_then(|h| h.cgroup.clone()),
+                container_id: first.and_then(|h| h.container_id.clone()),
+                pod_uid: first.and_then(|h| h.pod_uid.clone()),
+                pod_namespace: pod.map(|p| p.namespace.clone()),
+                pod_name: pod.map(|p| p.name.clone()),
                 local: std::net::SocketAddr::new(t.local(), t.tuple.sport).to_string(),
                 remote: std::net::SocketAddr::new(t.remote(), t.tuple.dport).to_string(),
                 state: tcp_state_name(d.sample.state).into(),
@@ -264,12 +286,15 @@ impl Sweep {
                 socket_cookie: d.cookie,
                 inode: d.inode,
                 netns: t.tuple.netns,
+                holders,
             });
         }
         for (r, n) in open {
             m.stalls_open.get_or_create(&label(r)).set(n);
         }
-        self.owners.retain(|_, o| out.iter().any(|s| s.pid == Some(o.pid)));
+        let live: HashSet<u64> = self.tracker.iter().filter(|t| t.verdict.as_ref().is_some_and(|v| v.stall().is_some())).map(|t| t.sk).collect();
+        self.holders.retain(|sk, _| live.contains(sk));
+        self.unknown_until.retain(|sk, _| live.contains(sk));
         out.sort_by(|a, b| b.stalled_for_ms.cmp(&a.stalled_for_ms));
         out
     }
@@ -281,24 +306,50 @@ fn label(r: Reason) -> ReasonLabel {
     }
 }
 
-/// The owner of socket `inode`, if process `pid` (the last sender) still holds it. Cached and
-/// re-verified with one readlink, so /proc/<pid>/fd is scanned once per stalled socket.
-fn owner_of(cache: &mut HashMap<(u32, u32), Owner>, pid: u32, inode: u32) -> Option<Owner> {
-    if let Some(o) = cache.get(&(pid, inode)) {
-        let still = o.fds.first().is_some_and(|fd| {
-            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-                .is_ok_and(|l| l.to_string_lossy() == format!("socket:[{inode}]"))
-        });
-        if still {
-            return Some(o.clone());
+impl Sweep {
+    /// Finds who holds each stalled socket. Cached holders are re-verified (same start time,
+    /// fd still the socket); else the last sender is checked; only sockets it no longer holds
+    /// go into one /proc scan, and a socket nobody holds is not scanned for again for 30 s.
+    fn attribute(&mut self, stalled: &[u64]) {
+        let now = Instant::now();
+        let mut scan: HashMap<u32, u64> = HashMap::new();
+        for &sk in stalled {
+            let Some(t) = self.tracker.get(sk) else { continue };
+            let Some(inode) = t.last.map(|d| d.inode) else { continue };
+            if self
+                .holders
+                .get(&sk)
+                .is_some_and(|hs| !hs.is_empty() && hs.iter().all(|h| owner::still_holds(h, inode)))
+            {
+                continue;
+            }
+            match owner::holder(t.sender.tgid, inode) {
+                Some(h) if !h.fds.is_empty() => {
+                    self.holders.insert(sk, vec![h]);
+                }
+                _ => {
+                    self.holders.remove(&sk);
+                    if self.unknown_until.get(&sk).is_none_or(|&u| now >= u) {
+                        scan.insert(inode, sk);
+                    }
+                }
+            }
+        }
+        if scan.is_empty() {
+            return;
+        }
+        let inodes: HashSet<u32> = scan.keys().copied().collect();
+        let mut found = owner::scan_holders(&inodes);
+        for (inode, sk) in scan {
+            match found.remove(&inode) {
+                Some(hs) if !hs.is_empty() => {
+                    self.unknown_until.remove(&sk);
+                    self.holders.insert(sk, hs);
+                }
+                _ => {
+                    self.unknown_until.insert(sk, now + Duration::from_secs(30));
+                }
+            }
         }
     }
-    let o = owner::resolve(pid, inode)?;
-    if o.fds.is_empty() {
-        // The sender no longer holds it (closed, or passed it on): not this pid.
-        cache.remove(&(pid, inode));
-        return None;
-    }
-    cache.insert((pid, inode), o.clone());
-    Some(o)
 }

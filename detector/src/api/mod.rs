@@ -5,6 +5,8 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::owner::Holder;
+
 pub const DEFAULT_SOCKET: &str = "/run/detector/detector.sock";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -47,16 +49,30 @@ pub struct Response {
 /// One stalled socket, as `detector stalled --output json` prints it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StalledSocket {
-    /// Owning process (the last sender, verified to still hold the socket); null if unknown.
+    /// The process holding the socket now (verified in /proc/<pid>/fd); null when no process
+    /// can be shown to hold it (`owner_known` false): never a guess.
     pub pid: Option<u32>,
-    pub comm: String,
+    pub comm: Option<String>,
     /// The fd that holds the socket in `pid`; null when unknown.
     pub fd: Option<i32>,
-    /// Every fd of `pid` that holds it.
-    pub fds: Vec<i32>,
-    /// Thread that last sent on it.
-    pub tid: u32,
+    pub owner_known: bool,
+    /// Every process holding the socket (fork, fd passing), with its fds.
+    pub holders: Vec<Holder>,
+    pub exe: Option<String>,
+    pub cmdline: Option<String>,
+    /// Start time of `pid` in clock ticks since boot (guards against pid reuse).
+    pub start_time: Option<u64>,
+    /// The process and thread that last sent on it, as the send hook saw them.
+    pub sender_pid: u32,
+    pub sender_tid: u32,
+    pub sender_comm: String,
+    /// cgroup v2 id of the last sender (kernel), and the holder's cgroup path.
     pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
     pub local: String,
     pub remote: String,
     pub state: String,

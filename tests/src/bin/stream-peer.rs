@@ -8,6 +8,11 @@
 //!       burst:<n>     write n bytes, then hold the socket open and idle, never reading
 //!       burst-close:<n>  write n bytes, then read until the client's EOF and close (clean close)
 //!       paced:<r>     write r bytes per second, in 10 chunks a second
+//!       fill-handoff  fill the send path, fork; the child keeps the socket (never sends again),
+//!                     the parent closes its copy. Prints `HANDOFF child=<pid> fd=<n>`.
+//!       fill-inflight fill the send path, put the fd in flight in a unix socket message
+//!                     (SCM_RIGHTS, never received), close it: no process holds it. Prints
+//!                     `INFLIGHT`.
 //!     Prints `LISTEN <addr>`, then per client `ACCEPTED fd=<n> local=<addr> peer=<addr>`,
 //!     and `SEND_ERROR local=<addr> <err>` when a send fails (the thread then closes it).
 //!
@@ -76,6 +81,13 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
     if mode == "stream" {
         loop {
             s.write_all(&buf)?;
+        }
+    } else if mode == "fill-handoff" || mode == "fill-inflight" {
+        fill(&mut s)?;
+        if mode == "fill-handoff" {
+            handoff(s)
+        } else {
+            inflight(s)
         }
     } else if mode.starts_with("burst-close:") {
         let mut left = arg_num(mode) as usize;
@@ -177,5 +189,76 @@ fn read_one(mut s: TcpStream, mode: &str) {
         drop(s);
     } else {
         panic!("unknown client mode {mode:?}");
+    }
+}
+
+/// Writes until the socket's send buffer is full and the peer's window closed.
+fn fill(s: &mut TcpStream) -> std::io::Result<()> {
+    let buf = vec![b'x'; 16 * 1024];
+    s.set_nonblocking(true)?;
+    let mut idle = 0;
+    while idle < 20 {
+        match s.write(&buf) {
+            Ok(_) => idle = 0,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                idle += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn handoff(s: TcpStream) -> std::io::Result<()> {
+    let fd = s.as_raw_fd();
+    // SAFETY: the child only calls async-signal-safe functions (getpid, write, pause).
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            let msg = format!("HANDOFF child={} fd={fd}\n", unsafe { libc::getpid() });
+            unsafe { libc::write(1, msg.as_ptr().cast(), msg.len()) };
+            loop {
+                unsafe { libc::pause() };
+            }
+        }
+        _child => {
+            drop(s);
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}
+
+fn inflight(s: TcpStream) -> std::io::Result<()> {
+    let mut pair = [0i32; 2];
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = s.as_raw_fd();
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        std::ptr::copy_nonoverlapping((&fd as *const i32).cast::<u8>(), libc::CMSG_DATA(c), 4);
+        if libc::sendmsg(pair[0], &msg, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    drop(s);
+    say("INFLIGHT".into());
+    loop {
+        std::thread::park();
     }
 }

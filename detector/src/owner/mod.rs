@@ -1,0 +1,117 @@
+//! Who holds a socket now: processes and their fds, verified against /proc/<pid>/fd, with
+//! their cgroup, container and pod. Done for stalled sockets only: the last sender is checked
+//! first (one /proc/<pid>/fd walk); only when it no longer holds the socket (it exited, forked
+//! and closed, or passed the fd on) is /proc scanned, once per sweep for all such sockets.
+pub mod cgroup;
+pub mod pods;
+
+use std::collections::{HashMap, HashSet};
+
+use procfs::process::{FDTarget, Process};
+use serde::{Deserialize, Serialize};
+
+/// One process holding the socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    /// Process name (`/proc/<pid>/comm`, the main thread's).
+    pub comm: String,
+    pub exe: Option<String>,
+    /// The command line, shortened.
+    pub cmdline: String,
+    /// Start time in clock ticks since boot: with the pid, names the process even if the pid
+    /// is reused later.
+    pub start_time: u64,
+    /// Every fd of this process that refers to the socket.
+    pub fds: Vec<i32>,
+    /// cgroup path (v2, else the v1 path naming a container).
+    pub cgroup: Option<String>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+}
+
+const CMDLINE_MAX: usize = 160;
+
+/// Process `pid` with its fds for socket `inode`; `None` if the process is gone.
+pub fn holder(pid: u32, inode: u32) -> Option<Holder> {
+    let p = Process::new(pid as i32).ok()?;
+    let fds = socket_fds(&p, inode);
+    describe(&p, fds)
+}
+
+fn socket_fds(p: &Process, inode: u32) -> Vec<i32> {
+    p.fd()
+        .map(|it| {
+            it.filter_map(Result::ok)
+                .filter(|fd| matches!(fd.target, FDTarget::Socket(i) if i == inode as u64))
+                .map(|fd| fd.fd)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn describe(p: &Process, fds: Vec<i32>) -> Option<Holder> {
+    let stat = p.stat().ok()?;
+    let mut cmdline = p.cmdline().map(|a| a.join(" ")).unwrap_or_default();
+    if cmdline.len() > CMDLINE_MAX {
+        let mut cut = CMDLINE_MAX;
+        while !cmdline.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        cmdline.truncate(cut);
+        cmdline.push('…');
+    }
+    let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid))
+        .ok()
+        .and_then(|s| cgroup::primary_path(&s));
+    Some(Holder {
+        pid: p.pid as u32,
+        comm: stat.comm,
+        exe: p.exe().ok().map(|e| e.display().to_string()),
+        cmdline,
+        start_time: stat.starttime,
+        fds,
+        container_id: cg.as_deref().and_then(cgroup::container_id),
+        pod_uid: cg.as_deref().and_then(cgroup::pod_uid),
+        cgroup: cg,
+    })
+}
+
+/// Still the same process, still holding the socket through its first fd (two small reads).
+pub fn still_holds(h: &Holder, inode: u32) -> bool {
+    let same = Process::new(h.pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| s.starttime == h.start_time);
+    same && h.fds.first().is_some_and(|fd| {
+        std::fs::read_link(format!("/proc/{}/fd/{fd}", h.pid))
+            .is_ok_and(|l| l.to_string_lossy() == format!("socket:[{inode}]"))
+    })
+}
+
+/// One pass over /proc: every process holding any of `inodes`.
+pub fn scan_holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
+    let mut found: HashMap<u32, Vec<Holder>> = HashMap::new();
+    if inodes.is_empty() {
+        return found;
+    }
+    let Ok(all) = procfs::process::all_processes() else {
+        return found;
+    };
+    for p in all.filter_map(Result::ok) {
+        let Ok(fds) = p.fd() else { continue };
+        let mut mine: HashMap<u32, Vec<i32>> = HashMap::new();
+        for fd in fds.filter_map(Result::ok) {
+            if let FDTarget::Socket(i) = fd.target {
+                if inodes.contains(&(i as u32)) {
+                    mine.entry(i as u32).or_default().push(fd.fd);
+                }
+            }
+        }
+        for (inode, fds) in mine {
+            if let Some(h) = describe(&p, fds) {
+                found.entry(inode).or_default().push(h);
+            }
+        }
+    }
+    found
+}
