@@ -33,6 +33,8 @@ pub struct Tracked {
     pub verdict: Option<StallTracker>,
     /// Stalls of this socket that ended because progress resumed.
     pub recoveries: u32,
+    /// A process in the socket's network namespace, for sockets found at start-up (no sender).
+    pub netns_hint: Option<u32>,
 }
 
 impl Tracked {
@@ -69,9 +71,21 @@ pub fn comm_str(c: &[u8; TASK_COMM_LEN]) -> String {
     String::from_utf8_lossy(&c[..end]).into_owned()
 }
 
+/// Keys of sockets found at start-up by a sock_diag dump have this bit set (a kernel pointer,
+/// the key of sockets seen by the send hook, never has it clear).
+pub const SEEDED: u64 = 1 << 62;
+
+type TupleKey = ([u8; 16], [u8; 16], u16, u16, u32);
+
+fn tuple_key(t: &SockTuple) -> TupleKey {
+    (t.saddr, t.daddr, t.sport, t.dport, t.netns)
+}
+
 #[derive(Debug, Default)]
 pub struct Tracker {
     socks: HashMap<u64, Tracked>,
+    /// Start-up sockets not (yet) seen by the send hook: tuple → key.
+    seeded: HashMap<TupleKey, u64>,
 }
 
 impl Tracker {
@@ -96,7 +110,11 @@ impl Tracker {
     }
 
     pub fn remove(&mut self, sk: u64) -> Option<Tracked> {
-        self.socks.remove(&sk)
+        let t = self.socks.remove(&sk)?;
+        if sk & SEEDED != 0 {
+            self.seeded.remove(&tuple_key(&t.tuple));
+        }
+        Some(t)
     }
 
     pub fn retain(&mut self, f: impl FnMut(&u64, &mut Tracked) -> bool) {
@@ -124,8 +142,13 @@ impl Tracker {
                         last: None,
                         verdict: None,
                         recoveries: 0,
+                        netns_hint: None,
                     },
                 );
+                // It was found at start-up: the kernel's entry replaces the seeded one.
+                if let Some(seeded) = self.seeded.remove(&tuple_key(&ev.tuple)) {
+                    self.socks.remove(&seeded);
+                }
             }
             Ok(EventKind::StateChange) => {
                 if let Some(t) = self.socks.get_mut(&ev.sk) {
@@ -137,6 +160,35 @@ impl Tracker {
             }
             Err(_) => {}
         }
+    }
+
+    /// Adds a socket found by the start-up dump, keyed by its cookie: it may have been wedged
+    /// in a send since before the agent started, so no hook will ever announce it.
+    pub fn seed(&mut self, cookie: u64, tuple: SockTuple, state: u8, netns_pid: u32) {
+        let key = SEEDED | cookie;
+        if self.socks.values().any(|t| tuple_key(&t.tuple) == tuple_key(&tuple)) {
+            return;
+        }
+        self.seeded.insert(tuple_key(&tuple), key);
+        self.socks.insert(
+            key,
+            Tracked {
+                sk: key,
+                tuple,
+                sender: Sender {
+                    tgid: 0,
+                    tid: 0,
+                    comm: String::new(),
+                    cgroup_id: 0,
+                },
+                hook: 0,
+                tcp_state: state,
+                last: None,
+                verdict: None,
+                recoveries: 0,
+                netns_hint: Some(netns_pid),
+            },
+        );
     }
 
     /// Adds a socket found in the kernel map that no event announced (dropped events).
@@ -155,6 +207,7 @@ impl Tracker {
             last: None,
             verdict: None,
             recoveries: 0,
+            netns_hint: None,
         });
     }
 
@@ -195,6 +248,22 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn seeded_socket_is_replaced_when_the_send_hook_sees_it() {
+        let mut t = Tracker::default();
+        let e = ev(EventKind::Tracked, 0xffff_8880_0000_1000, 1);
+        t.seed(77, e.tuple, 1, 1);
+        t.seed(78, e.tuple, 1, 1);
+        assert_eq!(t.len(), 1, "the same tuple is seeded once");
+        assert!(t.get(SEEDED | 77).is_some());
+        t.apply(&e);
+        assert_eq!(t.len(), 1);
+        assert!(t.get(SEEDED | 77).is_none() && t.get(e.sk).is_some());
+        // And a socket the hook already tracks is not seeded again.
+        t.seed(79, e.tuple, 1, 1);
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

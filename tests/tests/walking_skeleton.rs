@@ -91,3 +91,26 @@ fn reading_client_is_tracked_but_never_reported() {
     let acked1 = agent.tracked(&local).expect("still tracked")["bytes_acked"].as_u64().unwrap();
     assert!(acked1 > acked0, "the healthy stream did not progress ({acked0} -> {acked1})");
 }
+
+/// A send that wedged before the agent started fires no hook again; the start-up scan must
+/// still find it, and attribute it through /proc (there is no send-time owner).
+#[test]
+fn socket_wedged_before_the_agent_started_is_found() {
+    if !privileged("socket_wedged_before_the_agent_started_is_found") {
+        return;
+    }
+    let (server, _client, accepted) = pair("none");
+    let local = field(&accepted, "local").to_string();
+    let fd: i64 = field(&accepted, "fd").parse().unwrap();
+    // Let the window close and the server block in send.
+    std::thread::sleep(Duration::from_secs(1));
+    let agent = Agent::start("3s", &[]);
+    let started = Instant::now();
+    let entry = poll(GRACE + Duration::from_secs(2), || agent.stalled(&local))
+        .unwrap_or_else(|| panic!("pre-existing wedged socket {local} not found:\n{}", agent.log()));
+    eprintln!("pre-existing stall reported {:.2} s after the agent started", started.elapsed().as_secs_f64());
+    assert_eq!(entry["pid"], server.pid(), "{entry}");
+    assert_eq!(entry["fd"], fd, "{entry}");
+    assert_eq!(entry["reason"], "peer_not_reading", "{entry}");
+    assert_eq!(entry["sender_pid"], 0, "no send was seen: {entry}");
+}

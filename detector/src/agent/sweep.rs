@@ -12,14 +12,14 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
-use detector_common::{Counter, SockEvent, SockState};
+use detector_common::{Counter, SockEvent, SockState, SockTuple};
 
 use super::{Shared, Snapshot};
 use crate::{
     api::{StalledSocket, TrackedSocket, tcp_state_name},
     metrics::ReasonLabel,
     owner::{self, Holder, pods::PodNames},
-    sample::netns::NetnsPool,
+    sample::netns::{self, NetnsPool},
     tracker::Tracker,
     verdict::{Reason, StallTracker, TCP_CLOSE_WAIT, TCP_ESTABLISHED, Transition},
 };
@@ -57,8 +57,10 @@ pub fn run(
         clock: Instant::now(),
         sweeps: 0,
     };
-    // Sockets that sent before the agent (re)started and are still in a pinned or reused map
-    // are picked up here; afterwards the map is only re-read when events were lost.
+    // Sockets already wedged when the agent started (a send blocked since then fires no hook
+    // again) are found by one dump per network namespace; afterwards the kernel map is only
+    // re-read when events were lost.
+    s.seed(&mut pool);
     s.resync(&socks);
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
@@ -136,6 +138,39 @@ impl Sweep {
         lost
     }
 
+    fn seed(&mut self, pool: &mut NetnsPool) {
+        let mut seeded = 0;
+        for (inum, pid) in netns::all_netns() {
+            let dumped = match pool.conn(inum, Some(pid)).and_then(|c| Ok(c.dump_established()?)) {
+                Ok(d) => d,
+                Err(e) => {
+                    log::warn!("start-up scan of network namespace {inum}: {e}");
+                    continue;
+                }
+            };
+            for d in dumped {
+                // Only sockets that can already be stalled: bytes queued, or the peer gone.
+                if d.send_queue == 0 && d.state != TCP_CLOSE_WAIT {
+                    continue;
+                }
+                let mut tuple = SockTuple {
+                    family: d.family,
+                    sport: d.local_port,
+                    dport: d.remote_port,
+                    netns: inum,
+                    ..SockTuple::default()
+                };
+                put_addr(&mut tuple.saddr, d.local);
+                put_addr(&mut tuple.daddr, d.remote);
+                self.tracker.seed(d.cookie, tuple, d.state, pid);
+                seeded += 1;
+            }
+        }
+        let tracker = &self.tracker;
+        pool.retain(|inum| tracker.iter().any(|t| t.tuple.netns == inum));
+        log::info!("start-up scan: {seeded} sockets with data queued or in CLOSE_WAIT");
+    }
+
     fn resync(&mut self, socks: &BpfHashMap<MapData, u64, SockState>) {
         for (sk, st) in socks.iter().filter_map(Result::ok) {
             self.tracker.adopt(sk, &st);
@@ -177,7 +212,7 @@ impl Sweep {
                 t.verdict = None;
                 continue;
             }
-            let conn = match pool.conn(t.tuple.netns, Some(t.sender.tgid)) {
+            let conn = match pool.conn(t.tuple.netns, Some(t.netns_hint.unwrap_or(t.sender.tgid))) {
                 Ok(c) => c,
                 Err(e) => {
                     log::debug!("socket {:#x}: {e}", t.sk);
@@ -297,6 +332,13 @@ impl Sweep {
         self.unknown_until.retain(|sk, _| live.contains(sk));
         out.sort_by(|a, b| b.stalled_for_ms.cmp(&a.stalled_for_ms));
         out
+    }
+}
+
+fn put_addr(out: &mut [u8; 16], a: std::net::IpAddr) {
+    match a {
+        std::net::IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
+        std::net::IpAddr::V6(v6) => *out = v6.octets(),
     }
 }
 

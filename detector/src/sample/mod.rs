@@ -15,7 +15,7 @@ pub mod tcp_info;
 use std::{io, net::IpAddr};
 
 use netlink_packet_core::{
-    NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_sock_diag::{
     SockDiagMessage,
@@ -80,6 +80,19 @@ pub struct Lookup {
     pub cookie: Option<u64>,
 }
 
+/// A socket found by a dump (start-up only).
+#[derive(Debug, Clone, Copy)]
+pub struct Dumped {
+    pub family: u16,
+    pub local: IpAddr,
+    pub local_port: u16,
+    pub remote: IpAddr,
+    pub remote_port: u16,
+    pub state: u8,
+    pub send_queue: u32,
+    pub cookie: u64,
+}
+
 /// A sock_diag netlink socket bound to one network namespace.
 pub struct DiagConn {
     sock: Socket,
@@ -98,6 +111,65 @@ impl DiagConn {
             buf: vec![0; 16 * 1024],
             seq: 0,
         })
+    }
+
+    /// Every TCP socket of this namespace in ESTABLISHED or CLOSE_WAIT. Used once at start-up,
+    /// to find sockets that were already wedged (a send blocked forever fires no hook again).
+    pub fn dump_established(&mut self) -> Result<Vec<Dumped>, SampleError> {
+        let mut out = Vec::new();
+        for family in [AF_INET, AF_INET6] {
+            let mut hdr = NetlinkHeader::default();
+            hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+            self.seq = self.seq.wrapping_add(1);
+            hdr.sequence_number = self.seq;
+            let mut msg = NetlinkMessage::new(
+                hdr,
+                SockDiagMessage::InetRequest(InetRequest {
+                    family,
+                    protocol: IPPROTO_TCP,
+                    extensions: ExtensionFlags::empty(),
+                    states: StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT,
+                    socket_id: if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() },
+                })
+                .into(),
+            );
+            msg.finalize();
+            let mut req = vec![0u8; msg.buffer_len()];
+            msg.serialize(&mut req);
+            self.sock.send(&req, 0).map_err(SampleError::Io)?;
+            'recv: loop {
+                let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(SampleError::Io)?;
+                let mut off = 0;
+                while off < n {
+                    let m = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[off..n])
+                        .map_err(|e| SampleError::Decode(e.to_string()))?;
+                    let len = m.header.length as usize;
+                    match m.payload {
+                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                            let h = &r.header;
+                            out.push(Dumped {
+                                family: h.family as u16,
+                                local: h.socket_id.source_address,
+                                local_port: h.socket_id.source_port,
+                                remote: h.socket_id.destination_address,
+                                remote_port: h.socket_id.destination_port,
+                                state: h.state,
+                                send_queue: h.send_queue,
+                                cookie: u64::from_ne_bytes(h.socket_id.cookie),
+                            });
+                        }
+                        NetlinkPayload::Done(_) => break 'recv,
+                        NetlinkPayload::Error(e) => return Err(SampleError::Io(e.to_io())),
+                        _ => {}
+                    }
+                    if len == 0 {
+                        break;
+                    }
+                    off += len;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Exact lookup of one socket. `Ok(None)` when it no longer exists.

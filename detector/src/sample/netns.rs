@@ -79,6 +79,19 @@ impl NetnsPool {
     }
 }
 
+/// Every network namespace that has a process in it: inode → one such pid.
+pub fn all_netns() -> std::collections::HashMap<u32, u32> {
+    let mut m = std::collections::HashMap::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return m };
+    for e in rd.filter_map(Result::ok) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Some(ino) = netns_of(pid) {
+            m.entry(ino).or_insert(pid);
+        }
+    }
+    m
+}
+
 fn find_netns(inum: u32, hint: Option<u32>) -> Option<File> {
     let open_if = |pid: &str| -> Option<File> {
         let f = File::open(format!("/proc/{pid}/ns/net")).ok()?;
