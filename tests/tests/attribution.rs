@@ -111,3 +111,46 @@ impl Drop for KillOnDrop {
         unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
     }
 }
+
+/// The sender exits after handing the socket to its child, and its pid is given to a new,
+/// unrelated process (forced with ns_last_pid). The report must name the child, never the
+/// process that now wears the old pid.
+#[test]
+fn a_reused_sender_pid_is_never_reported_as_owner() {
+    if !privileged("a_reused_sender_pid_is_never_reported_as_owner") {
+        return;
+    }
+    let agent = Agent::start("2s", &[]);
+    let mut server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "fill-handoff"]);
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let _client = Peer::spawn(PEER, &["client", &addr, "none"]);
+    let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
+    let handoff = server.expect("HANDOFF", Duration::from_secs(10));
+    let child: u32 = field(&handoff, "child").parse().unwrap();
+    let _reap = KillOnDrop(child);
+    let sender = server.pid();
+    server.signal(libc::SIGKILL);
+    assert!(server.wait_exit(Duration::from_secs(5)));
+
+    // Give the sender's pid to an unrelated process.
+    let mut impostor = None;
+    for _ in 0..50 {
+        let _ = std::fs::write("/proc/sys/kernel/ns_last_pid", (sender - 1).to_string());
+        let c = std::process::Command::new("sleep").arg("60").spawn().expect("sleep");
+        if c.id() == sender {
+            impostor = Some(c);
+            break;
+        }
+        let mut c = c;
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let mut impostor = impostor.unwrap_or_else(|| panic!("could not reuse pid {sender} for the test"));
+
+    let e = poll(WITHIN, || agent.stalled(&local)).unwrap_or_else(|| panic!("not reported:\n{}", agent.log()));
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    assert_eq!(e["sender_pid"], sender, "{e}");
+    assert_eq!(e["pid"], child, "the owner is the child, not whoever has pid {sender} now: {e}");
+    assert!(e["holders"].as_array().unwrap().iter().all(|h| h["pid"] != sender), "{e}");
+}
