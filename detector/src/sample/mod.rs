@@ -7,8 +7,12 @@
 //! Why sock_diag exact lookups and not an `iter/tcp` program: an iterator walks every TCP socket
 //! of the namespace on each pass (cost grows with all sockets on the node), while an exact
 //! lookup is one hash-table probe in the kernel per tracked socket, so a pass costs
-//! O(tracked sockets), not O(all sockets). `iter/tcp` also needs BPF trampolines (the same
-//! attach path as fentry, refused on kernels like the CI one). Measured numbers: BENCHMARKS.md.
+//! O(tracked sockets), not O(all sockets). Measured on the CI machine kind (kernel 6.18, 2 vCPU,
+//! release build, 2026-11-24): 5,000 tracked loopback sockets (10,000 in the namespace) take
+//! 25 ms per pass, ~5 µs per exact lookup with tcp_info; one `ss -tni` dump of the same
+//! namespace takes 140 ms. An iterator would pay the dump's walk on every pass, whatever
+//! the number of sockets with data in flight, and needs a loadable BPF_PROG_TYPE_TRACING
+//! program (fentry of that type is refused here).
 pub mod netns;
 pub mod tcp_info;
 
