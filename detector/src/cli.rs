@@ -53,9 +53,46 @@ pub struct RunArgs {
     /// pod a stalled socket belongs to without asking the API server.
     #[arg(long, env = "DETECTOR_POD_LOGS_DIR", default_value = "/var/log/pods")]
     pub pod_logs_dir: PathBuf,
+    /// Reaping policy file (TOML; see deploy/policy.example.toml). Without it, --action applies
+    /// to every stalled socket.
+    #[arg(long, env = "DETECTOR_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// What to do with a stalled socket when there is no --policy file.
+    #[arg(long, env = "DETECTOR_ACTION", value_enum, default_value_t = ActionChoice::Report)]
+    pub action: ActionChoice,
+    /// Signal for --action signal (a real-time one, e.g. SIGRTMIN+1, carries the fd).
+    #[arg(long, env = "DETECTOR_SIGNAL", default_value = "SIGTERM")]
+    pub signal: String,
+    /// Endpoint for --action rpc (http://host:port/path); gets the connection as JSON.
+    #[arg(long, env = "DETECTOR_RPC_URL")]
+    pub rpc_url: Option<String>,
+    /// Decide and audit, but touch nothing (overrides the policy file's dry_run when set).
+    #[arg(long, env = "DETECTOR_DRY_RUN")]
+    pub dry_run: bool,
     /// Size of the kernel→agent event ring buffer in bytes (a power of two, multiple of the page size).
     #[arg(long, env = "DETECTOR_RING_BUFFER_BYTES", default_value_t = 256 * 1024, value_parser = parse_ring_size)]
     pub ring_buffer_bytes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ActionChoice {
+    Report,
+    Signal,
+    Rpc,
+    Destroy,
+    Shutdown,
+}
+
+impl ActionChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Report => "report",
+            Self::Signal => "signal",
+            Self::Rpc => "rpc",
+            Self::Destroy => "destroy",
+            Self::Shutdown => "shutdown",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,8 +6,9 @@ use clap::Parser as _;
 use detector::{
     agent,
     api::{Request, StalledSocket, TrackedSocket, client},
-    cli::{Cli, Command, Output, QueryArgs},
+    cli::{ActionChoice, Cli, Command, Output, QueryArgs},
     output,
+    reaper::config::Policy,
 };
 
 fn main() -> ExitCode {
@@ -25,6 +26,17 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => {
+            let policy = match &a.policy {
+                Some(path) => {
+                    if a.action != ActionChoice::Report {
+                        anyhow::bail!("--action and --policy both given: put the action in the policy file");
+                    }
+                    let mut p = Policy::load(path, a.grace)?;
+                    p.dry_run |= a.dry_run;
+                    p
+                }
+                None => Policy::from_flags(a.action.as_str(), &a.signal, a.rpc_url.as_deref(), a.dry_run)?,
+            };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -38,6 +50,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 ring_buffer_bytes: a.ring_buffer_bytes,
                 send_hook: a.send_hook.index(),
                 pod_logs_dir: a.pod_logs_dir,
+                policy,
             }))
         }
         Command::Stalled(q) => {

@@ -29,6 +29,12 @@ pub struct HookLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabel {
     pub version: String,
     pub kernel: String,
@@ -46,6 +52,7 @@ pub struct Metrics {
     pub sample_errors: Counter,
     pub sweep_duration: Histogram,
     pub hook_attached: Family<HookLabel, Gauge>,
+    pub reaps: Family<ActionLabel, Counter>,
     pub build_info: Family<BuildLabel, Gauge>,
 }
 
@@ -63,6 +70,7 @@ impl Metrics {
             sample_errors: Counter::default(),
             sweep_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
             hook_attached: Family::default(),
+            reaps: Family::default(),
             build_info: Family::default(),
             registry: Registry::default(),
         };
@@ -76,6 +84,7 @@ impl Metrics {
         registry.register("sample_errors", "Failed sock_diag samples", m.sample_errors.clone());
         registry.register("sweep_duration_seconds", "Time one detection pass takes", m.sweep_duration.clone());
         registry.register("hook_attached", "1 for each kernel hook attached", m.hook_attached.clone());
+        registry.register("reaps", "Reaping decisions, by action and result (ok, failed, dry_run, skipped)", m.reaps.clone());
         registry.register("build_info", "Agent version and kernel release", m.build_info.clone());
         for r in crate::verdict::Reason::ALL {
             // Export zeros from the start so alerts see every series.

@@ -30,6 +30,7 @@ pub struct Options {
     pub ring_buffer_bytes: u32,
     pub send_hook: loader::SendHookChoice,
     pub pod_logs_dir: PathBuf,
+    pub policy: crate::reaper::config::Policy,
 }
 
 /// What a sweep publishes.
@@ -84,6 +85,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         opts.send_hook,
     )?;
     let kernel_release = kernel::kernel_release();
+    let destroy_support = crate::reaper::probe_destroy();
+    match &destroy_support {
+        Ok(()) => log::info!("socket destroy (sock_diag SOCK_DESTROY): supported"),
+        Err(e) => log::warn!("socket destroy (sock_diag SOCK_DESTROY): not supported: {e}"),
+    }
+    log::info!(
+        "policy: {} selector(s){}",
+        opts.policy.selectors.len(),
+        if opts.policy.dry_run { ", dry run" } else { "" }
+    );
     log::info!("kernel {kernel_release}; send-path hook: {}", loaded.send_hook);
     for h in &loaded.hooks {
         if h.attached {
@@ -122,6 +133,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             "grace_ms": opts.grace.as_millis() as u64,
             "interval_ms": opts.interval.as_millis() as u64,
             "max_sockets": opts.max_sockets,
+            "destroy_supported": destroy_support.is_ok(),
+            "destroy_detail": destroy_support.err().unwrap_or_else(|| "supported".into()),
+            "dry_run": opts.policy.dry_run,
+            "selectors": opts.policy.selectors.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         }),
     });
 
@@ -156,9 +171,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             interval: opts.interval,
             pod_logs_dir: opts.pod_logs_dir.clone(),
         };
+        let reaper = crate::reaper::Reaper::new(
+            opts.policy.clone(),
+            opts.grace,
+            tokio::runtime::Handle::current(),
+            shared.metrics.clone(),
+        );
         std::thread::Builder::new()
             .name("sweep".into())
-            .spawn(move || sweep::run(cfg, rx, socks, counters, shared, stop))
+            .spawn(move || sweep::run(cfg, rx, socks, counters, shared, reaper, stop))
             .context("starting the sweep thread")?
     };
     let events = tokio::spawn(kernel::events::forward(ring, tx));

@@ -19,6 +19,7 @@ use crate::{
     api::{StalledSocket, TrackedSocket, tcp_state_name},
     metrics::ReasonLabel,
     owner::{self, Holder, pods::PodNames},
+    reaper::Reaper,
     sample::netns::{self, NetnsPool},
     tracker::Tracker,
     verdict::{Reason, StallTracker, TCP_CLOSE_WAIT, TCP_ESTABLISHED, Transition},
@@ -37,6 +38,7 @@ pub fn run(
     socks: BpfHashMap<MapData, u64, SockState>,
     counters: PerCpuArray<MapData, u64>,
     shared: Arc<Shared>,
+    mut reaper: Reaper,
     stop: Arc<AtomicBool>,
 ) {
     let mut pool = match NetnsPool::new() {
@@ -71,6 +73,7 @@ pub fn run(
             s.resync(&socks);
         }
         let stalled = s.pass(&mut pool, &socks, &shared);
+        s.reap(&mut reaper, &stalled, &mut pool);
         let sockets = s.rows();
         let took = started.elapsed();
         shared.metrics.sweep_duration.observe(took.as_secs_f64());
@@ -349,6 +352,23 @@ fn label(r: Reason) -> ReasonLabel {
 }
 
 impl Sweep {
+    /// Hands this sweep's stalled sockets to the reaper; destroy runs here, in each socket's
+    /// own network namespace.
+    fn reap(&self, reaper: &mut Reaper, stalled: &[StalledSocket], pool: &mut NetnsPool) {
+        let tracker = &self.tracker;
+        let mut destroy = |s: &StalledSocket| -> Result<(), String> {
+            let t = tracker
+                .iter()
+                .find(|t| t.last.is_some_and(|d| d.cookie == s.socket_cookie))
+                .ok_or("socket no longer tracked")?;
+            let conn = pool
+                .conn(t.tuple.netns, Some(t.netns_hint.unwrap_or(t.sender.tgid)))
+                .map_err(|e| e.to_string())?;
+            conn.destroy(&t.lookup()).map_err(|e| e.to_string())
+        };
+        reaper.tick(stalled, &mut destroy);
+    }
+
     /// Finds who holds each stalled socket. Cached holders are re-verified (same start time,
     /// fd still the socket); else the last sender is checked; only sockets it no longer holds
     /// go into one /proc scan, and a socket nobody holds is not scanned for again for 30 s.

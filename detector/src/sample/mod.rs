@@ -176,8 +176,27 @@ impl DiagConn {
         Ok(out)
     }
 
-    /// Exact lookup of one socket. `Ok(None)` when it no longer exists.
-    pub fn lookup(&mut self, l: &Lookup, at_ms: u64) -> Result<Option<DiagSocket>, SampleError> {
+    /// Destroys one socket from the kernel side (SOCK_DESTROY, CONFIG_INET_DIAG_DESTROY): the
+    /// kernel aborts it with ECONNABORTED, so a blocked `send` returns at once.
+    pub fn destroy(&mut self, l: &Lookup) -> Result<(), SampleError> {
+        const SOCK_DESTROY: u16 = 21;
+        let mut msg = self.request(l, ExtensionFlags::empty());
+        msg.header.message_type = SOCK_DESTROY;
+        msg.header.flags |= netlink_packet_core::NLM_F_ACK;
+        let mut out = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut out);
+        self.sock.send(&out, 0).map_err(SampleError::Io)?;
+        let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(SampleError::Io)?;
+        let reply = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[..n])
+            .map_err(|e| SampleError::Decode(e.to_string()))?;
+        match reply.payload {
+            NetlinkPayload::Error(e) if e.code.is_none() => Ok(()),
+            NetlinkPayload::Error(e) => Err(SampleError::Io(e.to_io())),
+            other => Err(SampleError::Decode(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    fn request(&mut self, l: &Lookup, ext: ExtensionFlags) -> NetlinkMessage<SockDiagMessage> {
         let mut id = if l.family == AF_INET6 as u16 {
             SocketId::new_v6()
         } else {
@@ -189,7 +208,6 @@ impl DiagConn {
         id.destination_address = l.remote;
         // INET_DIAG_NOCOOKIE (all ones) skips the cookie check.
         id.cookie = l.cookie.unwrap_or(u64::MAX).to_ne_bytes();
-
         let mut hdr = NetlinkHeader::default();
         hdr.flags = NLM_F_REQUEST;
         self.seq = self.seq.wrapping_add(1);
@@ -199,13 +217,19 @@ impl DiagConn {
             SockDiagMessage::InetRequest(InetRequest {
                 family: if l.family == AF_INET6 as u16 { AF_INET6 } else { AF_INET },
                 protocol: IPPROTO_TCP,
-                extensions: ExtensionFlags::INFO,
+                extensions: ext,
                 states: StateFlags::all(),
                 socket_id: id,
             })
             .into(),
         );
         msg.finalize();
+        msg
+    }
+
+    /// Exact lookup of one socket. `Ok(None)` when it no longer exists.
+    pub fn lookup(&mut self, l: &Lookup, at_ms: u64) -> Result<Option<DiagSocket>, SampleError> {
+        let msg = self.request(l, ExtensionFlags::INFO);
         let mut out = vec![0u8; msg.buffer_len()];
         msg.serialize(&mut out);
         self.sock.send(&out, 0).map_err(SampleError::Io)?;
