@@ -179,6 +179,8 @@ impl Drop for Agent {
 pub struct Peer {
     child: Child,
     lines: Receiver<String>,
+    /// Every line read so far, for assertions about what did (not) happen.
+    history: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Peer {
@@ -191,14 +193,17 @@ impl Peer {
             .unwrap_or_else(|e| panic!("spawning {bin} {args:?}: {e}"));
         let out = child.stdout.take().expect("piped stdout");
         let (tx, rx) = channel();
+        let history = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = history.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                h.lock().unwrap().push(line.clone());
                 if tx.send(line).is_err() {
                     return;
                 }
             }
         });
-        Peer { child, lines: rx }
+        Peer { child, lines: rx, history }
     }
 
     pub fn pid(&self) -> u32 {
@@ -219,6 +224,24 @@ impl Peer {
                 Err(e) => panic!("peer {} never printed {prefix:?}: {e}", self.pid()),
             }
         }
+    }
+
+    /// Waits for a line starting with `prefix` for which `pred` holds; returns it whole.
+    pub fn expect_where(&self, prefix: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) && pred(&l) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether any line so far starts with `prefix` and satisfies `pred`.
+    pub fn saw(&self, prefix: &str, pred: impl Fn(&str) -> bool) -> bool {
+        self.history.lock().unwrap().iter().any(|l| l.starts_with(prefix) && pred(l))
     }
 
     pub fn signal(&self, sig: i32) {
