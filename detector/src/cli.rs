@@ -26,6 +26,10 @@ pub enum Command {
     Sockets(QueryArgs),
     /// Show the running agent's kernel, hooks and counts.
     Status(QueryArgs),
+    /// One-shot stall scan without the agent (sock_diag sampling over the grace window).
+    Scan(ScanArgs),
+    /// Preflight: can the agent run here? Tries every hook for real; exits non-zero if not.
+    Check(OutputArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,6 +136,29 @@ pub struct QueryArgs {
     /// The running agent's API socket.
     #[arg(long, env = "DETECTOR_API_SOCKET", default_value = DEFAULT_SOCKET)]
     pub api_socket: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScanArgs {
+    /// How long a socket must make no progress to be reported; the scan takes this long.
+    #[arg(long, env = "DETECTOR_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Sampling interval.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// The kubelet's pod log directory, to name pods.
+    #[arg(long, env = "DETECTOR_POD_LOGS_DIR", default_value = "/var/log/pods")]
+    pub pod_logs_dir: PathBuf,
+    /// Output format.
+    #[arg(long, short, env = "DETECTOR_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(long, short, env = "DETECTOR_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

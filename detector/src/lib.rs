@@ -4,12 +4,14 @@
 //! the loop; `api`, `cli`, `metrics` and `output` are thin surfaces.
 pub mod agent;
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod kernel;
 pub mod metrics;
 pub mod output;
 pub mod owner;
 pub mod reaper;
+pub mod scan;
 pub mod sample;
 pub mod tracker;
 pub mod verdict;

@@ -67,6 +67,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(output::sockets_table(&rows))
             })
         }
+        Command::Scan(a) => {
+            let rows = detector::scan::run(a.grace, a.interval, a.pod_logs_dir)?;
+            match a.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Table => print!("{}", output::stalled_table(&rows)),
+            }
+            Ok(())
+        }
+        Command::Check(o) => {
+            let checks = detector::check::run();
+            match o.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
+                Output::Table => print!("{}", detector::check::table(&checks)),
+            }
+            if !detector::check::can_run(&checks) {
+                anyhow::bail!("the agent cannot run on this machine (see above)");
+            }
+            Ok(())
+        }
         Command::Status(q) => {
             let data = client::call(&q.api_socket, &Request::Status)?;
             print(&q, &data, |v| Ok(serde_json::to_string_pretty(v)? + "\n"))

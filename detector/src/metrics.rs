@@ -42,6 +42,8 @@ pub struct BuildLabel {
 
 pub struct Metrics {
     registry: Registry,
+    /// Set after the first detection pass: the agent is ready.
+    pub ready: std::sync::atomic::AtomicBool,
     pub stalls_detected: Family<ReasonLabel, Counter>,
     pub stalls_open: Family<ReasonLabel, Gauge>,
     pub stalls_recovered: Counter,
@@ -51,6 +53,7 @@ pub struct Metrics {
     pub kernel_read_errors: Counter,
     pub sample_errors: Counter,
     pub sweep_duration: Histogram,
+    pub stall_duration: Histogram,
     pub hook_attached: Family<HookLabel, Gauge>,
     pub reaps: Family<ActionLabel, Counter>,
     pub build_info: Family<BuildLabel, Gauge>,
@@ -69,10 +72,12 @@ impl Metrics {
             kernel_read_errors: Counter::default(),
             sample_errors: Counter::default(),
             sweep_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
+            stall_duration: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             hook_attached: Family::default(),
             reaps: Family::default(),
             build_info: Family::default(),
             registry: Registry::default(),
+            ready: std::sync::atomic::AtomicBool::new(false),
         };
         registry.register("stalls_detected", "Stalls detected, by reason", m.stalls_detected.clone());
         registry.register("stalled_sockets", "Sockets stalled now, by reason", m.stalls_open.clone());
@@ -83,6 +88,11 @@ impl Metrics {
         registry.register("kernel_read_errors", "Failed kernel memory reads in the eBPF programs", m.kernel_read_errors.clone());
         registry.register("sample_errors", "Failed sock_diag samples", m.sample_errors.clone());
         registry.register("sweep_duration_seconds", "Time one detection pass takes", m.sweep_duration.clone());
+        registry.register(
+            "stall_duration_seconds",
+            "How long stalls lasted when they ended (recovered, closed or reaped)",
+            m.stall_duration.clone(),
+        );
         registry.register("hook_attached", "1 for each kernel hook attached", m.hook_attached.clone());
         registry.register("reaps", "Reaping decisions, by action and result (ok, failed, dry_run, skipped)", m.reaps.clone());
         registry.register("build_info", "Agent version and kernel release", m.build_info.clone());
@@ -128,6 +138,12 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                             )
                             .body(Full::new(Bytes::from(metrics.render()))),
                         "/healthz" => Response::builder().body(Full::new(Bytes::from("ok\n"))),
+                        "/readyz" if metrics.ready.load(std::sync::atomic::Ordering::Relaxed) => {
+                            Response::builder().body(Full::new(Bytes::from("ready\n")))
+                        }
+                        "/readyz" => Response::builder()
+                            .status(503)
+                            .body(Full::new(Bytes::from("starting: no detection pass yet\n"))),
                         _ => Response::builder()
                             .status(404)
                             .body(Full::new(Bytes::from("not found; try /metrics\n"))),

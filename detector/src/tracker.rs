@@ -121,12 +121,13 @@ impl Tracker {
         self.socks.retain(f)
     }
 
-    /// Applies one kernel event.
-    pub fn apply(&mut self, ev: &SockEvent) {
+    /// Applies one kernel event; returns the entry it ended, if any (a closed socket, or one
+    /// whose address a new socket now has).
+    pub fn apply(&mut self, ev: &SockEvent) -> Option<Tracked> {
         match EventKind::try_from(ev.kind) {
             Ok(EventKind::Tracked) => {
                 // A new socket (possibly at the address of one whose close event was lost).
-                self.socks.insert(
+                let old = self.socks.insert(
                     ev.sk,
                     Tracked {
                         sk: ev.sk,
@@ -147,18 +148,18 @@ impl Tracker {
                 );
                 // It was found at start-up: the kernel's entry replaces the seeded one.
                 if let Some(seeded) = self.seeded.remove(&tuple_key(&ev.tuple)) {
-                    self.socks.remove(&seeded);
+                    return self.socks.remove(&seeded).or(old);
                 }
+                old
             }
             Ok(EventKind::StateChange) => {
                 if let Some(t) = self.socks.get_mut(&ev.sk) {
                     t.tcp_state = ev.new_state;
                 }
+                None
             }
-            Ok(EventKind::Closed) => {
-                self.socks.remove(&ev.sk);
-            }
-            Err(_) => {}
+            Ok(EventKind::Closed) => self.socks.remove(&ev.sk),
+            Err(_) => None,
         }
     }
 

@@ -48,17 +48,7 @@ pub fn run(
             return;
         }
     };
-    let pods = PodNames::new(cfg.pod_logs_dir.clone());
-    let mut s = Sweep {
-        cfg,
-        tracker: Tracker::default(),
-        holders: HashMap::new(),
-        unknown_until: HashMap::new(),
-        pods,
-        kernel_counts: [0; 5],
-        clock: Instant::now(),
-        sweeps: 0,
-    };
+    let mut s = Sweep::new(cfg);
     // Sockets already wedged when the agent started (a send blocked since then fires no hook
     // again) are found by one dump per network namespace; afterwards the kernel map is only
     // re-read when events were lost.
@@ -67,17 +57,21 @@ pub fn run(
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         while let Ok(ev) = events.try_recv() {
-            s.tracker.apply(&ev);
+            let ended = s.tracker.apply(&ev);
+            if let Some(age) = ended.and_then(|t| t.verdict).and_then(|v| v.stalled_for_ms(s.now_ms())) {
+                shared.metrics.stall_duration.observe(age as f64 / 1e3);
+            }
         }
         if s.read_counters(&counters, &shared) {
             s.resync(&socks);
         }
-        let stalled = s.pass(&mut pool, &socks, &shared);
+        let stalled = s.pass(&mut pool, Some(&socks), &shared);
         s.reap(&mut reaper, &stalled, &mut pool);
         let sockets = s.rows();
         let took = started.elapsed();
         shared.metrics.sweep_duration.observe(took.as_secs_f64());
         shared.metrics.sockets_tracked.set(s.tracker.len() as i64);
+        shared.metrics.ready.store(true, Ordering::Relaxed);
         s.sweeps += 1;
         if let Ok(mut snap) = shared.snapshot.write() {
             *snap = Snapshot {
@@ -99,7 +93,7 @@ pub fn run(
     }
 }
 
-struct Sweep {
+pub struct Sweep {
     cfg: Config,
     tracker: Tracker,
     /// Stalled socket → its holders, re-verified (start time, one readlink) before each use.
@@ -113,6 +107,20 @@ struct Sweep {
 }
 
 impl Sweep {
+    pub fn new(cfg: Config) -> Self {
+        let pods = PodNames::new(cfg.pod_logs_dir.clone());
+        Sweep {
+            cfg,
+            tracker: Tracker::default(),
+            holders: HashMap::new(),
+            unknown_until: HashMap::new(),
+            pods,
+            kernel_counts: [0; 5],
+            clock: Instant::now(),
+            sweeps: 0,
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.clock.elapsed().as_millis() as u64
     }
@@ -141,7 +149,7 @@ impl Sweep {
         lost
     }
 
-    fn seed(&mut self, pool: &mut NetnsPool) {
+    pub fn seed(&mut self, pool: &mut NetnsPool) {
         let mut seeded = 0;
         for (inum, pid) in netns::all_netns() {
             let dumped = match pool.conn(inum, Some(pid)).and_then(|c| Ok(c.dump_established()?)) {
@@ -199,10 +207,10 @@ impl Sweep {
     }
 
     /// Samples every tracked socket, updates verdicts, returns the stalled ones.
-    fn pass(
+    pub fn pass(
         &mut self,
         pool: &mut NetnsPool,
-        socks: &BpfHashMap<MapData, u64, SockState>,
+        socks: Option<&BpfHashMap<MapData, u64, SockState>>,
         shared: &Shared,
     ) -> Vec<StalledSocket> {
         let grace_ms = self.cfg.grace.as_millis() as u64;
@@ -212,7 +220,9 @@ impl Sweep {
         for t in self.tracker.iter_mut() {
             // Only states in which the application holds the socket and data should flow.
             if t.tcp_state != TCP_ESTABLISHED && t.tcp_state != TCP_CLOSE_WAIT && t.tcp_state != 0 {
-                t.verdict = None;
+                if let Some(age) = t.verdict.take().and_then(|v| v.stalled_for_ms(now)) {
+                    m.stall_duration.observe(age as f64 / 1e3);
+                }
                 continue;
             }
             let conn = match pool.conn(t.tuple.netns, Some(t.netns_hint.unwrap_or(t.sender.tgid))) {
@@ -245,6 +255,7 @@ impl Sweep {
                         }
                         Transition::Recovered { stalled_for_ms } => {
                             m.stalls_recovered.inc();
+                            m.stall_duration.observe(stalled_for_ms as f64 / 1e3);
                             t.recoveries += 1;
                             log::info!(
                                 "recovered after {stalled_for_ms} ms: {}:{} -> {}:{}",
@@ -265,7 +276,9 @@ impl Sweep {
             }
         }
         for sk in gone {
-            self.tracker.remove(sk);
+            if let Some(age) = self.tracker.remove(sk).and_then(|t| t.verdict).and_then(|v| v.stalled_for_ms(now)) {
+                m.stall_duration.observe(age as f64 / 1e3);
+            }
         }
         let tracker = &self.tracker;
         pool.retain(|inum| tracker.iter().any(|t| t.tuple.netns == inum));
@@ -281,7 +294,7 @@ impl Sweep {
             .collect();
         for &sk in &stalled {
             // The last sender may have changed since the event (fork, fd passing).
-            if let Ok(st) = socks.get(&sk, 0) {
+            if let Some(Ok(st)) = socks.map(|m| m.get(&sk, 0)) {
                 self.tracker.refresh_sender(sk, &st);
             }
         }

@@ -1,0 +1,127 @@
+//! The surfaces against the real agent: Prometheus metrics during a real stall, `detector
+//! check`, `detector scan`, and the CLI's queries.
+use std::{process::Command, time::Duration};
+
+use detector_tests::{Agent, Peer, field, free_port, http_get, metric, poll, privileged};
+
+const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
+
+fn detector() -> Command {
+    Command::new(
+        std::env::var("DETECTOR_BIN").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/detector").into()),
+    )
+}
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn metrics_during_a_real_stall() {
+    if !privileged("metrics_during_a_real_stall") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::start("2s", &["--metrics-addr", &addr]);
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    assert_eq!(http_get(&addr, "/readyz").0, 200, "ready after the first pass");
+
+    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "stream"]);
+    let listen = server.expect("LISTEN", Duration::from_secs(5));
+    let client = Peer::spawn(PEER, &["client", &listen, "none"]);
+    let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
+    poll(Duration::from_secs(5), || agent.stalled(&local)).expect("stall reported");
+
+    let (code, text) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    let nr = "{reason=\"peer_not_reading\"}";
+    assert!(metric(&text, &format!("detector_stalled_sockets{nr}")).unwrap() >= 1.0, "{text}");
+    assert!(metric(&text, &format!("detector_stalls_detected_total{nr}")).unwrap() >= 1.0, "{text}");
+    assert!(metric(&text, "detector_sockets_tracked").unwrap() >= 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "detector_hook_attached{role=\"send\",hook=\"tracepoint sock:sock_send_length\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(metric(&text, "detector_sweep_duration_seconds_count").unwrap() >= 1.0);
+    assert_eq!(metric(&text, "detector_kernel_events_dropped_total"), Some(0.0), "{text}");
+    assert!(text.contains("detector_build_info{"), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "not OpenMetrics");
+
+    // The stall ends when the connection dies: the gauge drops, the duration is observed.
+    client.signal(libc::SIGKILL);
+    let ended = poll(Duration::from_secs(5), || {
+        let (_, t) = http_get(&addr, "/metrics");
+        (metric(&t, &format!("detector_stalled_sockets{nr}")) == Some(0.0)
+            && metric(&t, "detector_stall_duration_seconds_count").unwrap_or(0.0) >= 1.0)
+            .then_some(t)
+    });
+    assert!(ended.is_some(), "gauge or duration not updated after the stall ended");
+}
+
+#[test]
+fn check_reports_every_hook_and_passes_here() {
+    if !privileged("check_reports_every_hook") {
+        return;
+    }
+    let out = detector().args(["check", "--output", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert!(out.status.success(), "check failed: {v}");
+    let names: Vec<&str> = v.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for want in [
+        "capabilities",
+        "btf",
+        "tracefs",
+        "hook tracepoint sock:sock_send_length (send)",
+        "hook raw_tracepoint tcp_sendmsg_locked (send)",
+        "hook fentry tcp_sendmsg (send)",
+        "hook kprobe tcp_sendmsg (send)",
+        "hook tracepoint sock:inet_sock_set_state (lifetime)",
+        "socket destroy",
+    ] {
+        assert!(names.contains(&want), "check has no {want:?}: {names:?}");
+    }
+}
+
+#[test]
+fn check_fails_without_privileges() {
+    if !privileged("check_fails_without_privileges") {
+        return;
+    }
+    let bin = std::env::var("DETECTOR_BIN").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/detector").into());
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(bin)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL") && text.contains("capabilities") && text.contains("cannot run"), "{text}");
+}
+
+#[test]
+fn scan_without_an_agent_finds_a_stall_and_not_a_healthy_stream() {
+    if !privileged("scan_without_an_agent") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dead_server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "stream"]);
+    let a = dead_server.expect("LISTEN", Duration::from_secs(5));
+    let _dead = Peer::spawn(PEER, &["client", &a, "none"]);
+    let dead_local = field(&dead_server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
+    let ok_server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "stream"]);
+    let b = ok_server.expect("LISTEN", Duration::from_secs(5));
+    let _ok = Peer::spawn(PEER, &["client", &b, "read"]);
+    let ok_local = field(&ok_server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let out = detector().args(["scan", "--grace", "2s", "--interval", "250ms", "--output", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    let dead = rows.iter().find(|r| r["local"] == dead_local).unwrap_or_else(|| panic!("stall not found: {v}"));
+    assert_eq!(dead["pid"], dead_server.pid(), "{dead}");
+    assert_eq!(dead["reason"], "peer_not_reading", "{dead}");
+    assert!(rows.iter().all(|r| r["local"] != ok_local), "healthy stream reported: {v}");
+}
