@@ -26,6 +26,10 @@ pub enum Command {
     Sockets(QueryArgs),
     /// Show the running agent's kernel, hooks and counts.
     Status(QueryArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        shell: clap_complete::Shell,
+    },
     /// One-shot stall scan without the agent (sock_diag sampling over the grace window).
     Scan(ScanArgs),
     /// Preflight: can the agent run here? Tries every hook for real; exits non-zero if not.
@@ -165,6 +169,24 @@ pub struct OutputArgs {
 pub enum Output {
     Table,
     Json,
+}
+
+/// Every environment variable a flag reads.
+pub fn env_vars() -> Vec<String> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    fn walk(c: &clap::Command, out: &mut Vec<String>) {
+        for a in c.get_arguments() {
+            if let Some(e) = a.get_env() {
+                out.push(e.to_string_lossy().into_owned());
+            }
+        }
+        for sub in c.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    walk(&Cli::command(), &mut out);
+    out
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

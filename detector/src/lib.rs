@@ -15,3 +15,6 @@ pub mod scan;
 pub mod sample;
 pub mod tracker;
 pub mod verdict;
+
+#[cfg(test)]
+mod deploy_tests;

@@ -67,6 +67,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(output::sockets_table(&rows))
             })
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "detector", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Scan(a) => {
             let rows = detector::scan::run(a.grace, a.interval, a.pod_logs_dir)?;
             match a.output {

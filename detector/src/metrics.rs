@@ -102,6 +102,18 @@ impl Metrics {
             let _ = m.stalls_detected.get_or_create(&l);
             let _ = m.stalls_open.get_or_create(&l);
         }
+        for action in ["report", "signal", "rpc", "destroy", "shutdown"] {
+            for result in ["ok", "failed", "dry_run"] {
+                let _ = m.reaps.get_or_create(&ActionLabel { action: action.into(), result: result.into() });
+            }
+        }
+        let _ = m.reaps.get_or_create(&ActionLabel { action: "none".into(), result: "skipped".into() });
+        m.build_info
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+                kernel: crate::kernel::kernel_release(),
+            })
+            .set(1);
         Self { registry, ..m }
     }
 

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::{
     api::{self, Request, StalledSocket, TrackedSocket},
     kernel::{self, btf::KernelBtf, caps, loader, tracefs::Tracefs},
-    metrics::{self, BuildLabel, HookLabel, Metrics},
+    metrics::{self, HookLabel, Metrics},
 };
 
 #[derive(Debug, Clone)]
@@ -114,13 +114,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             })
             .set(h.attached as i64);
     }
-    metrics
-        .build_info
-        .get_or_create(&BuildLabel {
-            version: env!("CARGO_PKG_VERSION").into(),
-            kernel: kernel_release.clone(),
-        })
-        .set(1);
     let shared = Arc::new(Shared {
         snapshot: RwLock::new(Snapshot::default()),
         metrics: Arc::new(metrics),

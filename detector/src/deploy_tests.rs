@@ -1,0 +1,138 @@
+//! The files in deploy/ must match the agent they deploy: manifests parse, the container's
+//! arguments are flags this CLI accepts, and every metric the alerts and the dashboard query
+//! is one the agent exports.
+use clap::Parser as _;
+use serde_norway::Value;
+
+use crate::{cli::Cli, metrics::Metrics};
+
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+
+fn docs(file: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(format!("{DEPLOY}/{file}")).unwrap_or_else(|e| panic!("{file}: {e}"));
+    serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{file}: {e}")))
+        .collect()
+}
+
+/// What a running agent exports (the hook series appear when the agent attaches its hooks).
+fn exported_series() -> String {
+    let m = Metrics::new();
+    m.hook_attached
+        .get_or_create(&crate::metrics::HookLabel {
+            role: "send".into(),
+            hook: "tracepoint sock:sock_send_length".into(),
+        })
+        .set(1);
+    m.render()
+}
+
+/// Metric names (detector_*) used in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("detector_") {
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+fn assert_exported(expr: &str, series: &str, what: &str) {
+    for name in metric_names(expr) {
+        assert!(
+            series.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "{what}: `{name}` is not a metric the agent exports"
+        );
+    }
+}
+
+#[test]
+fn daemonset_arguments_are_flags_the_agent_accepts() {
+    let all = docs("daemonset.yaml");
+    let ds = all.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = c["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+    let mut argv = vec!["detector".to_string()];
+    argv.extend(args);
+    Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("daemonset args {argv:?}: {e}"));
+    assert_eq!(ds["spec"]["template"]["spec"]["hostPID"], Value::Bool(true));
+    let caps = &c["securityContext"]["capabilities"]["add"];
+    for cap in ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"] {
+        assert!(caps.as_sequence().unwrap().iter().any(|v| v == cap), "missing {cap}");
+    }
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert!(c[probe]["httpGet"]["path"].as_str().is_some(), "{probe}");
+    }
+    // Every env var the manifest sets is one the CLI reads.
+    let help = crate::cli::env_vars();
+    for e in c["env"].as_sequence().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        assert!(name == "RUST_LOG" || help.iter().any(|h| h == name), "env {name} is read by no flag");
+    }
+}
+
+#[test]
+fn dockerfile_entrypoint_runs_the_agent_with_valid_flags() {
+    let text = std::fs::read_to_string(format!("{DEPLOY}/Dockerfile")).unwrap();
+    assert!(text.contains("ENTRYPOINT [\"/usr/local/bin/detector\"]"));
+    let cmd = text.lines().find_map(|l| l.strip_prefix("CMD ")).expect("a CMD");
+    let args: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
+    let mut argv = vec!["detector".to_string()];
+    argv.extend(args);
+    Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("Dockerfile CMD {argv:?}: {e}"));
+    assert!(text.contains("cargo xtask setup"));
+}
+
+#[test]
+fn service_and_servicemonitor_point_at_the_metrics_port() {
+    let all = docs("service.yaml");
+    let kinds: Vec<&str> = all.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Service", "ServiceMonitor"]);
+    assert_eq!(all[0]["spec"]["ports"][0]["port"].as_u64(), Some(9465));
+    assert_eq!(all[1]["spec"]["endpoints"][0]["port"], "metrics");
+}
+
+#[test]
+fn alert_rules_query_exported_metrics() {
+    let series = exported_series();
+    let all = docs("prometheus-rules.yaml");
+    let rules = all[0]["spec"]["groups"][0]["rules"].as_sequence().unwrap();
+    let names: Vec<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
+    for want in ["DetectorStalledSocketsRising", "DetectorReapsFailing", "DetectorEventsDropped", "DetectorAgentDown"] {
+        assert!(names.contains(&want), "no alert {want}");
+    }
+    for r in rules {
+        let expr = r["expr"].as_str().unwrap();
+        assert!(r["annotations"]["summary"].as_str().is_some(), "{expr}");
+        assert_exported(expr, &series, r["alert"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn dashboard_queries_exported_metrics() {
+    let series = exported_series();
+    let text = std::fs::read_to_string(format!("{DEPLOY}/grafana-dashboard.json")).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let panels = d["panels"].as_array().unwrap();
+    assert!(panels.len() >= 6);
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            assert_exported(t["expr"].as_str().unwrap(), &series, p["title"].as_str().unwrap());
+        }
+    }
+}
+
+#[test]
+fn no_gauge_is_named_total_and_counters_are() {
+    let series = exported_series();
+    for l in series.lines().filter(|l| l.starts_with("# TYPE")) {
+        let mut f = l.split_whitespace().skip(2);
+        let (name, kind) = (f.next().unwrap(), f.next().unwrap());
+        if kind == "gauge" {
+            assert!(!name.ends_with("_total"), "gauge {name}");
+        }
+    }
+}
