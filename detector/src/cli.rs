@@ -22,8 +22,15 @@ pub enum Command {
     Run(RunArgs),
     /// List the sockets the running agent finds stalled now.
     Stalled(QueryArgs),
-    /// List every socket the running agent tracks.
-    Sockets(QueryArgs),
+    /// List every socket the running agent tracks, optionally filtered.
+    Sockets(SocketsArgs),
+    /// Show the samples and verdict history of one tracked socket.
+    Explain {
+        /// The socket's id (`id` in `detector sockets`, `socket_cookie` in `detector stalled`).
+        id: u64,
+        #[command(flatten)]
+        q: QueryArgs,
+    },
     /// Show the running agent's kernel, hooks and counts.
     Status(QueryArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -140,6 +147,40 @@ pub struct QueryArgs {
     /// The running agent's API socket.
     #[arg(long, env = "DETECTOR_API_SOCKET", default_value = DEFAULT_SOCKET)]
     pub api_socket: PathBuf,
+    /// Refresh every INTERVAL (default 2s) until interrupted.
+    #[arg(long, num_args = 0..=1, default_missing_value = "2s", value_parser = parse_duration)]
+    pub watch: Option<Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SocketsArgs {
+    #[command(flatten)]
+    pub q: QueryArgs,
+    /// Only sockets whose last sender is this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only sockets with this local or remote port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Only sockets in this TCP state (e.g. ESTABLISHED, CLOSE_WAIT).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only sockets of this pod: `namespace/name`, shell patterns allowed (`shop/checkout-*`).
+    #[arg(long)]
+    pub pod: Option<String>,
+}
+
+impl SocketsArgs {
+    /// Whether `row` passes the filters.
+    pub fn keep(&self, row: &crate::api::TrackedSocket) -> bool {
+        let port_of = |a: &str| a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+        self.pid.is_none_or(|p| row.sender_pid == p)
+            && self.port.is_none_or(|p| port_of(&row.local) == Some(p) || port_of(&row.remote) == Some(p))
+            && self.state.as_ref().is_none_or(|s| row.state.eq_ignore_ascii_case(s))
+            && self.pod.as_ref().is_none_or(|pat| {
+                row.pod.as_deref().is_some_and(|pod| glob::Pattern::new(pat).is_ok_and(|g| g.matches(pod)))
+            })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -227,6 +268,40 @@ mod tests {
         let e = parse_duration("thirty").unwrap_err();
         assert!(e.contains("30s"), "{e}");
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn sockets_filters() {
+        let row = crate::api::TrackedSocket {
+            id: 1,
+            sender_pid: 42,
+            sender_comm: "srv".into(),
+            pod: Some("shop/checkout-7d9f".into()),
+            local: "10.0.0.1:8080".into(),
+            remote: "10.0.0.2:5000".into(),
+            state: "ESTABLISHED".into(),
+            queued_bytes: None,
+            bytes_acked: None,
+            stalled: false,
+            recoveries: 0,
+        };
+        let args = |a: &[&str]| {
+            let mut v = vec!["detector", "sockets"];
+            v.extend_from_slice(a);
+            match Cli::try_parse_from(v).unwrap().command {
+                Command::Sockets(s) => s,
+                _ => panic!(),
+            }
+        };
+        assert!(args(&[]).keep(&row));
+        assert!(args(&["--pid", "42", "--port", "5000", "--state", "established", "--pod", "shop/checkout-*"]).keep(&row));
+        assert!(!args(&["--pid", "43"]).keep(&row));
+        assert!(!args(&["--port", "9"]).keep(&row));
+        assert!(!args(&["--state", "CLOSE_WAIT"]).keep(&row));
+        assert!(!args(&["--pod", "kube-system/*"]).keep(&row));
+        let w = Cli::try_parse_from(["detector", "stalled", "--watch"]).unwrap();
+        let Command::Stalled(q) = w.command else { panic!() };
+        assert_eq!(q.watch, Some(Duration::from_secs(2)));
     }
 
     #[test]

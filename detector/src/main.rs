@@ -53,20 +53,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 policy,
             }))
         }
-        Command::Stalled(q) => {
+        Command::Stalled(q) => watch(&q, || {
             let data = client::call(&q.api_socket, &Request::Stalled)?;
-            print(&q, &data, |v| {
+            render(&q, &data, |v| {
                 let rows: Vec<StalledSocket> = serde_json::from_value(v.clone())?;
                 Ok(output::stalled_table(&rows))
             })
-        }
-        Command::Sockets(q) => {
-            let data = client::call(&q.api_socket, &Request::Sockets)?;
-            print(&q, &data, |v| {
-                let rows: Vec<TrackedSocket> = serde_json::from_value(v.clone())?;
-                Ok(output::sockets_table(&rows))
-            })
-        }
+        }),
+        Command::Sockets(a) => watch(&a.q, || {
+            let data = client::call(&a.q.api_socket, &Request::Sockets)?;
+            let rows: Vec<TrackedSocket> = serde_json::from_value(data)?;
+            let rows: Vec<TrackedSocket> = rows.into_iter().filter(|r| a.keep(r)).collect();
+            render(&a.q, &serde_json::to_value(&rows)?, |_| Ok(output::sockets_table(&rows)))
+        }),
+        Command::Explain { id, q } => watch(&q, || {
+            let data = client::call(&q.api_socket, &Request::Explain { id })?;
+            render(&q, &data, |v| Ok(output::explain(v)))
+        }),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "detector", &mut std::io::stdout());
@@ -91,21 +94,34 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Status(q) => {
+        Command::Status(q) => watch(&q, || {
             let data = client::call(&q.api_socket, &Request::Status)?;
-            print(&q, &data, |v| Ok(serde_json::to_string_pretty(v)? + "\n"))
-        }
+            render(&q, &data, |v| Ok(serde_json::to_string_pretty(v)? + "\n"))
+        }),
     }
 }
 
-fn print(
+fn render(
     q: &QueryArgs,
     data: &serde_json::Value,
     table: impl Fn(&serde_json::Value) -> anyhow::Result<String>,
-) -> anyhow::Result<()> {
-    match q.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(data)?),
-        Output::Table => print!("{}", table(data)?),
+) -> anyhow::Result<String> {
+    Ok(match q.output {
+        Output::Json => serde_json::to_string_pretty(data)? + "\n",
+        Output::Table => table(data)?,
+    })
+}
+
+/// Prints once, or with --watch, redraws every interval until interrupted.
+fn watch(q: &QueryArgs, once: impl Fn() -> anyhow::Result<String>) -> anyhow::Result<()> {
+    let Some(every) = q.watch else {
+        print!("{}", once()?);
+        return Ok(());
+    };
+    loop {
+        let text = once()?;
+        // Clear the screen and home the cursor, as `watch` does.
+        print!("\x1b[2J\x1b[H{}", text);
+        std::thread::sleep(every);
     }
-    Ok(())
 }

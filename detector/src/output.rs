@@ -37,14 +37,16 @@ pub fn sockets_table(rows: &[TrackedSocket]) -> String {
     if rows.is_empty() {
         return "no tracked sockets\n".into();
     }
-    let header = ["SENDER", "COMM", "LOCAL", "REMOTE", "STATE", "QUEUED", "ACKED", "STALLED"];
+    let header = ["ID", "SENDER", "COMM", "POD", "LOCAL", "REMOTE", "STATE", "QUEUED", "ACKED", "STALLED"];
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    let cells: Vec<[String; 8]> = rows
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
+                r.id.to_string(),
                 r.sender_pid.to_string(),
                 r.sender_comm.clone(),
+                opt(r.pod.clone()),
                 r.local.clone(),
                 r.remote.clone(),
                 r.state.clone(),
@@ -55,6 +57,53 @@ pub fn sockets_table(rows: &[TrackedSocket]) -> String {
         })
         .collect();
     render(&header, &cells)
+}
+
+/// `detector explain` for people.
+pub fn explain(v: &serde_json::Value) -> String {
+    let mut out = format!(
+        "socket {}  {} -> {}  sender pid {} ({})\n",
+        v["id"], v["local"].as_str().unwrap_or(""), v["remote"].as_str().unwrap_or(""), v["sender_pid"], v["sender_comm"].as_str().unwrap_or("")
+    );
+    let verdict = &v["verdict"];
+    if verdict["stalled"] == true {
+        out.push_str(&format!(
+            "verdict: STALLED ({}) for {:.1}s (grace {:.1}s)\n",
+            verdict["reason"].as_str().unwrap_or(""),
+            verdict["stalled_for_ms"].as_f64().unwrap_or(0.0) / 1e3,
+            v["grace_ms"].as_f64().unwrap_or(0.0) / 1e3
+        ));
+    } else {
+        out.push_str(&format!("verdict: healthy (recovered {} times)\n", v["recoveries"]));
+    }
+    out.push_str("\nrecent samples (newest last):\n");
+    let header = ["AGE", "STATE", "QUEUED", "ACKED", "IN_FLIGHT", "PEER_WND", "RETRANS", "PROBES", "LAST_ACK"];
+    let cells: Vec<[String; 9]> = v["samples"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            let n = |k: &str| s[k].as_u64().map_or("-".into(), |x| x.to_string());
+            [
+                format!("{:.1}s", s["age_ms"].as_f64().unwrap_or(0.0) / 1e3),
+                s["state"].as_str().unwrap_or("").into(),
+                n("queued_bytes"),
+                n("bytes_acked"),
+                n("in_flight_segments"),
+                n("peer_window"),
+                n("total_retransmits"),
+                n("unanswered_probes"),
+                format!("{}ms", n("last_ack_ms_ago")),
+            ]
+        })
+        .collect();
+    out.push_str(&render(&header, &cells));
+    out.push_str("\nverdict changes:\n");
+    for c in v["changes"].as_array().map(|a| a.as_slice()).unwrap_or_default() {
+        out.push_str(&format!("  {:.1}s ago: {}\n", c["age_ms"].as_f64().unwrap_or(0.0) / 1e3, c["what"].as_str().unwrap_or("")));
+    }
+    out
 }
 
 fn render<const N: usize>(header: &[&str; N], cells: &[[String; N]]) -> String {

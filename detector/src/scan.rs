@@ -27,6 +27,7 @@ pub fn run(grace: Duration, interval: Duration, pod_logs_dir: std::path::PathBuf
     sweep.seed(&mut pool);
     let shared = Arc::new(Shared {
         snapshot: std::sync::RwLock::new(Snapshot::default()),
+        explain: std::sync::Mutex::new(None),
         metrics: Arc::new(Metrics::new()),
         started: Instant::now(),
         status: serde_json::Value::Null,

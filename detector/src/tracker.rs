@@ -35,6 +35,37 @@ pub struct Tracked {
     pub recoveries: u32,
     /// A process in the socket's network namespace, for sockets found at start-up (no sender).
     pub netns_hint: Option<u32>,
+    /// Recent samples and verdict changes, for `detector explain`.
+    pub history: History,
+}
+
+/// Bounded per-socket history: the last samples while bytes are queued (an idle socket keeps
+/// only a few: its story is "nothing queued"), and the last verdict changes.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub samples: std::collections::VecDeque<crate::sample::Sample>,
+    pub changes: std::collections::VecDeque<(u64, String)>,
+}
+
+impl History {
+    pub const SAMPLES: usize = 12;
+    pub const IDLE_SAMPLES: usize = 3;
+    pub const CHANGES: usize = 8;
+
+    pub fn push(&mut self, s: crate::sample::Sample) {
+        let cap = if s.queued > 0 { Self::SAMPLES } else { Self::IDLE_SAMPLES };
+        self.samples.push_back(s);
+        while self.samples.len() > cap {
+            self.samples.pop_front();
+        }
+    }
+
+    pub fn note(&mut self, at_ms: u64, what: String) {
+        self.changes.push_back((at_ms, what));
+        while self.changes.len() > Self::CHANGES {
+            self.changes.pop_front();
+        }
+    }
 }
 
 impl Tracked {
@@ -144,6 +175,7 @@ impl Tracker {
                         verdict: None,
                         recoveries: 0,
                         netns_hint: None,
+                        history: History::default(),
                     },
                 );
                 // It was found at start-up: the kernel's entry replaces the seeded one.
@@ -188,6 +220,7 @@ impl Tracker {
                 verdict: None,
                 recoveries: 0,
                 netns_hint: Some(netns_pid),
+                history: History::default(),
             },
         );
     }
@@ -209,6 +242,7 @@ impl Tracker {
             verdict: None,
             recoveries: 0,
             netns_hint: None,
+            history: History::default(),
         });
     }
 
@@ -265,6 +299,39 @@ mod tests {
         // And a socket the hook already tracks is not seeded again.
         t.seed(79, e.tuple, 1, 1);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn history_is_bounded_and_short_when_idle() {
+        let mut h = History::default();
+        let mut s = crate::sample::Sample {
+            at_ms: 0,
+            state: 1,
+            queued: 10,
+            notsent: 0,
+            bytes_acked: 0,
+            unacked: 0,
+            snd_wnd: None,
+            retransmits: 0,
+            backoff: 0,
+            probes: 0,
+            total_retrans: 0,
+            segs_out: 0,
+            last_ack_recv_ms: 0,
+        };
+        for i in 0..100 {
+            s.at_ms = i;
+            h.push(s);
+        }
+        assert_eq!(h.samples.len(), History::SAMPLES);
+        s.queued = 0;
+        h.push(s);
+        assert_eq!(h.samples.len(), History::IDLE_SAMPLES);
+        for i in 0..20 {
+            h.note(i, format!("change {i}"));
+        }
+        assert_eq!(h.changes.len(), History::CHANGES);
+        assert_eq!(h.changes.back().unwrap().1, "change 19");
     }
 
     #[test]

@@ -125,3 +125,49 @@ fn scan_without_an_agent_finds_a_stall_and_not_a_healthy_stream() {
     assert_eq!(dead["reason"], "peer_not_reading", "{dead}");
     assert!(rows.iter().all(|r| r["local"] != ok_local), "healthy stream reported: {v}");
 }
+
+#[test]
+fn sockets_filters_explain_and_watch_against_the_agent() {
+    if !privileged("sockets_filters_explain_and_watch") {
+        return;
+    }
+    let agent = Agent::start("2s", &[]);
+    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "stream"]);
+    let listen = server.expect("LISTEN", Duration::from_secs(5));
+    let _client = Peer::spawn(PEER, &["client", &listen, "none"]);
+    let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
+    let port = local.rsplit(':').next().unwrap().to_string();
+    let stalled = poll(Duration::from_secs(5), || agent.stalled(&local)).expect("stall reported");
+    let id = stalled["socket_cookie"].as_u64().unwrap().to_string();
+
+    let api = agent.api.display().to_string();
+    let out = detector().args(["sockets", "-o", "json", "--port", &port, "--api-socket", &api]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r["local"].as_str().unwrap().ends_with(&format!(":{port}")) || r["remote"].as_str().unwrap().ends_with(&format!(":{port}"))), "{rows:?}");
+    assert!(rows.iter().any(|r| r["id"].to_string() == id && r["stalled"] == true), "{rows:?}");
+    let out = detector().args(["sockets", "-o", "json", "--pid", "1", "--port", &port, "--api-socket", &api]).output().unwrap();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), serde_json::json!([]));
+
+    let out = detector().args(["explain", &id, "-o", "json", "--api-socket", &api]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["verdict"]["stalled"], true, "{e}");
+    assert_eq!(e["verdict"]["reason"], "peer_not_reading", "{e}");
+    assert!(e["samples"].as_array().unwrap().len() >= 2, "{e}");
+    assert!(e["changes"][0]["what"].as_str().unwrap().starts_with("stalled"), "{e}");
+    let out = detector().args(["explain", "1", "--api-socket", &api]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no tracked socket has id 1"));
+
+    // --watch redraws until stopped.
+    let mut w = detector()
+        .args(["stalled", "--watch", "300ms", "--api-socket", &api])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let _ = w.kill();
+    let out = w.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.matches("\x1b[2J").count() >= 2 && text.contains(&local), "{text}");
+}

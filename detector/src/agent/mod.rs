@@ -46,6 +46,8 @@ pub struct Snapshot {
 /// State shared by the sweep thread, the API and metrics.
 pub struct Shared {
     pub snapshot: RwLock<Snapshot>,
+    /// Questions only the sweep thread can answer (it owns the socket table).
+    pub explain: std::sync::Mutex<Option<mpsc::Sender<sweep::ExplainRequest>>>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     pub status: serde_json::Value,
@@ -57,6 +59,7 @@ impl Shared {
         match req {
             Request::Stalled => serde_json::to_value(&snap.stalled).unwrap_or_default(),
             Request::Sockets => serde_json::to_value(&snap.sockets).unwrap_or_default(),
+            Request::Explain { .. } => json!({"error": "explain is answered by the sweep thread"}),
             Request::Status => {
                 let mut v = self.status.clone();
                 v["uptime_s"] = json!(self.started.elapsed().as_secs());
@@ -116,6 +119,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let shared = Arc::new(Shared {
         snapshot: RwLock::new(Snapshot::default()),
+        explain: std::sync::Mutex::new(None),
         metrics: Arc::new(metrics),
         started: Instant::now(),
         status: json!({
@@ -155,6 +159,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     log::info!("API on {}; grace {:?}", opts.api_socket.display(), opts.grace);
 
     let (tx, rx) = mpsc::channel();
+    let (explain_tx, explain_rx) = mpsc::channel();
+    if let Ok(mut e) = shared.explain.lock() {
+        *e = Some(explain_tx);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let sweeper = {
         let shared = shared.clone();
@@ -172,7 +180,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         );
         std::thread::Builder::new()
             .name("sweep".into())
-            .spawn(move || sweep::run(cfg, rx, socks, counters, shared, reaper, stop))
+            .spawn(move || sweep::run(cfg, rx, explain_rx, socks, counters, shared, reaper, stop))
             .context("starting the sweep thread")?
     };
     let events = tokio::spawn(kernel::events::forward(ring, tx));

@@ -32,9 +32,14 @@ pub struct Config {
     pub pod_logs_dir: std::path::PathBuf,
 }
 
+/// A `detector explain` question: socket id, and where to send the answer (`None`: unknown).
+pub type ExplainRequest = (u64, tokio::sync::oneshot::Sender<Option<serde_json::Value>>);
+
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     cfg: Config,
     events: Receiver<SockEvent>,
+    explain: Receiver<ExplainRequest>,
     socks: BpfHashMap<MapData, u64, SockState>,
     counters: PerCpuArray<MapData, u64>,
     shared: Arc<Shared>,
@@ -84,6 +89,9 @@ pub fn run(
         }
         let deadline = started + s.cfg.interval;
         while !stop.load(Ordering::Relaxed) {
+            while let Ok((id, reply)) = explain.try_recv() {
+                let _ = reply.send(s.explain(id));
+            }
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -101,6 +109,8 @@ pub struct Sweep {
     /// Stalled sockets no process was found to hold: not scanned for again before this time.
     unknown_until: HashMap<u64, Instant>,
     pods: PodNames,
+    /// Sender pid → its pod (`namespace/name`), for `detector sockets`.
+    pod_of: HashMap<u32, Option<String>>,
     kernel_counts: [u64; 5],
     clock: Instant,
     sweeps: u64,
@@ -115,6 +125,7 @@ impl Sweep {
             holders: HashMap::new(),
             unknown_until: HashMap::new(),
             pods,
+            pod_of: HashMap::new(),
             kernel_counts: [0; 5],
             clock: Instant::now(),
             sweeps: 0,
@@ -188,11 +199,94 @@ impl Sweep {
         }
     }
 
-    /// Every tracked socket, for `detector sockets`.
-    fn rows(&self) -> Vec<TrackedSocket> {
-        self.tracker
+    /// The history of one socket, for `detector explain`.
+    fn explain(&self, id: u64) -> Option<serde_json::Value> {
+        let t = self.tracker.iter().find(|t| t.last.is_some_and(|d| d.cookie == id) || t.sk == id)?;
+        let now = self.now_ms();
+        let stall = t.verdict.as_ref().and_then(|v| v.stall().copied());
+        let samples: Vec<serde_json::Value> = t
+            .history
+            .samples
             .iter()
-            .map(|t| TrackedSocket {
+            .map(|s| {
+                serde_json::json!({
+                    "age_ms": now.saturating_sub(s.at_ms),
+                    "state": tcp_state_name(s.state),
+                    "queued_bytes": s.queued,
+                    "notsent_bytes": s.notsent,
+                    "bytes_acked": s.bytes_acked,
+                    "in_flight_segments": s.unacked,
+                    "peer_window": s.snd_wnd,
+                    "retransmits": s.retransmits,
+                    "backoff": s.backoff,
+                    "unanswered_probes": s.probes,
+                    "total_retransmits": s.total_retrans,
+                    "last_ack_ms_ago": s.last_ack_recv_ms,
+                })
+            })
+            .collect();
+        let changes: Vec<serde_json::Value> = t
+            .history
+            .changes
+            .iter()
+            .map(|(at, what)| serde_json::json!({"age_ms": now.saturating_sub(*at), "what": what}))
+            .collect();
+        Some(serde_json::json!({
+            "id": t.last.map_or(t.sk, |d| d.cookie),
+            "local": std::net::SocketAddr::new(t.local(), t.tuple.sport).to_string(),
+            "remote": std::net::SocketAddr::new(t.remote(), t.tuple.dport).to_string(),
+            "netns": t.tuple.netns,
+            "sender_pid": t.sender.tgid,
+            "sender_comm": t.sender.comm,
+            "grace_ms": self.cfg.grace.as_millis() as u64,
+            "verdict": match stall {
+                Some(st) => serde_json::json!({
+                    "stalled": true,
+                    "reason": st.reason.as_str(),
+                    "stalled_for_ms": now.saturating_sub(st.since_ms),
+                }),
+                None => serde_json::json!({"stalled": false}),
+            },
+            "recoveries": t.recoveries,
+            "samples": samples,
+            "changes": changes,
+        }))
+    }
+
+    /// Every tracked socket, for `detector sockets`.
+    fn rows(&mut self) -> Vec<TrackedSocket> {
+        // Pods of senders, resolved once per pid and forgotten every minute.
+        if self.sweeps % 60 == 0 {
+            self.pod_of.clear();
+        }
+        let mut out = Vec::with_capacity(self.tracker.len());
+        for t in self.tracker.iter() {
+            let pid = t.sender.tgid;
+            let pod = if pid == 0 {
+                None
+            } else {
+                let pods = &mut self.pods;
+                self.pod_of
+                    .entry(pid)
+                    .or_insert_with(|| {
+                        let uid = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                            .ok()
+                            .and_then(|c| owner::cgroup::primary_path(&c))
+                            .and_then(|p| owner::cgroup::pod_uid(&p))?;
+                        pods.get(&uid).map(|p| format!("{}/{}", p.namespace, p.name))
+                    })
+                    .clone()
+            };
+            out.push(self.row(t, pod));
+        }
+        out
+    }
+
+    fn row(&self, t: &crate::tracker::Tracked, pod: Option<String>) -> TrackedSocket {
+        {
+            TrackedSocket {
+                id: t.last.map_or(0, |d| d.cookie),
+                pod,
                 sender_pid: t.sender.tgid,
                 sender_comm: t.sender.comm.clone(),
                 local: std::net::SocketAddr::new(t.local(), t.tuple.sport).to_string(),
@@ -202,8 +296,8 @@ impl Sweep {
                 bytes_acked: t.last.map(|d| d.sample.bytes_acked),
                 stalled: t.verdict.as_ref().is_some_and(|v| v.stall().is_some()),
                 recoveries: t.recoveries,
-            })
-            .collect()
+            }
+        }
     }
 
     /// Samples every tracked socket, updates verdicts, returns the stalled ones.
@@ -237,9 +331,14 @@ impl Sweep {
                 Ok(Some(d)) => {
                     t.tcp_state = d.sample.state;
                     t.last = Some(d);
+                    t.history.push(d.sample);
                     let v = t.verdict.get_or_insert_with(|| StallTracker::new(&d.sample));
                     match v.observe(&d.sample, grace_ms) {
                         Transition::Stalled(stall) => {
+                            t.history.note(
+                                now,
+                                format!("stalled ({}): no bytes acknowledged for {} ms with {} queued", stall.reason.as_str(), now.saturating_sub(stall.since_ms), d.sample.queued),
+                            );
                             m.stalls_detected.get_or_create(&label(stall.reason)).inc();
                             log::info!(
                                 "stalled: {}:{} -> {}:{} pid {} ({}) reason {} queued {}",
@@ -257,6 +356,7 @@ impl Sweep {
                             m.stalls_recovered.inc();
                             m.stall_duration.observe(stalled_for_ms as f64 / 1e3);
                             t.recoveries += 1;
+                            t.history.note(now, format!("recovered after {stalled_for_ms} ms: bytes acknowledged again"));
                             log::info!(
                                 "recovered after {stalled_for_ms} ms: {}:{} -> {}:{}",
                                 t.local(),

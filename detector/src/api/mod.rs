@@ -16,6 +16,8 @@ pub enum Request {
     Stalled,
     /// Every tracked socket.
     Sockets,
+    /// Samples and verdict history of one socket (its id: the socket cookie).
+    Explain { id: u64 },
     /// Kernel, hooks, counts.
     Status,
 }
@@ -23,9 +25,13 @@ pub enum Request {
 /// One tracked socket, as `detector sockets` prints it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrackedSocket {
+    /// The socket cookie (0 before the first sample): `detector explain <id>`.
+    pub id: u64,
     /// Process that last sent on it, as the send hook saw it.
     pub sender_pid: u32,
     pub sender_comm: String,
+    /// `namespace/name` of the sender's pod, when it runs in one.
+    pub pod: Option<String>,
     pub local: String,
     pub remote: String,
     pub state: String,

@@ -58,6 +58,7 @@ async fn handle(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
     let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Explain { id }) => explain(shared, id).await,
         Ok(req) => Response {
             ok: true,
             error: None,
@@ -72,6 +73,34 @@ async fn handle(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
     let mut out = serde_json::to_vec(&resp).unwrap_or_default();
     out.push(b'\n');
     w.write_all(&out).await
+}
+
+/// Asks the sweep thread, which owns the socket table, and waits for its answer.
+async fn explain(shared: &Shared, id: u64) -> Response {
+    let fail = |e: String| Response {
+        ok: false,
+        error: Some(e),
+        data: serde_json::Value::Null,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sent = shared
+        .explain
+        .lock()
+        .ok()
+        .and_then(|g| g.as_ref().map(|s| s.send((id, tx)).is_ok()))
+        .unwrap_or(false);
+    if !sent {
+        return fail("the agent is shutting down".into());
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(10), rx).await {
+        Ok(Ok(Some(v))) => Response {
+            ok: true,
+            error: None,
+            data: v,
+        },
+        Ok(Ok(None)) => fail(format!("no tracked socket has id {id}; `detector sockets` lists the ids")),
+        _ => fail("the sweep did not answer in 10 s".into()),
+    }
 }
 
 /// Removes the socket file when the agent stops.
