@@ -253,3 +253,27 @@ fn a_bad_policy_file_is_refused_with_file_line_and_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&path.display().to_string()) && err.contains("line 3") && err.contains("SIGNOPE"), "{err}");
 }
+
+#[test]
+fn rpc_over_a_unix_socket_from_a_policy_selector() {
+    if !privileged("rpc_over_a_unix_socket") {
+        return;
+    }
+    let _serial = serial();
+    let dir = Scratch::new("rpcunix");
+    let sock = dir.0.join("reap.sock").display().to_string();
+    let server = Peer::spawn(SERVER, &["127.0.0.1:0", "2", "--rpc-unix", &sock]);
+    server.expect("RPC_UNIX", Duration::from_secs(5));
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let (a, _d) = policy_agent(&format!(
+        "[[selector]]\nname = \"unix-rpc\"\nmatch = {{ comm = \"wedged-server\", reason = \"peer_not_reading\" }}\nactions = [{{ action = \"rpc\", unix = \"{sock}\", path = \"/reap\" }}]\n"
+    ));
+    let _healthy = Peer::spawn(PEER, &["client", &addr, "read"]);
+    let healthy_fd = field(&server.expect("SEAT taken", Duration::from_secs(5)), "fd").to_string();
+    let _dead = Peer::spawn(PEER, &["client", &addr, "none"]);
+    let fd = field(&server.expect("SEAT taken", Duration::from_secs(5)), "fd").to_string();
+    let freed = server.expect_where("SEAT freed", GRACE + Duration::from_secs(4), |l| field(l, "fd") == fd);
+    assert!(freed.is_some(), "not freed over the unix socket:\n{}", a.log());
+    assert!(server.saw("REAP via=rpc", |l| field(l, "fd") == fd));
+    assert!(!server.saw("SEAT freed", |l| field(l, "fd") == healthy_fd));
+}

@@ -171,3 +171,18 @@ fn sockets_filters_explain_and_watch_against_the_agent() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.matches("\x1b[2J").count() >= 2 && text.contains(&local), "{text}");
 }
+
+#[test]
+fn shell_completions_and_help_name_every_command() {
+    let out = detector().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["run", "stalled", "sockets", "explain", "status", "check", "scan"] {
+        assert!(text.contains(cmd), "bash completion lacks {cmd}");
+    }
+    let out = detector().args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--grace", "--interval", "--policy", "--action", "--dry-run", "[env: DETECTOR_GRACE="] {
+        assert!(help.contains(flag), "run --help lacks {flag}");
+    }
+}

@@ -10,7 +10,7 @@
 //! - a signal handler for SIGRTMIN+1: the agent queues the signal with the fd as its value.
 //! The agent's `destroy` and `shutdown` actions need no cooperation at all.
 //!
-//!   wedged-server <listen-addr> <seats> [--rpc <addr>]
+//!   wedged-server <listen-addr> <seats> [--rpc <addr>] [--rpc-unix <path>]
 //!
 //! Prints: `LISTEN <addr>`, `RPC <addr>`, `SEAT taken fd=<n> peer=<addr>`,
 //! `BUSY peer=<addr>`, `SEAT freed fd=<n> peer=<addr> err=<e>`, `REAP via=<rpc|signal> fd=<n>`.
@@ -82,29 +82,45 @@ fn rpc_server(addr: &str, seats: Seats) {
     say(format!("RPC {}", l.local_addr().unwrap()));
     std::thread::spawn(move || {
         for stream in l.incoming().flatten() {
-            let mut r = BufReader::new(stream);
-            let mut len = 0usize;
-            let mut line = String::new();
-            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                if line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                line.clear();
-            }
-            let mut body = vec![0u8; len];
-            let _ = r.read_exact(&mut body);
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let released = v["fd"]
-                .as_i64()
-                .is_some_and(|fd| reap(&seats, fd as RawFd, v["remote"].as_str(), "rpc"));
-            let (status, answer) = if released { ("200 OK", "{\"released\":true}") } else { ("404 Not Found", "{\"released\":false}") };
-            let mut s = r.into_inner();
-            let _ = write!(s, "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}", answer.len());
+            serve_rpc(stream, &seats);
         }
     });
+}
+
+fn rpc_unix_server(path: &str, seats: Seats) {
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path).expect("bind rpc unix socket");
+    say(format!("RPC_UNIX {path}"));
+    std::thread::spawn(move || {
+        for stream in l.incoming().flatten() {
+            serve_rpc(stream, &seats);
+        }
+    });
+}
+
+/// One `POST /reap` (HTTP/1.1, one request per connection).
+fn serve_rpc<S: Read + Write>(stream: S, seats: &Seats) {
+    let mut r = BufReader::new(stream);
+    let mut len = 0usize;
+    let mut line = String::new();
+    while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        line.clear();
+    }
+    let mut body = vec![0u8; len];
+    let _ = r.read_exact(&mut body);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let released = v["fd"]
+        .as_i64()
+        .is_some_and(|fd| reap(seats, fd as RawFd, v["remote"].as_str(), "rpc"));
+    let (status, answer) = if released { ("200 OK", "{\"released\":true}") } else { ("404 Not Found", "{\"released\":false}") };
+    let mut s = r.into_inner();
+    let _ = write!(s, "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}", answer.len());
 }
 
 fn session(mut s: TcpStream, peer: SocketAddr, seats: Seats) {
@@ -128,6 +144,9 @@ fn main() {
     install_signal_handler(seats.clone());
     if let Some(i) = args.iter().position(|a| a == "--rpc") {
         rpc_server(&args[i + 1], seats.clone());
+    }
+    if let Some(i) = args.iter().position(|a| a == "--rpc-unix") {
+        rpc_unix_server(&args[i + 1], seats.clone());
     }
     let l = TcpListener::bind(listen).expect("bind");
     say(format!("LISTEN {}", l.local_addr().unwrap()));
