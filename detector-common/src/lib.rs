@@ -83,14 +83,12 @@ pub enum Counter {
     MapFull = 1,
     /// A kernel read (`bpf_probe_read_kernel`) failed.
     ReadErrors = 2,
-    /// Sends seen (all hooks).
-    Sends = 3,
     /// Retransmits seen on tracked sockets.
-    Retransmits = 4,
+    Retransmits = 3,
 }
 
 /// Number of slots in the `COUNTERS` array.
-pub const COUNTER_SLOTS: u32 = 5;
+pub const COUNTER_SLOTS: u32 = 4;
 
 /// A socket's addresses, in network byte order. IPv4 addresses sit in the first 4 bytes.
 #[repr(C)]
@@ -112,15 +110,16 @@ pub struct SockTuple {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SockState {
+    /// When the send hook first saw the socket (`detector explain`: tracked since).
     pub first_send_ns: u64,
-    pub last_send_ns: u64,
+    /// Last retransmit seen by `tcp:tcp_retransmit_skb` (`detector explain`).
     pub last_retrans_ns: u64,
     /// cgroup v2 id of the last sender.
     pub cgroup_id: u64,
     /// Addresses, kept here too so the agent can rebuild its table from the map alone
     /// (after dropped events, or at start-up).
     pub tuple: SockTuple,
-    pub sends: u32,
+    /// Retransmits seen by `tcp:tcp_retransmit_skb` since the socket was tracked.
     pub retransmits: u32,
     /// Process (tgid) and thread (tid) of the last sender, taken in process context only.
     pub tgid: u32,
@@ -129,7 +128,7 @@ pub struct SockState {
     pub comm: [u8; TASK_COMM_LEN],
     pub tcp_state: u8,
     pub hook: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 /// An event from the kernel side, sent through the `EVENTS` ring buffer.
@@ -211,7 +210,7 @@ impl KernelConfig {
 
 // Layout checks: a change here must be made on both sides at once.
 const _: () = assert!(core::mem::size_of::<SockTuple>() == 44);
-const _: () = assert!(core::mem::size_of::<SockState>() == 112);
+const _: () = assert!(core::mem::size_of::<SockState>() == 104);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 20 * 4);
 

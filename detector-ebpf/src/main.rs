@@ -8,6 +8,7 @@
 #![no_main]
 
 mod config;
+mod ctx;
 mod maps;
 mod retransmit;
 mod send;

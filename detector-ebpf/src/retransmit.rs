@@ -5,6 +5,7 @@ use detector_common::Counter;
 
 use crate::{
     config::config,
+    ctx::field,
     maps::{SOCKS, count},
 };
 
@@ -15,7 +16,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 }
 
 fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i32> {
-    let sk: u64 = unsafe { ctx.read_at(config().retrans_skaddr as usize)? };
+    let sk: u64 = field(ctx, config().retrans_skaddr)?;
     if let Some(st) = SOCKS.get_ptr_mut(&sk) {
         // SAFETY: a value pointer from the map, valid for this program run.
         let st = unsafe { &mut *st };

@@ -29,15 +29,14 @@ pub fn on_send(sk: u64, family: Option<u16>, hook: u8) -> Result<(), i32> {
     if tgid == cfg.agent_tgid {
         return Ok(());
     }
-    count(Counter::Sends);
-    let now = unsafe { bpf_ktime_get_ns() };
-
+    // The hot path (a socket already tracked) is one hash lookup and, only when the sender
+    // changed, a few stores: no clock read, no counters (the kernel's own bpf_stats count runs).
     if let Some(st) = SOCKS.get_ptr_mut(&sk) {
         // SAFETY: a value pointer from the map, valid for this program run.
         let st = unsafe { &mut *st };
-        st.last_send_ns = now;
-        st.sends = st.sends.wrapping_add(1);
-        st.tid = tid;
+        if st.tid != tid {
+            st.tid = tid;
+        }
         if st.tgid != tgid {
             // Another process sends on it now (fork, fd passing): it is the owner from here on.
             st.tgid = tgid;
@@ -47,6 +46,7 @@ pub fn on_send(sk: u64, family: Option<u16>, hook: u8) -> Result<(), i32> {
         return Ok(());
     }
 
+    let now = unsafe { bpf_ktime_get_ns() };
     let family = match family {
         Some(f) => f,
         None => sock::family(&cfg, sk).inspect_err(|_| count(Counter::ReadErrors))?,
@@ -60,18 +60,16 @@ pub fn on_send(sk: u64, family: Option<u16>, hook: u8) -> Result<(), i32> {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let st = SockState {
         first_send_ns: now,
-        last_send_ns: now,
         last_retrans_ns: 0,
         cgroup_id,
         tuple,
-        sends: 1,
         retransmits: 0,
         tgid,
         tid,
         comm,
         tcp_state,
         hook,
-        _pad: [0; 2],
+        _pad: [0; 6],
     };
     // BPF_NOEXIST: if another CPU raced us in, keep its entry and announce nothing.
     if let Err(e) = SOCKS.insert(&sk, &st, 1) {

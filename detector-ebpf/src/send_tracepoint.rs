@@ -3,7 +3,11 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use detector_common::{IPPROTO_TCP, SendHook};
 
-use crate::{config::config, send::on_send};
+use crate::{
+    config::config,
+    ctx::{field, u64_and_u16},
+    send::on_send,
+};
 
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
@@ -13,16 +17,14 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
 
 fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
     let cfg = config();
-    let protocol: u16 = unsafe { ctx.read_at(cfg.send_len_protocol as usize)? };
+    let (sk, protocol) = u64_and_u16(ctx, cfg.send_len_sk, cfg.send_len_protocol)?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let ret: i32 = unsafe { ctx.read_at(cfg.send_len_ret as usize)? };
+    let ret: i32 = field(ctx, cfg.send_len_ret)?;
     if ret <= 0 {
         // Nothing was queued by this call (error or zero-length send).
         return Ok(());
     }
-    let family: u16 = unsafe { ctx.read_at(cfg.send_len_family as usize)? };
-    let sk: u64 = unsafe { ctx.read_at(cfg.send_len_sk as usize)? };
-    on_send(sk, Some(family), SendHook::SockSendLength as u8)
+    on_send(sk, None, SendHook::SockSendLength as u8)
 }

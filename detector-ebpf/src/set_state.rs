@@ -6,6 +6,7 @@ use detector_common::{Counter, EventKind, IPPROTO_TCP, SockEvent, TCP_CLOSE};
 
 use crate::{
     config::config,
+    ctx::field,
     maps::{EVENTS, SOCKS, count},
 };
 
@@ -17,16 +18,16 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     let cfg = config();
-    let protocol: u16 = unsafe { ctx.read_at(cfg.state_protocol as usize)? };
+    let protocol: u16 = field(ctx, cfg.state_protocol)?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let sk: u64 = unsafe { ctx.read_at(cfg.state_skaddr as usize)? };
+    let sk: u64 = field(ctx, cfg.state_skaddr)?;
     let Some(st) = SOCKS.get_ptr_mut(&sk) else {
         return Ok(());
     };
-    let old: i32 = unsafe { ctx.read_at(cfg.state_oldstate as usize)? };
-    let new: i32 = unsafe { ctx.read_at(cfg.state_newstate as usize)? };
+    let old: i32 = field(ctx, cfg.state_oldstate)?;
+    let new: i32 = field(ctx, cfg.state_newstate)?;
     let kind = if new as u8 == TCP_CLOSE {
         if SOCKS.remove(&sk).is_err() {
             // Another CPU removed it first and announced it.

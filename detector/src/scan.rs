@@ -26,6 +26,7 @@ pub fn run(grace: Duration, interval: Duration, pod_logs_dir: std::path::PathBuf
     });
     sweep.seed(&mut pool);
     let shared = Arc::new(Shared {
+        programs: Vec::new(),
         snapshot: std::sync::RwLock::new(Snapshot::default()),
         explain: std::sync::Mutex::new(None),
         metrics: Arc::new(Metrics::new()),
@@ -34,7 +35,7 @@ pub fn run(grace: Duration, interval: Duration, pod_logs_dir: std::path::PathBuf
     });
     let end = Instant::now() + grace + interval;
     loop {
-        let stalled = sweep.pass(&mut pool, None, &shared);
+        let stalled = sweep.pass(&mut pool, None, &shared, None);
         if Instant::now() >= end {
             return Ok(stalled);
         }

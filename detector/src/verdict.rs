@@ -111,6 +111,9 @@ pub fn classify(s: &Sample) -> Reason {
     Reason::PeerUnreachable
 }
 
+/// Rounding of the kernel's ACK clock (jiffies) that `last_ack_recv_ms` may carry.
+const ACK_CLOCK_SLACK_MS: u64 = 10;
+
 /// Per-socket progress state, fed one sample per sweep.
 #[derive(Debug, Clone)]
 pub struct StallTracker {
@@ -140,6 +143,15 @@ impl StallTracker {
 
     pub fn stall(&self) -> Option<&Stall> {
         self.stall.as_ref()
+    }
+
+    /// When this socket will have gone a full grace window without progress, if it is queueing
+    /// without progress now: the sweep samples it again right then instead of up to one
+    /// interval later.
+    pub fn due_at(&self, grace_ms: u64) -> Option<u64> {
+        (self.had_queue && self.stall.is_none() && self.close_wait_since.is_none())
+            .then(|| self.progress_at + grace_ms)
+            .or_else(|| self.close_wait_since.filter(|_| self.stall.is_none()).map(|t| t + grace_ms))
     }
 
     /// Milliseconds since the stall's onset, measured at `now_ms`.
@@ -172,8 +184,19 @@ impl StallTracker {
         self.close_wait_since = None;
 
         if s.queued == 0 || advanced || !self.had_queue {
-            // Drained, draining, or just started queueing: the clock (re)starts now.
-            self.progress_at = s.at_ms;
+            // Drained, draining, or just started queueing: the clock restarts. When bytes were
+            // acknowledged, they were acknowledged by an ACK that arrived no later than the
+            // last ACK of all, `last_ack_recv_ms` ago (and no later than now): the clock starts
+            // there, which is never before the real progress (so never early), and exact for
+            // a peer that went silent right after its last ACK. 10 ms cover jiffy rounding.
+            self.progress_at = if advanced && s.queued > 0 && self.had_queue {
+                s.at_ms
+                    .saturating_sub(u64::from(s.last_ack_recv_ms))
+                    .saturating_add(ACK_CLOCK_SLACK_MS)
+                    .min(s.at_ms)
+            } else {
+                s.at_ms
+            };
             self.retrans_at_progress = s.total_retrans;
             self.segs_out_at_progress = s.segs_out;
             self.had_queue = s.queued > 0;
@@ -278,6 +301,31 @@ mod tests {
         assert_eq!(t.observe(&sample(2_000, 10, 3), GRACE), Transition::None);
         assert_eq!(t.observe(&sample(4_000, 10, 9), GRACE), Transition::None);
         assert!(matches!(t.observe(&sample(7_000, 10, 9), GRACE), Transition::Stalled(_)));
+    }
+
+    #[test]
+    fn the_clock_starts_at_the_last_ack_never_before_it() {
+        let mut t = StallTracker::new(&sample(0, 10, 100));
+        // Progress seen at 1000 ms; the ACK that carried it came 700 ms earlier.
+        let mut s = sample(1_000, 10, 200);
+        s.last_ack_recv_ms = 700;
+        assert_eq!(t.observe(&s, GRACE), Transition::None);
+        assert_eq!(t.due_at(GRACE), Some(310 + GRACE));
+        // Silent since: stalled at 300 + 10 + grace, not one sampling interval later.
+        let mut s = sample(3_309, 10, 200);
+        s.last_ack_recv_ms = 3_009;
+        assert_eq!(t.observe(&s, GRACE), Transition::None);
+        s.at_ms = 3_310;
+        match t.observe(&s, GRACE) {
+            Transition::Stalled(st) => assert_eq!(st.since_ms, 310),
+            other => panic!("{other:?}"),
+        }
+        // With the last ACK just now, the clock starts at the sample itself.
+        let mut t = StallTracker::new(&sample(0, 10, 100));
+        let mut s = sample(1_000, 10, 150);
+        s.last_ack_recv_ms = 0;
+        t.observe(&s, GRACE);
+        assert_eq!(t.due_at(GRACE), Some(1_000 + GRACE), "never later than the sample");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! `run` and `test` install what they need first (nightly's rust-src and a bpf-linker built
 //! against nightly's own LLVM), so each is one command on a fresh machine.
+mod bench;
 mod setup;
 
 use std::{
@@ -30,6 +31,12 @@ enum Cmd {
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Run the benchmarks (overhead, scale, latency, baseline) and write BENCHMARKS.md. Needs root.
+    Bench {
+        /// A shorter run (fewer repetitions, 10k connections only), for trying it out.
+        #[arg(long)]
+        quick: bool,
     },
     /// Run the whole test suite: unit tests and the privileged integration tests.
     Test {
@@ -66,6 +73,11 @@ fn main() -> anyhow::Result<()> {
                 bail!("detector run exited with {status}");
             }
             Ok(())
+        }
+        Cmd::Bench { quick } => {
+            setup::ensure()?;
+            cargo(&root, &["build", "--release", "--package", "detector", "--package", "detector-tests", "--bins"])?;
+            bench::run(&root, quick)
         }
         Cmd::Test { args } => {
             setup::ensure()?;

@@ -46,6 +46,8 @@ pub struct Snapshot {
 /// State shared by the sweep thread, the API and metrics.
 pub struct Shared {
     pub snapshot: RwLock<Snapshot>,
+    /// (name, kernel id) of the programs this agent attached, for their run-time statistics.
+    pub programs: Vec<(String, u32)>,
     /// Questions only the sweep thread can answer (it owns the socket table).
     pub explain: std::sync::Mutex<Option<mpsc::Sender<sweep::ExplainRequest>>>,
     pub metrics: Arc<Metrics>,
@@ -67,17 +69,38 @@ impl Shared {
                 v["sockets_stalled"] = json!(snap.stalled.len());
                 v["sweeps"] = json!(snap.sweeps);
                 v["last_sweep_ms"] = json!(snap.last_sweep_ms);
+                v["programs"] = json!(self.program_stats());
                 v
             }
         }
     }
 }
 
+impl Shared {
+    /// Kernel accounting per program (counted only while kernel.bpf_stats_enabled=1).
+    fn program_stats(&self) -> Vec<serde_json::Value> {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter_map(|info| {
+                let (name, _) = self.programs.iter().find(|(_, id)| *id == info.id())?;
+                let runs = info.run_count();
+                let ns = info.run_time().as_nanos() as u64;
+                Some(json!({
+                    "name": name,
+                    "run_count": runs,
+                    "run_time_ns": ns,
+                    "avg_ns": if runs > 0 { ns as f64 / runs as f64 } else { 0.0 },
+                }))
+            })
+            .collect()
+    }
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     caps::check_self()?;
     let tracefs = Tracefs::find_or_mount()?;
-    let btf = KernelBtf::load()?;
-    let cfg = loader::kernel_config(&tracefs, &btf)?;
+    // The parsed kernel BTF is tens of MiB: keep only the offsets taken from it.
+    let cfg = loader::kernel_config(&tracefs, &KernelBtf::load()?)?;
     let mut loaded = loader::load(
         kernel::object(),
         &cfg,
@@ -117,7 +140,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             })
             .set(h.attached as i64);
     }
+    let programs = loaded
+        .ebpf
+        .programs()
+        .filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i.id())))
+        .collect();
     let shared = Arc::new(Shared {
+        programs,
         snapshot: RwLock::new(Snapshot::default()),
         explain: std::sync::Mutex::new(None),
         metrics: Arc::new(metrics),

@@ -70,7 +70,7 @@ pub fn run(
         if s.read_counters(&counters, &shared) {
             s.resync(&socks);
         }
-        let stalled = s.pass(&mut pool, Some(&socks), &shared);
+        let stalled = s.pass(&mut pool, Some(&socks), &shared, None);
         s.reap(&mut reaper, &stalled, &mut pool);
         let sockets = s.rows();
         let took = started.elapsed();
@@ -88,6 +88,8 @@ pub fn run(
             };
         }
         let deadline = started + s.cfg.interval;
+        // At most one early pass per 50 ms, whatever happens to a sample.
+        let mut last_early = Instant::now() - Duration::from_secs(1);
         while !stop.load(Ordering::Relaxed) {
             while let Ok((id, reply)) = explain.try_recv() {
                 let _ = reply.send(s.explain(id));
@@ -96,7 +98,21 @@ pub fn run(
             if now >= deadline {
                 break;
             }
-            std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
+            // A socket whose grace window ends before the next pass is sampled right then, so
+            // detection lags the deadline by milliseconds, not by up to an interval.
+            let due = s.next_due();
+            let now_ms = s.now_ms();
+            if due.is_some_and(|d| d <= now_ms) && last_early.elapsed() >= Duration::from_millis(50) {
+                last_early = Instant::now();
+                let stalled = s.pass(&mut pool, Some(&socks), &shared, Some(now_ms));
+                s.reap(&mut reaper, &stalled, &mut pool);
+                if let Ok(mut snap) = shared.snapshot.write() {
+                    snap.stalled = stalled;
+                }
+                continue;
+            }
+            let until_due = due.map_or(Duration::MAX, |d| Duration::from_millis(d.saturating_sub(now_ms).max(10)));
+            std::thread::sleep((deadline - now).min(Duration::from_millis(100)).min(until_due));
         }
     }
 }
@@ -111,7 +127,7 @@ pub struct Sweep {
     pods: PodNames,
     /// Sender pid → its pod (`namespace/name`), for `detector sockets`.
     pod_of: HashMap<u32, Option<String>>,
-    kernel_counts: [u64; 5],
+    kernel_counts: [u64; detector_common::COUNTER_SLOTS as usize],
     clock: Instant,
     sweeps: u64,
 }
@@ -126,7 +142,7 @@ impl Sweep {
             unknown_until: HashMap::new(),
             pods,
             pod_of: HashMap::new(),
-            kernel_counts: [0; 5],
+            kernel_counts: [0; detector_common::COUNTER_SLOTS as usize],
             clock: Instant::now(),
             sweeps: 0,
         }
@@ -300,18 +316,31 @@ impl Sweep {
         }
     }
 
-    /// Samples every tracked socket, updates verdicts, returns the stalled ones.
+    /// The earliest grace deadline of a socket queueing without progress (sample clock, ms).
+    fn next_due(&self) -> Option<u64> {
+        let grace_ms = self.cfg.grace.as_millis() as u64;
+        self.tracker.iter().filter_map(|t| t.verdict.as_ref()?.due_at(grace_ms)).min()
+    }
+
+    /// Samples every tracked socket (or, with `only_due`, those whose grace deadline has come
+    /// by then), updates verdicts, returns the stalled ones.
     pub fn pass(
         &mut self,
         pool: &mut NetnsPool,
         socks: Option<&BpfHashMap<MapData, u64, SockState>>,
         shared: &Shared,
+        only_due: Option<u64>,
     ) -> Vec<StalledSocket> {
         let grace_ms = self.cfg.grace.as_millis() as u64;
         let m = &shared.metrics;
         let mut gone = Vec::new();
         let now = self.now_ms();
         for t in self.tracker.iter_mut() {
+            if let Some(by) = only_due {
+                if t.verdict.as_ref().and_then(|v| v.due_at(grace_ms)).is_none_or(|d| d > by) {
+                    continue;
+                }
+            }
             // Only states in which the application holds the socket and data should flow.
             if t.tcp_state != TCP_ESTABLISHED && t.tcp_state != TCP_CLOSE_WAIT && t.tcp_state != 0 {
                 if let Some(age) = t.verdict.take().and_then(|v| v.stalled_for_ms(now)) {
