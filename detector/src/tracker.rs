@@ -305,19 +305,9 @@ mod tests {
     fn history_is_bounded_and_short_when_idle() {
         let mut h = History::default();
         let mut s = crate::sample::Sample {
-            at_ms: 0,
             state: 1,
             queued: 10,
-            notsent: 0,
-            bytes_acked: 0,
-            unacked: 0,
-            snd_wnd: None,
-            retransmits: 0,
-            backoff: 0,
-            probes: 0,
-            total_retrans: 0,
-            segs_out: 0,
-            last_ack_recv_ms: 0,
+            ..Default::default()
         };
         for i in 0..100 {
             s.at_ms = i;

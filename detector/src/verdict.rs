@@ -241,16 +241,10 @@ mod tests {
             at_ms,
             state: TCP_ESTABLISHED,
             queued,
-            notsent: 0,
             bytes_acked: acked,
             unacked: 1,
             snd_wnd: Some(65_535),
-            retransmits: 0,
-            backoff: 0,
-            probes: 0,
-            total_retrans: 0,
-            segs_out: 0,
-            last_ack_recv_ms: 0,
+            ..Default::default()
         }
     }
 

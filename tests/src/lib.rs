@@ -34,7 +34,12 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
-fn detector_bin() -> PathBuf {
+/// A `Command` for the agent binary (`detector ...`).
+pub fn detector_cmd() -> Command {
+    Command::new(detector_bin())
+}
+
+pub fn detector_bin() -> PathBuf {
     let p = std::env::var_os("DETECTOR_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/detector")));

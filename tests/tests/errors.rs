@@ -4,9 +4,7 @@ use std::process::Command;
 use detector_tests::{Agent, Scratch, privileged};
 
 fn detector() -> Command {
-    let bin = std::env::var("DETECTOR_BIN")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/detector").into());
-    Command::new(bin)
+    detector_tests::detector_cmd()
 }
 
 #[test]
@@ -28,8 +26,7 @@ fn unprivileged_run_names_the_missing_capabilities() {
         return;
     }
     let dir = Scratch::new("unpriv");
-    let bin = std::env::var("DETECTOR_BIN")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/detector").into());
+    let bin = detector_tests::detector_bin();
     // Drop to nobody with no capabilities.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])

@@ -240,9 +240,7 @@ fn a_bad_policy_file_is_refused_with_file_line_and_field() {
     let dir = Scratch::new("badpolicy");
     let path = dir.0.join("policy.toml");
     std::fs::write(&path, "[[selector]]\nname = \"x\"\nactions = [{ action = \"signal\", signal = \"SIGNOPE\" }]\n").unwrap();
-    let bin = std::env::var("DETECTOR_BIN")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/detector").into());
-    let out = std::process::Command::new(bin)
+    let out = detector_tests::detector_cmd()
         .args(["run", "--metrics-addr", "off", "--policy"])
         .arg(&path)
         .arg("--api-socket")

@@ -7,9 +7,7 @@ use detector_tests::{Agent, Peer, field, free_port, http_get, metric, poll, priv
 const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
 
 fn detector() -> Command {
-    Command::new(
-        std::env::var("DETECTOR_BIN").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/detector").into()),
-    )
+    detector_tests::detector_cmd()
 }
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -88,7 +86,7 @@ fn check_fails_without_privileges() {
     if !privileged("check_fails_without_privileges") {
         return;
     }
-    let bin = std::env::var("DETECTOR_BIN").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/detector").into());
+    let bin = detector_tests::detector_bin();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
         .arg(bin)

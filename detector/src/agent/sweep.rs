@@ -106,8 +106,11 @@ pub fn run(
                 last_early = Instant::now();
                 let stalled = s.pass(&mut pool, Some(&socks), &shared, Some(now_ms));
                 s.reap(&mut reaper, &stalled, &mut pool);
+                // Publish the stalled list and the table together, so the two never disagree.
+                let sockets = s.rows();
                 if let Ok(mut snap) = shared.snapshot.write() {
                     snap.stalled = stalled;
+                    snap.sockets = sockets;
                 }
                 continue;
             }

@@ -32,7 +32,7 @@ use thiserror::Error;
 pub use tcp_info::TcpInfo;
 
 /// One observation of a socket, in the units the verdict needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Sample {
     /// Agent monotonic clock, milliseconds.
     pub at_ms: u64,
@@ -183,17 +183,20 @@ impl DiagConn {
         let mut msg = self.request(l, ExtensionFlags::empty());
         msg.header.message_type = SOCK_DESTROY;
         msg.header.flags |= netlink_packet_core::NLM_F_ACK;
-        let mut out = vec![0u8; msg.buffer_len()];
-        msg.serialize(&mut out);
-        self.sock.send(&out, 0).map_err(SampleError::Io)?;
-        let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(SampleError::Io)?;
-        let reply = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[..n])
-            .map_err(|e| SampleError::Decode(e.to_string()))?;
-        match reply.payload {
+        match self.roundtrip(&msg)?.payload {
             NetlinkPayload::Error(e) if e.code.is_none() => Ok(()),
             NetlinkPayload::Error(e) => Err(SampleError::Io(e.to_io())),
             other => Err(SampleError::Decode(format!("unexpected answer {other:?}"))),
         }
+    }
+
+    /// Sends one request and reads its single-message answer.
+    fn roundtrip(&mut self, msg: &NetlinkMessage<SockDiagMessage>) -> Result<NetlinkMessage<SockDiagMessage>, SampleError> {
+        let mut out = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut out);
+        self.sock.send(&out, 0).map_err(SampleError::Io)?;
+        let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(SampleError::Io)?;
+        NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[..n]).map_err(|e| SampleError::Decode(e.to_string()))
     }
 
     fn request(&mut self, l: &Lookup, ext: ExtensionFlags) -> NetlinkMessage<SockDiagMessage> {
@@ -230,14 +233,7 @@ impl DiagConn {
     /// Exact lookup of one socket. `Ok(None)` when it no longer exists.
     pub fn lookup(&mut self, l: &Lookup, at_ms: u64) -> Result<Option<DiagSocket>, SampleError> {
         let msg = self.request(l, ExtensionFlags::INFO);
-        let mut out = vec![0u8; msg.buffer_len()];
-        msg.serialize(&mut out);
-        self.sock.send(&out, 0).map_err(SampleError::Io)?;
-
-        let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(SampleError::Io)?;
-        let reply = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[..n])
-            .map_err(|e| SampleError::Decode(e.to_string()))?;
-        match reply.payload {
+        match self.roundtrip(&msg)?.payload {
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                 let mut info = None;
                 for nla in &r.nlas {
