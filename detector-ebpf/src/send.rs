@@ -15,10 +15,10 @@ use crate::{
     sock,
 };
 
-/// Record a send on `sk`. `family` is passed when the hook already knows it (the tracepoint
-/// carries it), else read from the socket.
+/// Record a send on `sk`. `may_track` is asked only before tracking a new socket, so a hook
+/// can leave work (reading the send's result) off the hot path.
 #[inline(always)]
-pub fn on_send(sk: u64, family: Option<u16>, hook: u8) -> Result<(), i32> {
+pub fn on_send(sk: u64, hook: u8, may_track: impl FnOnce() -> bool) -> Result<(), i32> {
     if sk == 0 {
         return Ok(());
     }
@@ -46,11 +46,11 @@ pub fn on_send(sk: u64, family: Option<u16>, hook: u8) -> Result<(), i32> {
         return Ok(());
     }
 
+    if !may_track() {
+        return Ok(());
+    }
     let now = unsafe { bpf_ktime_get_ns() };
-    let family = match family {
-        Some(f) => f,
-        None => sock::family(&cfg, sk).inspect_err(|_| count(Counter::ReadErrors))?,
-    };
+    let family = sock::family(&cfg, sk).inspect_err(|_| count(Counter::ReadErrors))?;
     if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }

@@ -8,6 +8,6 @@ use crate::send::on_send;
 #[fentry(function = "tcp_sendmsg")]
 pub fn fentry_tcp_sendmsg(ctx: FEntryContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    let _ = on_send(sk, None, SendHook::FentryTcpSendmsg as u8);
+    let _ = on_send(sk, SendHook::FentryTcpSendmsg as u8, || true);
     0
 }

@@ -9,6 +9,6 @@ use crate::send::on_send;
 #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    let _ = on_send(sk, None, SendHook::TcpSendmsgLocked as u8);
+    let _ = on_send(sk, SendHook::TcpSendmsgLocked as u8, || true);
     0
 }

@@ -21,10 +21,9 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let ret: i32 = field(ctx, cfg.send_len_ret)?;
-    if ret <= 0 {
-        // Nothing was queued by this call (error or zero-length send).
-        return Ok(());
-    }
-    on_send(sk, None, SendHook::SockSendLength as u8)
+    // A new socket is tracked only if this call queued bytes (not an error or an empty send);
+    // the result is read only then, not on every send of a tracked socket.
+    on_send(sk, SendHook::SockSendLength as u8, || {
+        field::<i32>(ctx, cfg.send_len_ret).is_ok_and(|ret| ret > 0)
+    })
 }

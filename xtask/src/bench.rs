@@ -472,6 +472,12 @@ fn latency(b: &Bins, grace_s: u64) -> anyhow::Result<Latency> {
         *by_reason.entry(if r == expect { "right" } else { "wrong" }).or_default() += 1;
     }
     let mut base_over: Vec<f64> = base_reported.values().map(|t| t - grace.as_secs_f64()).collect();
+    let group = |g: &str| -> (f64, f64) {
+        let mut v: Vec<f64> = reported.iter().filter(|(k, _)| keys[*k] == g).map(|(_, (t, _))| t - grace.as_secs_f64()).collect();
+        (pct(&mut v, 0.0), pct(&mut v, 100.0))
+    };
+    let (fmin, fmax) = group("frozen");
+    let (umin, umax) = group("unreachable");
     Ok(Latency {
         n: reported.len(),
         grace: grace.as_secs_f64(),
@@ -479,7 +485,7 @@ fn latency(b: &Bins, grace_s: u64) -> anyhow::Result<Latency> {
         p99: pct(&mut over, 99.0),
         max: over.iter().cloned().fold(f64::NAN, f64::max),
         reasons: format!(
-            "{} of {} killed connections reported, {} with the right reason",
+            "{} of {} killed connections reported, {} with the right reason (frozen: {fmin:.2}…{fmax:.2} s, unreachable: {umin:.2}…{umax:.2} s past grace)",
             reported.len(),
             keys.len(),
             by_reason.get("right").unwrap_or(&0)
