@@ -51,6 +51,7 @@ pub struct Metrics {
     pub kernel_events_dropped: Counter,
     pub kernel_map_full: Counter,
     pub kernel_read_errors: Counter,
+    pub kernel_retransmits: Counter,
     pub sample_errors: Counter,
     pub sweep_duration: Histogram,
     pub stall_duration: Histogram,
@@ -70,6 +71,7 @@ impl Metrics {
             kernel_events_dropped: Counter::default(),
             kernel_map_full: Counter::default(),
             kernel_read_errors: Counter::default(),
+            kernel_retransmits: Counter::default(),
             sample_errors: Counter::default(),
             sweep_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
             stall_duration: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -86,6 +88,11 @@ impl Metrics {
         registry.register("kernel_events_dropped", "Kernel events lost to a full ring buffer", m.kernel_events_dropped.clone());
         registry.register("kernel_map_full", "Sockets not tracked because the socket map was full", m.kernel_map_full.clone());
         registry.register("kernel_read_errors", "Failed kernel memory reads in the eBPF programs", m.kernel_read_errors.clone());
+        registry.register(
+            "retransmits",
+            "Retransmits on tracked sockets, as tcp:tcp_retransmit_skb sees them",
+            m.kernel_retransmits.clone(),
+        );
         registry.register("sample_errors", "Failed sock_diag samples", m.sample_errors.clone());
         registry.register("sweep_duration_seconds", "Time one detection pass takes", m.sweep_duration.clone());
         registry.register(

@@ -76,6 +76,14 @@ pub fn explain(v: &serde_json::Value) -> String {
     } else {
         out.push_str(&format!("verdict: healthy (recovered {} times)\n", v["recoveries"]));
     }
+    if let Some(k) = v["kernel"].as_object() {
+        out.push_str(&format!(
+            "kernel side: tracked for {:.1}s, {} retransmits seen{}\n",
+            k["tracked_for_ms"].as_f64().unwrap_or(0.0) / 1e3,
+            k["retransmits"],
+            k["last_retransmit_ms_ago"].as_f64().map_or(String::new(), |a| format!(", the last {:.1}s ago", a / 1e3))
+        ));
+    }
     out.push_str("\nrecent samples (newest last):\n");
     let header = ["AGE", "STATE", "QUEUED", "ACKED", "IN_FLIGHT", "PEER_WND", "RETRANS", "PROBES", "LAST_ACK"];
     let cells: Vec<[String; 9]> = v["samples"]

@@ -154,6 +154,9 @@ fn sockets_filters_explain_and_watch_against_the_agent() {
     assert_eq!(e["verdict"]["reason"], "peer_not_reading", "{e}");
     assert!(e["samples"].as_array().unwrap().len() >= 2, "{e}");
     assert!(e["changes"][0]["what"].as_str().unwrap().starts_with("stalled"), "{e}");
+    // What the kernel side recorded for it.
+    assert!(e["kernel"]["tracked_for_ms"].as_u64().unwrap() >= 2_000, "{e}");
+    assert_eq!(e["kernel"]["send_hook"], "SockSendLength", "{e}");
     let out = detector().args(["explain", "1", "--api-socket", &api]).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no tracked socket has id 1"));
 

@@ -92,7 +92,7 @@ pub fn run(
         let mut last_early = Instant::now() - Duration::from_secs(1);
         while !stop.load(Ordering::Relaxed) {
             while let Ok((id, reply)) = explain.try_recv() {
-                let _ = reply.send(s.explain(id));
+                let _ = reply.send(s.explain(id, &socks));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -164,6 +164,7 @@ impl Sweep {
             (Counter::EventsDropped, &m.kernel_events_dropped),
             (Counter::MapFull, &m.kernel_map_full),
             (Counter::ReadErrors, &m.kernel_read_errors),
+            (Counter::Retransmits, &m.kernel_retransmits),
         ] {
             let Ok(values) = counters.get(&(slot as u32), 0) else {
                 continue;
@@ -219,9 +220,22 @@ impl Sweep {
     }
 
     /// The history of one socket, for `detector explain`.
-    fn explain(&self, id: u64) -> Option<serde_json::Value> {
+    fn explain(&self, id: u64, socks: &BpfHashMap<MapData, u64, SockState>) -> Option<serde_json::Value> {
         let t = self.tracker.iter().find(|t| t.last.is_some_and(|d| d.cookie == id) || t.sk == id)?;
         let now = self.now_ms();
+        // What the kernel side recorded (bpf_ktime_get_ns is CLOCK_MONOTONIC).
+        let mono_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(0);
+        let kernel = socks.get(&t.sk, 0).ok().map(|st| {
+            serde_json::json!({
+                "tracked_for_ms": mono_ns.saturating_sub(st.first_send_ns) / 1_000_000,
+                "retransmits": st.retransmits,
+                "last_retransmit_ms_ago": (st.last_retrans_ns != 0)
+                    .then(|| mono_ns.saturating_sub(st.last_retrans_ns) / 1_000_000),
+                "send_hook": detector_common::SendHook::try_from(st.hook).map(|h| format!("{h:?}")).ok(),
+            })
+        });
         let stall = t.verdict.as_ref().and_then(|v| v.stall().copied());
         let samples: Vec<serde_json::Value> = t
             .history
@@ -267,6 +281,7 @@ impl Sweep {
                 None => serde_json::json!({"stalled": false}),
             },
             "recoveries": t.recoveries,
+            "kernel": kernel,
             "samples": samples,
             "changes": changes,
         }))
