@@ -199,10 +199,13 @@ impl Tracker {
     /// in a send since before the agent started, so no hook will ever announce it.
     pub fn seed(&mut self, cookie: u64, tuple: SockTuple, state: u8, netns_pid: u32) {
         let key = SEEDED | cookie;
-        if self.socks.values().any(|t| tuple_key(&t.tuple) == tuple_key(&tuple)) {
+        let k = tuple_key(&tuple);
+        // At start-up the table holds only seeded sockets, so the scan below never runs then.
+        let hooked = self.socks.len() > self.seeded.len();
+        if self.seeded.contains_key(&k) || (hooked && self.socks.values().any(|t| tuple_key(&t.tuple) == k)) {
             return;
         }
-        self.seeded.insert(tuple_key(&tuple), key);
+        self.seeded.insert(k, key);
         self.socks.insert(
             key,
             Tracked {
