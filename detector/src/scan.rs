@@ -28,7 +28,7 @@ pub fn run(grace: Duration, interval: Duration, pod_logs_dir: std::path::PathBuf
     let shared = Arc::new(Shared {
         programs: Vec::new(),
         snapshot: std::sync::RwLock::new(Snapshot::default()),
-        explain: std::sync::Mutex::new(None),
+        queries: std::sync::Mutex::new(None),
         metrics: Arc::new(Metrics::new()),
         started: Instant::now(),
         status: serde_json::Value::Null,

@@ -15,7 +15,7 @@ use detector_common::SockState;
 use serde_json::json;
 
 use crate::{
-    api::{self, Request, StalledSocket, TrackedSocket},
+    api::{self, Request, StalledSocket},
     kernel::{self, btf::KernelBtf, caps, loader, tracefs::Tracefs},
     metrics::{self, HookLabel, Metrics},
 };
@@ -37,7 +37,6 @@ pub struct Options {
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub stalled: Vec<StalledSocket>,
-    pub sockets: Vec<TrackedSocket>,
     pub tracked: usize,
     pub sweeps: u64,
     pub last_sweep_ms: f64,
@@ -49,7 +48,7 @@ pub struct Shared {
     /// (name, kernel id) of the programs this agent attached, for their run-time statistics.
     pub programs: Vec<(String, u32)>,
     /// Questions only the sweep thread can answer (it owns the socket table).
-    pub explain: std::sync::Mutex<Option<mpsc::Sender<sweep::ExplainRequest>>>,
+    pub queries: std::sync::Mutex<Option<mpsc::Sender<sweep::QueryRequest>>>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     pub status: serde_json::Value,
@@ -60,8 +59,7 @@ impl Shared {
         let snap = self.snapshot.read().map(|s| s.clone()).unwrap_or_default();
         match req {
             Request::Stalled => serde_json::to_value(&snap.stalled).unwrap_or_default(),
-            Request::Sockets => serde_json::to_value(&snap.sockets).unwrap_or_default(),
-            Request::Explain { .. } => json!({"error": "explain is answered by the sweep thread"}),
+            Request::Sockets | Request::Explain { .. } => json!({"error": "answered by the sweep thread"}),
             Request::Status => {
                 let mut v = self.status.clone();
                 v["uptime_s"] = json!(self.started.elapsed().as_secs());
@@ -148,7 +146,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         programs,
         snapshot: RwLock::new(Snapshot::default()),
-        explain: std::sync::Mutex::new(None),
+        queries: std::sync::Mutex::new(None),
         metrics: Arc::new(metrics),
         started: Instant::now(),
         status: json!({
@@ -188,9 +186,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     log::info!("API on {}; grace {:?}", opts.api_socket.display(), opts.grace);
 
     let (tx, rx) = mpsc::channel();
-    let (explain_tx, explain_rx) = mpsc::channel();
-    if let Ok(mut e) = shared.explain.lock() {
-        *e = Some(explain_tx);
+    let (query_tx, query_rx) = mpsc::channel();
+    if let Ok(mut q) = shared.queries.lock() {
+        *q = Some(query_tx);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let sweeper = {
@@ -209,7 +207,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         );
         std::thread::Builder::new()
             .name("sweep".into())
-            .spawn(move || sweep::run(cfg, rx, explain_rx, socks, counters, shared, reaper, stop))
+            .spawn(move || sweep::run(cfg, rx, query_rx, socks, counters, shared, reaper, stop))
             .context("starting the sweep thread")?
     };
     let events = tokio::spawn(kernel::events::forward(ring, tx));

@@ -32,14 +32,23 @@ pub struct Config {
     pub pod_logs_dir: std::path::PathBuf,
 }
 
-/// A `detector explain` question: socket id, and where to send the answer (`None`: unknown).
-pub type ExplainRequest = (u64, tokio::sync::oneshot::Sender<Option<serde_json::Value>>);
+/// Questions only the sweep thread can answer, since it owns the socket table. Answered
+/// between passes, built only when asked (the table is never copied out on every pass).
+#[derive(Debug, Clone, Copy)]
+pub enum Query {
+    /// Every tracked socket (`detector sockets`).
+    Sockets,
+    /// One socket's history (`detector explain <id>`); `None` when no socket has that id.
+    Explain(u64),
+}
+
+pub type QueryRequest = (Query, tokio::sync::oneshot::Sender<Option<serde_json::Value>>);
 
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     cfg: Config,
     events: Receiver<SockEvent>,
-    explain: Receiver<ExplainRequest>,
+    queries: Receiver<QueryRequest>,
     socks: BpfHashMap<MapData, u64, SockState>,
     counters: PerCpuArray<MapData, u64>,
     shared: Arc<Shared>,
@@ -72,7 +81,6 @@ pub fn run(
         }
         let stalled = s.pass(&mut pool, Some(&socks), &shared, None);
         s.reap(&mut reaper, &stalled, &mut pool);
-        let sockets = s.rows();
         let took = started.elapsed();
         shared.metrics.sweep_duration.observe(took.as_secs_f64());
         shared.metrics.sockets_tracked.set(s.tracker.len() as i64);
@@ -81,7 +89,6 @@ pub fn run(
         if let Ok(mut snap) = shared.snapshot.write() {
             *snap = Snapshot {
                 stalled,
-                sockets,
                 tracked: s.tracker.len(),
                 sweeps: s.sweeps,
                 last_sweep_ms: took.as_secs_f64() * 1e3,
@@ -91,8 +98,12 @@ pub fn run(
         // At most one early pass per 50 ms, whatever happens to a sample.
         let mut last_early = Instant::now() - Duration::from_secs(1);
         while !stop.load(Ordering::Relaxed) {
-            while let Ok((id, reply)) = explain.try_recv() {
-                let _ = reply.send(s.explain(id, &socks));
+            while let Ok((q, reply)) = queries.try_recv() {
+                let answer = match q {
+                    Query::Explain(id) => s.explain(id, &socks),
+                    Query::Sockets => serde_json::to_value(s.rows()).ok(),
+                };
+                let _ = reply.send(answer);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -100,17 +111,14 @@ pub fn run(
             }
             // A socket whose grace window ends before the next pass is sampled right then, so
             // detection lags the deadline by milliseconds, not by up to an interval.
-            let due = s.next_due();
+            let due = s.due;
             let now_ms = s.now_ms();
             if due.is_some_and(|d| d <= now_ms) && last_early.elapsed() >= Duration::from_millis(50) {
                 last_early = Instant::now();
                 let stalled = s.pass(&mut pool, Some(&socks), &shared, Some(now_ms));
                 s.reap(&mut reaper, &stalled, &mut pool);
-                // Publish the stalled list and the table together, so the two never disagree.
-                let sockets = s.rows();
                 if let Ok(mut snap) = shared.snapshot.write() {
                     snap.stalled = stalled;
-                    snap.sockets = sockets;
                 }
                 continue;
             }
@@ -130,6 +138,8 @@ pub struct Sweep {
     pods: PodNames,
     /// Sender pid → its pod (`namespace/name`), for `detector sockets`.
     pod_of: HashMap<u32, Option<String>>,
+    /// The earliest grace deadline, as of the last pass (see `next_due`).
+    due: Option<u64>,
     kernel_counts: [u64; detector_common::COUNTER_SLOTS as usize],
     clock: Instant,
     sweeps: u64,
@@ -145,6 +155,7 @@ impl Sweep {
             unknown_until: HashMap::new(),
             pods,
             pod_of: HashMap::new(),
+            due: None,
             kernel_counts: [0; detector_common::COUNTER_SLOTS as usize],
             clock: Instant::now(),
             sweeps: 0,
@@ -208,8 +219,8 @@ impl Sweep {
                 seeded += 1;
             }
         }
-        let tracker = &self.tracker;
-        pool.retain(|inum| tracker.iter().any(|t| t.tuple.netns == inum));
+        let used: HashSet<u32> = self.tracker.iter().map(|t| t.tuple.netns).collect();
+        pool.retain(|inum| used.contains(&inum));
         log::info!("start-up scan: {seeded} sockets with data queued or in CLOSE_WAIT");
     }
 
@@ -335,6 +346,7 @@ impl Sweep {
     }
 
     /// The earliest grace deadline of a socket queueing without progress (sample clock, ms).
+    /// Deadlines only change when a socket is sampled, so this runs once per pass.
     fn next_due(&self) -> Option<u64> {
         let grace_ms = self.cfg.grace.as_millis() as u64;
         self.tracker.iter().filter_map(|t| t.verdict.as_ref()?.due_at(grace_ms)).min()
@@ -427,8 +439,9 @@ impl Sweep {
                 m.stall_duration.observe(age as f64 / 1e3);
             }
         }
-        let tracker = &self.tracker;
-        pool.retain(|inum| tracker.iter().any(|t| t.tuple.netns == inum));
+        let used: HashSet<u32> = self.tracker.iter().map(|t| t.tuple.netns).collect();
+        pool.retain(|inum| used.contains(&inum));
+        self.due = self.next_due();
 
         // Open stalls by reason, and the report.
         let mut open: HashMap<Reason, i64> = Reason::ALL.iter().map(|&r| (r, 0)).collect();

@@ -12,7 +12,7 @@ use tokio::{
 };
 
 use super::{Request, Response};
-use crate::agent::Shared;
+use crate::agent::{Shared, sweep::Query};
 
 /// Binds the socket (replacing a stale one), root-only.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -58,7 +58,8 @@ async fn handle(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
     let resp = match serde_json::from_str::<Request>(&line) {
-        Ok(Request::Explain { id }) => explain(shared, id).await,
+        Ok(Request::Explain { id }) => ask(shared, Query::Explain(id)).await,
+        Ok(Request::Sockets) => ask(shared, Query::Sockets).await,
         Ok(req) => Response {
             ok: true,
             error: None,
@@ -76,7 +77,7 @@ async fn handle(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
 }
 
 /// Asks the sweep thread, which owns the socket table, and waits for its answer.
-async fn explain(shared: &Shared, id: u64) -> Response {
+async fn ask(shared: &Shared, q: Query) -> Response {
     let fail = |e: String| Response {
         ok: false,
         error: Some(e),
@@ -84,10 +85,10 @@ async fn explain(shared: &Shared, id: u64) -> Response {
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let sent = shared
-        .explain
+        .queries
         .lock()
         .ok()
-        .and_then(|g| g.as_ref().map(|s| s.send((id, tx)).is_ok()))
+        .and_then(|g| g.as_ref().map(|s| s.send((q, tx)).is_ok()))
         .unwrap_or(false);
     if !sent {
         return fail("the agent is shutting down".into());
@@ -98,7 +99,10 @@ async fn explain(shared: &Shared, id: u64) -> Response {
             error: None,
             data: v,
         },
-        Ok(Ok(None)) => fail(format!("no tracked socket has id {id}; `detector sockets` lists the ids")),
+        Ok(Ok(None)) => match q {
+            Query::Explain(id) => fail(format!("no tracked socket has id {id}; `detector sockets` lists the ids")),
+            Query::Sockets => fail("the socket table could not be encoded".into()),
+        },
         _ => fail("the sweep did not answer in 10 s".into()),
     }
 }
