@@ -590,5 +590,9 @@ fn report(oh: &[Overhead], sc: &[Scale], lat: &Latency, took: Duration) -> Strin
     let _ = writeln!(s, "| agent | {:.2} s | {:.2} s | {:.2} s |", lat.p50, lat.p99, lat.max);
     let _ = writeln!(s, "| baseline (1 s `ss` polls; loopback half only: it sees one namespace) | {:.2} s | {:.2} s | |", lat.base_p50, lat.base_p99);
     let _ = writeln!(s, "\n{}. Target p99 ≤ 1 s: {}.", lat.reasons, if lat.p99 <= 1.0 && lat.n == 100 { "met" } else { "not met" });
+    let _ = writeln!(
+        s,
+        "\nWhere a connection's send queue happened to be empty at the sample before the kill (a reader keeping up), the stall clock starts at the first sample that sees bytes queued: the verdict never assumes an onset earlier than it can prove, so such connections are reported up to one interval late. Connections with bytes already queued start at their last ACK and are sampled at their deadline. `--interval 500ms` halves the bound at twice the sampling CPU."
+    );
     s
 }
