@@ -84,11 +84,6 @@ pub fn acked_advanced(prev: u64, now: u64) -> bool {
     d != 0 && d < (1 << 63)
 }
 
-/// The same for 32-bit TCP sequence numbers (`snd_una`).
-pub fn seq_after(now: u32, prev: u32) -> bool {
-    (now.wrapping_sub(prev) as i32) > 0
-}
-
 /// Why a socket that is not progressing is stuck, from one sample.
 pub fn classify(s: &Sample) -> Reason {
     if s.state == TCP_CLOSE_WAIT {
@@ -254,9 +249,6 @@ mod tests {
         assert!(acked_advanced(1, 2));
         assert!(!acked_advanced(7, 7));
         assert!(!acked_advanced(100, 50), "backwards is not progress");
-        assert!(seq_after(3, u32::MAX - 3));
-        assert!(!seq_after(u32::MAX - 3, 3));
-        assert!(!seq_after(9, 9));
     }
 
     #[test]

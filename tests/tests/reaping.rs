@@ -3,7 +3,7 @@
 //! server at the same time is never touched; report and dry run change nothing.
 use std::time::{Duration, Instant};
 
-use detector_tests::{Agent, NS_A_ADDR, NetnsPair, Peer, Scratch, field, privileged};
+use detector_tests::{Agent, NS_A_ADDR, NetnsPair, Peer, Scratch, field, poll, privileged};
 
 const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
 const SERVER: &str = env!("CARGO_BIN_EXE_wedged-server");
@@ -65,6 +65,16 @@ fn expect_reaped(agent: &Agent, s: &Setup, fd: &str, slack: Duration) -> Duratio
     took
 }
 
+/// Waits (up to 3 s) until the agent's log holds every one of `needles`: an audit line is
+/// written just after the action, which the server may report first.
+fn logged(a: &Agent, needles: &[&str]) -> bool {
+    poll(Duration::from_secs(3), || {
+        let log = a.log();
+        needles.iter().all(|n| log.contains(n)).then_some(())
+    })
+    .is_some()
+}
+
 fn agent(args: &[&str]) -> Agent {
     Agent::start("2s", args)
 }
@@ -78,7 +88,7 @@ fn destroy_frees_the_seat_of_a_dead_client() {
     let a = agent(&["--action", "destroy"]);
     let s = setup(1, 2);
     expect_reaped(&a, &s, &s.dead[0].1, Duration::from_secs(3));
-    assert!(a.log().contains("\"action\":\"destroy\"") && a.log().contains("\"result\":\"ok\""), "{}", a.log());
+    assert!(logged(&a, &["\"action\":\"destroy\"", "\"result\":\"ok\""]), "{}", a.log());
     drop(s.healthy);
 }
 
@@ -100,7 +110,7 @@ fn destroy_frees_a_seat_held_by_an_unreachable_peer_in_another_namespace() {
         .expect_where("SEAT freed", GRACE + Duration::from_secs(4), |l| field(l, "fd") == field(&taken, "fd"))
         .unwrap_or_else(|| panic!("not freed:\n{}", a.log()));
     assert!(freed.contains("abort"), "the blocked send should fail with ECONNABORTED: {freed}");
-    assert!(a.log().contains("peer_unreachable"), "{}", a.log());
+    assert!(logged(&a, &["peer_unreachable"]), "{}", a.log());
 }
 
 #[test]
@@ -168,7 +178,7 @@ fn report_and_dry_run_change_nothing() {
         let stalled = a.stalled(dead_local).unwrap_or_else(|| panic!("not even reported:\n{}", a.log()));
         assert_eq!(stalled["reason"], "peer_not_reading");
         let want = if args.contains(&"--dry-run") { "\"result\":\"dry_run\"" } else { "\"action\":\"report\"" };
-        assert!(a.log().contains(want), "{args:?}: no {want} audit line:\n{}", a.log());
+        assert!(logged(&a, &[want]), "{args:?}: no {want} audit line:\n{}", a.log());
     }
 }
 
@@ -192,7 +202,7 @@ fn protected_processes_are_never_acted_on() {
     let s = setup(1, 2);
     let freed = s.server.expect_where("SEAT freed", GRACE + Duration::from_secs(3), |_| true);
     assert!(freed.is_none(), "a protected process was acted on: {freed:?}");
-    assert!(a.log().contains("\"result\":\"skipped\"") && a.log().contains("protected"), "{}", a.log());
+    assert!(logged(&a, &["\"result\":\"skipped\"", "protected"]), "{}", a.log());
 }
 
 #[test]
@@ -211,7 +221,7 @@ fn rate_limit_and_cooldown_hold_back_further_actions() {
         let more = s.server.expect_where("SEAT freed", Duration::from_secs(3), |_| true);
         assert!(more.is_none(), "{name}: a second action went through: {more:?}\n{}", a.log());
         let why = if name == "rate" { "rate_limited" } else { "cooldown" };
-        assert!(a.log().contains(why), "{name}: no {why} audit line:\n{}", a.log());
+        assert!(logged(&a, &[why]), "{name}: no {why} audit line:\n{}", a.log());
     }
 }
 
@@ -229,9 +239,7 @@ fn unreachable_rpc_endpoint_is_logged_counted_and_escalated() {
     let fd = s.dead[0].1.clone();
     let freed = s.server.expect_where("SEAT freed", GRACE + Duration::from_secs(5), |l| field(l, "fd") == fd);
     assert!(freed.is_some(), "not escalated to destroy:\n{}", a.log());
-    let log = a.log();
-    assert!(log.contains("\"action\":\"rpc\"") && log.contains("\"result\":\"failed\""), "{log}");
-    assert!(log.contains("\"action\":\"destroy\""), "{log}");
+    assert!(logged(&a, &["\"action\":\"rpc\"", "\"result\":\"failed\"", "\"action\":\"destroy\""]), "{}", a.log());
 }
 
 #[test]
