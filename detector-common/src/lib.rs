@@ -13,38 +13,61 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
 
-/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`). The agent's
+/// `TcpState` enum is built from these.
 pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_SYN_RECV: u8 = 3;
+pub const TCP_FIN_WAIT1: u8 = 4;
+pub const TCP_FIN_WAIT2: u8 = 5;
+pub const TCP_TIME_WAIT: u8 = 6;
 pub const TCP_CLOSE: u8 = 7;
 pub const TCP_CLOSE_WAIT: u8 = 8;
+pub const TCP_LAST_ACK: u8 = 9;
+pub const TCP_LISTEN: u8 = 10;
+pub const TCP_CLOSING: u8 = 11;
+pub const TCP_NEW_SYN_RECV: u8 = 12;
 
 /// Offset value meaning "this field does not exist on the running kernel".
 pub const OFFSET_ABSENT: u32 = u32::MAX;
 
 /// Which program saw a send. Carried as `u8` in [`SockState::hook`] and [`SockEvent::hook`].
+/// The first three keep per-socket state in socket storage (`SK_STATE`, freed with the
+/// socket); the last two, for kernels whose BTF programs cannot load, in the `SOCKS` hash map.
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SendHook {
+    /// BTF tracepoint `tcp_sendmsg_locked` (6.15+): TCP only, fires before a send can block.
+    TcpSendmsgLocked = 1,
+    /// fentry on `tcp_sendmsg`: fires as a send starts.
+    FentryTcpSendmsg = 2,
+    /// BTF tracepoint `sock_send_length` (6.3+): fires as a send returns.
+    SockSendLengthBtf = 3,
     /// Classic tracepoint `sock:sock_send_length` (stable ABI, fields from the format file).
-    SockSendLength = 1,
-    /// Raw tracepoint `tcp_sendmsg_locked` (the classic one does not carry the socket).
-    TcpSendmsgLocked = 2,
-    /// fentry on `tcp_sendmsg`.
-    FentryTcpSendmsg = 3,
+    SockSendLength = 4,
     /// kprobe on `tcp_sendmsg`.
-    KprobeTcpSendmsg = 4,
+    KprobeTcpSendmsg = 5,
+}
+
+impl SendHook {
+    pub const ALL: [SendHook; 5] = [
+        Self::TcpSendmsgLocked,
+        Self::FentryTcpSendmsg,
+        Self::SockSendLengthBtf,
+        Self::SockSendLength,
+        Self::KprobeTcpSendmsg,
+    ];
+
+    /// Whether this hook keeps its state in socket storage (else in the `SOCKS` hash map).
+    pub const fn socket_storage(self) -> bool {
+        matches!(self, Self::TcpSendmsgLocked | Self::FentryTcpSendmsg | Self::SockSendLengthBtf)
+    }
 }
 
 impl TryFrom<u8> for SendHook {
     type Error = u8;
     fn try_from(v: u8) -> Result<Self, u8> {
-        Ok(match v {
-            1 => Self::SockSendLength,
-            2 => Self::TcpSendmsgLocked,
-            3 => Self::FentryTcpSendmsg,
-            4 => Self::KprobeTcpSendmsg,
-            other => return Err(other),
-        })
+        Self::ALL.into_iter().find(|h| *h as u8 == v).ok_or(v)
     }
 }
 
@@ -52,11 +75,12 @@ impl TryFrom<u8> for SendHook {
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// First send seen on a socket: it is now tracked.
+    /// A send found bytes of earlier sends still unacknowledged: the socket is now tracked.
     Tracked = 1,
-    /// A tracked socket changed TCP state (e.g. ESTABLISHED -> CLOSE_WAIT).
-    StateChange = 2,
-    /// A tracked socket reached TCP_CLOSE; the kernel side forgot it.
+    /// Another process sends on a tracked socket now (fork, fd passing).
+    OwnerChanged = 2,
+    /// A tracked socket reached TCP_CLOSE (hash-map hooks only; socket storage dies with
+    /// the socket and the agent's next sample finds it gone).
     Closed = 3,
 }
 
@@ -65,7 +89,7 @@ impl TryFrom<u8> for EventKind {
     fn try_from(v: u8) -> Result<Self, u8> {
         Ok(match v {
             1 => Self::Tracked,
-            2 => Self::StateChange,
+            2 => Self::OwnerChanged,
             3 => Self::Closed,
             other => return Err(other),
         })
@@ -79,7 +103,8 @@ impl TryFrom<u8> for EventKind {
 pub enum Counter {
     /// The ring buffer was full; an event was dropped.
     EventsDropped = 0,
-    /// The socket map was full; a socket could not be tracked.
+    /// The socket map was full (or socket storage could not be allocated); a socket could
+    /// not be tracked.
     MapFull = 1,
     /// A kernel read (`bpf_probe_read_kernel`) failed.
     ReadErrors = 2,
@@ -106,36 +131,37 @@ pub struct SockTuple {
     pub netns: u32,
 }
 
-/// Per-socket state the kernel side keeps in the `SOCKS` map, keyed by the `struct sock` address.
+/// Per-socket state the kernel side keeps (socket storage or the `SOCKS` map).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SockState {
-    /// When the send hook first saw the socket (`detector explain`: tracked since).
+    /// When tracking began (`detector explain`: tracked since).
     pub first_send_ns: u64,
-    /// Last retransmit seen by `tcp:tcp_retransmit_skb` (`detector explain`).
+    /// Last retransmit seen by `tcp_retransmit_skb` (`detector explain`).
     pub last_retrans_ns: u64,
-    /// cgroup v2 id of the last sender.
+    /// cgroup v2 id of the owner.
     pub cgroup_id: u64,
-    /// Addresses, kept here too so the agent can rebuild its table from the map alone
-    /// (after dropped events, or at start-up).
+    /// Addresses, kept here too so the agent can rebuild its table from the hash map alone
+    /// (after dropped events).
     pub tuple: SockTuple,
-    /// Retransmits seen by `tcp:tcp_retransmit_skb` since the socket was tracked.
+    /// Retransmits seen by `tcp_retransmit_skb` since the socket was tracked.
     pub retransmits: u32,
-    /// Process (tgid) and thread (tid) of the last sender, taken in process context only.
+    /// Process (tgid) that sent when tracking began or the owner last changed, and its thread
+    /// (tid) at that moment, taken in process context only. A thread pool moving sends
+    /// between threads does not rewrite them: only a new process does.
     pub tgid: u32,
     pub tid: u32,
-    /// `comm` of the last sending thread.
+    /// `comm` of that thread.
     pub comm: [u8; TASK_COMM_LEN],
-    pub tcp_state: u8,
     pub hook: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 7],
 }
 
 /// An event from the kernel side, sent through the `EVENTS` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SockEvent {
-    /// Kernel address of `struct sock`: the key of the `SOCKS` map.
+    /// Kernel address of `struct sock`: the socket's key in the agent (and in `SOCKS`).
     pub sk: u64,
     pub ts_ns: u64,
     pub cgroup_id: u64,
@@ -144,30 +170,29 @@ pub struct SockEvent {
     pub tid: u32,
     pub comm: [u8; TASK_COMM_LEN],
     pub kind: u8,
-    pub old_state: u8,
-    pub new_state: u8,
+    /// TCP state when the event happened.
+    pub state: u8,
     pub hook: u8,
+    pub _pad: u8,
 }
 
 /// Offsets the programs need, read at start-up from tracefs `format` files and kernel BTF,
-/// and handed over as the read-only global `CONFIG`. Rust eBPF has no CO-RE, so nothing about
-/// kernel layout is compiled in.
+/// and handed over as the read-only global `CONFIG` (frozen `.rodata`: the verifier sees each
+/// field as a constant). Rust eBPF has no CO-RE, so nothing about kernel layout is compiled in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct KernelConfig {
-    // sock:sock_send_length
+    // Classic tracepoint sock:sock_send_length (format file).
     pub send_len_sk: u32,
-    pub send_len_family: u32,
     pub send_len_protocol: u32,
     pub send_len_ret: u32,
-    // tcp:tcp_retransmit_skb
+    // Classic tracepoint tcp:tcp_retransmit_skb.
     pub retrans_skaddr: u32,
-    // sock:inet_sock_set_state
+    // Classic tracepoint sock:inet_sock_set_state.
     pub state_skaddr: u32,
-    pub state_oldstate: u32,
     pub state_newstate: u32,
     pub state_protocol: u32,
-    // struct sock_common, struct net, struct ns_common (from BTF)
+    // struct sock_common, struct sock, struct net, struct ns_common (from BTF).
     pub sk_family: u32,
     pub sk_state: u32,
     pub sk_daddr: u32,
@@ -178,6 +203,13 @@ pub struct KernelConfig {
     pub sk_v6_rcv_saddr: u32,
     pub sk_net: u32,
     pub net_ns_inum: u32,
+    pub sk_protocol: u32,
+    /// `struct sock` → `sk_wmem_queued`: bytes (as skb truesize) in the write and retransmit
+    /// queues, so non-zero exactly while something sent is not yet acknowledged.
+    pub sk_wmem_queued: u32,
+    // struct tcp_sock (from BTF): bytes not yet acknowledged are write_seq - snd_una.
+    pub tcp_write_seq: u32,
+    pub tcp_snd_una: u32,
     /// Sends from this process are ignored (the agent itself).
     pub agent_tgid: u32,
 }
@@ -186,12 +218,10 @@ impl KernelConfig {
     /// All offsets absent: programs that need one do nothing.
     pub const EMPTY: Self = Self {
         send_len_sk: OFFSET_ABSENT,
-        send_len_family: OFFSET_ABSENT,
         send_len_protocol: OFFSET_ABSENT,
         send_len_ret: OFFSET_ABSENT,
         retrans_skaddr: OFFSET_ABSENT,
         state_skaddr: OFFSET_ABSENT,
-        state_oldstate: OFFSET_ABSENT,
         state_newstate: OFFSET_ABSENT,
         state_protocol: OFFSET_ABSENT,
         sk_family: OFFSET_ABSENT,
@@ -204,6 +234,10 @@ impl KernelConfig {
         sk_v6_rcv_saddr: OFFSET_ABSENT,
         sk_net: OFFSET_ABSENT,
         net_ns_inum: OFFSET_ABSENT,
+        sk_protocol: OFFSET_ABSENT,
+        sk_wmem_queued: OFFSET_ABSENT,
+        tcp_write_seq: OFFSET_ABSENT,
+        tcp_snd_una: OFFSET_ABSENT,
         agent_tgid: 0,
     };
 }
@@ -212,7 +246,7 @@ impl KernelConfig {
 const _: () = assert!(core::mem::size_of::<SockTuple>() == 44);
 const _: () = assert!(core::mem::size_of::<SockState>() == 104);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 96);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 20 * 4);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 22 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -1,23 +1,26 @@
-//! Kernel side of the detector: thin programs that record, per TCP socket, who sends on it and
-//! how its lifetime goes. All judgement (is it stalled? why?) happens in userspace.
+//! Kernel side of the detector: thin programs that record, per TCP socket that had bytes
+//! waiting, who sends on it. All judgement (is it stalled? why?) happens in the agent.
 //!
-//! Data flow: send hooks (one of four, chosen at run time) create/refresh an entry in `SOCKS`
-//! and announce new sockets on `EVENTS`; `retransmit` counts retransmits on tracked sockets;
-//! `set_state` follows TCP state and forgets a socket when it closes.
+//! Data flow: one send hook (chosen at run time, `SendHook`) starts tracking a socket when a
+//! send finds bytes of earlier sends still unacknowledged, keeps its owner, and announces it on
+//! `EVENTS`; `retransmit` counts retransmits on tracked sockets. The BTF hooks keep per-socket
+//! state in socket storage, which the kernel frees with the socket; the fallback hooks keep it
+//! in the `SOCKS` hash map, which `set_state` cleans at TCP_CLOSE.
 #![no_std]
 #![no_main]
 
 mod config;
-mod ctx;
+mod control;
 mod maps;
 mod retransmit;
-mod send;
 mod send_fentry;
 mod send_kprobe;
-mod send_raw_tp;
-mod send_tracepoint;
+mod send_sock_send_length;
+mod send_sock_send_length_btf;
+mod send_tcp_sendmsg_locked;
 mod set_state;
 mod sock;
+mod track;
 
 #[cfg(not(test))]
 #[panic_handler]

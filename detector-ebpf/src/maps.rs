@@ -1,21 +1,30 @@
 //! Every map the programs use, with its bound and why.
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use detector_common::{COUNTER_SLOTS, Counter, SockState};
 
-/// Tracked sockets, keyed by `struct sock` address. 65,536 by default (the 50k-connection scale
-/// target with headroom); the agent resizes it with `--max-sockets` (`map_max_entries`). Only
-/// sockets that have sent data are here, and they leave on TCP_CLOSE. A failed insert is
-/// counted in `Counter::MapFull`. A plain (not LRU) hash: an LRU map would evict silently.
+/// Per-socket state of the BTF hooks (tp_btf, fentry), in the socket itself: no key hashing, no
+/// lock, no capacity to fill, and freed by the kernel when the socket is, so nothing is sent
+/// when a socket closes and no entry can go stale. Bounded by the sockets that exist.
+#[btf_map]
+pub static SK_STATE: SkStorage<SockState> = SkStorage::new();
+
+/// Per-socket state of the fallback hooks (classic tracepoint, kprobe), keyed by `struct sock`
+/// address. 65,536 by default (the 50k-connection scale target with headroom); the agent
+/// resizes it with `--max-sockets`. Only sockets that had bytes waiting are here, and they
+/// leave on TCP_CLOSE. A failed insert is counted in `Counter::MapFull`. A plain (not LRU)
+/// hash: an LRU map would evict silently.
 #[map]
 pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65_536, 0);
 
-/// New-socket and state-change events for the agent: 256 KiB holds ~2,700 events of 96 bytes,
-/// a burst of connection churn far above what the agent drains between wake-ups. Full means
-/// dropped and counted (`Counter::EventsDropped`); the agent's sweep notices closed sockets on
-/// its own, so a drop costs latency, not correctness. Resized with `--ring-buffer-bytes`.
+/// New-socket, owner-change and (hash map only) close events. 256 KiB holds ~2,700 events of
+/// 96 bytes; events are written without waking the agent, which drains the buffer at least
+/// every 100 ms, so ~27,000 newly tracked sockets a second fit. Full means dropped and counted
+/// (`Counter::EventsDropped`); the agent's periodic reconcile finds such sockets anyway, so a
+/// drop costs latency, not correctness. Resized with `--ring-buffer-bytes`.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
@@ -28,5 +37,16 @@ pub fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, and programs run with preemption disabled on this CPU.
         unsafe { *slot += 1 };
+    }
+}
+
+/// `bpf_ringbuf_output` flag: do not wake the reader (the agent polls; see `EVENTS`).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
+/// Sends one event to the agent, counting a drop.
+#[inline(always)]
+pub fn emit(ev: &detector_common::SockEvent) {
+    if EVENTS.output::<detector_common::SockEvent>(ev, BPF_RB_NO_WAKEUP).is_err() {
+        count(Counter::EventsDropped);
     }
 }

@@ -1,13 +1,27 @@
-//! Send path, last choice: kprobe on `tcp_sendmsg` (older kernels).
+//! Send path, last choice: kprobe on `tcp_sendmsg`, with the `SOCKS` hash map.
+//!
+//! Kernel: `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`
+//! (net/ipv4/tcp.c), entered once per send.
 use aya_ebpf::{macros::kprobe, programs::ProbeContext};
 use detector_common::SendHook;
 
-use crate::send::on_send;
+use crate::{
+    sock::RawSock,
+    track::{Hash, can_send, on_send},
+};
 
 #[kprobe]
 pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<u64>(0) {
-        let _ = on_send(sk, SendHook::KprobeTcpSendmsg as u8, || true);
+    let Some(sk) = ctx.arg::<u64>(0) else { return 0 };
+    if sk == 0 {
+        return 0;
     }
+    let sock = RawSock(sk);
+    on_send(Hash(sk), SendHook::KprobeTcpSendmsg, || {
+        let state = sock.state().ok()?;
+        // A socket that is closing (e.g. after a reset) is never (re)inserted: nothing would
+        // ever remove it.
+        (can_send(state) && sock.waiting().ok()?).then_some(state)
+    });
     0
 }

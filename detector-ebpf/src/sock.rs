@@ -1,50 +1,152 @@
-//! Reading `struct sock_common` with offsets found in the running kernel's BTF.
-use aya_ebpf::helpers::bpf_probe_read_kernel;
-use detector_common::{AF_INET, AF_INET6, KernelConfig, OFFSET_ABSENT, SockTuple};
+//! Reading a `struct sock`, with offsets found in the running kernel's BTF.
+//!
+//! Two ways, one per kind of program:
+//! - [`BtfSock`]: the socket is a BTF-typed argument (tp_btf, fentry). A field is a plain load
+//!   at a constant offset, which the verifier checks against the kernel's BTF (the hot path);
+//! - [`RawSock`]: the socket is a bare address (classic tracepoint, kprobe). Every read is a
+//!   `bpf_probe_read_kernel` copy, which copes with any address.
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock};
+use detector_common::{AF_INET, AF_INET6, OFFSET_ABSENT, SockTuple};
 
+use crate::config::conf;
+
+/// `-EINVAL`: a read the running kernel has no offset for.
+const EINVAL: i64 = -22;
+
+/// A socket reached through a BTF-typed pointer.
+#[derive(Clone, Copy)]
+pub struct BtfSock(*const u8);
+
+impl BtfSock {
+    /// # Safety
+    /// `sk` must be a `struct sock *` argument of a BTF program (tp_btf or fentry), never null.
+    #[inline(always)]
+    pub unsafe fn new(sk: *const u8) -> Self {
+        Self(sk)
+    }
+
+    #[inline(always)]
+    pub fn addr(self) -> u64 {
+        self.0 as u64
+    }
+
+    #[inline(always)]
+    pub fn as_ptr(self) -> *mut core::ffi::c_void {
+        self.0 as *mut _
+    }
+
+    /// A field at `off` bytes into the object `base` points to.
+    #[inline(always)]
+    fn load<T: Copy>(base: *const u8, off: u32) -> T {
+        // SAFETY: `base` is a BTF pointer and `off` a frozen constant, so the verifier checks
+        // this access against the kernel's type (and turns faults into zeroes).
+        unsafe { core::ptr::read_volatile(base.add(off as usize) as *const T) }
+    }
+
+    #[inline(always)]
+    pub fn state(self) -> u8 {
+        Self::load(self.0, conf!(sk_state))
+    }
+
+    #[inline(always)]
+    pub fn family(self) -> u16 {
+        Self::load(self.0, conf!(sk_family))
+    }
+
+    #[inline(always)]
+    pub fn protocol(self) -> u16 {
+        Self::load(self.0, conf!(sk_protocol))
+    }
+
+    /// Whether anything the application wrote is still queued or unacknowledged: one load
+    /// from `struct sock`, no helper call.
+    #[inline(always)]
+    pub fn waiting(self) -> bool {
+        Self::load::<i32>(self.0, conf!(sk_wmem_queued)) > 0
+    }
+
+    /// Bytes written by the application and not yet acknowledged (`write_seq - snd_una`);
+    /// `None` when the socket is not a full TCP socket. Costs a helper call.
+    #[inline(always)]
+    pub fn unacked(self) -> Option<u32> {
+        // SAFETY: the helper takes any socket pointer and returns null for non-TCP ones.
+        let tp = unsafe { bpf_skc_to_tcp_sock(self.as_ptr()) } as *const u8;
+        if tp.is_null() {
+            return None;
+        }
+        let write_seq: u32 = Self::load(tp, conf!(tcp_write_seq));
+        let snd_una: u32 = Self::load(tp, conf!(tcp_snd_una));
+        Some(write_seq.wrapping_sub(snd_una))
+    }
+}
+
+/// A socket known by its address only.
+#[derive(Clone, Copy)]
+pub struct RawSock(pub u64);
+
+impl RawSock {
+    #[inline(always)]
+    fn read<T>(self, off: u32) -> Result<T, i64> {
+        read_at(self.0, off)
+    }
+
+    #[inline(always)]
+    pub fn state(self) -> Result<u8, i64> {
+        self.read(conf!(sk_state))
+    }
+
+    /// As [`BtfSock::waiting`], through a copy.
+    #[inline(always)]
+    pub fn waiting(self) -> Result<bool, i64> {
+        Ok(self.read::<i32>(conf!(sk_wmem_queued))? > 0)
+    }
+
+    /// As [`BtfSock::unacked`], through copies.
+    #[inline(always)]
+    pub fn unacked(self) -> Result<u32, i64> {
+        let write_seq: u32 = self.read(conf!(tcp_write_seq))?;
+        let snd_una: u32 = self.read(conf!(tcp_snd_una))?;
+        Ok(write_seq.wrapping_sub(snd_una))
+    }
+}
+
+/// A copy of the `T` at `base + off` in kernel memory; an error for an absent offset or an
+/// address that cannot be read.
 #[inline(always)]
-unsafe fn read<T>(base: u64, off: u32) -> Result<T, i32> {
+pub fn read_at<T>(base: u64, off: u32) -> Result<T, i64> {
     if off == OFFSET_ABSENT {
-        return Err(-22);
+        return Err(EINVAL);
     }
     // SAFETY: `bpf_probe_read_kernel` copes with any address; a bad one is an error, not a fault.
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.map_err(|e| e as i64)
 }
 
+/// Addresses, ports and network namespace of the socket at `sk` (read once, when tracking
+/// begins, so by copies whatever the program type).
 #[inline(always)]
-pub fn family(cfg: &KernelConfig, sk: u64) -> Result<u16, i32> {
-    unsafe { read::<u16>(sk, cfg.sk_family) }
-}
-
-#[inline(always)]
-pub fn state(cfg: &KernelConfig, sk: u64) -> Result<u8, i32> {
-    unsafe { read::<u8>(sk, cfg.sk_state) }
-}
-
-/// Addresses, ports and network namespace of a socket.
-#[inline(always)]
-pub fn tuple(cfg: &KernelConfig, sk: u64, family: u16) -> Result<SockTuple, i32> {
+pub fn tuple(sk: u64) -> Result<SockTuple, i64> {
+    let family: u16 = read_at(sk, conf!(sk_family))?;
     let mut t = SockTuple {
         family,
         ..SockTuple::default()
     };
-    unsafe {
-        if family == AF_INET {
-            let s: [u8; 4] = read(sk, cfg.sk_rcv_saddr)?;
-            let d: [u8; 4] = read(sk, cfg.sk_daddr)?;
-            t.saddr[..4].copy_from_slice(&s);
-            t.daddr[..4].copy_from_slice(&d);
-        } else if family == AF_INET6 {
-            t.saddr = read(sk, cfg.sk_v6_rcv_saddr)?;
-            t.daddr = read(sk, cfg.sk_v6_daddr)?;
-        }
-        // skc_num is the local port in host order, skc_dport the remote port in network order.
-        t.sport = read::<u16>(sk, cfg.sk_num)?;
-        t.dport = u16::from_be(read::<u16>(sk, cfg.sk_dport)?);
-        let net: u64 = read(sk, cfg.sk_net)?;
-        if net != 0 {
-            t.netns = read::<u32>(net, cfg.net_ns_inum).unwrap_or(0);
-        }
+    if family == AF_INET {
+        let s: [u8; 4] = read_at(sk, conf!(sk_rcv_saddr))?;
+        let d: [u8; 4] = read_at(sk, conf!(sk_daddr))?;
+        t.saddr[..4].copy_from_slice(&s);
+        t.daddr[..4].copy_from_slice(&d);
+    } else if family == AF_INET6 {
+        t.saddr = read_at(sk, conf!(sk_v6_rcv_saddr))?;
+        t.daddr = read_at(sk, conf!(sk_v6_daddr))?;
+    } else {
+        return Err(EINVAL);
+    }
+    // skc_num is the local port in host order, skc_dport the remote port in network order.
+    t.sport = read_at::<u16>(sk, conf!(sk_num))?;
+    t.dport = u16::from_be(read_at::<u16>(sk, conf!(sk_dport))?);
+    let net: u64 = read_at(sk, conf!(sk_net))?;
+    if net != 0 {
+        t.netns = read_at::<u32>(net, conf!(net_ns_inum)).unwrap_or(0);
     }
     Ok(t)
 }

@@ -73,14 +73,16 @@ pub fn run() -> Vec<Check> {
         }) {
             Ok(loaded) => {
                 for h in &loaded.hooks {
-                    let available = h.attached || h.detail.starts_with("available");
+                    let detail = loader::describe(&h.state);
+                    let usable = h.state.works() || matches!(h.state, loader::HookState::NotTried(_));
                     out.push(check(
-                        format!("hook {} ({})", h.hook, h.role),
-                        h.role == "lifetime",
-                        if available { Ok(h.detail.clone()) } else { Err(h.detail.clone()) },
+                        format!("hook {} ({})", h.hook, h.role.as_str()),
+                        false,
+                        if usable { Ok(detail) } else { Err(detail) },
                     ));
                 }
-                out.push(check("send hook", true, Ok(format!("the agent would use {}", loaded.send_hook))));
+                let storage = if loaded.send_hook.socket_storage() { "socket storage" } else { "a hash map" };
+                out.push(check("send hook", true, Ok(format!("the agent would use {}, with {storage}", loaded.send_label()))));
                 // Dropping `loaded` detaches everything.
             }
             Err(e) => out.push(check("hooks", true, Err(e))),

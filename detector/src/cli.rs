@@ -2,6 +2,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use detector_common::SendHook;
 
 use crate::api::DEFAULT_SOCKET;
 
@@ -41,6 +42,12 @@ pub enum Command {
     Scan(ScanArgs),
     /// Preflight: can the agent run here? Tries every hook for real; exits non-zero if not.
     Check(OutputArgs),
+    /// For `cargo xtask bench`: attach an empty program to a send hook until SIGTERM.
+    #[command(hide = true)]
+    BenchControl {
+        #[arg(long, value_enum)]
+        hook: SendHookChoice,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,25 +120,28 @@ impl ActionChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SendHookChoice {
     Auto,
-    /// tracepoint sock:sock_send_length
-    SockSendLength,
-    /// raw tracepoint tcp_sendmsg_locked
+    /// BTF tracepoint tcp_sendmsg_locked (socket storage)
     TcpSendmsgLocked,
-    /// fentry tcp_sendmsg
+    /// fentry tcp_sendmsg (socket storage)
     Fentry,
-    /// kprobe tcp_sendmsg
+    /// BTF tracepoint sock_send_length (socket storage)
+    SockSendLengthBtf,
+    /// tracepoint sock:sock_send_length (hash map)
+    SockSendLength,
+    /// kprobe tcp_sendmsg (hash map)
     Kprobe,
 }
 
 impl SendHookChoice {
-    /// Index into the loader's preference order, or `None` for auto.
-    pub fn index(self) -> Option<usize> {
+    /// The hook to force, or `None` for the best the kernel offers.
+    pub fn hook(self) -> Option<SendHook> {
         match self {
             Self::Auto => None,
-            Self::SockSendLength => Some(0),
-            Self::TcpSendmsgLocked => Some(1),
-            Self::Fentry => Some(2),
-            Self::Kprobe => Some(3),
+            Self::TcpSendmsgLocked => Some(SendHook::TcpSendmsgLocked),
+            Self::Fentry => Some(SendHook::FentryTcpSendmsg),
+            Self::SockSendLengthBtf => Some(SendHook::SockSendLengthBtf),
+            Self::SockSendLength => Some(SendHook::SockSendLength),
+            Self::Kprobe => Some(SendHook::KprobeTcpSendmsg),
         }
     }
 }

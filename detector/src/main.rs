@@ -48,7 +48,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 metrics_addr: a.metrics_addr.0,
                 max_sockets: a.max_sockets,
                 ring_buffer_bytes: a.ring_buffer_bytes,
-                send_hook: a.send_hook.index(),
+                send_hook: a.send_hook.hook(),
                 pod_logs_dir: a.pod_logs_dir,
                 policy,
             }))
@@ -92,6 +92,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if !detector::check::can_run(&checks) {
                 anyhow::bail!("the agent cannot run on this machine (see above)");
             }
+            Ok(())
+        }
+        Command::BenchControl { hook } => {
+            let hook = hook.hook().ok_or_else(|| anyhow::anyhow!("name a hook"))?;
+            let _attached = detector::agent::attach_control(hook)?;
+            println!("attached");
+            detector::agent::wait_for_termination();
             Ok(())
         }
         Command::Status(q) => watch(&q, || {

@@ -24,7 +24,7 @@ pub fn run(grace: Duration, interval: Duration, pod_logs_dir: std::path::PathBuf
         interval,
         pod_logs_dir,
     });
-    sweep.seed(&mut pool);
+    sweep.reconcile(&mut pool);
     let shared = Arc::new(Shared {
         programs: Vec::new(),
         snapshot: std::sync::RwLock::new(Snapshot::default()),
@@ -35,7 +35,7 @@ pub fn run(grace: Duration, interval: Duration, pod_logs_dir: std::path::PathBuf
     });
     let end = Instant::now() + grace + interval;
     loop {
-        let stalled = sweep.pass(&mut pool, None, &shared, None);
+        let stalled = sweep.pass(&mut pool, &shared, None);
         if Instant::now() >= end {
             return Ok(stalled);
         }

@@ -12,8 +12,9 @@ use crate::{
     verdict::StallTracker,
 };
 
-/// Who sent on the socket last, as the send hook saw it (process context).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who sent on the socket when tracking began or its owner last changed, as the send hook saw
+/// it (process context). Default: nobody seen (a socket found by a dump).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Sender {
     pub tgid: u32,
     pub tid: u32,
@@ -27,6 +28,9 @@ pub struct Tracked {
     pub tuple: SockTuple,
     pub sender: Sender,
     pub hook: u8,
+    /// When the kernel side began tracking it (CLOCK_MONOTONIC ns; 0 for sockets found by a
+    /// dump).
+    pub first_send_ns: u64,
     pub tcp_state: u8,
     /// From the last sample.
     pub last: Option<DiagSocket>,
@@ -69,6 +73,27 @@ impl History {
 }
 
 impl Tracked {
+    pub fn new(sk: u64, tuple: SockTuple, sender: Sender, hook: u8, first_send_ns: u64, tcp_state: u8) -> Self {
+        Tracked {
+            sk,
+            tuple,
+            sender,
+            hook,
+            first_send_ns,
+            tcp_state,
+            last: None,
+            verdict: None,
+            recoveries: 0,
+            netns_hint: None,
+            history: History::default(),
+        }
+    }
+
+    /// Found by a dump, not announced by a send hook.
+    pub fn found_by_dump(&self) -> bool {
+        self.sk >> 63 == 0
+    }
+
     pub fn local(&self) -> IpAddr {
         addr(&self.tuple.saddr, self.tuple.family)
     }
@@ -102,8 +127,8 @@ pub fn comm_str(c: &[u8; TASK_COMM_LEN]) -> String {
     String::from_utf8_lossy(&c[..end]).into_owned()
 }
 
-/// Keys of sockets found at start-up by a sock_diag dump have this bit set (a kernel pointer,
-/// the key of sockets seen by the send hook, never has it clear).
+/// Keys of sockets found by a sock_diag dump are `SEEDED | cookie`: bit 63 clear, where the key
+/// of a socket seen by a send hook, a kernel address, always has it set.
 pub const SEEDED: u64 = 1 << 62;
 
 type TupleKey = ([u8; 16], [u8; 16], u16, u16, u32);
@@ -112,11 +137,12 @@ fn tuple_key(t: &SockTuple) -> TupleKey {
     (t.saddr, t.daddr, t.sport, t.dport, t.netns)
 }
 
+/// The table, keyed by `struct sock` address (or `SEEDED | cookie`), with an index by
+/// addresses so a dump can tell in O(1) whether a socket is already known.
 #[derive(Debug, Default)]
 pub struct Tracker {
     socks: HashMap<u64, Tracked>,
-    /// Start-up sockets not (yet) seen by the send hook: tuple → key.
-    seeded: HashMap<TupleKey, u64>,
+    by_tuple: HashMap<TupleKey, u64>,
 }
 
 impl Tracker {
@@ -140,125 +166,90 @@ impl Tracker {
         self.socks.values_mut()
     }
 
-    pub fn remove(&mut self, sk: u64) -> Option<Tracked> {
-        let t = self.socks.remove(&sk)?;
-        if sk & SEEDED != 0 {
-            self.seeded.remove(&tuple_key(&t.tuple));
-        }
-        Some(t)
+    /// Whether a socket with these addresses is tracked.
+    pub fn knows(&self, tuple: &SockTuple) -> bool {
+        self.by_tuple.contains_key(&tuple_key(tuple))
     }
 
-    pub fn retain(&mut self, f: impl FnMut(&u64, &mut Tracked) -> bool) {
-        self.socks.retain(f)
+    fn insert(&mut self, t: Tracked) -> Option<Tracked> {
+        let (sk, k) = (t.sk, tuple_key(&t.tuple));
+        let old = self.socks.insert(sk, t);
+        if let Some(o) = &old {
+            self.unindex(o);
+        }
+        // Another entry with these addresses (a seeded one the hook now announces, or one
+        // whose close went unseen) is replaced.
+        let displaced = self.by_tuple.insert(k, sk).filter(|&other| other != sk).and_then(|other| self.socks.remove(&other));
+        displaced.or(old)
+    }
+
+    fn unindex(&mut self, t: &Tracked) {
+        let k = tuple_key(&t.tuple);
+        if self.by_tuple.get(&k) == Some(&t.sk) {
+            self.by_tuple.remove(&k);
+        }
+    }
+
+    pub fn remove(&mut self, sk: u64) -> Option<Tracked> {
+        let t = self.socks.remove(&sk)?;
+        self.unindex(&t);
+        Some(t)
     }
 
     /// Applies one kernel event; returns the entry it ended, if any (a closed socket, or one
     /// whose address a new socket now has).
     pub fn apply(&mut self, ev: &SockEvent) -> Option<Tracked> {
+        let sender = || Sender {
+            tgid: ev.tgid,
+            tid: ev.tid,
+            comm: comm_str(&ev.comm),
+            cgroup_id: ev.cgroup_id,
+        };
         match EventKind::try_from(ev.kind) {
             Ok(EventKind::Tracked) => {
-                // A new socket (possibly at the address of one whose close event was lost).
-                let old = self.socks.insert(
-                    ev.sk,
-                    Tracked {
-                        sk: ev.sk,
-                        tuple: ev.tuple,
-                        sender: Sender {
-                            tgid: ev.tgid,
-                            tid: ev.tid,
-                            comm: comm_str(&ev.comm),
-                            cgroup_id: ev.cgroup_id,
-                        },
-                        hook: ev.hook,
-                        tcp_state: ev.new_state,
-                        last: None,
-                        verdict: None,
-                        recoveries: 0,
-                        netns_hint: None,
-                        history: History::default(),
-                    },
-                );
-                // It was found at start-up: the kernel's entry replaces the seeded one.
-                if let Some(seeded) = self.seeded.remove(&tuple_key(&ev.tuple)) {
-                    return self.socks.remove(&seeded).or(old);
+                // Announced twice (two CPUs raced to start tracking it): keep what we know.
+                if let Some(t) = self.socks.get_mut(&ev.sk).filter(|t| t.tuple == ev.tuple) {
+                    t.sender = sender();
+                    return None;
                 }
-                old
+                self.insert(Tracked::new(ev.sk, ev.tuple, sender(), ev.hook, ev.ts_ns, ev.state))
             }
-            Ok(EventKind::StateChange) => {
+            Ok(EventKind::OwnerChanged) => {
                 if let Some(t) = self.socks.get_mut(&ev.sk) {
-                    t.tcp_state = ev.new_state;
+                    t.sender = sender();
                 }
                 None
             }
-            Ok(EventKind::Closed) => self.socks.remove(&ev.sk),
+            Ok(EventKind::Closed) => self.remove(ev.sk),
             Err(_) => None,
         }
     }
 
-    /// Adds a socket found by the start-up dump, keyed by its cookie: it may have been wedged
-    /// in a send since before the agent started, so no hook will ever announce it.
-    pub fn seed(&mut self, cookie: u64, tuple: SockTuple, state: u8, netns_pid: u32) {
-        let key = SEEDED | cookie;
-        let k = tuple_key(&tuple);
-        // At start-up the table holds only seeded sockets, so the scan below never runs then.
-        let hooked = self.socks.len() > self.seeded.len();
-        if self.seeded.contains_key(&k) || (hooked && self.socks.values().any(|t| tuple_key(&t.tuple) == k)) {
-            return;
+    /// Adds a socket found by a dump, keyed by its cookie: it may be wedged in a send that no
+    /// hook will announce (it began before the agent, or before bytes were waiting). Nothing
+    /// happens if a socket with these addresses is tracked already.
+    pub fn seed(&mut self, cookie: u64, tuple: SockTuple, state: u8, netns_pid: u32) -> bool {
+        if self.knows(&tuple) {
+            return false;
         }
-        self.seeded.insert(k, key);
-        self.socks.insert(
-            key,
-            Tracked {
-                sk: key,
-                tuple,
-                sender: Sender {
-                    tgid: 0,
-                    tid: 0,
-                    comm: String::new(),
-                    cgroup_id: 0,
-                },
-                hook: 0,
-                tcp_state: state,
-                last: None,
-                verdict: None,
-                recoveries: 0,
-                netns_hint: Some(netns_pid),
-                history: History::default(),
-            },
-        );
+        let mut t = Tracked::new(SEEDED | cookie, tuple, Sender::default(), 0, 0, state);
+        t.netns_hint = Some(netns_pid);
+        self.insert(t);
+        true
     }
 
     /// Adds a socket found in the kernel map that no event announced (dropped events).
     pub fn adopt(&mut self, sk: u64, st: &SockState) {
-        self.socks.entry(sk).or_insert_with(|| Tracked {
-            sk,
-            tuple: st.tuple,
-            sender: Sender {
-                tgid: st.tgid,
-                tid: st.tid,
-                comm: comm_str(&st.comm),
-                cgroup_id: st.cgroup_id,
-            },
-            hook: st.hook,
-            tcp_state: st.tcp_state,
-            last: None,
-            verdict: None,
-            recoveries: 0,
-            netns_hint: None,
-            history: History::default(),
-        });
-    }
-
-    /// Refreshes the last sender from the kernel map (fork or fd passing moved the socket).
-    pub fn refresh_sender(&mut self, sk: u64, st: &SockState) {
-        if let Some(t) = self.socks.get_mut(&sk) {
-            t.sender = Sender {
-                tgid: st.tgid,
-                tid: st.tid,
-                comm: comm_str(&st.comm),
-                cgroup_id: st.cgroup_id,
-            };
+        if self.socks.contains_key(&sk) {
+            return;
         }
+        let sender = Sender {
+            tgid: st.tgid,
+            tid: st.tid,
+            comm: comm_str(&st.comm),
+            cgroup_id: st.cgroup_id,
+        };
+        self.insert(Tracked::new(sk, st.tuple, sender, st.hook, st.first_send_ns, 0));
     }
 }
 
@@ -272,7 +263,7 @@ mod tests {
         SockEvent {
             sk,
             kind: kind as u8,
-            new_state: state,
+            state,
             tgid: 42,
             tid: 43,
             comm,
@@ -295,13 +286,17 @@ mod tests {
         t.seed(77, e.tuple, 1, 1);
         t.seed(78, e.tuple, 1, 1);
         assert_eq!(t.len(), 1, "the same tuple is seeded once");
-        assert!(t.get(SEEDED | 77).is_some());
-        t.apply(&e);
+        assert!(t.get(SEEDED | 77).is_some_and(Tracked::found_by_dump));
+        let ended = t.apply(&e);
+        assert_eq!(ended.map(|x| x.sk), Some(SEEDED | 77), "the seeded entry is replaced");
         assert_eq!(t.len(), 1);
-        assert!(t.get(SEEDED | 77).is_none() && t.get(e.sk).is_some());
+        assert!(t.get(SEEDED | 77).is_none() && t.get(e.sk).is_some_and(|x| !x.found_by_dump()));
         // And a socket the hook already tracks is not seeded again.
-        t.seed(79, e.tuple, 1, 1);
+        assert!(!t.seed(79, e.tuple, 1, 1));
         assert_eq!(t.len(), 1);
+        // Once it is gone, its addresses can be seeded again.
+        t.remove(e.sk);
+        assert!(t.seed(80, e.tuple, 1, 1));
     }
 
     #[test]
@@ -335,10 +330,15 @@ mod tests {
         assert_eq!(s.sender.comm, "server");
         assert_eq!(s.local().to_string(), "127.0.0.1");
         assert_eq!(s.remote().to_string(), "10.1.2.3");
-        t.apply(&ev(EventKind::StateChange, 1, 8));
-        assert_eq!(t.get(1).unwrap().tcp_state, 8);
-        t.apply(&ev(EventKind::StateChange, 2, 8));
-        assert!(t.get(2).is_none(), "state change of an unknown socket creates nothing");
+        let mut moved = ev(EventKind::OwnerChanged, 1, 1);
+        moved.tgid = 77;
+        t.apply(&moved);
+        assert_eq!(t.get(1).unwrap().sender.tgid, 77);
+        t.apply(&ev(EventKind::OwnerChanged, 2, 1));
+        assert!(t.get(2).is_none(), "an owner change of an unknown socket creates nothing");
+        // Announced twice: the table keeps one entry, with the latest owner.
+        t.apply(&ev(EventKind::Tracked, 1, 1));
+        assert_eq!((t.len(), t.get(1).unwrap().sender.tgid), (1, 42));
         t.apply(&ev(EventKind::Closed, 1, 7));
         assert!(t.is_empty());
         let mut bad = ev(EventKind::Tracked, 3, 1);

@@ -44,16 +44,19 @@ fn unprivileged_run_names_the_missing_capabilities() {
 }
 
 #[test]
-fn forced_raw_tracepoint_send_hook_attaches_and_is_reported() {
-    if !privileged("forced_raw_tracepoint_send_hook") {
+fn forced_fallback_send_hook_attaches_and_is_reported() {
+    if !privileged("forced_fallback_send_hook") {
         return;
     }
-    let agent = Agent::start("3s", &["--send-hook", "tcp-sendmsg-locked"]);
+    let agent = Agent::start("3s", &["--send-hook", "sock-send-length"]);
     let status = agent.query("status").expect("status");
-    assert_eq!(status["send_hook"], "raw_tracepoint tcp_sendmsg_locked", "{status}");
+    assert_eq!(status["send_hook"], "tracepoint sock:sock_send_length", "{status}");
+    assert_eq!(status["storage"], "hash map", "{status}");
     let hooks = status["hooks"].as_array().unwrap();
-    let sl = hooks.iter().find(|h| h["hook"] == "tracepoint sock:sock_send_length").unwrap();
-    assert_eq!(sl["attached"], false, "{status}");
+    let state = |name: &str| hooks.iter().find(|h| h["hook"] == name).unwrap_or_else(|| panic!("{name}: {status}"))["state"].clone();
+    assert_eq!(state("tp_btf tcp_sendmsg_locked"), "not_tried", "{status}");
+    assert_eq!(state("tracepoint sock:inet_sock_set_state"), "attached", "{status}");
+    assert_eq!(state("tp_btf tcp_retransmit_skb"), "not_tried", "{status}");
 }
 
 /// fentry needs BPF trampolines. Where the kernel refuses them (as the CI kernel does), forcing

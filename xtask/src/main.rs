@@ -37,6 +37,9 @@ enum Cmd {
         /// A shorter run (fewer repetitions, 10k connections only), for trying it out.
         #[arg(long)]
         quick: bool,
+        /// Run one section only (churn) and print it; BENCHMARKS.md is left alone.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Run the whole test suite: unit tests and the privileged integration tests.
     Test {
@@ -74,10 +77,10 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, only } => {
             setup::ensure()?;
             cargo(&root, &["build", "--release", "--package", "detector", "--package", "detector-tests", "--bins"])?;
-            bench::run(&root, quick)
+            bench::run(&root, quick, only.as_deref())
         }
         Cmd::Test { args } => {
             setup::ensure()?;

@@ -28,7 +28,7 @@ pub struct Options {
     pub metrics_addr: Option<SocketAddr>,
     pub max_sockets: u32,
     pub ring_buffer_bytes: u32,
-    pub send_hook: loader::SendHookChoice,
+    pub send_hook: Option<detector_common::SendHook>,
     pub pod_logs_dir: PathBuf,
     pub policy: crate::reaper::config::Policy,
 }
@@ -119,13 +119,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         opts.policy.selectors.len(),
         if opts.policy.dry_run { ", dry run" } else { "" }
     );
-    log::info!("kernel {kernel_release}; send-path hook: {}", loaded.send_hook);
+    let storage = if loaded.send_hook.socket_storage() { "socket storage" } else { "hash map" };
+    log::info!("kernel {kernel_release}; send-path hook: {} ({storage})", loaded.send_label());
     for h in &loaded.hooks {
-        if h.attached {
-            log::info!("hook {} ({}): attached", h.hook, h.role);
-        } else {
-            log::info!("hook {} ({}): {}", h.hook, h.role, h.detail);
-        }
+        log::info!("hook {} ({}): {}", h.hook, h.role.as_str(), loader::describe(&h.state));
     }
 
     let metrics = Metrics::new();
@@ -133,10 +130,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         metrics
             .hook_attached
             .get_or_create(&HookLabel {
-                role: h.role.into(),
+                role: h.role.as_str().into(),
                 hook: h.hook.into(),
             })
-            .set(h.attached as i64);
+            .set(h.attached() as i64);
     }
     let programs = loaded
         .ebpf
@@ -152,7 +149,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         status: json!({
             "version": env!("CARGO_PKG_VERSION"),
             "kernel": kernel_release,
-            "send_hook": loaded.send_hook,
+            "send_hook": loaded.send_label(),
+            "storage": storage,
             "hooks": loaded.hooks,
             "grace_ms": opts.grace.as_millis() as u64,
             "interval_ms": opts.interval.as_millis() as u64,
@@ -171,7 +169,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .with_context(|| format!("map {name} missing from the eBPF object"))
     };
     let ring = RingBuf::try_from(take("EVENTS")?)?;
-    let socks: BpfHashMap<_, u64, SockState> = BpfHashMap::try_from(take("SOCKS")?)?;
+    // The hash map holds state only with the fallback send hooks.
+    let socks: Option<BpfHashMap<_, u64, SockState>> = if loaded.send_hook.socket_storage() {
+        None
+    } else {
+        Some(BpfHashMap::try_from(take("SOCKS")?)?)
+    };
     let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take("COUNTERS")?)?;
 
     let listener = api::server::bind(&opts.api_socket)?;
@@ -185,7 +188,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     log::info!("API on {}; grace {:?}", opts.api_socket.display(), opts.grace);
 
-    let (tx, rx) = mpsc::channel();
     let (query_tx, query_rx) = mpsc::channel();
     if let Ok(mut q) = shared.queries.lock() {
         *q = Some(query_tx);
@@ -207,23 +209,36 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         );
         std::thread::Builder::new()
             .name("sweep".into())
-            .spawn(move || sweep::run(cfg, rx, query_rx, socks, counters, shared, reaper, stop))
+            .spawn(move || sweep::run(cfg, ring, query_rx, socks, counters, shared, reaper, stop))
             .context("starting the sweep thread")?
     };
-    let events = tokio::spawn(kernel::events::forward(ring, tx));
     let api_task = tokio::spawn(api::server::serve(listener, shared.clone()));
     let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, shared.metrics.clone())));
 
     wait_for_signal().await;
     log::info!("stopping");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    events.abort();
     api_task.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }
     let _ = sweeper.join();
     Ok(())
+}
+
+/// For `detector bench-control`: the empty program of `hook`, attached with this kernel's
+/// offsets.
+pub fn attach_control(hook: detector_common::SendHook) -> anyhow::Result<aya::Ebpf> {
+    let tracefs = Tracefs::find_or_mount()?;
+    let cfg = loader::kernel_config(&tracefs, &KernelBtf::load()?)?;
+    loader::attach_control(kernel::object(), &cfg, hook).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Blocks until SIGTERM or SIGINT.
+pub fn wait_for_termination() {
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        rt.block_on(wait_for_signal());
+    }
 }
 
 async fn wait_for_signal() {

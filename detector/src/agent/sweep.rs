@@ -11,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
-use detector_common::{Counter, SockEvent, SockState, SockTuple};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use detector_common::{Counter, SockState, SockTuple};
 
 use super::{Shared, Snapshot};
 use crate::{
@@ -47,9 +47,9 @@ pub type QueryRequest = (Query, tokio::sync::oneshot::Sender<Option<serde_json::
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     cfg: Config,
-    events: Receiver<SockEvent>,
+    mut ring: RingBuf<MapData>,
     queries: Receiver<QueryRequest>,
-    socks: BpfHashMap<MapData, u64, SockState>,
+    socks: Option<BpfHashMap<MapData, u64, SockState>>,
     counters: PerCpuArray<MapData, u64>,
     shared: Arc<Shared>,
     mut reaper: Reaper,
@@ -66,20 +66,26 @@ pub fn run(
     // Sockets already wedged when the agent started (a send blocked since then fires no hook
     // again) are found by one dump per network namespace; afterwards the kernel map is only
     // re-read when events were lost.
-    s.seed(&mut pool);
-    s.resync(&socks);
+    let found = s.reconcile(&mut pool);
+    log::info!("start-up scan: {found} sockets with data queued or in CLOSE_WAIT");
+    if let Some(socks) = &socks {
+        s.resync(socks);
+    }
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        while let Ok(ev) = events.try_recv() {
-            let ended = s.tracker.apply(&ev);
-            if let Some(age) = ended.and_then(|t| t.verdict).and_then(|v| v.stalled_for_ms(s.now_ms())) {
-                shared.metrics.stall_duration.observe(age as f64 / 1e3);
+        s.drain(&mut ring, &shared);
+        if s.last_reconcile.elapsed() >= s.reconcile_every() {
+            let found = s.reconcile(&mut pool);
+            if found > 0 {
+                log::debug!("reconcile: {found} sockets no hook announced");
             }
         }
         if s.read_counters(&counters, &shared) {
-            s.resync(&socks);
+            if let Some(socks) = &socks {
+                s.resync(socks);
+            }
         }
-        let stalled = s.pass(&mut pool, Some(&socks), &shared, None);
+        let stalled = s.pass(&mut pool, &shared, None);
         s.reap(&mut reaper, &stalled, &mut pool);
         let took = started.elapsed();
         shared.metrics.sweep_duration.observe(took.as_secs_f64());
@@ -98,9 +104,10 @@ pub fn run(
         // At most one early pass per 50 ms, whatever happens to a sample.
         let mut last_early = Instant::now() - Duration::from_secs(1);
         while !stop.load(Ordering::Relaxed) {
+            s.drain(&mut ring, &shared);
             while let Ok((q, reply)) = queries.try_recv() {
                 let answer = match q {
-                    Query::Explain(id) => s.explain(id, &socks),
+                    Query::Explain(id) => s.explain(id, socks.as_ref()),
                     Query::Sockets => serde_json::to_value(s.rows()).ok(),
                 };
                 let _ = reply.send(answer);
@@ -115,7 +122,7 @@ pub fn run(
             let now_ms = s.now_ms();
             if due.is_some_and(|d| d <= now_ms) && last_early.elapsed() >= Duration::from_millis(50) {
                 last_early = Instant::now();
-                let stalled = s.pass(&mut pool, Some(&socks), &shared, Some(now_ms));
+                let stalled = s.pass(&mut pool, &shared, Some(now_ms));
                 s.reap(&mut reaper, &stalled, &mut pool);
                 if let Ok(mut snap) = shared.snapshot.write() {
                     snap.stalled = stalled;
@@ -141,6 +148,7 @@ pub struct Sweep {
     /// The earliest grace deadline, as of the last pass (see `next_due`).
     due: Option<u64>,
     kernel_counts: [u64; detector_common::COUNTER_SLOTS as usize],
+    last_reconcile: Instant,
     clock: Instant,
     sweeps: u64,
 }
@@ -157,6 +165,7 @@ impl Sweep {
             pod_of: HashMap::new(),
             due: None,
             kernel_counts: [0; detector_common::COUNTER_SLOTS as usize],
+            last_reconcile: Instant::now(),
             clock: Instant::now(),
             sweeps: 0,
         }
@@ -191,13 +200,26 @@ impl Sweep {
         lost
     }
 
-    pub fn seed(&mut self, pool: &mut NetnsPool) {
+    /// How often the reconcile dumps every namespace: often enough that a socket found only
+    /// by it (its wedged send began before the agent, or it never had bytes waiting at a send)
+    /// is judged well within a grace window, rarely enough that the dump (every socket of
+    /// the node) stays cheap.
+    pub fn reconcile_every(&self) -> Duration {
+        (self.cfg.grace / 3).clamp(Duration::from_millis(250), Duration::from_secs(10))
+    }
+
+    /// One sock_diag dump per network namespace: adds every socket that can be stalled and is
+    /// not tracked (bytes queued, or the peer gone), which no send hook announces: sockets
+    /// wedged before the agent started, CLOSE_WAIT sockets that never sent, sends that block
+    /// on their first call. Returns how many it added.
+    pub fn reconcile(&mut self, pool: &mut NetnsPool) -> usize {
+        self.last_reconcile = Instant::now();
         let mut seeded = 0;
         for (inum, pid) in netns::all_netns() {
             let dumped = match pool.conn(inum, Some(pid)).and_then(|c| Ok(c.dump_established()?)) {
                 Ok(d) => d,
                 Err(e) => {
-                    log::warn!("start-up scan of network namespace {inum}: {e}");
+                    log::warn!("dump of network namespace {inum}: {e}");
                     continue;
                 }
             };
@@ -215,13 +237,24 @@ impl Sweep {
                 };
                 put_addr(&mut tuple.saddr, d.local);
                 put_addr(&mut tuple.daddr, d.remote);
-                self.tracker.seed(d.cookie, tuple, d.state, pid);
-                seeded += 1;
+                seeded += usize::from(self.tracker.seed(d.cookie, tuple, d.state, pid));
             }
         }
         let used: HashSet<u32> = self.tracker.iter().map(|t| t.tuple.netns).collect();
         pool.retain(|inum| used.contains(&inum));
-        log::info!("start-up scan: {seeded} sockets with data queued or in CLOSE_WAIT");
+        seeded
+    }
+
+    /// Applies the kernel's events.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, shared: &Shared) {
+        let now = self.now_ms();
+        let tracker = &mut self.tracker;
+        crate::kernel::events::drain(ring, |ev| {
+            let ended = tracker.apply(ev);
+            if let Some(age) = ended.and_then(|t| t.verdict).and_then(|v| v.stalled_for_ms(now)) {
+                shared.metrics.stall_duration.observe(age as f64 / 1e3);
+            }
+        });
     }
 
     fn resync(&mut self, socks: &BpfHashMap<MapData, u64, SockState>) {
@@ -231,20 +264,23 @@ impl Sweep {
     }
 
     /// The history of one socket, for `detector explain`.
-    fn explain(&self, id: u64, socks: &BpfHashMap<MapData, u64, SockState>) -> Option<serde_json::Value> {
+    fn explain(&self, id: u64, socks: Option<&BpfHashMap<MapData, u64, SockState>>) -> Option<serde_json::Value> {
         let t = self.tracker.iter().find(|t| t.last.is_some_and(|d| d.cookie == id) || t.sk == id)?;
         let now = self.now_ms();
         // What the kernel side recorded (bpf_ktime_get_ns is CLOCK_MONOTONIC).
         let mono_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
             .unwrap_or(0);
-        let kernel = socks.get(&t.sk, 0).ok().map(|st| {
+        // The hash map can be read back; socket storage only by the programs themselves.
+        let st = socks.and_then(|m| m.get(&t.sk, 0).ok());
+        let kernel = (t.first_send_ns != 0).then(|| {
             serde_json::json!({
-                "tracked_for_ms": mono_ns.saturating_sub(st.first_send_ns) / 1_000_000,
-                "retransmits": st.retransmits,
-                "last_retransmit_ms_ago": (st.last_retrans_ns != 0)
-                    .then(|| mono_ns.saturating_sub(st.last_retrans_ns) / 1_000_000),
-                "send_hook": detector_common::SendHook::try_from(st.hook).map(|h| format!("{h:?}")).ok(),
+                "tracked_for_ms": mono_ns.saturating_sub(t.first_send_ns) / 1_000_000,
+                "retransmits": st.map(|st| st.retransmits),
+                "last_retransmit_ms_ago": st.filter(|st| st.last_retrans_ns != 0)
+                    .map(|st| mono_ns.saturating_sub(st.last_retrans_ns) / 1_000_000),
+                "send_hook": detector_common::SendHook::try_from(t.hook).ok()
+                    .map(|h| crate::kernel::loader::spec(crate::kernel::loader::HookId::Send(h)).label),
             })
         });
         let stall = t.verdict.as_ref().and_then(|v| v.stall().copied());
@@ -354,13 +390,7 @@ impl Sweep {
 
     /// Samples every tracked socket (or, with `only_due`, those whose grace deadline has come
     /// by then), updates verdicts, returns the stalled ones.
-    pub fn pass(
-        &mut self,
-        pool: &mut NetnsPool,
-        socks: Option<&BpfHashMap<MapData, u64, SockState>>,
-        shared: &Shared,
-        only_due: Option<u64>,
-    ) -> Vec<StalledSocket> {
+    pub fn pass(&mut self, pool: &mut NetnsPool, shared: &Shared, only_due: Option<u64>) -> Vec<StalledSocket> {
         let grace_ms = self.cfg.grace.as_millis() as u64;
         let m = &shared.metrics;
         let mut gone = Vec::new();
@@ -387,6 +417,10 @@ impl Sweep {
                 }
             };
             match conn.lookup(&t.lookup(), now) {
+                // A socket a dump found has nothing waiting any more and no stall open: forget
+                // it (a later dump finds it again if it queues again).
+                Ok(Some(d)) if t.found_by_dump() && d.sample.queued == 0 && d.sample.state == TCP_ESTABLISHED
+                    && t.verdict.as_ref().is_none_or(|v| v.stall().is_none()) => gone.push(t.sk),
                 Ok(Some(d)) => {
                     t.tcp_state = d.sample.state;
                     t.last = Some(d);
@@ -452,12 +486,6 @@ impl Sweep {
             .filter(|t| t.verdict.as_ref().and_then(|v| v.stall()).is_some())
             .map(|t| t.sk)
             .collect();
-        for &sk in &stalled {
-            // The last sender may have changed since the event (fork, fd passing).
-            if let Some(Ok(st)) = socks.map(|m| m.get(&sk, 0)) {
-                self.tracker.refresh_sender(sk, &st);
-            }
-        }
         self.attribute(&stalled);
         for sk in stalled {
             let Some(t) = self.tracker.get(sk) else { continue };

@@ -31,6 +31,13 @@ pub struct SockOffsets {
     pub net: u32,
     /// `struct net` → `ns.inum`.
     pub net_ns_inum: u32,
+    /// `struct sock` → `sk_protocol` (a `u16` since Linux 5.6; a bitfield before).
+    pub protocol: Option<u32>,
+    /// `struct sock` → `sk_wmem_queued`.
+    pub wmem_queued: u32,
+    /// `struct tcp_sock` → `write_seq` and `snd_una`: bytes written and not yet acknowledged.
+    pub write_seq: u32,
+    pub snd_una: u32,
 }
 
 pub struct KernelBtf {
@@ -48,7 +55,8 @@ impl KernelBtf {
     }
 
     /// Byte offset of member `name` in the struct named `strukt`, searching through anonymous
-    /// struct and union members (sock_common nests its addresses in several).
+    /// struct and union members (sock_common nests its addresses in several). A bitfield has no
+    /// byte offset a program could load from: `None`.
     pub fn member_offset(&self, strukt: &str, name: &str) -> Option<u32> {
         let types = self.btf.resolve_types_by_name(strukt).ok()?;
         types.iter().find_map(|t| match t {
@@ -65,7 +73,8 @@ impl KernelBtf {
             let bits = base_bits + m.bit_offset();
             let mname = self.btf.resolve_name(m).unwrap_or_default();
             if mname == name {
-                return Some(bits / 8);
+                let bitfield = m.bitfield_size().is_some_and(|b| b != 0);
+                return (!bitfield && bits % 8 == 0).then_some(bits / 8);
             }
             if mname.is_empty() {
                 // Anonymous struct/union: its members are ours.
@@ -115,6 +124,10 @@ impl KernelBtf {
             v6_rcv_saddr: self.member_offset("sock_common", "skc_v6_rcv_saddr"),
             net,
             net_ns_inum: net_ns + ns_inum,
+            protocol: self.member_offset("sock", "sk_protocol"),
+            wmem_queued: need("sock", "sk_wmem_queued")?,
+            write_seq: need("tcp_sock", "write_seq")?,
+            snd_una: need("tcp_sock", "snd_una")?,
         })
     }
 
@@ -144,6 +157,9 @@ mod tests {
         assert_eq!(o.rcv_saddr, 4);
         assert!(o.dport >= 8 && o.num == o.dport + 2, "{o:?}");
         assert!(o.family > o.num && o.state == o.family + 2, "{o:?}");
+        // struct sock starts with struct sock_common; tcp_sock with struct sock.
+        let p = o.protocol.expect("sk_protocol");
+        assert!(p > o.state && o.write_seq > p && o.snd_una > p, "{o:?}");
         assert!(btf.has_function("tcp_sendmsg"));
         assert!(!btf.has_function("no_such_function_here"));
     }

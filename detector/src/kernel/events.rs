@@ -1,10 +1,10 @@
-//! Reading the `EVENTS` ring buffer: woken by epoll through `AsyncFd`, decoded, and handed to
-//! the sweep thread, which owns the socket table.
-use std::{mem::size_of, sync::mpsc::Sender};
+//! Reading the `EVENTS` ring buffer. The programs write without waking anyone (a wake-up per
+//! event is what made connection churn expensive); the sweep thread, which owns the socket
+//! table, drains the buffer every time it wakes, at least every 100 ms.
+use std::mem::size_of;
 
 use aya::maps::{MapData, RingBuf};
 use detector_common::SockEvent;
-use tokio::io::unix::AsyncFd;
 
 pub fn decode(bytes: &[u8]) -> Option<SockEvent> {
     if bytes.len() < size_of::<SockEvent>() {
@@ -15,21 +15,14 @@ pub fn decode(bytes: &[u8]) -> Option<SockEvent> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SockEvent>()) })
 }
 
-/// Forwards events until the receiving side goes away.
-pub async fn forward(ring: RingBuf<MapData>, to: Sender<SockEvent>) -> std::io::Result<()> {
-    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long as the
-    // `AsyncFd` owns the ring buffer.
-    let mut fd = unsafe { AsyncFd::register(ring)? };
-    loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if let Some(ev) = decode(&item) {
-                if to.send(ev).is_err() {
-                    return Ok(());
-                }
-            }
+/// Hands every event waiting in the ring buffer to `f`; returns how many there were.
+pub fn drain(ring: &mut RingBuf<MapData>, mut f: impl FnMut(&SockEvent)) -> usize {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        if let Some(ev) = decode(&item) {
+            f(&ev);
+            n += 1;
         }
-        guard.clear_ready();
     }
+    n
 }

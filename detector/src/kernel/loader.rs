@@ -1,17 +1,24 @@
 //! Loads the programs with this kernel's offsets and attaches the best hooks it offers.
 //!
-//! Send path, in order of preference (the first that loads and attaches wins):
-//! 1. tracepoint `sock:sock_send_length`: stable ABI, cheapest, carries family and protocol;
-//! 2. raw tracepoint `tcp_sendmsg_locked`;
-//! 3. fentry `tcp_sendmsg`;
-//! 4. kprobe `tcp_sendmsg`.
+//! [`HOOKS`] is the one table of every hook: what it is for, which program serves it and how it
+//! attaches. The loader, `detector check`, `detector status`, the metrics and the benchmarks
+//! all read it and the [`HookState`] the loader found for each.
 //!
-//! Lifetime and progress: `sock:inet_sock_set_state` (required) and `tcp:tcp_retransmit_skb`.
+//! Send path, in order of preference (the first that loads and attaches wins; `SendHook`):
+//! 1. BTF tracepoint `tcp_sendmsg_locked` (6.15+), socket storage;
+//! 2. fentry `tcp_sendmsg`, socket storage;
+//! 3. BTF tracepoint `sock_send_length` (6.3+), socket storage;
+//! 4. tracepoint `sock:sock_send_length`, hash map;
+//! 5. kprobe `tcp_sendmsg`, hash map.
+//!
+//! Lifetime: with socket storage, the BTF `tcp_retransmit_skb` only (storage dies with the
+//! socket); with the hash map, `sock:inet_sock_set_state` (required: it empties the map) and
+//! `tcp:tcp_retransmit_skb`.
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{FEntry, KProbe, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
 };
-use detector_common::{KernelConfig, OFFSET_ABSENT};
+use detector_common::{KernelConfig, OFFSET_ABSENT, SendHook};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -29,28 +36,153 @@ pub enum LoadError {
     #[error("loading the eBPF object: {0}")]
     Object(#[from] aya::EbpfError),
     #[error(
-        "no send-path hook could be attached; tried:\n{0}\nthe kernel needs one of: tracepoint sock:sock_send_length (4.x+ with CONFIG_TRACEPOINTS), raw tracepoint tcp_sendmsg_locked, fentry or kprobe on tcp_sendmsg"
+        "no send-path hook could be attached; tried:\n{0}\nthe kernel needs one of: BTF tracepoints (tcp_sendmsg_locked or sock_send_length), fentry or kprobe on tcp_sendmsg, or the tracepoint sock:sock_send_length"
     )]
     NoSendHook(String),
     #[error("required hook {hook} could not be attached: {err}")]
-    Required { hook: String, err: String },
+    Required { hook: &'static str, err: String },
 }
 
-/// How one hook fared, for the start-up log, `detector status` and metrics.
+/// What a hook is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Send,
+    Lifetime,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Send => "send",
+            Role::Lifetime => "lifetime",
+        }
+    }
+}
+
+/// Every hook the agent knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookId {
+    Send(SendHook),
+    RetransmitBtf,
+    Retransmit,
+    SetState,
+}
+
+/// How a hook's program attaches.
+#[derive(Debug, Clone, Copy)]
+enum Attach {
+    TpBtf(&'static str),
+    Fentry(&'static str),
+    Tracepoint(&'static str, &'static str),
+    Kprobe(&'static str),
+}
+
+/// One row of the hook table.
+#[derive(Debug, Clone, Copy)]
+pub struct HookSpec {
+    pub id: HookId,
+    pub role: Role,
+    /// How people call it (logs, `detector check`, metrics label).
+    pub label: &'static str,
+    /// The program's name in the eBPF object.
+    pub program: &'static str,
+    attach: Attach,
+}
+
+const fn send(hook: SendHook, label: &'static str, program: &'static str, attach: Attach) -> HookSpec {
+    HookSpec {
+        id: HookId::Send(hook),
+        role: Role::Send,
+        label,
+        program,
+        attach,
+    }
+}
+
+/// Every hook: send hooks in order of preference, then lifetime hooks.
+pub const HOOKS: [HookSpec; 8] = [
+    send(SendHook::TcpSendmsgLocked, "tp_btf tcp_sendmsg_locked", "tcp_sendmsg_locked", Attach::TpBtf("tcp_sendmsg_locked")),
+    send(SendHook::FentryTcpSendmsg, "fentry tcp_sendmsg", "fentry_tcp_sendmsg", Attach::Fentry("tcp_sendmsg")),
+    send(SendHook::SockSendLengthBtf, "tp_btf sock_send_length", "sock_send_length_btf", Attach::TpBtf("sock_send_length")),
+    send(SendHook::SockSendLength, "tracepoint sock:sock_send_length", "sock_send_length", Attach::Tracepoint("sock", "sock_send_length")),
+    send(SendHook::KprobeTcpSendmsg, "kprobe tcp_sendmsg", "kprobe_tcp_sendmsg", Attach::Kprobe("tcp_sendmsg")),
+    HookSpec {
+        id: HookId::RetransmitBtf,
+        role: Role::Lifetime,
+        label: "tp_btf tcp_retransmit_skb",
+        program: "tcp_retransmit_skb_btf",
+        attach: Attach::TpBtf("tcp_retransmit_skb"),
+    },
+    HookSpec {
+        id: HookId::SetState,
+        role: Role::Lifetime,
+        label: "tracepoint sock:inet_sock_set_state",
+        program: "inet_sock_set_state",
+        attach: Attach::Tracepoint("sock", "inet_sock_set_state"),
+    },
+    HookSpec {
+        id: HookId::Retransmit,
+        role: Role::Lifetime,
+        label: "tracepoint tcp:tcp_retransmit_skb",
+        program: "tcp_retransmit_skb",
+        attach: Attach::Tracepoint("tcp", "tcp_retransmit_skb"),
+    },
+];
+
+pub fn spec(id: HookId) -> &'static HookSpec {
+    HOOKS.iter().find(|h| h.id == id).expect("every HookId has a row in HOOKS")
+}
+
+/// What the loader found for one hook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "why", rename_all = "snake_case")]
+pub enum HookState {
+    Attached,
+    /// Loads and attaches here, but a preferred hook serves its role.
+    Available,
+    /// Not tried, for this reason (another hook forced, or not needed with this storage).
+    NotTried(&'static str),
+    /// Tried and refused by the kernel (or missing from it), with why.
+    Refused(String),
+}
+
+impl HookState {
+    /// Whether the kernel can run this hook.
+    pub fn works(&self) -> bool {
+        matches!(self, HookState::Attached | HookState::Available)
+    }
+}
+
+/// One hook and how it fared, for the start-up log, `detector check`, `detector status` and
+/// metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct HookStatus {
-    pub role: &'static str,
+    #[serde(skip)]
+    pub id: HookId,
+    pub role: Role,
     pub hook: &'static str,
-    pub attached: bool,
-    /// Why it was refused, or "attached".
-    pub detail: String,
+    #[serde(flatten)]
+    pub state: HookState,
+}
+
+impl HookStatus {
+    pub fn attached(&self) -> bool {
+        self.state == HookState::Attached
+    }
 }
 
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
     /// The send hook in use.
-    pub send_hook: &'static str,
+    pub send_hook: SendHook,
+}
+
+impl Loaded {
+    pub fn send_label(&self) -> &'static str {
+        spec(HookId::Send(self.send_hook)).label
+    }
 }
 
 /// Map sizes, from flags.
@@ -60,17 +192,12 @@ pub struct Sizes {
     pub ring_buffer_bytes: u32,
 }
 
-/// Which send hook to use: `None` picks the best available; `Some(i)` forces candidate `i`
-/// (0 = sock_send_length, 1 = raw tcp_sendmsg_locked, 2 = fentry, 3 = kprobe).
-pub type SendHookChoice = Option<usize>;
-
 /// Reads offsets from tracefs and BTF into the programs' `CONFIG`.
 pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig, LoadError> {
     let mut c = KernelConfig::EMPTY;
-    // Optional: a kernel without this tracepoint falls back to other send hooks.
+    // Optional: a kernel without this tracepoint uses other send hooks.
     if let Ok(f) = tracefs.format("sock", "sock_send_length") {
         c.send_len_sk = f.offset("sk", 8)?;
-        c.send_len_family = f.offset("family", 2)?;
         c.send_len_protocol = f.offset("protocol", 2)?;
         c.send_len_ret = f.offset("ret", 4)?;
     }
@@ -78,7 +205,6 @@ pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig,
     c.retrans_skaddr = f.offset("skaddr", 8)?;
     let f = tracefs.format("sock", "inet_sock_set_state")?;
     c.state_skaddr = f.offset("skaddr", 8)?;
-    c.state_oldstate = f.offset("oldstate", 4)?;
     c.state_newstate = f.offset("newstate", 4)?;
     c.state_protocol = f.offset("protocol", 2)?;
     let o = btf.sock_offsets()?;
@@ -92,129 +218,159 @@ pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig,
     c.sk_v6_rcv_saddr = o.v6_rcv_saddr.unwrap_or(OFFSET_ABSENT);
     c.sk_net = o.net;
     c.net_ns_inum = o.net_ns_inum;
+    c.sk_protocol = o.protocol.unwrap_or(OFFSET_ABSENT);
+    c.sk_wmem_queued = o.wmem_queued;
+    c.tcp_write_seq = o.write_seq;
+    c.tcp_snd_una = o.snd_una;
     c.agent_tgid = std::process::id();
     Ok(c)
 }
 
-pub fn load(
-    object: &[u8],
-    cfg: &KernelConfig,
-    sizes: Sizes,
-    choice: SendHookChoice,
-) -> Result<Loaded, LoadError> {
+/// Loads the object and attaches the send hook (`forced`, or the best that works) and the
+/// lifetime hooks its storage needs.
+pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes, forced: Option<SendHook>) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", cfg, true)
         .map_max_entries("SOCKS", sizes.max_sockets)
         .map_max_entries("EVENTS", sizes.ring_buffer_bytes)
         .load(object)?;
+    let btf = Btf::from_sys_fs().map_err(|e| e.to_string());
     let mut hooks = Vec::new();
-
-    for (prog, cat, name, hook) in [
-        ("inet_sock_set_state", "sock", "inet_sock_set_state", "tracepoint sock:inet_sock_set_state"),
-        ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb", "tracepoint tcp:tcp_retransmit_skb"),
-    ] {
-        attach_tracepoint(&mut ebpf, prog, cat, name).map_err(|err| LoadError::Required {
-            hook: hook.into(),
-            err,
-        })?;
-        hooks.push(HookStatus {
-            role: "lifetime",
-            hook,
-            attached: true,
-            detail: "attached".into(),
-        });
-    }
-
     // Every candidate is tried, so the log says why each refused one was refused; an
     // available hook below the chosen one is detached again at once.
-    let mut send_hook = None;
-    type Try = fn(&mut Ebpf, &KernelConfig, bool) -> Result<(), String>;
-    let candidates: [(&'static str, Try); 4] = [
-        ("tracepoint sock:sock_send_length", |e, c, keep| {
-            if c.send_len_sk == OFFSET_ABSENT {
-                return Err("tracepoint not present on this kernel".into());
+    let mut chosen = None;
+    for spec in HOOKS.iter().filter(|h| h.role == Role::Send) {
+        let HookId::Send(hook) = spec.id else { continue };
+        let state = if forced.is_some_and(|f| f != hook) {
+            HookState::NotTried("another hook was forced with --send-hook")
+        } else {
+            let keep = chosen.is_none();
+            match precondition(hook, cfg).and_then(|()| try_attach(&mut ebpf, spec, &btf, keep)) {
+                Ok(()) if keep => {
+                    chosen = Some(hook);
+                    HookState::Attached
+                }
+                Ok(()) => HookState::Available,
+                Err(why) => HookState::Refused(why),
             }
-            let p: &mut TracePoint = program(e, "sock_send_length")?;
-            p.load().map_err(err)?;
-            p.attach("sock", "sock_send_length").map_err(err)?;
-            if !keep {
-                p.unload().map_err(err)?;
-            }
-            Ok(())
-        }),
-        ("raw_tracepoint tcp_sendmsg_locked", |e, _, keep| {
-            let p: &mut RawTracePoint = program(e, "tcp_sendmsg_locked")?;
-            p.load().map_err(err)?;
-            p.attach("tcp_sendmsg_locked").map_err(err)?;
-            if !keep {
-                p.unload().map_err(err)?;
-            }
-            Ok(())
-        }),
-        ("fentry tcp_sendmsg", |e, _, keep| {
-            let btf = Btf::from_sys_fs().map_err(err)?;
-            let p: &mut FEntry = program(e, "fentry_tcp_sendmsg")?;
-            p.load("tcp_sendmsg", &btf).map_err(err)?;
-            p.attach().map_err(err)?;
-            if !keep {
-                p.unload().map_err(err)?;
-            }
-            Ok(())
-        }),
-        ("kprobe tcp_sendmsg", |e, _, keep| {
-            let p: &mut KProbe = program(e, "kprobe_tcp_sendmsg")?;
-            p.load().map_err(err)?;
-            p.attach("tcp_sendmsg", 0).map_err(err)?;
-            if !keep {
-                p.unload().map_err(err)?;
-            }
-            Ok(())
-        }),
-    ];
-    for (i, (hook, try_attach)) in candidates.into_iter().enumerate() {
-        if choice.is_some_and(|c| c != i) {
-            hooks.push(HookStatus {
-                role: "send",
-                hook,
-                attached: false,
-                detail: "not tried: another hook was forced with --send-hook".into(),
-            });
-            continue;
-        }
-        let keep = send_hook.is_none();
-        let (attached, detail) = match try_attach(&mut ebpf, cfg, keep) {
-            Ok(()) if keep => {
-                send_hook = Some(hook);
-                (true, "attached".to_string())
-            }
-            Ok(()) => (false, "available; not used: a preferred hook is attached".into()),
-            Err(detail) => (false, detail),
         };
-        hooks.push(HookStatus {
-            role: "send",
-            hook,
-            attached,
-            detail,
-        });
+        hooks.push(HookStatus { id: spec.id, role: spec.role, hook: spec.label, state });
     }
-    let Some(send_hook) = send_hook else {
+    let Some(send_hook) = chosen else {
         let tried = hooks
             .iter()
-            .filter(|h| h.role == "send")
-            .map(|h| format!("  - {}: {}", h.hook, h.detail))
+            .map(|h| format!("  - {}: {}", h.hook, describe(&h.state)))
             .collect::<Vec<_>>()
             .join("\n");
         return Err(LoadError::NoSendHook(tried));
     };
-    Ok(Loaded {
-        ebpf,
-        hooks,
-        send_hook,
-    })
+    for (id, required) in lifetime_hooks(send_hook) {
+        let spec = spec(id);
+        let state = match try_attach(&mut ebpf, spec, &btf, true) {
+            Ok(()) => HookState::Attached,
+            Err(err) if required => return Err(LoadError::Required { hook: spec.label, err }),
+            Err(why) => HookState::Refused(why),
+        };
+        hooks.push(HookStatus { id, role: spec.role, hook: spec.label, state });
+    }
+    for spec in HOOKS.iter().filter(|h| h.role == Role::Lifetime) {
+        if !hooks.iter().any(|h| h.id == spec.id) {
+            let why = "not needed with this send hook's storage";
+            hooks.push(HookStatus { id: spec.id, role: spec.role, hook: spec.label, state: HookState::NotTried(why) });
+        }
+    }
+    Ok(Loaded { ebpf, hooks, send_hook })
+}
+
+/// What the programs of `hook` read that this kernel must have.
+fn precondition(hook: SendHook, cfg: &KernelConfig) -> Result<(), String> {
+    match hook {
+        SendHook::SockSendLength if cfg.send_len_sk == OFFSET_ABSENT => {
+            Err("tracepoint sock:sock_send_length not present on this kernel".into())
+        }
+        SendHook::SockSendLengthBtf if cfg.sk_protocol == OFFSET_ABSENT => {
+            Err("struct sock has no byte-addressable sk_protocol on this kernel (before 5.6)".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Loads the object and attaches only the empty control program of send hook `hook` (for
+/// `cargo xtask bench`: the dispatch cost of the hook itself). Dropping the result detaches it.
+pub fn attach_control(object: &[u8], cfg: &KernelConfig, hook: SendHook) -> Result<Ebpf, String> {
+    let (program, attach) = match hook {
+        SendHook::TcpSendmsgLocked => ("control_tcp_sendmsg_locked", Attach::TpBtf("tcp_sendmsg_locked")),
+        SendHook::SockSendLengthBtf => ("control_sock_send_length_btf", Attach::TpBtf("sock_send_length")),
+        SendHook::SockSendLength => ("control_sock_send_length", Attach::Tracepoint("sock", "sock_send_length")),
+        other => return Err(format!("no control program for {}", spec(HookId::Send(other)).label)),
+    };
+    let mut ebpf = EbpfLoader::new().override_global("CONFIG", cfg, true).load(object).map_err(err)?;
+    let spec = HookSpec { program, attach, ..*spec(HookId::Send(hook)) };
+    try_attach(&mut ebpf, &spec, &Btf::from_sys_fs().map_err(|e| e.to_string()), true)?;
+    Ok(ebpf)
+}
+
+/// The lifetime hooks a send hook needs, and whether each is required.
+fn lifetime_hooks(send: SendHook) -> Vec<(HookId, bool)> {
+    if send.socket_storage() {
+        vec![(HookId::RetransmitBtf, false)]
+    } else {
+        vec![(HookId::SetState, true), (HookId::Retransmit, false)]
+    }
+}
+
+/// One line about a hook's state, for people.
+pub fn describe(s: &HookState) -> String {
+    match s {
+        HookState::Attached => "attached".into(),
+        HookState::Available => "available; not used: a preferred hook is attached".into(),
+        HookState::NotTried(why) => format!("not tried: {why}"),
+        HookState::Refused(why) => why.clone(),
+    }
+}
+
+fn try_attach(ebpf: &mut Ebpf, spec: &HookSpec, btf: &Result<Btf, String>, keep: bool) -> Result<(), String> {
+    let btf = || btf.as_ref().map_err(|e| format!("kernel BTF: {e}"));
+    let name = spec.program;
+    match spec.attach {
+        Attach::TpBtf(tp) => {
+            let p: &mut BtfTracePoint = program(ebpf, name)?;
+            p.load(tp, btf()?).map_err(err)?;
+            p.attach().map_err(err)?;
+            if !keep {
+                p.unload().map_err(err)?;
+            }
+        }
+        Attach::Fentry(f) => {
+            let p: &mut FEntry = program(ebpf, name)?;
+            p.load(f, btf()?).map_err(err)?;
+            p.attach().map_err(err)?;
+            if !keep {
+                p.unload().map_err(err)?;
+            }
+        }
+        Attach::Tracepoint(cat, tp) => {
+            let p: &mut TracePoint = program(ebpf, name)?;
+            p.load().map_err(err)?;
+            p.attach(cat, tp).map_err(err)?;
+            if !keep {
+                p.unload().map_err(err)?;
+            }
+        }
+        Attach::Kprobe(f) => {
+            let p: &mut KProbe = program(ebpf, name)?;
+            p.load().map_err(err)?;
+            p.attach(f, 0).map_err(err)?;
+            if !keep {
+                p.unload().map_err(err)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn err(e: impl std::error::Error) -> String {
-    // Include the source chain: aya puts the kernel's errno there.
+    // Include the source chain: aya puts the kernel's errno (and the verifier log) there.
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {
@@ -235,8 +391,30 @@ where
         .map_err(err)
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<(), String> {
-    let p: &mut TracePoint = program(ebpf, prog)?;
-    p.load().map_err(err)?;
-    p.attach(category, name).map_err(err).map(drop)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_send_hook_has_one_row_in_preference_order() {
+        let sends: Vec<SendHook> = HOOKS
+            .iter()
+            .filter_map(|h| match h.id {
+                HookId::Send(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sends, SendHook::ALL.to_vec());
+        for h in HOOKS {
+            assert_eq!(spec(h.id).program, h.program);
+            assert_eq!(h.role == Role::Send, matches!(h.id, HookId::Send(_)));
+        }
+    }
+
+    #[test]
+    fn storage_decides_the_lifetime_hooks() {
+        assert_eq!(lifetime_hooks(SendHook::TcpSendmsgLocked), vec![(HookId::RetransmitBtf, false)]);
+        let hash = lifetime_hooks(SendHook::KprobeTcpSendmsg);
+        assert!(hash.contains(&(HookId::SetState, true)), "{hash:?}");
+    }
 }

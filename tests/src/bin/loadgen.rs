@@ -5,6 +5,12 @@
 //!     <conns> connections, a writer and a reader thread each; every write is one send of
 //!     <msg-bytes>. Prints `sends=<n> bytes=<n> secs=<f>`.
 //!
+//!   loadgen sendcost <sends> <msg-bytes>
+//!     One connection: the writer thread, pinned to CPU 0, makes <sends> sends of <msg-bytes>
+//!     as fast as the socket takes them; the reader, pinned to CPU 1, drains. Prints
+//!     `cpu_ns_per_send=<f> sends_per_sec=<f>`: the writer thread's own CPU time (the send
+//!     path and any hook on it run there) per send, and the rate.
+//!
 //!   loadgen hold <conns> <sending-pct> <stalled-pct>
 //!     <conns> connections held open. <sending-pct> of them send 512 bytes twice a second (and
 //!     are read), <stalled-pct> fill their send path towards a reader that never reads, the
@@ -32,6 +38,7 @@ fn main() {
     match a.get(1).map(String::as_str) {
         Some("throughput") => throughput(n(2) as usize, n(3) as usize, n(4)),
         Some("hold") => hold(n(2) as usize, n(3), n(4)),
+        Some("sendcost") => sendcost(n(2), n(3) as usize),
         _ => {
             eprintln!("usage: loadgen throughput <conns> <msg> <secs> | hold <conns> <sending%> <stalled%>");
             std::process::exit(2);
@@ -75,6 +82,47 @@ fn throughput(conns: usize, msg: usize, secs: u64) {
     }
     let n = sends.load(Ordering::Relaxed);
     println!("sends={n} bytes={} secs={took:.3}", n * msg as u64);
+}
+
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; we only set one bit of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn sendcost(sends: u64, msg: usize) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (mut s, mut c) = pair(&l);
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let reader = std::thread::spawn(move || {
+        pin(1);
+        c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut buf = vec![0u8; 256 * 1024];
+        while !d.load(Ordering::Relaxed) {
+            let _ = c.read(&mut buf);
+        }
+    });
+    pin(0);
+    let buf = vec![b'x'; msg];
+    let (cpu0, t0) = (thread_cpu_ns(), Instant::now());
+    for _ in 0..sends {
+        s.write_all(&buf).expect("send");
+    }
+    let (cpu, wall) = (thread_cpu_ns() - cpu0, t0.elapsed().as_secs_f64());
+    done.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    println!("cpu_ns_per_send={:.1} sends_per_sec={:.0}", cpu as f64 / sends as f64, sends as f64 / wall);
 }
 
 fn hold(conns: usize, sending_pct: u64, stalled_pct: u64) {

@@ -4,7 +4,8 @@
 //!
 //!   stream-peer server <bind-addr> [<mode>] [<conns>]
 //!     Accepts <conns> clients (default 1), one thread each. Modes:
-//!       stream        write as fast as the socket takes it, until an error (default)
+//!       stream        write 256 KiB per send as fast as the socket takes it, until an error
+//!                     (default)
 //!       burst:<n>     write n bytes, then hold the socket open and idle, never reading
 //!       burst-close:<n>  write n bytes, then read until the client's EOF and close (clean close)
 //!       paced:<r>     write r bytes per second, in 10 chunks a second
@@ -21,6 +22,9 @@
 //!       read          read everything as fast as it comes
 //!       none          never read
 //!       slow:<r>      read r bytes per second
+//!       late:<ms>     read nothing for ms milliseconds (the server's bytes wait), then read
+//!                     everything as fast as it comes
+//!       late-close:<ms>  as late, but close (FIN) once 500 ms pass without data
 //!       close:<ms>    read for ms milliseconds, then close (FIN)
 //!       rst:<ms>      read for ms milliseconds, then abort the connection (RST)
 //!     Prints `CONNECTED local=<addr>` per connection.
@@ -79,8 +83,9 @@ fn server(bind: &str, mode: &str, conns: usize) {
 fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
     let buf = vec![b'x'; 16 * 1024];
     if mode == "stream" {
+        let big = vec![b'x'; 256 * 1024];
         loop {
-            s.write_all(&buf)?;
+            s.write_all(&big)?;
         }
     } else if mode == "fill-handoff" || mode == "fill-inflight" {
         fill(&mut s)?;
@@ -165,6 +170,18 @@ fn read_one(mut s: TcpStream, mode: &str) {
             let next = start + Duration::from_millis(100) * tick;
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
+    } else if mode.starts_with("late:") || mode.starts_with("late-close:") {
+        std::thread::sleep(Duration::from_millis(arg_num(mode)));
+        if mode.starts_with("late-close:") {
+            s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        }
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        if mode.starts_with("late:") {
+            loop {
+                std::thread::park();
+            }
+        }
+        drop(s);
     } else if mode.starts_with("close:") || mode.starts_with("rst:") {
         let until = Instant::now() + Duration::from_millis(arg_num(mode));
         s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");

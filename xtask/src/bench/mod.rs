@@ -13,6 +13,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+mod churn;
+mod packages;
+mod stats;
+
+use stats::{median, pct};
+
 struct Bins {
     detector: PathBuf,
     loadgen: PathBuf,
@@ -29,20 +35,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v[i.min(v.len() - 1)]
 }
 
 fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -106,18 +98,45 @@ impl Agent {
     }
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields 14 and 15 of stat; after the comm they are at 11 and 12.
-    (ticks(11) + ticks(12)) / clk_tck()
+/// Turns kernel.bpf_stats_enabled on for as long as it lives (and back to what it was).
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> anyhow::Result<BpfStats> {
+        let before = std::fs::read_to_string(Self::PATH).unwrap_or_else(|_| "0".into());
+        std::fs::write(Self::PATH, "1").context("enabling kernel.bpf_stats_enabled (needs root)")?;
+        Ok(BpfStats(before.trim().to_string()))
+    }
 }
 
-fn clk_tck() -> f64 {
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+/// Per program of the agent: (run count, run time ns), as the kernel accounts them.
+fn program_stats(a: &Agent) -> anyhow::Result<HashMap<String, (f64, f64)>> {
+    let st = a.status()?;
+    let mut out = HashMap::new();
+    for p in st["programs"].as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("").to_string();
+        out.insert(name, (p["run_count"].as_f64().unwrap_or(0.0), p["run_time_ns"].as_f64().unwrap_or(0.0)));
+    }
+    Ok(out)
+}
+
+/// CPU time of a process, all its threads, in seconds: the scheduler's own nanosecond
+/// accounting (`/proc/<pid>/task/*/schedstat`), not 10 ms ticks.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    rd.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>()
+        / 1e9
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -181,7 +200,7 @@ fn throughput(b: &Bins, msg: usize, secs: u64) -> anyhow::Result<f64> {
 }
 
 fn overhead(b: &Bins, rounds: usize, secs: u64) -> anyhow::Result<Vec<Overhead>> {
-    let modes = [("off", None), ("sock_send_length", Some("sock-send-length")), ("tcp_sendmsg_locked (raw tp)", Some("tcp-sendmsg-locked"))];
+    let modes = [("off", None), ("sock_send_length", Some("sock-send-length")), ("tcp_sendmsg_locked (tp_btf)", Some("tcp-sendmsg-locked"))];
     let mut out = Vec::new();
     for msg in [64usize, 16384] {
         let mut rates: HashMap<&str, Vec<f64>> = HashMap::new();
@@ -220,7 +239,7 @@ fn send_hook_stats(a: &Agent) -> anyhow::Result<(f64, f64)> {
     let mut t = 0.0;
     for p in st["programs"].as_array().into_iter().flatten() {
         let name = p["name"].as_str().unwrap_or("");
-        if ["sock_send_length", "tcp_sendmsg_locked", "fentry_tcp_sendmsg", "kprobe_tcp_sendmsg"].contains(&name) {
+        if ["sock_send_length", "sock_send_length_btf", "tcp_sendmsg_locked", "fentry_tcp_sendmsg", "kprobe_tcp_sendmsg"].contains(&name) {
             c += p["run_count"].as_f64().unwrap_or(0.0);
             t += p["run_time_ns"].as_f64().unwrap_or(0.0);
         }
@@ -497,15 +516,25 @@ fn latency(b: &Bins, grace_s: u64) -> anyhow::Result<Latency> {
 
 // ---------------------------------------------------------------------------------------------
 
-pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
+pub fn run(root: &Path, quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     let b = Bins {
         detector: root.join("target/release/detector"),
         loadgen: root.join("target/release/loadgen"),
         peer: root.join("target/release/stream-peer"),
     };
     let started = Instant::now();
-    let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_else(|_| "0".into());
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling kernel.bpf_stats_enabled (needs root)")?;
+    eprintln!("bench: connection churn (nginx + ab)");
+    let churn = churn::run(&b, if quick { 2 } else { 10 })?;
+    if let Some(section) = only {
+        if section != "churn" {
+            bail!("--only {section}: the sections that run alone are: churn");
+        }
+        let mut s = String::new();
+        churn::report(&mut s, &churn);
+        println!("{s}");
+        return Ok(());
+    }
+    let stats = BpfStats::enable()?;
     let result = (|| -> anyhow::Result<String> {
         let (rounds, secs, window) = if quick { (1, 2, Duration::from_secs(6)) } else { (3, 4, Duration::from_secs(20)) };
         eprintln!("bench: send-path overhead ({rounds} interleaved rounds of {secs} s per mode)");
@@ -517,16 +546,16 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         }
         eprintln!("bench: detection latency, 100 connections");
         let lat = latency(&b, 5)?;
-        Ok(report(&oh, &sc, &lat, started.elapsed()))
+        Ok(report(&churn, &oh, &sc, &lat, started.elapsed()))
     })();
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
+    drop(stats);
     let text = result?;
     std::fs::write(root.join("BENCHMARKS.md"), &text)?;
     println!("{text}");
     Ok(())
 }
 
-fn report(oh: &[Overhead], sc: &[Scale], lat: &Latency, took: Duration) -> String {
+fn report(churn: &churn::Churn, oh: &[Overhead], sc: &[Scale], lat: &Latency, took: Duration) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -546,6 +575,7 @@ fn report(oh: &[Overhead], sc: &[Scale], lat: &Latency, took: Duration) -> Strin
         date.trim(),
         took.as_secs_f64()
     );
+    churn::report(&mut s, churn);
     let _ = writeln!(s, "## 1. Send-path overhead\n");
     let _ = writeln!(s, "Loopback, 2 connections each with a writer and a reader thread, one `send` per message; agent off and on (each send hook forced in turn), interleaved; medians. The per-run cost is the kernel's own accounting (`run_time_ns / run_cnt`, kernel.bpf_stats_enabled).\n");
     let _ = writeln!(s, "| message | agent | sends/s | change | ns per hook run | target |");

@@ -1,0 +1,34 @@
+//! Send path, third choice: BTF tracepoint `sock_send_length` (Linux 6.3+), for kernels whose
+//! BPF trampolines do not work (no fentry).
+//!
+//! Kernel: `DEFINE_EVENT(sock_msg_length, sock_send_length, TP_PROTO(struct sock *sk, int ret,
+//! int flags))`, called by `sock_sendmsg_nosec()` (net/socket.c) as every socket's send
+//! returns: unix and UDP too, so TCP is checked first.
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use detector_common::{AF_INET, AF_INET6, IPPROTO_TCP, SendHook};
+
+use crate::{
+    sock::BtfSock,
+    track::{Storage, can_send, on_send},
+};
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length_btf(ctx: BtfTracePointContext) -> i32 {
+    // SAFETY: argument 0 of this tracepoint is the (never null) socket.
+    let sk = unsafe { BtfSock::new(ctx.arg(0)) };
+    if sk.protocol() != IPPROTO_TCP {
+        return 0;
+    }
+    let family = sk.family();
+    if family != AF_INET && family != AF_INET6 {
+        return 0;
+    }
+    let ret: i32 = ctx.arg(1);
+    // After the send: bytes beyond what this call queued are left from earlier sends. The
+    // one-load check first; the exact count (a helper call) only when something waits.
+    on_send(Storage(sk), SendHook::SockSendLengthBtf, || {
+        let state = sk.state();
+        (can_send(state) && sk.waiting() && sk.unacked()? > ret.max(0) as u32).then_some(state)
+    });
+    0
+}

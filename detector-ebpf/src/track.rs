@@ -1,0 +1,187 @@
+//! What every send hook does once it has the socket.
+//!
+//! A send is first checked against the socket itself: when nothing it sent before is still
+//! unacknowledged (every send of a short request/response connection, and most sends of a
+//! healthy one), nothing more happens: no map, no allocation, no event. Only a send that finds
+//! bytes of earlier sends still waiting (the only way a send queue can wedge) looks up the
+//! socket's record: a tracked socket whose owner did not change costs one lookup and one
+//! compare, no store; an untracked one starts being tracked.
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+};
+use detector_common::{
+    Counter, EventKind, SendHook, SockEvent, SockState, TASK_COMM_LEN, TCP_CLOSE_WAIT,
+    TCP_ESTABLISHED,
+};
+
+use crate::{
+    config::conf,
+    maps::{SK_STATE, SOCKS, count, emit},
+    sock::{BtfSock, tuple},
+};
+
+/// `BPF_NOEXIST` for map inserts, and the `-EEXIST` it answers when the key is there.
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = -17;
+/// `bpf_sk_storage_get` flag: create the storage if the socket has none.
+const BPF_SK_STORAGE_GET_F_CREATE: u64 = 1;
+
+/// Where a hook keeps its per-socket state.
+pub trait Store: Copy {
+    fn key(self) -> u64;
+    /// The record of a tracked socket.
+    fn get(self) -> Option<*mut SockState>;
+    /// Starts tracking with `st`; `false` when another CPU got there first or there is no room
+    /// (counted).
+    fn create(self, st: &SockState) -> bool;
+}
+
+/// Socket storage, for the BTF hooks.
+#[derive(Clone, Copy)]
+pub struct Storage(pub BtfSock);
+
+impl Storage {
+    #[inline(always)]
+    fn storage_get(self, init: *const SockState, flags: u64) -> *mut SockState {
+        let map = core::ptr::from_ref(&SK_STATE).cast_mut().cast();
+        // SAFETY: the map pointer is the map definition (the loader patches in its fd) and the
+        // socket a BTF pointer, as the helper requires.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_sk_storage_get(map, self.0.as_ptr(), init.cast_mut().cast(), flags)
+        }
+        .cast()
+    }
+}
+
+impl Store for Storage {
+    #[inline(always)]
+    fn key(self) -> u64 {
+        self.0.addr()
+    }
+
+    #[inline(always)]
+    fn get(self) -> Option<*mut SockState> {
+        let p = self.storage_get(core::ptr::null(), 0);
+        (!p.is_null()).then_some(p)
+    }
+
+    #[inline(always)]
+    fn create(self, st: &SockState) -> bool {
+        if !self.storage_get(st, BPF_SK_STORAGE_GET_F_CREATE).is_null() {
+            return true;
+        }
+        // Null: a racing CPU created it (then it is there now), or no memory.
+        if self.get().is_none() {
+            count(Counter::MapFull);
+        }
+        false
+    }
+}
+
+/// The `SOCKS` hash map, for the fallback hooks.
+#[derive(Clone, Copy)]
+pub struct Hash(pub u64);
+
+impl Store for Hash {
+    #[inline(always)]
+    fn key(self) -> u64 {
+        self.0
+    }
+
+    #[inline(always)]
+    fn get(self) -> Option<*mut SockState> {
+        SOCKS.get_ptr_mut(&self.0)
+    }
+
+    #[inline(always)]
+    fn create(self, st: &SockState) -> bool {
+        match SOCKS.insert(&self.0, st, BPF_NOEXIST) {
+            Ok(()) => true,
+            Err(EEXIST) => false,
+            Err(_) => {
+                count(Counter::MapFull);
+                false
+            }
+        }
+    }
+}
+
+/// A TCP state in which the application can still queue bytes.
+#[inline(always)]
+pub fn can_send(state: u8) -> bool {
+    state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT
+}
+
+/// Records a send on the socket behind `store`. `waiting` looks at the socket itself (no map):
+/// it returns the TCP state when bytes of earlier sends are still unacknowledged, and only
+/// then is the socket's record consulted. A send with nothing waiting cannot be part of a
+/// stall, so it costs a few loads of cache lines the send path just used.
+#[inline(always)]
+pub fn on_send<S: Store>(store: S, hook: SendHook, waiting: impl FnOnce() -> Option<u8>) {
+    let Some(state) = waiting() else { return };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if let Some(st) = store.get() {
+        // SAFETY: a value pointer from the map or storage, valid for this program run.
+        let st = unsafe { &mut *st };
+        if st.tgid != tgid && tgid != conf!(agent_tgid) {
+            owner_changed(store.key(), st, pid_tgid);
+        }
+    } else if tgid != conf!(agent_tgid) {
+        start(store, hook, pid_tgid, state);
+    }
+}
+
+/// Another process sends on the socket now (fork, fd passing): it is the owner from here on.
+#[inline(never)]
+fn owner_changed(sk: u64, st: &mut SockState, pid_tgid: u64) {
+    st.tgid = (pid_tgid >> 32) as u32;
+    st.tid = pid_tgid as u32;
+    st.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+    // SAFETY: no preconditions.
+    st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    emit(&event(sk, st, EventKind::OwnerChanged, 0));
+}
+
+#[inline(never)]
+fn start<S: Store>(store: S, hook: SendHook, pid_tgid: u64, state: u8) {
+    let Ok(tuple) = tuple(store.key()) else {
+        count(Counter::ReadErrors);
+        return;
+    };
+    let st = SockState {
+        // SAFETY: no preconditions.
+        first_send_ns: unsafe { bpf_ktime_get_ns() },
+        last_retrans_ns: 0,
+        // SAFETY: no preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        tuple,
+        retransmits: 0,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+        hook: hook as u8,
+        _pad: [0; 7],
+    };
+    if store.create(&st) {
+        emit(&event(store.key(), &st, EventKind::Tracked, state));
+    }
+}
+
+#[inline(always)]
+pub fn event(sk: u64, st: &SockState, kind: EventKind, state: u8) -> SockEvent {
+    SockEvent {
+        sk,
+        // SAFETY: no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: st.cgroup_id,
+        tuple: st.tuple,
+        tgid: st.tgid,
+        tid: st.tid,
+        comm: st.comm,
+        kind: kind as u8,
+        state,
+        hook: st.hook,
+        _pad: 0,
+    }
+}

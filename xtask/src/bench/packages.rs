@@ -1,0 +1,30 @@
+//! Debian packages the benchmarks drive (nginx, ab, iperf3, …): installed when missing, the
+//! way `cargo xtask setup` installs bpf-linker, so `cargo xtask bench` is one command.
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// Makes sure `command` exists, installing Debian `package` if not.
+pub fn ensure(command: &str, package: &str) -> anyhow::Result<()> {
+    if which(command) {
+        return Ok(());
+    }
+    eprintln!("bench: installing {package} (for {command})");
+    // A fresh machine's package lists may be stale or empty.
+    let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    if !status.success() || !which(command) {
+        bail!("installing {package} failed; install it by hand (apt-get install {package}) and re-run");
+    }
+    Ok(())
+}
+
+pub fn which(command: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).chain(["/usr/sbin".into(), "/sbin".into()]).any(|d| d.join(command).is_file()))
+        .unwrap_or(false)
+}
