@@ -75,7 +75,7 @@ impl TryFrom<u8> for SendHook {
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// A send found bytes of earlier sends still unacknowledged: the socket is now tracked.
+    /// A send found its socket's send buffer at least half full: the socket is now tracked.
     Tracked = 1,
     /// Another process sends on a tracked socket now (fork, fd passing).
     OwnerChanged = 2,
@@ -185,7 +185,6 @@ pub struct KernelConfig {
     // Classic tracepoint sock:sock_send_length (format file).
     pub send_len_sk: u32,
     pub send_len_protocol: u32,
-    pub send_len_ret: u32,
     // Classic tracepoint tcp:tcp_retransmit_skb.
     pub retrans_skaddr: u32,
     // Classic tracepoint sock:inet_sock_set_state.
@@ -207,9 +206,8 @@ pub struct KernelConfig {
     /// `struct sock` → `sk_wmem_queued`: bytes (as skb truesize) in the write and retransmit
     /// queues, so non-zero exactly while something sent is not yet acknowledged.
     pub sk_wmem_queued: u32,
-    // struct tcp_sock (from BTF): bytes not yet acknowledged are write_seq - snd_una.
-    pub tcp_write_seq: u32,
-    pub tcp_snd_una: u32,
+    /// `struct sock` → `sk_sndbuf`: the send buffer `sk_wmem_queued` fills.
+    pub sk_sndbuf: u32,
     /// Sends from this process are ignored (the agent itself).
     pub agent_tgid: u32,
 }
@@ -219,7 +217,6 @@ impl KernelConfig {
     pub const EMPTY: Self = Self {
         send_len_sk: OFFSET_ABSENT,
         send_len_protocol: OFFSET_ABSENT,
-        send_len_ret: OFFSET_ABSENT,
         retrans_skaddr: OFFSET_ABSENT,
         state_skaddr: OFFSET_ABSENT,
         state_newstate: OFFSET_ABSENT,
@@ -236,8 +233,7 @@ impl KernelConfig {
         net_ns_inum: OFFSET_ABSENT,
         sk_protocol: OFFSET_ABSENT,
         sk_wmem_queued: OFFSET_ABSENT,
-        tcp_write_seq: OFFSET_ABSENT,
-        tcp_snd_una: OFFSET_ABSENT,
+        sk_sndbuf: OFFSET_ABSENT,
         agent_tgid: 0,
     };
 }
@@ -246,7 +242,7 @@ impl KernelConfig {
 const _: () = assert!(core::mem::size_of::<SockTuple>() == 44);
 const _: () = assert!(core::mem::size_of::<SockState>() == 104);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 96);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 22 * 4);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 20 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -17,7 +17,7 @@ pub fn fentry_tcp_sendmsg(ctx: FEntryContext) -> i32 {
     let sk = unsafe { BtfSock::new(ctx.arg(0)) };
     on_send(Storage(sk), SendHook::FentryTcpSendmsg, || {
         let state = sk.state();
-        (can_send(state) && sk.waiting()).then_some(state)
+        (can_send(state) && sk.backlogged()).then_some(state)
     });
     0
 }

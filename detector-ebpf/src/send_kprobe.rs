@@ -21,7 +21,7 @@ pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
         let state = sock.state().ok()?;
         // A socket that is closing (e.g. after a reset) is never (re)inserted: nothing would
         // ever remove it.
-        (can_send(state) && sock.waiting().ok()?).then_some(state)
+        (can_send(state) && sock.backlogged().ok()?).then_some(state)
     });
     0
 }

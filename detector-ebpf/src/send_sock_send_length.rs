@@ -26,9 +26,8 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let sock = RawSock(sk);
     on_send(Hash(sk), SendHook::SockSendLength, || {
-        let ret: i32 = field(ctx, conf!(send_len_ret)).ok()?;
         let state = sock.state().ok()?;
-        (can_send(state) && sock.waiting().ok()? && sock.unacked().ok()? > ret.max(0) as u32).then_some(state)
+        (can_send(state) && sock.backlogged().ok()?).then_some(state)
     });
     Ok(())
 }

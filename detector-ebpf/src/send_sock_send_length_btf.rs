@@ -23,12 +23,9 @@ pub fn sock_send_length_btf(ctx: BtfTracePointContext) -> i32 {
     if family != AF_INET && family != AF_INET6 {
         return 0;
     }
-    let ret: i32 = ctx.arg(1);
-    // After the send: bytes beyond what this call queued are left from earlier sends. The
-    // one-load check first; the exact count (a helper call) only when something waits.
     on_send(Storage(sk), SendHook::SockSendLengthBtf, || {
         let state = sk.state();
-        (can_send(state) && sk.waiting() && sk.unacked()? > ret.max(0) as u32).then_some(state)
+        (can_send(state) && sk.backlogged()).then_some(state)
     });
     0
 }

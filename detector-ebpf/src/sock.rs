@@ -5,7 +5,7 @@
 //!   at a constant offset, which the verifier checks against the kernel's BTF (the hot path);
 //! - [`RawSock`]: the socket is a bare address (classic tracepoint, kprobe). Every read is a
 //!   `bpf_probe_read_kernel` copy, which copes with any address.
-use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 use detector_common::{AF_INET, AF_INET6, OFFSET_ABSENT, SockTuple};
 
 use crate::config::conf;
@@ -58,25 +58,11 @@ impl BtfSock {
         Self::load(self.0, conf!(sk_protocol))
     }
 
-    /// Whether anything the application wrote is still queued or unacknowledged: one load
-    /// from `struct sock`, no helper call.
+    /// Whether the send buffer is at least half full of bytes not yet acknowledged: two loads
+    /// from `struct sock`, no helper call. See [`backlogged`].
     #[inline(always)]
-    pub fn waiting(self) -> bool {
-        Self::load::<i32>(self.0, conf!(sk_wmem_queued)) > 0
-    }
-
-    /// Bytes written by the application and not yet acknowledged (`write_seq - snd_una`);
-    /// `None` when the socket is not a full TCP socket. Costs a helper call.
-    #[inline(always)]
-    pub fn unacked(self) -> Option<u32> {
-        // SAFETY: the helper takes any socket pointer and returns null for non-TCP ones.
-        let tp = unsafe { bpf_skc_to_tcp_sock(self.as_ptr()) } as *const u8;
-        if tp.is_null() {
-            return None;
-        }
-        let write_seq: u32 = Self::load(tp, conf!(tcp_write_seq));
-        let snd_una: u32 = Self::load(tp, conf!(tcp_snd_una));
-        Some(write_seq.wrapping_sub(snd_una))
+    pub fn backlogged(self) -> bool {
+        backlogged(Self::load(self.0, conf!(sk_wmem_queued)), Self::load(self.0, conf!(sk_sndbuf)))
     }
 }
 
@@ -95,19 +81,21 @@ impl RawSock {
         self.read(conf!(sk_state))
     }
 
-    /// As [`BtfSock::waiting`], through a copy.
+    /// As [`BtfSock::backlogged`], through copies.
     #[inline(always)]
-    pub fn waiting(self) -> Result<bool, i64> {
-        Ok(self.read::<i32>(conf!(sk_wmem_queued))? > 0)
+    pub fn backlogged(self) -> Result<bool, i64> {
+        Ok(backlogged(self.read(conf!(sk_wmem_queued))?, self.read(conf!(sk_sndbuf))?))
     }
+}
 
-    /// As [`BtfSock::unacked`], through copies.
-    #[inline(always)]
-    pub fn unacked(self) -> Result<u32, i64> {
-        let write_seq: u32 = self.read(conf!(tcp_write_seq))?;
-        let snd_una: u32 = self.read(conf!(tcp_snd_una))?;
-        Ok(write_seq.wrapping_sub(snd_una))
-    }
+/// The tracking rule: a send found the send buffer at least half full of bytes not yet
+/// acknowledged (`sk_wmem_queued` counts them with their overhead, against `sk_sndbuf`). Every
+/// send queue that wedges under a writer gets there (the writer then blocks or gets EAGAIN);
+/// a connection whose bytes only wait for a moment (autocork, one RTT) does not, and costs
+/// nothing. A socket that wedges without filling its buffer is found by the agent's reconcile.
+#[inline(always)]
+fn backlogged(wmem_queued: i32, sndbuf: i32) -> bool {
+    wmem_queued > 0 && wmem_queued >= sndbuf / 2
 }
 
 /// A copy of the `T` at `base + off` in kernel memory; an error for an absent offset or an

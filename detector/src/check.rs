@@ -11,6 +11,9 @@ pub struct Check {
     /// Without it the agent cannot run.
     pub required: bool,
     pub detail: String,
+    /// For a send hook: the `--send-hook` value that forces it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_hook: Option<&'static str>,
 }
 
 fn check(name: impl Into<String>, required: bool, r: Result<String, String>) -> Check {
@@ -23,6 +26,7 @@ fn check(name: impl Into<String>, required: bool, r: Result<String, String>) -> 
         ok,
         required,
         detail,
+        send_hook: None,
     }
 }
 
@@ -75,11 +79,9 @@ pub fn run() -> Vec<Check> {
                 for h in &loaded.hooks {
                     let detail = loader::describe(&h.state);
                     let usable = h.state.works() || matches!(h.state, loader::HookState::NotTried(_));
-                    out.push(check(
-                        format!("hook {} ({})", h.hook, h.role.as_str()),
-                        false,
-                        if usable { Ok(detail) } else { Err(detail) },
-                    ));
+                    let mut c = check(format!("hook {} ({})", h.hook, h.role.as_str()), false, if usable { Ok(detail) } else { Err(detail) });
+                    c.send_hook = loader::spec(h.id).flag;
+                    out.push(c);
                 }
                 let storage = if loaded.send_hook.socket_storage() { "socket storage" } else { "a hash map" };
                 out.push(check("send hook", true, Ok(format!("the agent would use {}, with {storage}", loaded.send_label()))));

@@ -92,6 +92,10 @@ impl Agent {
         let logf = std::fs::File::create(&log).expect("agent log file");
         let mut cmd = Command::new(detector_bin());
         cmd.args(["run", "--grace", grace, "--interval", "250ms"]);
+        // `cargo xtask test` runs the matrix again with each send hook this kernel offers.
+        if let Some(hook) = std::env::var_os("DETECTOR_TEST_SEND_HOOK").filter(|_| !extra.contains(&"--send-hook")) {
+            cmd.arg("--send-hook").arg(hook);
+        }
         if !extra.contains(&"--metrics-addr") {
             cmd.args(["--metrics-addr", "off"]);
         }

@@ -152,14 +152,15 @@ fn s04_peer_closed_while_owner_holds_it() {
 }
 
 // 5. A clean close is never reported and its state is removed. (The client reads nothing for
-// a second, so the server's bytes wait and the socket is tracked, then drains and closes.)
+// a second while the server fills its send buffer, so the socket is tracked; then it drains
+// and both sides close.)
 #[test]
 fn s05_clean_close_is_never_reported_and_forgotten() {
     if !privileged("s05") {
         return;
     }
     let agent = Agent::start(GRACE_ARG, &[]);
-    let p = pair("burst-close:1048576", "late-close:1000");
+    let p = pair("fill-close", "late-close:1000");
     wait_tracked(&agent, &p.local);
     p.server.expect("CLOSED", Duration::from_secs(5));
     let gone = poll(Duration::from_secs(2), || agent.tracked(&p.local).is_none().then_some(()));
@@ -261,15 +262,15 @@ fn s09_backpressured_plateau_never() {
     assert!(q0 > 64 * 1024 && q1 > 64 * 1024, "no backpressure: {q0} -> {q1}");
 }
 
-// 10. An idle connection with nothing queued, for several grace windows. Its bytes waited
-// once (the client reads late), so it is tracked, and it stays tracked while idle.
+// 10. An idle connection with nothing queued, for several grace windows. Its send buffer
+// filled once (the client reads late), so it is tracked, and it stays tracked while idle.
 #[test]
 fn s10_idle_connection_never() {
     if !privileged("s10") {
         return;
     }
     let agent = Agent::start(GRACE_ARG, &[]);
-    let p = pair("burst:1048576", "late:1000");
+    let p = pair("fill-idle", "late:1000");
     let t = wait_tracked(&agent, &p.local);
     expect_never(&agent, &[&p.local], GRACE * 4);
     let t2 = agent.tracked(&p.local).expect("still tracked");

@@ -4,6 +4,7 @@
 //! against nightly's own LLVM), so each is one command on a fresh machine.
 mod bench;
 mod setup;
+mod test;
 
 use std::{
     path::{Path, PathBuf},
@@ -84,23 +85,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test { args } => {
             setup::ensure()?;
-            // The integration tests start the real agent binary and the peer helper.
-            cargo(&root, &["build", "--package", "detector", "--package", "detector-tests", "--bins"])?;
-            // The eBPF crate only builds for the BPF target (build.rs does that).
-            let mut test = vec!["test", "--workspace", "--exclude", "detector-ebpf"];
-            test.extend(args.iter().map(String::as_str));
-            let status = Command::new(env!("CARGO"))
-                .current_dir(&root)
-                .args(&test)
-                .env("DETECTOR_BIN", root.join("target/debug/detector"))
-                // Privileged tests must run, not skip, under `cargo xtask test`.
-                .env("DETECTOR_REQUIRE_PRIVILEGED", "1")
-                .status()
-                .context("running cargo test")?;
-            if !status.success() {
-                bail!("tests failed");
-            }
-            Ok(())
+            test::run(&root, &args)
         }
     }
 }
@@ -112,7 +97,7 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new(env!("CARGO"))
         .current_dir(root)
         .args(args)

@@ -33,11 +33,9 @@ pub struct SockOffsets {
     pub net_ns_inum: u32,
     /// `struct sock` → `sk_protocol` (a `u16` since Linux 5.6; a bitfield before).
     pub protocol: Option<u32>,
-    /// `struct sock` → `sk_wmem_queued`.
+    /// `struct sock` → `sk_wmem_queued` and `sk_sndbuf`.
     pub wmem_queued: u32,
-    /// `struct tcp_sock` → `write_seq` and `snd_una`: bytes written and not yet acknowledged.
-    pub write_seq: u32,
-    pub snd_una: u32,
+    pub sndbuf: u32,
 }
 
 pub struct KernelBtf {
@@ -126,8 +124,7 @@ impl KernelBtf {
             net_ns_inum: net_ns + ns_inum,
             protocol: self.member_offset("sock", "sk_protocol"),
             wmem_queued: need("sock", "sk_wmem_queued")?,
-            write_seq: need("tcp_sock", "write_seq")?,
-            snd_una: need("tcp_sock", "snd_una")?,
+            sndbuf: need("sock", "sk_sndbuf")?,
         })
     }
 
@@ -159,7 +156,7 @@ mod tests {
         assert!(o.family > o.num && o.state == o.family + 2, "{o:?}");
         // struct sock starts with struct sock_common; tcp_sock with struct sock.
         let p = o.protocol.expect("sk_protocol");
-        assert!(p > o.state && o.write_seq > p && o.snd_una > p, "{o:?}");
+        assert!(p > o.state && o.wmem_queued > p && o.sndbuf > o.state, "{o:?}");
         assert!(btf.has_function("tcp_sendmsg"));
         assert!(!btf.has_function("no_such_function_here"));
     }

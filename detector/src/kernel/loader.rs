@@ -87,31 +87,35 @@ pub struct HookSpec {
     pub label: &'static str,
     /// The program's name in the eBPF object.
     pub program: &'static str,
+    /// For send hooks, the value of `--send-hook` that forces it.
+    pub flag: Option<&'static str>,
     attach: Attach,
 }
 
-const fn send(hook: SendHook, label: &'static str, program: &'static str, attach: Attach) -> HookSpec {
+const fn send(hook: SendHook, flag: &'static str, label: &'static str, program: &'static str, attach: Attach) -> HookSpec {
     HookSpec {
         id: HookId::Send(hook),
         role: Role::Send,
         label,
         program,
+        flag: Some(flag),
         attach,
     }
 }
 
 /// Every hook: send hooks in order of preference, then lifetime hooks.
 pub const HOOKS: [HookSpec; 8] = [
-    send(SendHook::TcpSendmsgLocked, "tp_btf tcp_sendmsg_locked", "tcp_sendmsg_locked", Attach::TpBtf("tcp_sendmsg_locked")),
-    send(SendHook::FentryTcpSendmsg, "fentry tcp_sendmsg", "fentry_tcp_sendmsg", Attach::Fentry("tcp_sendmsg")),
-    send(SendHook::SockSendLengthBtf, "tp_btf sock_send_length", "sock_send_length_btf", Attach::TpBtf("sock_send_length")),
-    send(SendHook::SockSendLength, "tracepoint sock:sock_send_length", "sock_send_length", Attach::Tracepoint("sock", "sock_send_length")),
-    send(SendHook::KprobeTcpSendmsg, "kprobe tcp_sendmsg", "kprobe_tcp_sendmsg", Attach::Kprobe("tcp_sendmsg")),
+    send(SendHook::TcpSendmsgLocked, "tcp-sendmsg-locked", "tp_btf tcp_sendmsg_locked", "tcp_sendmsg_locked", Attach::TpBtf("tcp_sendmsg_locked")),
+    send(SendHook::FentryTcpSendmsg, "fentry", "fentry tcp_sendmsg", "fentry_tcp_sendmsg", Attach::Fentry("tcp_sendmsg")),
+    send(SendHook::SockSendLengthBtf, "sock-send-length-btf", "tp_btf sock_send_length", "sock_send_length_btf", Attach::TpBtf("sock_send_length")),
+    send(SendHook::SockSendLength, "sock-send-length", "tracepoint sock:sock_send_length", "sock_send_length", Attach::Tracepoint("sock", "sock_send_length")),
+    send(SendHook::KprobeTcpSendmsg, "kprobe", "kprobe tcp_sendmsg", "kprobe_tcp_sendmsg", Attach::Kprobe("tcp_sendmsg")),
     HookSpec {
         id: HookId::RetransmitBtf,
         role: Role::Lifetime,
         label: "tp_btf tcp_retransmit_skb",
         program: "tcp_retransmit_skb_btf",
+        flag: None,
         attach: Attach::TpBtf("tcp_retransmit_skb"),
     },
     HookSpec {
@@ -119,6 +123,7 @@ pub const HOOKS: [HookSpec; 8] = [
         role: Role::Lifetime,
         label: "tracepoint sock:inet_sock_set_state",
         program: "inet_sock_set_state",
+        flag: None,
         attach: Attach::Tracepoint("sock", "inet_sock_set_state"),
     },
     HookSpec {
@@ -126,6 +131,7 @@ pub const HOOKS: [HookSpec; 8] = [
         role: Role::Lifetime,
         label: "tracepoint tcp:tcp_retransmit_skb",
         program: "tcp_retransmit_skb",
+        flag: None,
         attach: Attach::Tracepoint("tcp", "tcp_retransmit_skb"),
     },
 ];
@@ -199,7 +205,6 @@ pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig,
     if let Ok(f) = tracefs.format("sock", "sock_send_length") {
         c.send_len_sk = f.offset("sk", 8)?;
         c.send_len_protocol = f.offset("protocol", 2)?;
-        c.send_len_ret = f.offset("ret", 4)?;
     }
     let f = tracefs.format("tcp", "tcp_retransmit_skb")?;
     c.retrans_skaddr = f.offset("skaddr", 8)?;
@@ -220,8 +225,7 @@ pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig,
     c.net_ns_inum = o.net_ns_inum;
     c.sk_protocol = o.protocol.unwrap_or(OFFSET_ABSENT);
     c.sk_wmem_queued = o.wmem_queued;
-    c.tcp_write_seq = o.write_seq;
-    c.tcp_snd_una = o.snd_una;
+    c.sk_sndbuf = o.sndbuf;
     c.agent_tgid = std::process::id();
     Ok(c)
 }
@@ -408,6 +412,16 @@ mod tests {
         for h in HOOKS {
             assert_eq!(spec(h.id).program, h.program);
             assert_eq!(h.role == Role::Send, matches!(h.id, HookId::Send(_)));
+        }
+    }
+
+    #[test]
+    fn send_hook_flags_are_the_cli_values() {
+        use clap::ValueEnum as _;
+        for h in HOOKS.iter().filter(|h| h.role == Role::Send) {
+            let flag = h.flag.expect("every send hook has a flag");
+            let choice = crate::cli::SendHookChoice::from_str(flag, false).unwrap_or_else(|e| panic!("{flag}: {e}"));
+            assert_eq!(choice.hook().map(HookId::Send), Some(h.id), "{flag}");
         }
     }
 

@@ -9,6 +9,8 @@
 //!       burst:<n>     write n bytes, then hold the socket open and idle, never reading
 //!       burst-close:<n>  write n bytes, then read until the client's EOF and close (clean close)
 //!       paced:<r>     write r bytes per second, in 10 chunks a second
+//!       fill-idle     fill the send path (until the socket takes no more), then hold it idle
+//!       fill-close    fill the send path, then read until the client's EOF and close
 //!       fill-handoff  fill the send path, fork; the child keeps the socket (never sends again),
 //!                     the parent closes its copy. Prints `HANDOFF child=<pid> fd=<n>`.
 //!       fill-inflight fill the send path, put the fd in flight in a unix socket message
@@ -86,6 +88,18 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
         let big = vec![b'x'; 256 * 1024];
         loop {
             s.write_all(&big)?;
+        }
+    } else if mode == "fill-idle" || mode == "fill-close" {
+        fill(&mut s)?;
+        s.set_nonblocking(false)?;
+        if mode == "fill-close" {
+            let mut sink = [0u8; 4096];
+            while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+            say(format!("CLOSED local={}", s.local_addr()?));
+            return Ok(());
+        }
+        loop {
+            std::thread::park();
         }
     } else if mode == "fill-handoff" || mode == "fill-inflight" {
         fill(&mut s)?;

@@ -32,9 +32,17 @@ pub struct Churn {
     pub control: Spread,
     /// Per configuration: label, change vs. the round's off mean (%), agent CPU (% of a core).
     pub configs: Vec<(String, Spread, Spread)>,
-    /// Per configuration: BPF time per connection (ns), and per program: (name, runs per
-    /// request, ns per run).
-    pub bpf: Vec<(String, f64, Vec<(String, f64, f64)>)>,
+    /// Per configuration: BPF time per connection.
+    pub bpf: Vec<BpfTime>,
+}
+
+/// BPF time of one agent configuration under churn.
+pub struct BpfTime {
+    pub label: String,
+    /// ns per connection, all programs together.
+    pub per_conn: f64,
+    /// Per program: (name, runs per connection, ns per run).
+    pub programs: Vec<(String, f64, f64)>,
 }
 
 struct Nginx {
@@ -107,7 +115,7 @@ fn ab(url: &str) -> anyhow::Result<f64> {
             .and_then(|v| v.parse::<f64>().ok())
     };
     match (num("Requests per second:"), num("Failed requests:")) {
-        (Some(rps), Some(failed)) if failed == 0.0 => Ok(rps),
+        (Some(rps), Some(0.0)) => Ok(rps),
         (Some(_), Some(failed)) => bail!("ab: {failed} requests failed"),
         _ => bail!("ab printed no rate: {text}{}", String::from_utf8_lossy(&out.stderr)),
     }
@@ -146,8 +154,7 @@ pub fn run(b: &Bins, rounds: usize) -> anyhow::Result<Churn> {
     }
     let mut bpf = Vec::new();
     for (label, args) in CONFIGS {
-        let (per_conn, progs) = bpf_time(b, &ng.url, args)?;
-        bpf.push((label.to_string(), per_conn, progs));
+        bpf.push(bpf_time(b, &ng.url, label, args)?);
     }
     Ok(Churn {
         rounds,
@@ -164,7 +171,7 @@ pub fn run(b: &Bins, rounds: usize) -> anyhow::Result<Churn> {
 
 /// A separate run with kernel.bpf_stats_enabled (its clock reads cost time of their own, so
 /// the throughput runs keep it off): BPF time per request over every program of the agent.
-fn bpf_time(b: &Bins, url: &str, args: &[&str]) -> anyhow::Result<(f64, Vec<(String, f64, f64)>)> {
+fn bpf_time(b: &Bins, url: &str, label: &str, args: &[&str]) -> anyhow::Result<BpfTime> {
     let _stats = super::BpfStats::enable()?;
     let agent = Agent::start(b, args)?;
     std::thread::sleep(Duration::from_secs(1));
@@ -182,7 +189,7 @@ fn bpf_time(b: &Bins, url: &str, args: &[&str]) -> anyhow::Result<(f64, Vec<(Str
         }
     }
     progs.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok((total / reqs, progs))
+    Ok(BpfTime { label: label.to_string(), per_conn: total / reqs, programs: progs })
 }
 
 pub fn report(s: &mut String, c: &Churn) {
@@ -202,9 +209,9 @@ pub fn report(s: &mut String, c: &Churn) {
     let _ = writeln!(s, "\nBPF time per connection (one request = one client and one server socket), from a separate run with `kernel.bpf_stats_enabled=1` (which adds its own clock reads to every run):\n");
     let _ = writeln!(s, "| agent | BPF ns per connection | programs (runs per connection × ns per run) | target ≤ 100 ns |");
     let _ = writeln!(s, "| --- | --- | --- | --- |");
-    for (label, per_conn, progs) in &c.bpf {
-        let detail: Vec<String> = progs.iter().map(|(n, r, ns)| format!("{n} {r:.2} × {ns:.0}")).collect();
-        let _ = writeln!(s, "| {label} | {per_conn:.0} | {} | {} |", detail.join(", "), if *per_conn <= 100.0 { "met" } else { "not met" });
+    for t in &c.bpf {
+        let detail: Vec<String> = t.programs.iter().map(|(n, r, ns)| format!("{n} {r:.2} × {ns:.0}")).collect();
+        let _ = writeln!(s, "| {} | {:.0} | {} | {} |", t.label, t.per_conn, detail.join(", "), if t.per_conn <= 100.0 { "met" } else { "not met" });
     }
     let _ = writeln!(s);
 }

@@ -1,0 +1,67 @@
+//! `cargo xtask test`: the whole suite. Unit tests and every privileged integration test run
+//! once with the send hook the agent picks on this kernel; then the scenario matrix and the
+//! walking skeleton run again with each other send hook this kernel offers (as `detector
+//! check` finds them), so every hook a node could end up on is proven here.
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::cargo;
+
+/// Integration test files re-run per send hook.
+const PER_HOOK: [&str; 2] = ["scenarios", "walking_skeleton"];
+
+pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    // The integration tests start the real agent binary and the peer helpers.
+    cargo(root, &["build", "--package", "detector", "--package", "detector-tests", "--bins"])?;
+    let bin = root.join("target/debug/detector");
+    // The eBPF crate only builds for the BPF target (build.rs does that).
+    let mut test = vec!["test", "--workspace", "--exclude", "detector-ebpf"];
+    test.extend(args.iter().map(String::as_str));
+    cargo_test(root, &test, None)?;
+    if !args.is_empty() {
+        // A filtered run is for one test at hand, not the hook matrix.
+        return Ok(());
+    }
+    for hook in other_send_hooks(&bin)? {
+        eprintln!("xtask test: the matrix again with --send-hook {hook}");
+        let mut t = vec!["test", "--package", "detector-tests"];
+        for f in PER_HOOK {
+            t.extend(["--test", f]);
+        }
+        cargo_test(root, &t, Some(&hook))?;
+    }
+    Ok(())
+}
+
+fn cargo_test(root: &Path, args: &[&str], hook: Option<&str>) -> anyhow::Result<()> {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root)
+        .args(args)
+        .env("DETECTOR_BIN", root.join("target/debug/detector"))
+        // Privileged tests must run, not skip, under `cargo xtask test`.
+        .env("DETECTOR_REQUIRE_PRIVILEGED", "1");
+    if let Some(h) = hook {
+        cmd.env("DETECTOR_TEST_SEND_HOOK", h);
+    }
+    let status = cmd.status().context("running cargo test")?;
+    if !status.success() {
+        bail!("tests failed{}", hook.map(|h| format!(" with --send-hook {h}")).unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// The `--send-hook` values of the send hooks this kernel can run, besides the one the agent
+/// picks by itself.
+fn other_send_hooks(bin: &Path) -> anyhow::Result<Vec<String>> {
+    let out = Command::new(bin).args(["check", "--output", "json"]).output().context("running detector check")?;
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("detector check printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+    Ok(checks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["ok"] == true && c["detail"] != "attached")
+        .filter_map(|c| c["send_hook"].as_str().map(str::to_string))
+        .collect())
+}
