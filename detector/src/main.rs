@@ -96,9 +96,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::BenchControl { hook } => {
             let hook = hook.hook().ok_or_else(|| anyhow::anyhow!("name a hook"))?;
-            let _attached = detector::agent::attach_control(hook)?;
+            let attached = detector::agent::attach_control(hook)?;
             println!("attached");
             detector::agent::wait_for_termination();
+            // What the kernel accounted for it (kernel.bpf_stats_enabled), for the benchmark.
+            let (runs, ns) = detector::agent::program_runs(&attached);
+            println!("run_count={runs} run_time_ns={ns}");
             Ok(())
         }
         Command::Status(q) => watch(&q, || {

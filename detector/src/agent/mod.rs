@@ -234,6 +234,13 @@ pub fn attach_control(hook: detector_common::SendHook) -> anyhow::Result<aya::Eb
     loader::attach_control(kernel::object(), &cfg, hook).map_err(|e| anyhow::anyhow!(e))
 }
 
+/// (run count, run time ns) summed over the programs of `ebpf`, from the kernel's accounting.
+pub fn program_runs(ebpf: &aya::Ebpf) -> (u64, u64) {
+    ebpf.programs()
+        .filter_map(|(_, p)| p.info().ok())
+        .fold((0, 0), |(c, t), i| (c + i.run_count(), t + i.run_time().as_nanos() as u64))
+}
+
 /// Blocks until SIGTERM or SIGINT.
 pub fn wait_for_termination() {
     if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -156,6 +156,9 @@ pub fn run(b: &Bins, rounds: usize) -> anyhow::Result<Churn> {
     for (label, args) in CONFIGS {
         bpf.push(bpf_time(b, &ng.url, label, args)?);
     }
+    if let Some(flag) = super::default_send_hook(b)? {
+        bpf.push(control_time(b, &ng.url, &flag)?);
+    }
     Ok(Churn {
         rounds,
         off_rps: Spread::of(&off),
@@ -190,6 +193,21 @@ fn bpf_time(b: &Bins, url: &str, label: &str, args: &[&str]) -> anyhow::Result<B
     }
     progs.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(BpfTime { label: label.to_string(), per_conn: total / reqs, programs: progs })
+}
+
+/// The same for an empty program on the default send hook: what the kernel's dispatch and its
+/// accounting cost per run on this machine, before any code of ours.
+fn control_time(b: &Bins, url: &str, flag: &str) -> anyhow::Result<BpfTime> {
+    let _stats = super::BpfStats::enable()?;
+    let control = super::Control::attach(b, flag)?;
+    ab(url)?;
+    let (runs, ns) = control.stop()?;
+    let reqs = REQUESTS as f64;
+    Ok(BpfTime {
+        label: format!("empty program on the same hook (`--send-hook {flag}`): the floor"),
+        per_conn: ns / reqs,
+        programs: vec![("empty".into(), runs / reqs, if runs > 0.0 { ns / runs } else { 0.0 })],
+    })
 }
 
 pub fn report(s: &mut String, c: &Churn) {

@@ -117,6 +117,61 @@ impl Drop for BpfStats {
     }
 }
 
+/// An empty program attached to a send hook by `detector bench-control`, detached on drop.
+struct Control {
+    proc: Proc,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Control {
+    fn attach(b: &Bins, flag: &str) -> anyhow::Result<Control> {
+        let mut child = Command::new(&b.detector)
+            .args(["bench-control", "--hook", flag])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut out = BufReader::new(child.stdout.take().context("piped stdout")?);
+        let proc = Proc(child);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        if line.trim() != "attached" {
+            bail!("detector bench-control --hook {flag} did not attach");
+        }
+        Ok(Control { proc, out })
+    }
+
+    /// Detaches the program; returns its (run count, run time ns) while it was attached.
+    fn stop(mut self) -> anyhow::Result<(f64, f64)> {
+        unsafe { libc::kill(self.proc.0.id() as i32, libc::SIGTERM) };
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        let num = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        match (num("run_count"), num("run_time_ns")) {
+            (Some(c), Some(t)) => Ok((c, t)),
+            _ => bail!("detector bench-control printed no statistics: {line:?}"),
+        }
+    }
+}
+
+/// The `--send-hook` value of the hook the agent picks on this kernel, if it has an empty
+/// control program.
+fn default_send_hook(b: &Bins) -> anyhow::Result<Option<String>> {
+    let out = Command::new(&b.detector).args(["check", "--output", "json"]).output()?;
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(checks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["detail"] == "attached" && c["send_hook"].is_string())
+        .and_then(|c| c["send_hook"].as_str())
+        .filter(|f| ["tcp-sendmsg-locked", "sock-send-length-btf", "sock-send-length"].contains(f))
+        .map(str::to_string))
+}
+
 /// Per program of the agent: (run count, run time ns), as the kernel accounts them.
 fn program_stats(a: &Agent) -> anyhow::Result<HashMap<String, (f64, f64)>> {
     let st = a.status()?;
