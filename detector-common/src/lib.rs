@@ -129,6 +129,9 @@ pub struct SockTuple {
     pub _pad: u16,
     /// Inode number of the socket's network namespace (0 when unknown).
     pub netns: u32,
+    /// Interface the socket is bound to (`SO_BINDTODEVICE`, VRF, IPv6 link-local), 0 if none:
+    /// sock_diag finds such a socket only when asked with it.
+    pub bound_dev_if: u32,
 }
 
 /// Per-socket state the kernel side keeps (socket storage or the `SOCKS` map).
@@ -154,7 +157,7 @@ pub struct SockState {
     /// `comm` of that thread.
     pub comm: [u8; TASK_COMM_LEN],
     pub hook: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
 }
 
 /// An event from the kernel side, sent through the `EVENTS` ring buffer.
@@ -173,7 +176,7 @@ pub struct SockEvent {
     /// TCP state when the event happened.
     pub state: u8,
     pub hook: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Offsets the programs need, read at start-up from tracefs `format` files and kernel BTF,
@@ -202,6 +205,7 @@ pub struct KernelConfig {
     pub sk_v6_rcv_saddr: u32,
     pub sk_net: u32,
     pub net_ns_inum: u32,
+    pub sk_bound_dev_if: u32,
     pub sk_protocol: u32,
     /// `struct sock` → `sk_wmem_queued`: bytes (as skb truesize) in the write and retransmit
     /// queues, so non-zero exactly while something sent is not yet acknowledged.
@@ -231,6 +235,7 @@ impl KernelConfig {
         sk_v6_rcv_saddr: OFFSET_ABSENT,
         sk_net: OFFSET_ABSENT,
         net_ns_inum: OFFSET_ABSENT,
+        sk_bound_dev_if: OFFSET_ABSENT,
         sk_protocol: OFFSET_ABSENT,
         sk_wmem_queued: OFFSET_ABSENT,
         sk_sndbuf: OFFSET_ABSENT,
@@ -239,10 +244,10 @@ impl KernelConfig {
 }
 
 // Layout checks: a change here must be made on both sides at once.
-const _: () = assert!(core::mem::size_of::<SockTuple>() == 44);
+const _: () = assert!(core::mem::size_of::<SockTuple>() == 48);
 const _: () = assert!(core::mem::size_of::<SockState>() == 104);
-const _: () = assert!(core::mem::size_of::<SockEvent>() == 96);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 20 * 4);
+const _: () = assert!(core::mem::size_of::<SockEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 21 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -20,9 +20,9 @@ pub static SK_STATE: SkStorage<SockState> = SkStorage::new();
 #[map]
 pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65_536, 0);
 
-/// New-socket, owner-change and (hash map only) close events. 256 KiB holds ~2,700 events of
-/// 96 bytes; events are written without waking the agent, which drains the buffer at least
-/// every 100 ms, so ~27,000 newly tracked sockets a second fit. Full means dropped and counted
+/// New-socket, owner-change and (hash map only) close events. 256 KiB holds ~2,500 events of
+/// 104 bytes; events are written without waking the agent, which drains the buffer at least
+/// every 100 ms, so ~25,000 newly tracked sockets a second fit. Full means dropped and counted
 /// (`Counter::EventsDropped`); the agent's periodic reconcile finds such sockets anyway, so a
 /// drop costs latency, not correctness. Resized with `--ring-buffer-bytes`.
 #[map]

@@ -132,6 +132,7 @@ pub fn tuple(sk: u64) -> Result<SockTuple, i64> {
     // skc_num is the local port in host order, skc_dport the remote port in network order.
     t.sport = read_at::<u16>(sk, conf!(sk_num))?;
     t.dport = u16::from_be(read_at::<u16>(sk, conf!(sk_dport))?);
+    t.bound_dev_if = read_at::<u32>(sk, conf!(sk_bound_dev_if)).unwrap_or(0);
     let net: u64 = read_at(sk, conf!(sk_net))?;
     if net != 0 {
         t.netns = read_at::<u32>(net, conf!(net_ns_inum)).unwrap_or(0);

@@ -161,7 +161,7 @@ fn start<S: Store>(store: S, hook: SendHook, pid_tgid: u64, state: u8) {
         tid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
         hook: hook as u8,
-        _pad: [0; 7],
+        _pad: [0; 3],
     };
     if store.create(&st) {
         emit(&event(store.key(), &st, EventKind::Tracked, state));
@@ -182,6 +182,6 @@ pub fn event(sk: u64, st: &SockState, kind: EventKind, state: u8) -> SockEvent {
         kind: kind as u8,
         state,
         hook: st.hook,
-        _pad: 0,
+        _pad: [0; 5],
     }
 }

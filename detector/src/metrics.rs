@@ -23,6 +23,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhyLabel {
+    pub why: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HookLabel {
     pub role: String,
     pub hook: String,
@@ -48,6 +53,7 @@ pub struct Metrics {
     pub stalls_open: Family<ReasonLabel, Gauge>,
     pub stalls_recovered: Counter,
     pub sockets_tracked: Gauge,
+    pub sockets_forgotten: Family<WhyLabel, Counter>,
     pub kernel_events_dropped: Counter,
     pub kernel_map_full: Counter,
     pub kernel_read_errors: Counter,
@@ -68,6 +74,7 @@ impl Metrics {
             stalls_open: Family::default(),
             stalls_recovered: Counter::default(),
             sockets_tracked: Gauge::default(),
+            sockets_forgotten: Family::default(),
             kernel_events_dropped: Counter::default(),
             kernel_map_full: Counter::default(),
             kernel_read_errors: Counter::default(),
@@ -85,6 +92,11 @@ impl Metrics {
         registry.register("stalled_sockets", "Sockets stalled now, by reason", m.stalls_open.clone());
         registry.register("stalls_recovered", "Stalls that ended because progress resumed", m.stalls_recovered.clone());
         registry.register("sockets_tracked", "Sockets the agent tracks now", m.sockets_tracked.clone());
+        registry.register(
+            "sockets_forgotten",
+            "Tracked sockets dropped from the table, by why: closed (close event), gone (a sample found it closed), idle (found by a dump, no longer stuck), replaced (its address taken by a new socket)",
+            m.sockets_forgotten.clone(),
+        );
         registry.register("kernel_events_dropped", "Kernel events lost to a full ring buffer", m.kernel_events_dropped.clone());
         registry.register("kernel_map_full", "Sockets not tracked because the socket map was full", m.kernel_map_full.clone());
         registry.register("kernel_read_errors", "Failed kernel memory reads in the eBPF programs", m.kernel_read_errors.clone());
@@ -109,6 +121,9 @@ impl Metrics {
             let _ = m.stalls_detected.get_or_create(&l);
             let _ = m.stalls_open.get_or_create(&l);
         }
+        for why in crate::tracker::Forget::ALL {
+            let _ = m.sockets_forgotten.get_or_create(&WhyLabel { why: why.as_str().into() });
+        }
         for action in ["report", "signal", "rpc", "destroy", "shutdown"] {
             for result in ["ok", "failed", "dry_run"] {
                 let _ = m.reaps.get_or_create(&ActionLabel { action: action.into(), result: result.into() });
@@ -122,6 +137,10 @@ impl Metrics {
             })
             .set(1);
         Self { registry, ..m }
+    }
+
+    pub fn forgot(&self, why: crate::tracker::Forget) {
+        self.sockets_forgotten.get_or_create(&WhyLabel { why: why.as_str().into() }).inc();
     }
 
     pub fn render(&self) -> String {

@@ -73,8 +73,17 @@ pub fn explain(v: &serde_json::Value) -> String {
             verdict["stalled_for_ms"].as_f64().unwrap_or(0.0) / 1e3,
             v["grace_ms"].as_f64().unwrap_or(0.0) / 1e3
         ));
+    } else if let Some(stuck) = verdict["stuck_for_ms"].as_f64() {
+        out.push_str(&format!(
+            "verdict: not stalled yet: stuck for {:.1}s of a {:.1}s grace\n",
+            stuck / 1e3,
+            v["grace_ms"].as_f64().unwrap_or(0.0) / 1e3
+        ));
     } else {
         out.push_str(&format!("verdict: healthy (recovered {} times)\n", v["recoveries"]));
+    }
+    if let Some(onset) = verdict["onset"].as_str() {
+        out.push_str(&format!("onset fixed by: {onset}\n"));
     }
     if let Some(k) = v["kernel"].as_object() {
         out.push_str(&format!(
@@ -85,8 +94,8 @@ pub fn explain(v: &serde_json::Value) -> String {
         ));
     }
     out.push_str("\nrecent samples (newest last):\n");
-    let header = ["AGE", "STATE", "QUEUED", "ACKED", "IN_FLIGHT", "PEER_WND", "RETRANS", "PROBES", "LAST_ACK"];
-    let cells: Vec<[String; 9]> = v["samples"]
+    let header = ["AGE", "STATE", "QUEUED", "ACKED", "IN_FLIGHT", "PEER_WND", "RETRANS", "PROBES", "LAST_ACK", "LAST_DATA", "RTO"];
+    let cells: Vec<[String; 11]> = v["samples"]
         .as_array()
         .map(|a| a.as_slice())
         .unwrap_or_default()
@@ -103,6 +112,8 @@ pub fn explain(v: &serde_json::Value) -> String {
                 n("total_retransmits"),
                 n("unanswered_probes"),
                 format!("{}ms", n("last_ack_ms_ago")),
+                format!("{}ms", n("last_data_sent_ms_ago")),
+                format!("{}ms", n("rto_ms")),
             ]
         })
         .collect();

@@ -94,21 +94,25 @@ impl Tracked {
         self.sk >> 63 == 0
     }
 
+    /// Local address as people read it: an IPv4 peer of a dual-stack socket shows as IPv4
+    /// (`127.0.0.1`, not `::ffff:127.0.0.1`), so IPv4 selectors and eyes match it.
     pub fn local(&self) -> IpAddr {
-        addr(&self.tuple.saddr, self.tuple.family)
+        addr(&self.tuple.saddr, self.tuple.family).to_canonical()
     }
 
     pub fn remote(&self) -> IpAddr {
-        addr(&self.tuple.daddr, self.tuple.family)
+        addr(&self.tuple.daddr, self.tuple.family).to_canonical()
     }
 
+    /// How sock_diag finds it: the socket's own family and addresses, and its interface.
     pub fn lookup(&self) -> Lookup {
         Lookup {
             family: self.tuple.family,
-            local: self.local(),
+            local: addr(&self.tuple.saddr, self.tuple.family),
             local_port: self.tuple.sport,
-            remote: self.remote(),
+            remote: addr(&self.tuple.daddr, self.tuple.family),
             remote_port: self.tuple.dport,
+            ifindex: self.tuple.bound_dev_if,
             cookie: self.last.map(|d| d.cookie),
         }
     }
@@ -125,6 +129,33 @@ pub fn addr(b: &[u8; 16], family: u16) -> IpAddr {
 pub fn comm_str(c: &[u8; TASK_COMM_LEN]) -> String {
     let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
     String::from_utf8_lossy(&c[..end]).into_owned()
+}
+
+/// Why an entry left the table (`detector_sockets_forgotten_total{why}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Forget {
+    /// The kernel side saw it close (hash-map hooks).
+    Closed,
+    /// A sample found it gone: closed without an event (socket storage dies silently, or the
+    /// close event was lost to a full ring buffer).
+    Gone,
+    /// Found by a dump, then nothing stuck any more.
+    Idle,
+    /// A new socket took its addresses (or its kernel address).
+    Replaced,
+}
+
+impl Forget {
+    pub const ALL: [Forget; 4] = [Self::Closed, Self::Gone, Self::Idle, Self::Replaced];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Gone => "gone",
+            Self::Idle => "idle",
+            Self::Replaced => "replaced",
+        }
+    }
 }
 
 /// Keys of sockets found by a sock_diag dump are `SEEDED | cookie`: bit 63 clear, where the key
@@ -196,9 +227,9 @@ impl Tracker {
         Some(t)
     }
 
-    /// Applies one kernel event; returns the entry it ended, if any (a closed socket, or one
-    /// whose address a new socket now has).
-    pub fn apply(&mut self, ev: &SockEvent) -> Option<Tracked> {
+    /// Applies one kernel event; returns the entry it ended, if any, and why (a closed socket,
+    /// or one whose address a new socket now has).
+    pub fn apply(&mut self, ev: &SockEvent) -> Option<(Tracked, Forget)> {
         let sender = || Sender {
             tgid: ev.tgid,
             tid: ev.tid,
@@ -212,7 +243,7 @@ impl Tracker {
                     t.sender = sender();
                     return None;
                 }
-                self.insert(Tracked::new(ev.sk, ev.tuple, sender(), ev.hook, ev.ts_ns, ev.state))
+                self.insert(Tracked::new(ev.sk, ev.tuple, sender(), ev.hook, ev.ts_ns, ev.state)).map(|t| (t, Forget::Replaced))
             }
             Ok(EventKind::OwnerChanged) => {
                 if let Some(t) = self.socks.get_mut(&ev.sk) {
@@ -220,7 +251,7 @@ impl Tracker {
                 }
                 None
             }
-            Ok(EventKind::Closed) => self.remove(ev.sk),
+            Ok(EventKind::Closed) => self.remove(ev.sk).map(|t| (t, Forget::Closed)),
             Err(_) => None,
         }
     }
@@ -288,7 +319,7 @@ mod tests {
         assert_eq!(t.len(), 1, "the same tuple is seeded once");
         assert!(t.get(SEEDED | 77).is_some_and(Tracked::found_by_dump));
         let ended = t.apply(&e);
-        assert_eq!(ended.map(|x| x.sk), Some(SEEDED | 77), "the seeded entry is replaced");
+        assert_eq!(ended.map(|(x, why)| (x.sk, why)), Some((SEEDED | 77, Forget::Replaced)), "the seeded entry is replaced");
         assert_eq!(t.len(), 1);
         assert!(t.get(SEEDED | 77).is_none() && t.get(e.sk).is_some_and(|x| !x.found_by_dump()));
         // And a socket the hook already tracks is not seeded again.
@@ -330,6 +361,15 @@ mod tests {
         assert_eq!(s.sender.comm, "server");
         assert_eq!(s.local().to_string(), "127.0.0.1");
         assert_eq!(s.remote().to_string(), "10.1.2.3");
+        // A v4-mapped peer of a dual-stack socket reads as IPv4; the lookup keeps the v6 form.
+        let mut mapped = ev(EventKind::Tracked, 9, 1);
+        mapped.tuple.family = AF_INET6;
+        mapped.tuple.daddr = std::net::Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
+        t.apply(&mapped);
+        let m = t.get(9).unwrap();
+        assert_eq!(m.remote().to_string(), "10.1.2.3");
+        assert!(m.lookup().remote.is_ipv6());
+        t.remove(9);
         let mut moved = ev(EventKind::OwnerChanged, 1, 1);
         moved.tgid = 77;
         t.apply(&moved);

@@ -1,27 +1,46 @@
 //! The stall verdict: pure arithmetic over samples of one socket's kernel state.
 //!
-//! A socket is stalled when bytes are queued and acknowledged progress has been zero for the
-//! grace window. Progress is judged by acknowledged bytes, never by ACK recency: a peer that
-//! ACKs zero-window probes keeps `last_ack_recv` fresh while nothing drains. An idle socket
-//! (nothing queued) is never stalled, whatever its age, and the clock of a stall starts no
-//! earlier than the first sample that saw bytes queued, so a burst after a long idle period is
-//! not mistaken for an old stall.
+//! A socket is *stuck* while bytes are queued (written and not yet acknowledged) or while it
+//! sits in CLOSE_WAIT (the peer closed; the owner has not). It is *stalled* once it has been
+//! stuck without progress for the grace window. Two separate questions, two rules:
+//!
+//! - **Progress** is acknowledged bytes (`tcpi_bytes_acked` moving forward), never ACK recency:
+//!   a peer that ACKs zero-window probes keeps its ACKs fresh while nothing drains. In
+//!   CLOSE_WAIT too: a half-closed peer still downloading is healthy.
+//! - **Liveness** (the reason) is whether the peer still answers: with data in flight, whether
+//!   an ACK came back after our last transmission (a silent peer lets one RTO after another pass
+//!   unanswered); with the window closed and nothing in flight, whether window probes are
+//!   answered (every ACK resets the kernel's unanswered-probe count). Backoff alone proves
+//!   nothing: the zero-window probe timer raises it for live peers too.
+//!
+//! **Onset.** The clock of a stall starts at the latest moment the kernel's own clocks allow
+//! for its beginning, never earlier (so the age shown is never more than the truth, and a stall
+//! is never reported early). Each sample gives upper bounds for the last progress: the sample's
+//! own time; the last ACK received (`tcpi_last_ack_recv`: progress only comes with an ACK); and,
+//! when the window is closed with nothing in flight, the last data segment sent plus one RTO
+//! (`tcpi_last_data_sent`, `tcpi_rto`: window probes carry no data, and that segment's ACK came
+//! within an RTO of it or the kernel would have retransmitted it). The stuck period itself must
+//! have begun: a sample that saw nothing stuck bounds it from below, so after one the clock
+//! starts no earlier than the next sample, unless data in flight proves the queue has been
+//! non-empty since its last transmission. With no sample before (a restart, a socket found
+//! late), the kernel's clocks alone decide: an old stall is listed at once, with its age.
 use serde::Serialize;
 
 use crate::sample::Sample;
 
-pub const TCP_ESTABLISHED: u8 = 1;
-pub const TCP_CLOSE_WAIT: u8 = 8;
+pub use detector_common::{TCP_CLOSE_WAIT, TCP_ESTABLISHED};
+use detector_common::{TCP_CLOSING, TCP_FIN_WAIT1, TCP_LAST_ACK};
 
 /// Why a socket is stalled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
-    /// No ACKs at all; retransmits or probes go unanswered (peer gone, half-open path).
+    /// Nothing answers: retransmits or window probes go unanswered (peer gone, path broken).
     PeerUnreachable,
-    /// ACKs arrive but the peer's window is closed and nothing drains.
+    /// The peer answers but takes nothing: its window stays closed and nothing drains.
     PeerNotReading,
-    /// The peer sent FIN; the socket sits in CLOSE_WAIT while its owner still holds it.
+    /// The peer closed its side; the owner holds the CLOSE_WAIT socket without draining or
+    /// closing it.
     PeerClosed,
 }
 
@@ -37,22 +56,62 @@ impl Reason {
     }
 }
 
+impl std::str::FromStr for Reason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a reason; use peer_unreachable, peer_not_reading or peer_closed"))
+    }
+}
+
+/// What fixes the onset of a stall: the observation or kernel clock that proves no progress
+/// since then (`detector explain` shows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnsetProof {
+    /// The first sample that saw the socket stuck (no clock proves an earlier start).
+    FirstSample,
+    /// The last ACK received (`tcpi_last_ack_recv`): progress only comes with an ACK.
+    LastAck,
+    /// The last data segment sent plus one RTO (`tcpi_last_data_sent` + `tcpi_rto`), with the
+    /// window closed and nothing in flight.
+    LastDataPlusRto,
+    /// Data in flight since its last transmission (`tcpi_last_data_sent`): the queue has been
+    /// non-empty since then.
+    InFlightSince,
+}
+
+impl OnsetProof {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::FirstSample => "the first sample that saw it stuck",
+            Self::LastAck => "the last ACK received (tcpi_last_ack_recv)",
+            Self::LastDataPlusRto => "the last data segment sent plus one RTO (tcpi_last_data_sent + tcpi_rto)",
+            Self::InFlightSince => "unacknowledged data in flight since (tcpi_last_data_sent)",
+        }
+    }
+}
+
 /// An open stall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stall {
-    /// When progress was last seen (the stall's onset), in sample clock milliseconds.
+    /// The stall's onset, in sample clock milliseconds.
     pub since_ms: u64,
+    pub proof: OnsetProof,
     pub reason: Reason,
-    /// `total_retrans` at the last progress, to count retransmits during the stall.
+    /// `total_retrans` as last sampled before the onset, to count retransmits since.
     pub retrans_at_onset: u32,
-    /// `segs_out` at the last progress, to count window probes during the stall.
+    /// `segs_out` likewise, to count window probes since.
     pub segs_out_at_onset: u32,
 }
 
 impl Stall {
-    /// Retransmits since the stall began.
+    /// Retransmits since the stall began: at least the consecutive RTO retransmits since the
+    /// last progress (`tcpi_retransmits`), which the kernel counts itself.
     pub fn retransmits(&self, s: &Sample) -> u32 {
-        s.total_retrans.wrapping_sub(self.retrans_at_onset)
+        s.total_retrans.wrapping_sub(self.retrans_at_onset).max(u32::from(s.retransmits))
     }
 
     /// Zero-window probes sent since the stall began. While the peer's window is closed the
@@ -60,7 +119,7 @@ impl Stall {
     /// otherwise it is the kernel's count of unanswered probes.
     pub fn zero_window_probes(&self, s: &Sample) -> u32 {
         match self.reason {
-            Reason::PeerNotReading => s.segs_out.wrapping_sub(self.segs_out_at_onset),
+            Reason::PeerNotReading if s.unacked == 0 => s.segs_out.wrapping_sub(self.segs_out_at_onset),
             _ => s.probes as u32,
         }
     }
@@ -72,7 +131,7 @@ pub enum Transition {
     None,
     /// The socket just crossed the grace window.
     Stalled(Stall),
-    /// A stall ended because progress resumed (or the queue drained).
+    /// A stall ended because progress resumed (or nothing is stuck any more).
     Recovered { stalled_for_ms: u64 },
 }
 
@@ -84,54 +143,102 @@ pub fn acked_advanced(prev: u64, now: u64) -> bool {
     d != 0 && d < (1 << 63)
 }
 
+/// TCP states in which a socket can be stuck: the application can still queue bytes, or its
+/// queued bytes (and FIN) still wait for the peer, or the peer's FIN waits for the owner.
+pub fn judged_state(state: u8) -> bool {
+    matches!(state, TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_FIN_WAIT1 | TCP_CLOSING | TCP_LAST_ACK)
+}
+
+/// Bytes queued, or the peer gone and the owner holding on.
+pub fn stuck(s: &Sample) -> bool {
+    s.queued > 0 || s.state == TCP_CLOSE_WAIT
+}
+
+/// The kernel's minimum RTO (`TCP_RTO_MIN`), a floor for the RTO a sample reports.
+const RTO_MIN_MS: u64 = 200;
+/// Rounding of the kernel's jiffies clocks that "ms ago" values may carry.
+const CLOCK_SLACK_MS: u64 = 10;
+
+/// The window is closed and nothing is in flight: the sender only sends window probes.
+fn probing_closed_window(s: &Sample) -> bool {
+    s.queued > 0 && s.unacked == 0 && s.snd_wnd.is_none_or(|w| w == 0)
+}
+
+/// Whether the peer still answers (see the module doc).
+pub fn peer_answers(s: &Sample) -> bool {
+    if s.unacked > 0 {
+        // RTO backoff doubles the timeout for each retransmit: the base is what an answer has.
+        let base = (u64::from(s.rto_ms) >> s.backoff.min(16)).max(RTO_MIN_MS);
+        // Silent: the last ACK came at least one base RTO before our last transmission.
+        u64::from(s.last_ack_recv_ms) < u64::from(s.last_data_sent_ms) + base
+    } else {
+        // Every ACK resets the unanswered-probe count: a peer that answers shows 0 (1 in the
+        // instant between a probe and its ACK).
+        s.probes < 2
+    }
+}
+
 /// Why a socket that is not progressing is stuck, from one sample.
 pub fn classify(s: &Sample) -> Reason {
     if s.state == TCP_CLOSE_WAIT {
-        return Reason::PeerClosed;
+        Reason::PeerClosed
+    } else if peer_answers(s) {
+        Reason::PeerNotReading
+    } else {
+        Reason::PeerUnreachable
     }
-    // Data in flight with RTO retransmits or backoff and no ACK for it: nobody answers.
-    if s.unacked > 0 && (s.retransmits > 0 || s.backoff > 0) {
-        return Reason::PeerUnreachable;
-    }
-    // Nothing in flight although bytes are queued: the peer's window is closed. Every ACK
-    // resets the unanswered-probe count, so a peer that still ACKs shows 0 (1 for the instant
-    // between a probe and its ACK); two or more unanswered probes mean the peer is gone.
-    let window_closed = s.snd_wnd == Some(0) || (s.unacked == 0 && s.queued > 0);
-    if window_closed {
-        if s.probes >= 2 {
-            return Reason::PeerUnreachable;
-        }
-        return Reason::PeerNotReading;
-    }
-    Reason::PeerUnreachable
 }
 
-/// Rounding of the kernel's ACK clock (jiffies) that `last_ack_recv_ms` may carry.
-const ACK_CLOCK_SLACK_MS: u64 = 10;
+/// "`ms_ago` before `at`", in sample clock milliseconds.
+fn ago(at: u64, ms_ago: u32) -> u64 {
+    at.saturating_sub(u64::from(ms_ago))
+}
 
-/// Per-socket progress state, fed one sample per sweep.
+/// The latest moment the last progress can have happened, from one sample's clocks.
+fn progress_bound(s: &Sample) -> (u64, OnsetProof) {
+    let mut b = (s.at_ms, OnsetProof::FirstSample);
+    let ack = (ago(s.at_ms, s.last_ack_recv_ms) + CLOCK_SLACK_MS).min(s.at_ms);
+    if ack < b.0 {
+        b = (ack, OnsetProof::LastAck);
+    }
+    if probing_closed_window(s) {
+        let rto = u64::from(s.rto_ms).max(RTO_MIN_MS);
+        let data = (ago(s.at_ms, s.last_data_sent_ms) + rto + CLOCK_SLACK_MS).min(s.at_ms);
+        if data < b.0 {
+            b = (data, OnsetProof::LastDataPlusRto);
+        }
+    }
+    b
+}
+
+/// Per-socket progress state, fed one sample per pass.
 #[derive(Debug, Clone)]
 pub struct StallTracker {
     acked: u64,
-    /// Last time progress was seen (or the queue was empty).
-    progress_at: u64,
-    retrans_at_progress: u32,
-    segs_out_at_progress: u32,
-    had_queue: bool,
-    close_wait_since: Option<u64>,
+    /// The previous sample, if any: its time, and whether it saw the socket stuck.
+    prev: Option<(u64, bool)>,
+    /// The stuck period began no later than this (it was seen not stuck before), and why.
+    floor: (u64, OnsetProof),
+    /// The current stuck period's onset: an upper bound, with what proves it.
+    onset: Option<(u64, OnsetProof)>,
+    retrans_prev: u32,
+    segs_prev: u32,
+    retrans_at_onset: u32,
+    segs_out_at_onset: u32,
     stall: Option<Stall>,
 }
 
 impl StallTracker {
-    /// Starts from a first sample: nothing before it is known, so it counts as progress.
-    pub fn new(first: &Sample) -> Self {
+    pub fn new() -> Self {
         Self {
-            acked: first.bytes_acked,
-            progress_at: first.at_ms,
-            retrans_at_progress: first.total_retrans,
-            segs_out_at_progress: first.segs_out,
-            had_queue: first.queued > 0,
-            close_wait_since: (first.state == TCP_CLOSE_WAIT).then_some(first.at_ms),
+            acked: 0,
+            prev: None,
+            floor: (0, OnsetProof::FirstSample),
+            onset: None,
+            retrans_prev: 0,
+            segs_prev: 0,
+            retrans_at_onset: 0,
+            segs_out_at_onset: 0,
             stall: None,
         }
     }
@@ -140,13 +247,15 @@ impl StallTracker {
         self.stall.as_ref()
     }
 
-    /// When this socket will have gone a full grace window without progress, if it is queueing
-    /// without progress now: the sweep samples it again right then instead of up to one
-    /// interval later.
+    /// The current stuck period's onset and its proof (stalled or not yet).
+    pub fn onset(&self) -> Option<(u64, OnsetProof)> {
+        self.onset
+    }
+
+    /// When this socket will have been stuck for a full grace window, if it is stuck and not
+    /// stalled yet: the sweep samples it again right then instead of up to one interval later.
     pub fn due_at(&self, grace_ms: u64) -> Option<u64> {
-        (self.had_queue && self.stall.is_none() && self.close_wait_since.is_none())
-            .then(|| self.progress_at + grace_ms)
-            .or_else(|| self.close_wait_since.filter(|_| self.stall.is_none()).map(|t| t + grace_ms))
+        self.onset.filter(|_| self.stall.is_none()).map(|(t, _)| t + grace_ms)
     }
 
     /// Milliseconds since the stall's onset, measured at `now_ms`.
@@ -155,54 +264,46 @@ impl StallTracker {
     }
 
     pub fn observe(&mut self, s: &Sample, grace_ms: u64) -> Transition {
-        let advanced = acked_advanced(self.acked, s.bytes_acked);
-        if advanced {
+        let first = self.prev.is_none();
+        let advanced = !first && acked_advanced(self.acked, s.bytes_acked);
+        if first || advanced {
             self.acked = s.bytes_acked;
         }
-
-        // The peer closed its side; the owner has not noticed. Queue or not, the socket is
-        // dead weight once it sits there for the grace window.
-        if s.state == TCP_CLOSE_WAIT {
-            let since = *self.close_wait_since.get_or_insert(s.at_ms);
-            if self.stall.is_none() && s.at_ms.saturating_sub(since) >= grace_ms {
-                let stall = Stall {
-                    since_ms: since,
-                    reason: Reason::PeerClosed,
-                    retrans_at_onset: s.total_retrans,
-                    segs_out_at_onset: s.segs_out,
-                };
-                self.stall = Some(stall);
-                return Transition::Stalled(stall);
-            }
-            return Transition::None;
-        }
-        self.close_wait_since = None;
-
-        if s.queued == 0 || advanced || !self.had_queue {
-            // Drained, draining, or just started queueing: the clock restarts. When bytes were
-            // acknowledged, they were acknowledged by an ACK that arrived no later than the
-            // last ACK of all, `last_ack_recv_ms` ago (and no later than now): the clock starts
-            // there, which is never before the real progress (so never early), and exact for
-            // a peer that went silent right after its last ACK. 10 ms cover jiffy rounding.
-            self.progress_at = if advanced && s.queued > 0 && self.had_queue {
-                s.at_ms
-                    .saturating_sub(u64::from(s.last_ack_recv_ms))
-                    .saturating_add(ACK_CLOCK_SLACK_MS)
-                    .min(s.at_ms)
-            } else {
-                s.at_ms
+        let prev = self.prev.replace((s.at_ms, stuck(s)));
+        let (retrans_prev, segs_prev) = (self.retrans_prev, self.segs_prev);
+        (self.retrans_prev, self.segs_prev) = (s.total_retrans, s.segs_out);
+        if !stuck(s) {
+            self.onset = None;
+            return match self.stall.take() {
+                Some(st) => Transition::Recovered { stalled_for_ms: s.at_ms.saturating_sub(st.since_ms) },
+                None => Transition::None,
             };
-            self.retrans_at_progress = s.total_retrans;
-            self.segs_out_at_progress = s.segs_out;
-            self.had_queue = s.queued > 0;
-            if let Some(stall) = self.stall.take() {
-                return Transition::Recovered {
-                    stalled_for_ms: s.at_ms.saturating_sub(stall.since_ms),
-                };
-            }
-            return Transition::None;
         }
+        if let Some((prev_at, false)) = prev {
+            self.floor = stuck_since_bound(s, prev_at);
+        }
+        let bound = progress_bound(s);
+        let candidate = if self.floor.0 > bound.0 { self.floor } else { bound };
+        let new_period = advanced || self.onset.is_none();
+        self.onset = Some(match self.onset {
+            Some(o) if !new_period => if candidate.0 < o.0 { candidate } else { o },
+            _ => candidate,
+        });
+        if new_period {
+            // Counts since the onset start from the sample before it (never missing any).
+            (self.retrans_at_onset, self.segs_out_at_onset) =
+                if first { (s.total_retrans.wrapping_sub(u32::from(s.retransmits)), s.segs_out) } else { (retrans_prev, segs_prev) };
+        }
+        if advanced {
+            if let Some(st) = self.stall.take() {
+                return Transition::Recovered { stalled_for_ms: s.at_ms.saturating_sub(st.since_ms) };
+            }
+        }
+        self.judge(s, grace_ms)
+    }
 
+    fn judge(&mut self, s: &Sample, grace_ms: u64) -> Transition {
+        let Some((since, proof)) = self.onset else { return Transition::None };
         let reason = classify(s);
         match &mut self.stall {
             Some(stall) => {
@@ -210,12 +311,13 @@ impl StallTracker {
                 stall.reason = reason;
                 Transition::None
             }
-            None if s.at_ms.saturating_sub(self.progress_at) >= grace_ms => {
+            None if s.at_ms.saturating_sub(since) >= grace_ms => {
                 let stall = Stall {
-                    since_ms: self.progress_at,
+                    since_ms: since,
+                    proof,
                     reason,
-                    retrans_at_onset: self.retrans_at_progress,
-                    segs_out_at_onset: self.segs_out_at_progress,
+                    retrans_at_onset: self.retrans_at_onset,
+                    segs_out_at_onset: self.segs_out_at_onset,
                 };
                 self.stall = Some(stall);
                 Transition::Stalled(stall)
@@ -225,172 +327,25 @@ impl StallTracker {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GRACE: u64 = 3_000;
-
-    fn sample(at_ms: u64, queued: u32, acked: u64) -> Sample {
-        Sample {
-            at_ms,
-            state: TCP_ESTABLISHED,
-            queued,
-            bytes_acked: acked,
-            unacked: 1,
-            snd_wnd: Some(65_535),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn serial_arithmetic_handles_wrap() {
-        assert!(acked_advanced(u64::MAX - 10, 5));
-        assert!(acked_advanced(1, 2));
-        assert!(!acked_advanced(7, 7));
-        assert!(!acked_advanced(100, 50), "backwards is not progress");
-    }
-
-    #[test]
-    fn queued_without_progress_for_grace_is_stalled() {
-        let mut t = StallTracker::new(&sample(0, 0, 100));
-        assert_eq!(t.observe(&sample(1_000, 5_000, 100), GRACE), Transition::None);
-        assert_eq!(t.observe(&sample(3_999, 5_000, 100), GRACE), Transition::None);
-        match t.observe(&sample(4_000, 5_000, 100), GRACE) {
-            Transition::Stalled(s) => assert_eq!(s.since_ms, 1_000, "clock starts at first queued sample"),
-            other => panic!("expected a stall, got {other:?}"),
-        }
-        assert_eq!(t.stalled_for_ms(5_000), Some(4_000));
-        // Reported once, not on every sweep.
-        assert_eq!(t.observe(&sample(5_000, 5_000, 100), GRACE), Transition::None);
-    }
-
-    #[test]
-    fn progress_resets_the_clock_and_recovers() {
-        let mut t = StallTracker::new(&sample(0, 10, 100));
-        for at in (500..=2_500).step_by(500) {
-            // Acked advances a little every sample: a slow reader, never a stall.
-            assert_eq!(t.observe(&sample(at, 10_000, 100 + at), GRACE), Transition::None);
-        }
-        let mut t = StallTracker::new(&sample(0, 10, 100));
-        assert!(matches!(t.observe(&sample(3_000, 10, 100), GRACE), Transition::Stalled(_)));
-        assert_eq!(
-            t.observe(&sample(4_500, 10, 101), GRACE),
-            Transition::Recovered { stalled_for_ms: 4_500 }
-        );
-        assert!(t.stall().is_none());
-    }
-
-    #[test]
-    fn progress_across_counter_wrap_is_progress() {
-        let mut t = StallTracker::new(&sample(0, 10, u64::MAX - 1));
-        assert_eq!(t.observe(&sample(2_000, 10, 3), GRACE), Transition::None);
-        assert_eq!(t.observe(&sample(4_000, 10, 9), GRACE), Transition::None);
-        assert!(matches!(t.observe(&sample(7_000, 10, 9), GRACE), Transition::Stalled(_)));
-    }
-
-    #[test]
-    fn the_clock_starts_at_the_last_ack_never_before_it() {
-        let mut t = StallTracker::new(&sample(0, 10, 100));
-        // Progress seen at 1000 ms; the ACK that carried it came 700 ms earlier.
-        let mut s = sample(1_000, 10, 200);
-        s.last_ack_recv_ms = 700;
-        assert_eq!(t.observe(&s, GRACE), Transition::None);
-        assert_eq!(t.due_at(GRACE), Some(310 + GRACE));
-        // Silent since: stalled at 300 + 10 + grace, not one sampling interval later.
-        let mut s = sample(3_309, 10, 200);
-        s.last_ack_recv_ms = 3_009;
-        assert_eq!(t.observe(&s, GRACE), Transition::None);
-        s.at_ms = 3_310;
-        match t.observe(&s, GRACE) {
-            Transition::Stalled(st) => assert_eq!(st.since_ms, 310),
-            other => panic!("{other:?}"),
-        }
-        // With the last ACK just now, the clock starts at the sample itself.
-        let mut t = StallTracker::new(&sample(0, 10, 100));
-        let mut s = sample(1_000, 10, 150);
-        s.last_ack_recv_ms = 0;
-        t.observe(&s, GRACE);
-        assert_eq!(t.due_at(GRACE), Some(1_000 + GRACE), "never later than the sample");
-    }
-
-    #[test]
-    fn idle_socket_is_never_stalled() {
-        let mut t = StallTracker::new(&sample(0, 0, 100));
-        for at in (1_000..100_000).step_by(1_000) {
-            assert_eq!(t.observe(&sample(at, 0, 100), GRACE), Transition::None);
-        }
-    }
-
-    #[test]
-    fn burst_after_long_idle_is_not_an_old_stall() {
-        let mut t = StallTracker::new(&sample(0, 0, 100));
-        t.observe(&sample(60_000, 0, 100), GRACE);
-        assert_eq!(t.observe(&sample(61_000, 8_000, 100), GRACE), Transition::None);
-        assert_eq!(t.observe(&sample(63_000, 8_000, 100), GRACE), Transition::None);
-        assert!(matches!(t.observe(&sample(64_000, 8_000, 100), GRACE), Transition::Stalled(_)));
-    }
-
-    #[test]
-    fn clock_going_backwards_never_fires() {
-        let mut t = StallTracker::new(&sample(10_000, 10, 100));
-        assert_eq!(t.observe(&sample(5_000, 10, 100), GRACE), Transition::None);
-        assert_eq!(t.observe(&sample(u64::MIN, 10, 100), GRACE), Transition::None);
-    }
-
-    #[test]
-    fn close_wait_for_grace_is_peer_closed_even_with_empty_queue() {
-        let mut s = sample(0, 0, 100);
-        s.state = TCP_CLOSE_WAIT;
-        let mut t = StallTracker::new(&s);
-        s.at_ms = 2_000;
-        assert_eq!(t.observe(&s, GRACE), Transition::None);
-        s.at_ms = 3_000;
-        match t.observe(&s, GRACE) {
-            Transition::Stalled(st) => assert_eq!(st.reason, Reason::PeerClosed),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn stall_counts_retransmits_and_probes_since_onset() {
-        let mut s = sample(0, 10, 0);
-        s.total_retrans = 5;
-        s.segs_out = 100;
-        let mut t = StallTracker::new(&s);
-        s.at_ms = 3_000;
-        s.snd_wnd = Some(0);
-        s.unacked = 0;
-        s.segs_out = 104;
-        let Transition::Stalled(st) = t.observe(&s, GRACE) else { panic!() };
-        assert_eq!(st.reason, Reason::PeerNotReading);
-        assert_eq!(st.zero_window_probes(&s), 4);
-        assert_eq!(st.retransmits(&s), 0);
-        s.total_retrans = 8;
-        assert_eq!(st.retransmits(&s), 3);
-    }
-
-    #[test]
-    fn classification() {
-        let mut s = sample(0, 10, 0);
-        s.snd_wnd = Some(0);
-        s.unacked = 0;
-        assert_eq!(classify(&s), Reason::PeerNotReading);
-        // Old kernel without snd_wnd: nothing in flight although bytes are queued.
-        s.snd_wnd = None;
-        assert_eq!(classify(&s), Reason::PeerNotReading);
-        // One probe in the instant before its ACK: still a live peer.
-        s.probes = 1;
-        s.backoff = 4;
-        assert_eq!(classify(&s), Reason::PeerNotReading);
-        // Zero window and the probes go unanswered: gone.
-        s.probes = 3;
-        assert_eq!(classify(&s), Reason::PeerUnreachable);
-        let mut s = sample(0, 10, 0);
-        s.retransmits = 2;
-        s.backoff = 2;
-        assert_eq!(classify(&s), Reason::PeerUnreachable);
-        s.state = TCP_CLOSE_WAIT;
-        assert_eq!(classify(&s), Reason::PeerClosed);
+impl Default for StallTracker {
+    fn default() -> Self {
+        Self::new()
     }
 }
+
+/// The latest moment a stuck period can have begun, given that the sample at `prev_at` saw the
+/// socket not stuck: this sample's time, unless data in flight proves the queue non-empty since
+/// its last transmission (never before `prev_at`), or the socket is in CLOSE_WAIT with nothing
+/// queued (stuck since the peer's FIN, which came with an ACK: no later than the last ACK).
+fn stuck_since_bound(s: &Sample, prev_at: u64) -> (u64, OnsetProof) {
+    if s.unacked > 0 {
+        return (ago(s.at_ms, s.last_data_sent_ms).clamp(prev_at, s.at_ms), OnsetProof::InFlightSince);
+    }
+    if s.state == TCP_CLOSE_WAIT && s.queued == 0 {
+        return ((ago(s.at_ms, s.last_ack_recv_ms) + CLOCK_SLACK_MS).clamp(prev_at, s.at_ms), OnsetProof::LastAck);
+    }
+    (s.at_ms, OnsetProof::FirstSample)
+}
+
+#[cfg(test)]
+mod tests;

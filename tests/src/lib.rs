@@ -135,6 +135,16 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the agent with SIGKILL (no clean shutdown) and reaps it.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Runs `detector <cmd> --output json` against this agent.
     pub fn query(&self, cmd: &str) -> Result<Value, String> {
         let out = Command::new(detector_bin())
@@ -323,6 +333,8 @@ pub struct NetnsPair {
 
 pub const NS_A_ADDR: &str = "10.213.0.1";
 pub const NS_B_ADDR: &str = "10.213.0.2";
+pub const NS_A_ADDR6: &str = "fd00:213::1";
+pub const NS_B_ADDR6: &str = "fd00:213::2";
 
 impl NetnsPair {
     pub fn new() -> NetnsPair {
@@ -334,8 +346,10 @@ impl NetnsPair {
         sh("ip", &["netns", "add", &pair.a]);
         sh("ip", &["netns", "add", &pair.b]);
         pair.exec_ok(&pair.a, &["ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", &pair.b]);
-        for (ns, dev, addr) in [(&pair.a, "veth0", NS_A_ADDR), (&pair.b, "veth1", NS_B_ADDR)] {
+        for (ns, dev, addr, addr6) in [(&pair.a, "veth0", NS_A_ADDR, NS_A_ADDR6), (&pair.b, "veth1", NS_B_ADDR, NS_B_ADDR6)] {
             pair.exec_ok(ns, &["ip", "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            // nodad: usable at once, without duplicate address detection's delay.
+            pair.exec_ok(ns, &["ip", "-6", "addr", "add", &format!("{addr6}/64"), "dev", dev, "nodad"]);
             pair.exec_ok(ns, &["ip", "link", "set", dev, "up"]);
             pair.exec_ok(ns, &["ip", "link", "set", "lo", "up"]);
         }
@@ -465,4 +479,78 @@ pub fn metric(text: &str, metric: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(metric).and_then(|r| r.strip_prefix(' ')))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario helpers: a server and a client `stream-peer`, and what the agent says about them.
+
+/// The `stream-peer` binary (built with the tests).
+pub fn stream_peer() -> String {
+    let p = std::env::var("CARGO_BIN_EXE_stream-peer")
+        .ok()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/stream-peer")));
+    p.display().to_string()
+}
+
+pub struct Pair {
+    pub server: Peer,
+    pub client: Peer,
+    /// The server side's local address: what the agent reports.
+    pub local: String,
+    /// The server's `ACCEPTED` line (fd, local, peer).
+    pub accepted: String,
+}
+
+/// A `stream-peer` server on `bind` in `server_mode` and a client in `client_mode`.
+pub fn pair_on(bind: &str, server_mode: &str, client_mode: &str, server_extra: &[&str]) -> Pair {
+    let peer = stream_peer();
+    let mut args = vec!["server", bind, server_mode, "1"];
+    args.extend_from_slice(server_extra);
+    let server = Peer::spawn(&peer, &args);
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let client = Peer::spawn(&peer, &["client", &addr, client_mode]);
+    let accepted = server.expect("ACCEPTED", Duration::from_secs(5));
+    let local = field(&accepted, "local").to_string();
+    Pair { server, client, local, accepted: accepted.to_string() }
+}
+
+/// A pair on loopback.
+pub fn pair(server_mode: &str, client_mode: &str) -> Pair {
+    pair_on("127.0.0.1:0", server_mode, client_mode, &[])
+}
+
+/// Waits until `local` is tracked with at least one sample.
+pub fn wait_tracked(agent: &Agent, local: &str) -> Value {
+    poll(Duration::from_secs(5), || agent.tracked(local).filter(|t| !t["bytes_acked"].is_null()))
+        .unwrap_or_else(|| panic!("{local} never tracked:\n{}", agent.log()))
+}
+
+/// Polls `detector stalled` until `local` is listed; returns the entry and the time it took
+/// from `since`.
+pub fn expect_stalled(agent: &Agent, local: &str, since: Instant, within: Duration) -> (Value, Duration) {
+    let e = poll(within, || agent.stalled(local)).unwrap_or_else(|| {
+        panic!("{local} not reported within {within:?}; tracked: {:?}\n{}", agent.tracked(local), agent.log())
+    });
+    (e, since.elapsed())
+}
+
+/// Asserts that none of `locals` is listed at any poll during `dur`.
+pub fn expect_never(agent: &Agent, locals: &[&str], dur: Duration) {
+    let until = Instant::now() + dur;
+    while Instant::now() < until {
+        let all = agent.query("stalled").expect("stalled");
+        for e in all.as_array().unwrap() {
+            if locals.iter().any(|l| e["local"] == *l) {
+                panic!("healthy connection reported stalled: {e}\n{}", agent.log());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Prints how long after its onset a stall was reported, for the notes.
+pub fn latency_line(case: &str, took: Duration, grace: Duration) {
+    let over = took.saturating_sub(grace);
+    eprintln!("LATENCY {case}: reported {:.2} s after onset = grace + {:.2} s", took.as_secs_f64(), over.as_secs_f64());
 }

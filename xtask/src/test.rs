@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use crate::cargo;
 
 /// Integration test files re-run per send hook.
-const PER_HOOK: [&str; 2] = ["scenarios", "walking_skeleton"];
+const PER_HOOK: [&str; 3] = ["scenarios", "verdict_truth", "walking_skeleton"];
 
 pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     // The integration tests start the real agent binary and the peer helpers.

@@ -38,6 +38,8 @@ pub struct Options {
 pub struct Snapshot {
     pub stalled: Vec<StalledSocket>,
     pub tracked: usize,
+    /// Entries in the kernel's hash map (fallback hooks only).
+    pub kernel_map_entries: Option<usize>,
     pub sweeps: u64,
     pub last_sweep_ms: f64,
 }
@@ -64,6 +66,7 @@ impl Shared {
                 let mut v = self.status.clone();
                 v["uptime_s"] = json!(self.started.elapsed().as_secs());
                 v["sockets_tracked"] = json!(snap.tracked);
+                v["kernel_map_entries"] = json!(snap.kernel_map_entries);
                 v["sockets_stalled"] = json!(snap.stalled.len());
                 v["sweeps"] = json!(snap.sweeps);
                 v["last_sweep_ms"] = json!(snap.last_sweep_ms);

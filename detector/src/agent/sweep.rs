@@ -21,8 +21,8 @@ use crate::{
     owner::{self, Holder, pods::PodNames},
     reaper::Reaper,
     sample::netns::{self, NetnsPool},
-    tracker::Tracker,
-    verdict::{Reason, StallTracker, TCP_CLOSE_WAIT, TCP_ESTABLISHED, Transition},
+    tracker::{Forget, Tracker},
+    verdict::{self, Reason, StallTracker, TCP_CLOSE_WAIT, Transition},
 };
 
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ pub fn run(
     cfg: Config,
     mut ring: RingBuf<MapData>,
     queries: Receiver<QueryRequest>,
-    socks: Option<BpfHashMap<MapData, u64, SockState>>,
+    mut socks: Option<BpfHashMap<MapData, u64, SockState>>,
     counters: PerCpuArray<MapData, u64>,
     shared: Arc<Shared>,
     mut reaper: Reaper,
@@ -79,6 +79,9 @@ pub fn run(
             if found > 0 {
                 log::debug!("reconcile: {found} sockets no hook announced");
             }
+            if let Some(socks) = socks.as_mut() {
+                s.prune_map(socks);
+            }
         }
         if s.read_counters(&counters, &shared) {
             if let Some(socks) = &socks {
@@ -96,6 +99,7 @@ pub fn run(
             *snap = Snapshot {
                 stalled,
                 tracked: s.tracker.len(),
+                kernel_map_entries: s.kernel_map_entries,
                 sweeps: s.sweeps,
                 last_sweep_ms: took.as_secs_f64() * 1e3,
             };
@@ -149,7 +153,10 @@ pub struct Sweep {
     due: Option<u64>,
     kernel_counts: [u64; detector_common::COUNTER_SLOTS as usize],
     last_reconcile: Instant,
-    clock: Instant,
+    /// Sockets announced by a send hook that samples found gone since the last `prune_map`.
+    gone_hooked: Vec<(u64, SockTuple)>,
+    /// Entries in the kernel's hash map (fallback hooks only), counted at each reconcile.
+    pub kernel_map_entries: Option<usize>,
     sweeps: u64,
 }
 
@@ -166,13 +173,17 @@ impl Sweep {
             due: None,
             kernel_counts: [0; detector_common::COUNTER_SLOTS as usize],
             last_reconcile: Instant::now(),
-            clock: Instant::now(),
+            gone_hooked: Vec::new(),
+            kernel_map_entries: None,
             sweeps: 0,
         }
     }
 
+    /// The sample clock: CLOCK_MONOTONIC in milliseconds (time since boot, as the kernel's own
+    /// clocks and `bpf_ktime_get_ns` count), so an onset the kernel proves to lie before the
+    /// agent started is still a point on it.
     fn now_ms(&self) -> u64 {
-        self.clock.elapsed().as_millis() as u64
+        monotonic_ns() / 1_000_000
     }
 
     /// Adds the kernel's per-CPU counters to the metrics; `true` when events were lost, so the
@@ -216,7 +227,7 @@ impl Sweep {
         self.last_reconcile = Instant::now();
         let mut seeded = 0;
         for (inum, pid) in netns::all_netns() {
-            let dumped = match pool.conn(inum, Some(pid)).and_then(|c| Ok(c.dump_established()?)) {
+            let dumped = match pool.conn(inum, Some(pid)).and_then(|c| Ok(c.dump_judged()?)) {
                 Ok(d) => d,
                 Err(e) => {
                     log::warn!("dump of network namespace {inum}: {e}");
@@ -233,6 +244,7 @@ impl Sweep {
                     sport: d.local_port,
                     dport: d.remote_port,
                     netns: inum,
+                    bound_dev_if: d.ifindex,
                     ..SockTuple::default()
                 };
                 put_addr(&mut tuple.saddr, d.local);
@@ -250,11 +262,25 @@ impl Sweep {
         let now = self.now_ms();
         let tracker = &mut self.tracker;
         crate::kernel::events::drain(ring, |ev| {
-            let ended = tracker.apply(ev);
-            if let Some(age) = ended.and_then(|t| t.verdict).and_then(|v| v.stalled_for_ms(now)) {
-                shared.metrics.stall_duration.observe(age as f64 / 1e3);
+            if let Some((t, why)) = tracker.apply(ev) {
+                shared.metrics.forgot(why);
+                if let Some(age) = t.verdict.and_then(|v| v.stalled_for_ms(now)) {
+                    shared.metrics.stall_duration.observe(age as f64 / 1e3);
+                }
             }
         });
+    }
+
+    /// Removes from the kernel's hash map the entries of sockets found gone, if the entry is
+    /// still that socket's (a close the set_state program missed would otherwise stay forever),
+    /// and counts what the map holds.
+    fn prune_map(&mut self, socks: &mut BpfHashMap<MapData, u64, SockState>) {
+        for (sk, tuple) in self.gone_hooked.drain(..) {
+            if socks.get(&sk, 0).is_ok_and(|st| st.tuple == tuple) && socks.remove(&sk).is_ok() {
+                log::debug!("removed the stale kernel entry of socket {sk:#x}");
+            }
+        }
+        self.kernel_map_entries = Some(socks.keys().filter(Result::is_ok).count());
     }
 
     fn resync(&mut self, socks: &BpfHashMap<MapData, u64, SockState>) {
@@ -268,9 +294,7 @@ impl Sweep {
         let t = self.tracker.iter().find(|t| t.last.is_some_and(|d| d.cookie == id) || t.sk == id)?;
         let now = self.now_ms();
         // What the kernel side recorded (bpf_ktime_get_ns is CLOCK_MONOTONIC).
-        let mono_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-            .unwrap_or(0);
+        let mono_ns = monotonic_ns();
         // The hash map can be read back; socket storage only by the programs themselves.
         let st = socks.and_then(|m| m.get(&t.sk, 0).ok());
         let kernel = (t.first_send_ns != 0).then(|| {
@@ -302,6 +326,8 @@ impl Sweep {
                     "unanswered_probes": s.probes,
                     "total_retransmits": s.total_retrans,
                     "last_ack_ms_ago": s.last_ack_recv_ms,
+                    "last_data_sent_ms_ago": s.last_data_sent_ms,
+                    "rto_ms": s.rto_ms,
                 })
             })
             .collect();
@@ -319,13 +345,21 @@ impl Sweep {
             "sender_pid": t.sender.tgid,
             "sender_comm": t.sender.comm,
             "grace_ms": self.cfg.grace.as_millis() as u64,
-            "verdict": match stall {
-                Some(st) => serde_json::json!({
+            "verdict": match (stall, t.verdict.as_ref().and_then(|v| v.onset())) {
+                (Some(st), _) => serde_json::json!({
                     "stalled": true,
                     "reason": st.reason.as_str(),
                     "stalled_for_ms": now.saturating_sub(st.since_ms),
+                    "onset_proof": st.proof,
+                    "onset": st.proof.describe(),
                 }),
-                None => serde_json::json!({"stalled": false}),
+                (None, Some((since, proof))) => serde_json::json!({
+                    "stalled": false,
+                    "stuck_for_ms": now.saturating_sub(since),
+                    "onset_proof": proof,
+                    "onset": proof.describe(),
+                }),
+                (None, None) => serde_json::json!({"stalled": false}),
             },
             "recoveries": t.recoveries,
             "kernel": kernel,
@@ -401,8 +435,8 @@ impl Sweep {
                     continue;
                 }
             }
-            // Only states in which the application holds the socket and data should flow.
-            if t.tcp_state != TCP_ESTABLISHED && t.tcp_state != TCP_CLOSE_WAIT && t.tcp_state != 0 {
+            // Only states in which a socket can be stuck (bytes waiting, or the peer's FIN).
+            if t.tcp_state != 0 && !verdict::judged_state(t.tcp_state) {
                 if let Some(age) = t.verdict.take().and_then(|v| v.stalled_for_ms(now)) {
                     m.stall_duration.observe(age as f64 / 1e3);
                 }
@@ -419,18 +453,24 @@ impl Sweep {
             match conn.lookup(&t.lookup(), now) {
                 // A socket a dump found has nothing waiting any more and no stall open: forget
                 // it (a later dump finds it again if it queues again).
-                Ok(Some(d)) if t.found_by_dump() && d.sample.queued == 0 && d.sample.state == TCP_ESTABLISHED
-                    && t.verdict.as_ref().is_none_or(|v| v.stall().is_none()) => gone.push(t.sk),
+                Ok(Some(d)) if t.found_by_dump() && !verdict::stuck(&d.sample)
+                    && t.verdict.as_ref().is_none_or(|v| v.stall().is_none()) => gone.push((t.sk, Forget::Idle)),
                 Ok(Some(d)) => {
                     t.tcp_state = d.sample.state;
                     t.last = Some(d);
                     t.history.push(d.sample);
-                    let v = t.verdict.get_or_insert_with(|| StallTracker::new(&d.sample));
+                    let v = t.verdict.get_or_insert_with(StallTracker::new);
                     match v.observe(&d.sample, grace_ms) {
                         Transition::Stalled(stall) => {
                             t.history.note(
                                 now,
-                                format!("stalled ({}): no bytes acknowledged for {} ms with {} queued", stall.reason.as_str(), now.saturating_sub(stall.since_ms), d.sample.queued),
+                                format!(
+                                    "stalled ({}): stuck for {} ms with {} queued, since {}",
+                                    stall.reason.as_str(),
+                                    now.saturating_sub(stall.since_ms),
+                                    d.sample.queued,
+                                    stall.proof.describe()
+                                ),
                             );
                             m.stalls_detected.get_or_create(&label(stall.reason)).inc();
                             log::info!(
@@ -461,15 +501,21 @@ impl Sweep {
                         Transition::None => {}
                     }
                 }
-                Ok(None) => gone.push(t.sk),
+                Ok(None) => gone.push((t.sk, Forget::Gone)),
                 Err(e) => {
                     log::debug!("socket {:#x}: {e}", t.sk);
                     m.sample_errors.inc();
                 }
             }
         }
-        for sk in gone {
-            if let Some(age) = self.tracker.remove(sk).and_then(|t| t.verdict).and_then(|v| v.stalled_for_ms(now)) {
+        for (sk, why) in gone {
+            let Some(t) = self.tracker.remove(sk) else { continue };
+            m.forgot(why);
+            if why == Forget::Gone && !t.found_by_dump() {
+                // Its kernel entry, if any (hash map), is removed too: see `prune_map`.
+                self.gone_hooked.push((sk, t.tuple));
+            }
+            if let Some(age) = t.verdict.and_then(|v| v.stalled_for_ms(now)) {
                 m.stall_duration.observe(age as f64 / 1e3);
             }
         }
@@ -537,6 +583,12 @@ impl Sweep {
         out.sort_by(|a, b| b.stalled_for_ms.cmp(&a.stalled_for_ms));
         out
     }
+}
+
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 fn put_addr(out: &mut [u8; 16], a: std::net::IpAddr) {

@@ -31,6 +31,8 @@ pub struct SockOffsets {
     pub net: u32,
     /// `struct net` → `ns.inum`.
     pub net_ns_inum: u32,
+    /// `struct sock_common` → `skc_bound_dev_if`.
+    pub bound_dev_if: u32,
     /// `struct sock` → `sk_protocol` (a `u16` since Linux 5.6; a bitfield before).
     pub protocol: Option<u32>,
     /// `struct sock` → `sk_wmem_queued` and `sk_sndbuf`.
@@ -122,6 +124,7 @@ impl KernelBtf {
             v6_rcv_saddr: self.member_offset("sock_common", "skc_v6_rcv_saddr"),
             net,
             net_ns_inum: net_ns + ns_inum,
+            bound_dev_if: need("sock_common", "skc_bound_dev_if")?,
             protocol: self.member_offset("sock", "sk_protocol"),
             wmem_queued: need("sock", "sk_wmem_queued")?,
             sndbuf: need("sock", "sk_sndbuf")?,
@@ -154,9 +157,12 @@ mod tests {
         assert_eq!(o.rcv_saddr, 4);
         assert!(o.dport >= 8 && o.num == o.dport + 2, "{o:?}");
         assert!(o.family > o.num && o.state == o.family + 2, "{o:?}");
-        // struct sock starts with struct sock_common; tcp_sock with struct sock.
+        // struct sock starts with struct sock_common: its own members lie beyond it.
         let p = o.protocol.expect("sk_protocol");
-        assert!(p > o.state && o.wmem_queued > p && o.sndbuf > o.state, "{o:?}");
+        for off in [p, o.wmem_queued, o.sndbuf] {
+            assert!(off > o.v6_rcv_saddr.unwrap_or(o.state) && off % 2 == 0, "{o:?}");
+        }
+        assert!(o.bound_dev_if > o.state && o.bound_dev_if < o.net, "skc_bound_dev_if is in sock_common: {o:?}");
         assert!(btf.has_function("tcp_sendmsg"));
         assert!(!btf.has_function("no_such_function_here"));
     }

@@ -223,6 +223,7 @@ pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig,
     c.sk_v6_rcv_saddr = o.v6_rcv_saddr.unwrap_or(OFFSET_ABSENT);
     c.sk_net = o.net;
     c.net_ns_inum = o.net_ns_inum;
+    c.sk_bound_dev_if = o.bound_dev_if;
     c.sk_protocol = o.protocol.unwrap_or(OFFSET_ABSENT);
     c.sk_wmem_queued = o.wmem_queued;
     c.sk_sndbuf = o.sndbuf;

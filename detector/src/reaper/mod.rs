@@ -200,6 +200,7 @@ pub fn probe_destroy() -> Result<(), String> {
             local_port: local.port(),
             remote: peer.ip(),
             remote_port: peer.port(),
+            ifindex: 0,
             cookie: None,
         })
         .map_err(|e| format!("{e} (the kernel needs CONFIG_INET_DIAG_DESTROY)"));

@@ -50,7 +50,11 @@ pub struct Sample {
     pub probes: u8,
     pub total_retrans: u32,
     pub segs_out: u32,
+    /// Kernel clocks, as "milliseconds ago" at `at_ms`.
     pub last_ack_recv_ms: u32,
+    pub last_data_sent_ms: u32,
+    /// Retransmission timeout, milliseconds (rounded up).
+    pub rto_ms: u32,
 }
 
 /// What sock_diag returned for one socket.
@@ -80,11 +84,13 @@ pub struct Lookup {
     pub local_port: u16,
     pub remote: IpAddr,
     pub remote_port: u16,
+    /// The interface the socket is bound to (0: none); a bound socket is found only with it.
+    pub ifindex: u32,
     /// `None` until the first answer gives it; then it guards against tuple reuse.
     pub cookie: Option<u64>,
 }
 
-/// A socket found by a dump (start-up only).
+/// A socket found by a dump.
 #[derive(Debug, Clone, Copy)]
 pub struct Dumped {
     pub family: u16,
@@ -92,6 +98,7 @@ pub struct Dumped {
     pub local_port: u16,
     pub remote: IpAddr,
     pub remote_port: u16,
+    pub ifindex: u32,
     pub state: u8,
     pub send_queue: u32,
     pub cookie: u64,
@@ -117,9 +124,9 @@ impl DiagConn {
         })
     }
 
-    /// Every TCP socket of this namespace in ESTABLISHED or CLOSE_WAIT. Used once at start-up,
-    /// to find sockets that were already wedged (a send blocked forever fires no hook again).
-    pub fn dump_established(&mut self) -> Result<Vec<Dumped>, SampleError> {
+    /// Every TCP socket of this namespace in a state that can be stuck (ESTABLISHED,
+    /// CLOSE_WAIT, FIN_WAIT1, CLOSING, LAST_ACK), for the reconcile.
+    pub fn dump_judged(&mut self) -> Result<Vec<Dumped>, SampleError> {
         let mut out = Vec::new();
         for family in [AF_INET, AF_INET6] {
             let mut hdr = NetlinkHeader::default();
@@ -132,7 +139,11 @@ impl DiagConn {
                     family,
                     protocol: IPPROTO_TCP,
                     extensions: ExtensionFlags::empty(),
-                    states: StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT,
+                    states: StateFlags::ESTABLISHED
+                        | StateFlags::CLOSE_WAIT
+                        | StateFlags::FIN_WAIT1
+                        | StateFlags::CLOSING
+                        | StateFlags::LAST_ACK,
                     socket_id: if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() },
                 })
                 .into(),
@@ -157,6 +168,7 @@ impl DiagConn {
                                 local_port: h.socket_id.source_port,
                                 remote: h.socket_id.destination_address,
                                 remote_port: h.socket_id.destination_port,
+                                ifindex: h.socket_id.interface_id,
                                 state: h.state,
                                 send_queue: h.send_queue,
                                 cookie: u64::from_ne_bytes(h.socket_id.cookie),
@@ -209,6 +221,7 @@ impl DiagConn {
         id.destination_port = l.remote_port;
         id.source_address = l.local;
         id.destination_address = l.remote;
+        id.interface_id = l.ifindex;
         // INET_DIAG_NOCOOKIE (all ones) skips the cookie check.
         id.cookie = l.cookie.unwrap_or(u64::MAX).to_ne_bytes();
         let mut hdr = NetlinkHeader::default();
@@ -242,7 +255,9 @@ impl DiagConn {
                     }
                 }
                 let h = &r.header;
-                let info = info.unwrap_or_default();
+                // Without tcp_info there is no progress to judge: an error, never "nothing
+                // acknowledged".
+                let info = info.ok_or_else(|| SampleError::Decode("answer without tcp_info".into()))?;
                 Ok(Some(DiagSocket {
                     cookie: u64::from_ne_bytes(h.socket_id.cookie),
                     inode: h.inode,
@@ -261,6 +276,8 @@ impl DiagConn {
                         total_retrans: info.total_retrans,
                         segs_out: info.segs_out.unwrap_or(0),
                         last_ack_recv_ms: info.last_ack_recv_ms,
+                        last_data_sent_ms: info.last_data_sent_ms,
+                        rto_ms: info.rto_us.div_ceil(1000),
                     },
                 }))
             }

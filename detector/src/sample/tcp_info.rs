@@ -14,8 +14,13 @@ pub struct TcpInfo {
     pub probes: u8,
     /// RTO backoff exponent (`icsk_backoff`).
     pub backoff: u8,
+    /// Retransmission timeout, microseconds (`icsk_rto`: backed off after RTO retransmits).
+    pub rto_us: u32,
     /// Segments in flight.
     pub unacked: u32,
+    /// Milliseconds since the last data segment was sent (retransmits included; window probes
+    /// carry no data and leave it alone).
+    pub last_data_sent_ms: u32,
     /// Milliseconds since the last ACK was received.
     pub last_ack_recv_ms: u32,
     pub total_retrans: u32,
@@ -47,7 +52,9 @@ impl TcpInfo {
             retransmits: b[2],
             probes: b[3],
             backoff: b[4],
+            rto_us: u32_at(b, 8)?,
             unacked: u32_at(b, 24)?,
+            last_data_sent_ms: u32_at(b, 44)?,
             last_ack_recv_ms: u32_at(b, 56)?,
             total_retrans: u32_at(b, 100)?,
             bytes_acked: u64_at(b, 120),
@@ -68,7 +75,9 @@ mod tests {
         b[2] = 3;
         b[3] = 2;
         b[4] = 5;
+        b[8..12].copy_from_slice(&204_000u32.to_ne_bytes());
         b[24..28].copy_from_slice(&7u32.to_ne_bytes());
+        b[44..48].copy_from_slice(&321u32.to_ne_bytes());
         b[56..60].copy_from_slice(&1234u32.to_ne_bytes());
         b[100..104].copy_from_slice(&9u32.to_ne_bytes());
         if len >= 128 {
@@ -89,6 +98,7 @@ mod tests {
         assert_eq!(t.state, 1);
         assert_eq!((t.retransmits, t.probes, t.backoff), (3, 2, 5));
         assert_eq!(t.unacked, 7);
+        assert_eq!((t.rto_us, t.last_data_sent_ms), (204_000, 321));
         assert_eq!(t.last_ack_recv_ms, 1234);
         assert_eq!(t.total_retrans, 9);
         assert_eq!(t.bytes_acked, Some(u64::MAX - 1));

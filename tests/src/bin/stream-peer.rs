@@ -11,11 +11,20 @@
 //!       paced:<r>     write r bytes per second, in 10 chunks a second
 //!       fill-idle     fill the send path (until the socket takes no more), then hold it idle
 //!       fill-close    fill the send path, then read until the client's EOF and close
+//!       fill-shut-wr  fill the send path, then shutdown(SHUT_WR) (FIN queued behind the data)
+//!                     and hold the socket
+//!       fill-abandon  fill the send path, then close the socket (the kernel keeps it, orphaned)
+//!       silent        never write, never close (the app that misses the peer's FIN)
+//!       sendall:<n>   one blocking send() call of n bytes
+//!       respond-after-eof:<n>  read until the client's EOF, then write n bytes and close; prints
+//!                     `RESPONDED local=<addr>` when all n bytes were handed to the kernel
 //!       fill-handoff  fill the send path, fork; the child keeps the socket (never sends again),
 //!                     the parent closes its copy. Prints `HANDOFF child=<pid> fd=<n>`.
 //!       fill-inflight fill the send path, put the fd in flight in a unix socket message
 //!                     (SCM_RIGHTS, never received), close it: no process holds it. Prints
 //!                     `INFLIGHT`.
+//!     A trailing `dev=<ifname>` binds the listener to that device (SO_BINDTODEVICE), so the
+//!     accepted sockets are bound to it too.
 //!     Prints `LISTEN <addr>`, then per client `ACCEPTED fd=<n> local=<addr> peer=<addr>`,
 //!     and `SEND_ERROR local=<addr> <err>` when a send fails (the thread then closes it).
 //!
@@ -23,6 +32,10 @@
 //!     Opens <conns> connections (default 1). Modes:
 //!       read          read everything as fast as it comes
 //!       none          never read
+//!       none-rcvbuf:<n>  shrink the receive buffer to n bytes (SO_RCVBUF) after connecting,
+//!                     then never read
+//!       half-close:<r>  shutdown(SHUT_WR) at once (the server sees EOF), then read r bytes per
+//!                     second (0: never read) until EOF; prints `EOF local=<addr>` then
 //!       slow:<r>      read r bytes per second
 //!       late:<ms>     read nothing for ms milliseconds (the server's bytes wait), then read
 //!                     everything as fast as it comes
@@ -53,7 +66,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let conns = |i: usize| args.get(i).map_or(1, |n| n.parse::<usize>().expect("conns"));
     match args.get(1).map(String::as_str) {
-        Some("server") => server(&args[2], args.get(3).map_or("stream", String::as_str), conns(4)),
+        Some("server") => {
+            let dev = args.iter().find_map(|a| a.strip_prefix("dev="));
+            server(&args[2], args.get(3).map_or("stream", String::as_str), conns(4), dev)
+        }
         Some("client") => client(&args[2], args.get(3).map_or("read", String::as_str), conns(4)),
         _ => {
             eprintln!("usage: stream-peer server <bind> [mode] [conns] | client <addr> <mode> [conns]");
@@ -62,8 +78,56 @@ fn main() {
     }
 }
 
-fn server(bind: &str, mode: &str, conns: usize) {
-    let l = TcpListener::bind(bind).expect("bind");
+/// A listener on `bind`, bound to network device `dev` if given.
+fn listen(bind: &str, dev: Option<&str>) -> TcpListener {
+    let Some(dev) = dev else { return TcpListener::bind(bind).expect("bind") };
+    use std::os::fd::FromRawFd;
+    let addr: std::net::SocketAddr = bind.parse().expect("a numeric bind address");
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket calls on a descriptor we own until it is handed to TcpListener.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let r = libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_ptr().cast(), dev.len() as u32);
+        assert!(r == 0, "SO_BINDTODEVICE {dev}: {}", std::io::Error::last_os_error());
+        let (sa, len) = sockaddr(&addr);
+        assert!(libc::bind(fd, (&raw const sa).cast(), len) == 0, "bind: {}", std::io::Error::last_os_error());
+        assert!(libc::listen(fd, 128) == 0, "listen: {}", std::io::Error::last_os_error());
+        TcpListener::from_raw_fd(fd)
+    }
+}
+
+fn sockaddr(a: &std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid; we fill one of its variants.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        std::net::SocketAddr::V4(v4) => {
+            let sin = (&raw mut ss).cast::<libc::sockaddr_in>();
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            unsafe {
+                (*sin).sin_family = libc::AF_INET as u16;
+                (*sin).sin_port = v4.port().to_be();
+                (*sin).sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            }
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(v6) => {
+            let sin6 = (&raw mut ss).cast::<libc::sockaddr_in6>();
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe {
+                (*sin6).sin6_family = libc::AF_INET6 as u16;
+                (*sin6).sin6_port = v6.port().to_be();
+                (*sin6).sin6_addr.s6_addr = v6.ip().octets();
+                (*sin6).sin6_scope_id = v6.scope_id();
+            }
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn server(bind: &str, mode: &str, conns: usize, dev: Option<&str>) {
+    let l = listen(bind, dev);
     say(format!("LISTEN {}", l.local_addr().expect("local addr")));
     let mut threads = Vec::new();
     for _ in 0..conns {
@@ -88,6 +152,40 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
         let big = vec![b'x'; 256 * 1024];
         loop {
             s.write_all(&big)?;
+        }
+    } else if mode == "silent" {
+        loop {
+            std::thread::park();
+        }
+    } else if mode.starts_with("sendall:") {
+        let big = vec![b'x'; arg_num(mode) as usize];
+        // One call: a blocking send of more than the socket takes blocks inside the kernel.
+        let n = s.write(&big)?;
+        say(format!("SENT {n}"));
+        loop {
+            std::thread::park();
+        }
+    } else if mode.starts_with("respond-after-eof:") {
+        let mut sink = [0u8; 4096];
+        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        let mut left = arg_num(mode) as usize;
+        while left > 0 {
+            let n = left.min(buf.len());
+            s.write_all(&buf[..n])?;
+            left -= n;
+        }
+        say(format!("RESPONDED local={}", s.local_addr()?));
+        Ok(())
+    } else if mode == "fill-shut-wr" || mode == "fill-abandon" {
+        fill(&mut s)?;
+        if mode == "fill-abandon" {
+            say(format!("ABANDONED local={}", s.local_addr()?));
+            return Ok(());
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        say(format!("SHUT_WR local={}", s.local_addr()?));
+        loop {
+            std::thread::park();
         }
     } else if mode == "fill-idle" || mode == "fill-close" {
         fill(&mut s)?;
@@ -165,6 +263,41 @@ fn client(addr: &str, mode: &str, conns: usize) {
 fn read_one(mut s: TcpStream, mode: &str) {
     let mut buf = vec![0u8; 64 * 1024];
     if mode == "none" {
+        loop {
+            std::thread::park();
+        }
+    } else if mode.starts_with("none-rcvbuf:") {
+        let n = arg_num(mode) as libc::c_int;
+        // SAFETY: a valid socket and an int option value.
+        let r = unsafe {
+            libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const n).cast(), 4)
+        };
+        assert!(r == 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+        loop {
+            std::thread::park();
+        }
+    } else if mode.starts_with("half-close:") {
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let rate = arg_num(mode);
+        if rate == 0 {
+            loop {
+                std::thread::park();
+            }
+        }
+        let per_tick = (rate / 10).max(1) as usize;
+        let start = Instant::now();
+        'read: for tick in 1u32.. {
+            let mut left = per_tick;
+            while left > 0 {
+                match s.read(&mut buf[..left.min(64 * 1024)]) {
+                    Ok(0) | Err(_) => break 'read,
+                    Ok(n) => left -= n,
+                }
+            }
+            let next = start + Duration::from_millis(100) * tick;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        say(format!("EOF local={}", s.local_addr().expect("local addr")));
         loop {
             std::thread::park();
         }

@@ -1,0 +1,282 @@
+use super::*;
+
+const GRACE: u64 = 3_000;
+
+/// A sample at `at_ms` with `queued` bytes and `acked` acknowledged, a peer that answers (its
+/// last ACK just now), the window open and something in flight.
+fn sample(at_ms: u64, queued: u32, acked: u64) -> Sample {
+    Sample {
+        at_ms,
+        state: TCP_ESTABLISHED,
+        queued,
+        bytes_acked: acked,
+        unacked: 1,
+        snd_wnd: Some(65_535),
+        rto_ms: 204,
+        ..Default::default()
+    }
+}
+
+/// The window closed, nothing in flight, probes answered; the last data went out `data_ago`.
+fn zero_window(at_ms: u64, acked: u64, data_ago: u32) -> Sample {
+    Sample { unacked: 0, snd_wnd: Some(0), last_data_sent_ms: data_ago, backoff: 6, ..sample(at_ms, 50_000, acked) }
+}
+
+fn stalled(t: Transition) -> Stall {
+    match t {
+        Transition::Stalled(s) => s,
+        other => panic!("expected a stall, got {other:?}"),
+    }
+}
+
+#[test]
+fn serial_arithmetic_handles_wrap() {
+    assert!(acked_advanced(u64::MAX - 10, 5));
+    assert!(acked_advanced(1, 2));
+    assert!(!acked_advanced(7, 7));
+    assert!(!acked_advanced(100, 50), "backwards is not progress");
+}
+
+#[test]
+fn queued_without_progress_for_grace_is_stalled_once() {
+    let mut t = StallTracker::new();
+    t.observe(&sample(0, 0, 100), GRACE);
+    assert_eq!(t.observe(&sample(1_000, 5_000, 100), GRACE), Transition::None);
+    assert_eq!(t.observe(&sample(3_999, 5_000, 100), GRACE), Transition::None);
+    let st = stalled(t.observe(&sample(4_000, 5_000, 100), GRACE));
+    assert_eq!((st.since_ms, st.proof), (1_000, OnsetProof::FirstSample), "the queue was empty at 0: no earlier start");
+    assert_eq!(t.stalled_for_ms(5_000), Some(4_000));
+    assert_eq!(t.observe(&sample(5_000, 5_000, 100), GRACE), Transition::None, "reported once, not on every pass");
+}
+
+#[test]
+fn progress_resets_the_clock_and_recovers() {
+    let mut t = StallTracker::new();
+    t.observe(&sample(0, 10, 100), GRACE);
+    for at in (500..=6_000).step_by(500) {
+        // Acked advances a little every sample: a slow reader, never a stall.
+        assert_eq!(t.observe(&sample(at, 10_000, 100 + at), GRACE), Transition::None);
+    }
+    let mut t = StallTracker::new();
+    t.observe(&sample(0, 0, 100), GRACE);
+    t.observe(&sample(1, 10, 100), GRACE);
+    assert!(matches!(t.observe(&sample(3_001, 10, 100), GRACE), Transition::Stalled(_)));
+    assert_eq!(t.observe(&sample(4_500, 10, 101), GRACE), Transition::Recovered { stalled_for_ms: 4_499 });
+    assert!(t.stall().is_none());
+}
+
+#[test]
+fn progress_across_counter_wrap_is_progress() {
+    let mut t = StallTracker::new();
+    t.observe(&sample(0, 0, u64::MAX - 1), GRACE);
+    t.observe(&sample(1, 10, u64::MAX - 1), GRACE);
+    assert_eq!(t.observe(&sample(2_000, 10, 3), GRACE), Transition::None);
+    assert_eq!(t.observe(&sample(4_000, 10, 9), GRACE), Transition::None);
+    assert!(matches!(t.observe(&sample(7_000, 10, 9), GRACE), Transition::Stalled(_)));
+}
+
+#[test]
+fn the_clock_starts_at_the_last_ack_never_before_it() {
+    let mut t = StallTracker::new();
+    t.observe(&sample(0, 10, 100), GRACE);
+    // Progress seen at 1000 ms; the ACK that carried it came 700 ms earlier, none since.
+    let mut s = sample(1_000, 10, 200);
+    s.last_ack_recv_ms = 700;
+    s.last_data_sent_ms = 700;
+    assert_eq!(t.observe(&s, GRACE), Transition::None);
+    assert_eq!(t.due_at(GRACE), Some(310 + GRACE));
+    // Silent since: stalled at 300 + 10 + grace, not one sampling interval later.
+    let mut s = sample(3_309, 10, 200);
+    s.last_ack_recv_ms = 3_009;
+    assert_eq!(t.observe(&s, GRACE), Transition::None);
+    s.at_ms = 3_310;
+    let st = stalled(t.observe(&s, GRACE));
+    assert_eq!((st.since_ms, st.proof), (310, OnsetProof::LastAck));
+}
+
+#[test]
+fn idle_socket_is_never_stalled() {
+    let mut t = StallTracker::new();
+    for at in (0..100_000).step_by(1_000) {
+        let mut s = sample(at, 0, 100);
+        s.last_ack_recv_ms = at as u32;
+        assert_eq!(t.observe(&s, GRACE), Transition::None);
+    }
+}
+
+#[test]
+fn burst_after_long_idle_is_not_an_old_stall() {
+    let mut t = StallTracker::new();
+    t.observe(&sample(0, 0, 100), GRACE);
+    t.observe(&sample(60_000, 0, 100), GRACE);
+    // Bytes go out into a window the peer closed long ago: its clocks say 60 s, but the
+    // sample at 60 s saw nothing queued, so the stall began after it.
+    let s = zero_window(61_000, 100, 61_000);
+    assert_eq!(t.observe(&s, GRACE), Transition::None);
+    assert_eq!(t.onset(), Some((61_000, OnsetProof::FirstSample)));
+    assert_eq!(t.observe(&zero_window(63_000, 100, 63_000), GRACE), Transition::None);
+    assert!(matches!(t.observe(&zero_window(64_000, 100, 64_000), GRACE), Transition::Stalled(_)));
+}
+
+#[test]
+fn clock_going_backwards_never_fires() {
+    let mut t = StallTracker::new();
+    t.observe(&sample(10_000, 10, 100), GRACE);
+    assert_eq!(t.observe(&sample(5_000, 10, 100), GRACE), Transition::None);
+    assert_eq!(t.observe(&sample(u64::MIN, 10, 100), GRACE), Transition::None);
+}
+
+#[test]
+fn an_old_non_reading_stall_seen_first_is_stalled_at_once_with_its_age() {
+    // The agent (re)started: its first sample of a socket whose window closed ~8 s ago.
+    let mut t = StallTracker::new();
+    let s = zero_window(100_000, 5_000, 8_000);
+    let st = stalled(t.observe(&s, GRACE));
+    assert_eq!(st.proof, OnsetProof::LastDataPlusRto);
+    assert_eq!(st.since_ms, 100_000 - 8_000 + 204 + 10, "last data + one RTO + clock rounding");
+    assert_eq!(st.reason, Reason::PeerNotReading);
+}
+
+#[test]
+fn an_old_unreachable_stall_seen_first_is_stalled_at_once_from_its_last_ack() {
+    let mut t = StallTracker::new();
+    let mut s = sample(100_000, 40_000, 5_000);
+    (s.last_ack_recv_ms, s.last_data_sent_ms, s.retransmits, s.backoff, s.rto_ms, s.total_retrans) = (9_000, 1_500, 5, 5, 6_528, 9);
+    let st = stalled(t.observe(&s, GRACE));
+    assert_eq!((st.since_ms, st.proof, st.reason), (91_010, OnsetProof::LastAck, Reason::PeerUnreachable));
+    assert_eq!(st.retransmits(&s), 5, "the kernel's consecutive retransmits since the last progress");
+}
+
+#[test]
+fn a_fresh_stream_seen_first_is_not_an_old_stall() {
+    let mut t = StallTracker::new();
+    // Bytes in flight and ACKs arriving: nothing proves an earlier start than now.
+    assert_eq!(t.observe(&sample(50_000, 100_000, 7), GRACE), Transition::None);
+    assert_eq!(t.onset(), Some((50_000, OnsetProof::FirstSample)));
+}
+
+#[test]
+fn close_wait_held_idle_is_peer_closed_from_the_fin() {
+    let mut t = StallTracker::new();
+    t.observe(&sample(0, 0, 100), GRACE);
+    // The FIN came 400 ms before this sample, with the last ACK.
+    let mut s = Sample { state: TCP_CLOSE_WAIT, unacked: 0, last_ack_recv_ms: 400, ..sample(1_000, 0, 100) };
+    assert_eq!(t.observe(&s, GRACE), Transition::None);
+    assert_eq!(t.onset(), Some((610, OnsetProof::LastAck)));
+    s.at_ms = 3_609;
+    s.last_ack_recv_ms = 3_009;
+    assert_eq!(t.observe(&s, GRACE), Transition::None);
+    s.at_ms = 3_610;
+    let st = stalled(t.observe(&s, GRACE));
+    assert_eq!((st.reason, st.since_ms), (Reason::PeerClosed, 610));
+}
+
+#[test]
+fn close_wait_that_still_drains_is_healthy() {
+    // A half-closed peer downloading: CLOSE_WAIT with bytes queued, acknowledged bit by bit.
+    let mut t = StallTracker::new();
+    for (i, at) in (0..20_000).step_by(500).enumerate() {
+        let s = Sample { state: TCP_CLOSE_WAIT, ..sample(at, 1_000_000, 100 + i as u64 * 4_096) };
+        assert_eq!(t.observe(&s, GRACE), Transition::None, "a draining download at {at} ms");
+    }
+}
+
+#[test]
+fn close_wait_that_stops_draining_is_peer_closed() {
+    let mut t = StallTracker::new();
+    let mut s = Sample { state: TCP_CLOSE_WAIT, ..sample(0, 1_000_000, 100) };
+    t.observe(&s, GRACE);
+    s.bytes_acked = 5_000;
+    s.at_ms = 500;
+    t.observe(&s, GRACE);
+    s.at_ms = 3_500;
+    assert_eq!(stalled(t.observe(&s, GRACE)).reason, Reason::PeerClosed);
+}
+
+/// A sample as `detector explain` showed it for a real socket on this machine kind.
+#[allow(clippy::too_many_arguments)]
+fn real(queued: u32, unacked: u32, wnd: u32, retransmits: u8, backoff: u8, probes: u8, rto_ms: u32, ack_ago: u32, data_ago: u32) -> Sample {
+    Sample {
+        at_ms: 1_000_000,
+        state: TCP_ESTABLISHED,
+        queued,
+        unacked,
+        snd_wnd: Some(wnd),
+        retransmits,
+        backoff,
+        probes,
+        rto_ms,
+        last_ack_recv_ms: ack_ago,
+        last_data_sent_ms: data_ago,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn real_samples_are_classified_by_who_answers() {
+    // Loopback, client sets SO_RCVBUF 4096 after connecting and never reads: one segment in
+    // flight beyond the shrunken window is retransmitted and answered at once (window 0),
+    // while the zero-window timer raised the backoff to 4.
+    let shrunk = real(4_096_000, 1, 0, 0, 4, 0, 3_264, 1_276, 1_276);
+    assert_eq!(classify(&shrunk), Reason::PeerNotReading);
+    // Loopback, client frozen (SIGSTOP): nothing in flight, window probes answered.
+    let frozen = real(4_188_864, 0, 0, 0, 4, 0, 228, 1_920, 5_424);
+    assert_eq!(classify(&frozen), Reason::PeerNotReading);
+    // veth, the peer's link down 7 s before: 313 segments in flight, six RTO retransmits, the
+    // last ACK 6 s before the last of them.
+    let cut = real(4_164_512, 313, 3_505_152, 6, 4, 0, 3_264, 7_404, 1_280);
+    assert_eq!(classify(&cut), Reason::PeerUnreachable);
+    // Its onset, seen first (a restart), is its last ACK.
+    assert_eq!(progress_bound(&cut), (1_000_000 - 7_404 + 10, OnsetProof::LastAck));
+    // The frozen reader's: the last data segment plus one RTO, earlier than its last ACK.
+    assert_eq!(progress_bound(&frozen), (1_000_000 - 5_424 + 228 + 10, OnsetProof::LastDataPlusRto));
+}
+
+#[test]
+fn liveness_by_probes_answered_and_retransmits_unanswered() {
+    let mut s = zero_window(0, 0, 5_000);
+    s.probes = 1;
+    assert_eq!(classify(&s), Reason::PeerNotReading, "one probe in the instant before its ACK");
+    s.probes = 3;
+    assert_eq!(classify(&s), Reason::PeerUnreachable, "probes go unanswered");
+    let mut s = sample(0, 10, 0);
+    (s.retransmits, s.backoff, s.rto_ms) = (2, 2, 816);
+    // The last ACK came 600 ms before our last retransmit: a base RTO (204 ms) went unanswered.
+    (s.last_ack_recv_ms, s.last_data_sent_ms) = (700, 100);
+    assert_eq!(classify(&s), Reason::PeerUnreachable);
+    // An answer after our last transmission: alive.
+    (s.last_ack_recv_ms, s.last_data_sent_ms) = (50, 100);
+    assert_eq!(classify(&s), Reason::PeerNotReading);
+    s.state = TCP_CLOSE_WAIT;
+    assert_eq!(classify(&s), Reason::PeerClosed);
+}
+
+#[test]
+fn stall_counts_retransmits_and_probes_since_onset() {
+    let mut t = StallTracker::new();
+    let mut s = sample(0, 10, 0);
+    (s.total_retrans, s.segs_out) = (5, 100);
+    t.observe(&s, GRACE);
+    // Progress at 500 ms; one retransmit happened between the samples, after that progress.
+    let mut s = sample(500, 10, 10);
+    (s.total_retrans, s.segs_out) = (6, 101);
+    t.observe(&s, GRACE);
+    let mut s = zero_window(3_600, 10, 3_000);
+    (s.total_retrans, s.segs_out) = (6, 105);
+    let st = stalled(t.observe(&s, GRACE));
+    assert_eq!(st.reason, Reason::PeerNotReading);
+    assert_eq!(st.zero_window_probes(&s), 5, "segments since the sample before the onset");
+    assert_eq!(st.retransmits(&s), 1, "the retransmit after the last progress sample counts");
+}
+
+#[test]
+fn judged_states_and_reason_names() {
+    for st in [TCP_ESTABLISHED, TCP_CLOSE_WAIT, TCP_FIN_WAIT1, TCP_CLOSING, TCP_LAST_ACK] {
+        assert!(judged_state(st));
+    }
+    assert!(!judged_state(detector_common::TCP_TIME_WAIT) && !judged_state(detector_common::TCP_FIN_WAIT2));
+    for r in Reason::ALL {
+        assert_eq!(r.as_str().parse::<Reason>(), Ok(r));
+    }
+    assert!("peer_gone".parse::<Reason>().unwrap_err().contains("peer_unreachable"));
+}
