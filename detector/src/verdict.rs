@@ -334,17 +334,31 @@ impl Default for StallTracker {
 }
 
 /// The latest moment a stuck period can have begun, given that the sample at `prev_at` saw the
-/// socket not stuck: this sample's time, unless data in flight proves the queue non-empty since
-/// its last transmission (never before `prev_at`), or the socket is in CLOSE_WAIT with nothing
-/// queued (stuck since the peer's FIN, which came with an ACK: no later than the last ACK).
+/// socket not stuck:
+/// - window closed, nothing in flight: when the peer stopped accepting (its last data segment
+///   plus one RTO); bytes queued since could never go out, so the connection has been stuck
+///   since then whenever the application happened to write;
+/// - data in flight: its oldest byte's first transmission, which came after the queue was last
+///   empty and at least one (doubling) RTO before each retransmit of it;
+/// - CLOSE_WAIT with nothing queued: since the peer's FIN, which came with an ACK;
+/// - otherwise this sample.
+///
+/// Never before `prev_at`, which saw nothing stuck, except with the window closed (the
+/// judgement above).
 fn stuck_since_bound(s: &Sample, prev_at: u64) -> (u64, OnsetProof) {
-    if s.unacked > 0 {
-        return (ago(s.at_ms, s.last_data_sent_ms).clamp(prev_at, s.at_ms), OnsetProof::InFlightSince);
+    if probing_closed_window(s) {
+        return progress_bound(s);
     }
-    if s.state == TCP_CLOSE_WAIT && s.queued == 0 {
-        return ((ago(s.at_ms, s.last_ack_recv_ms) + CLOCK_SLACK_MS).clamp(prev_at, s.at_ms), OnsetProof::LastAck);
-    }
-    (s.at_ms, OnsetProof::FirstSample)
+    let (t, proof) = if s.unacked > 0 {
+        let n = s.retransmits.min(s.backoff).min(16);
+        let base = (u64::from(s.rto_ms) >> s.backoff.min(16)).max(1);
+        (ago(s.at_ms, s.last_data_sent_ms).saturating_sub(base * ((1 << n) - 1)), OnsetProof::InFlightSince)
+    } else if s.state == TCP_CLOSE_WAIT && s.queued == 0 {
+        (ago(s.at_ms, s.last_ack_recv_ms) + CLOCK_SLACK_MS, OnsetProof::LastAck)
+    } else {
+        (s.at_ms, OnsetProof::FirstSample)
+    };
+    (t.clamp(prev_at, s.at_ms), proof)
 }
 
 #[cfg(test)]

@@ -108,14 +108,41 @@ fn idle_socket_is_never_stalled() {
 fn burst_after_long_idle_is_not_an_old_stall() {
     let mut t = StallTracker::new();
     t.observe(&sample(0, 0, 100), GRACE);
-    t.observe(&sample(60_000, 0, 100), GRACE);
-    // Bytes go out into a window the peer closed long ago: its clocks say 60 s, but the
-    // sample at 60 s saw nothing queued, so the stall began after it.
-    let s = zero_window(61_000, 100, 61_000);
+    let mut idle = sample(60_000, 0, 100);
+    idle.last_ack_recv_ms = 60_000;
+    t.observe(&idle, GRACE);
+    // Bytes go out to a peer that ACKs them: its last ACK 60 s ago proves nothing about them,
+    // the sample at 60 s saw nothing queued.
+    let mut burst = sample(61_000, 8_000, 100);
+    (burst.last_ack_recv_ms, burst.last_data_sent_ms) = (61_000, 5);
+    assert_eq!(t.observe(&burst, GRACE), Transition::None);
+    assert_eq!(t.onset(), Some((60_995, OnsetProof::InFlightSince)), "queued since its first transmission");
+    burst.at_ms = 63_994;
+    assert_eq!(t.observe(&burst, GRACE), Transition::None);
+    burst.at_ms = 63_995;
+    assert!(matches!(t.observe(&burst, GRACE), Transition::Stalled(_)));
+}
+
+#[test]
+fn writing_into_a_window_closed_long_ago_is_dated_from_the_closing() {
+    let mut t = StallTracker::new();
+    let mut idle = zero_window(60_000, 100, 60_000);
+    idle.queued = 0;
+    t.observe(&idle, GRACE);
+    // The peer has accepted nothing since its window closed ~60 s ago; what the application
+    // writes now cannot go out: stalled at once, dated from the closing.
+    let st = stalled(t.observe(&zero_window(61_000, 100, 61_000), GRACE));
+    assert_eq!((st.since_ms, st.proof, st.reason), (204 + 10, OnsetProof::LastDataPlusRto, Reason::PeerNotReading));
+}
+
+#[test]
+fn a_frozen_reader_whose_queue_was_empty_at_the_last_sample_is_dated_from_its_last_data() {
+    // A fast reader (queue empty at the sample before) freezes; its window closes at once.
+    let mut t = StallTracker::new();
+    t.observe(&sample(0, 0, 100), GRACE);
+    let s = zero_window(1_000, 5_000, 750);
     assert_eq!(t.observe(&s, GRACE), Transition::None);
-    assert_eq!(t.onset(), Some((61_000, OnsetProof::FirstSample)));
-    assert_eq!(t.observe(&zero_window(63_000, 100, 63_000), GRACE), Transition::None);
-    assert!(matches!(t.observe(&zero_window(64_000, 100, 64_000), GRACE), Transition::Stalled(_)));
+    assert_eq!(t.onset(), Some((250 + 204 + 10, OnsetProof::LastDataPlusRto)), "not the sample's own time");
 }
 
 #[test]

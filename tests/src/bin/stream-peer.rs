@@ -31,6 +31,9 @@
 //!   stream-peer client <addr> <mode> [<conns>]
 //!     Opens <conns> connections (default 1). Modes:
 //!       read          read everything as fast as it comes
+//!       read-rcvbuf:<n>  as read, with the receive buffer fixed at n bytes (SO_RCVBUF right
+//!                     after connecting: no autotuning, so a frozen reader's window closes at
+//!                     once instead of after up to tcp_rmem's maximum)
 //!       none          never read
 //!       none-rcvbuf:<n>  shrink the receive buffer to n bytes (SO_RCVBUF) after connecting,
 //!                     then never read
@@ -267,15 +270,13 @@ fn read_one(mut s: TcpStream, mode: &str) {
             std::thread::park();
         }
     } else if mode.starts_with("none-rcvbuf:") {
-        let n = arg_num(mode) as libc::c_int;
-        // SAFETY: a valid socket and an int option value.
-        let r = unsafe {
-            libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const n).cast(), 4)
-        };
-        assert!(r == 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+        set_rcvbuf(&s, arg_num(mode));
         loop {
             std::thread::park();
         }
+    } else if mode.starts_with("read-rcvbuf:") {
+        set_rcvbuf(&s, arg_num(mode));
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
     } else if mode.starts_with("half-close:") {
         s.shutdown(std::net::Shutdown::Write).expect("shutdown");
         let rate = arg_num(mode);
@@ -354,6 +355,13 @@ fn read_one(mut s: TcpStream, mode: &str) {
     } else {
         panic!("unknown client mode {mode:?}");
     }
+}
+
+fn set_rcvbuf(s: &TcpStream, bytes: u64) {
+    let n = bytes as libc::c_int;
+    // SAFETY: a valid socket and an int option value.
+    let r = unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const n).cast(), 4) };
+    assert!(r == 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
 }
 
 /// Writes until the socket's send buffer is full and the peer's window closed.
