@@ -115,6 +115,13 @@ pub enum Counter {
 /// Number of slots in the `COUNTERS` array.
 pub const COUNTER_SLOTS: u32 = 4;
 
+/// [`SockTuple::flags`]: the kernel side looked at the socket's `struct socket` (a tuple the
+/// agent built from a dump has no flags).
+pub const TUPLE_LOOKED: u16 = 1;
+/// [`SockTuple::flags`]: the socket has no file: the kernel created it for itself (NFS, iSCSI,
+/// NVMe/TCP, Ceph clients), or its owner closed it.
+pub const TUPLE_NO_FILE: u16 = 2;
+
 /// A socket's addresses, in network byte order. IPv4 addresses sit in the first 4 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -126,7 +133,8 @@ pub struct SockTuple {
     /// Remote port, host byte order.
     pub dport: u16,
     pub family: u16,
-    pub _pad: u16,
+    /// `TUPLE_*` bits: what the kernel side saw of the socket when it began tracking it.
+    pub flags: u16,
     /// Inode number of the socket's network namespace (0 when unknown).
     pub netns: u32,
     /// Interface the socket is bound to (`SO_BINDTODEVICE`, VRF, IPv6 link-local), 0 if none:
@@ -207,6 +215,9 @@ pub struct KernelConfig {
     pub net_ns_inum: u32,
     pub sk_bound_dev_if: u32,
     pub sk_protocol: u32,
+    /// `struct sock` → `sk_socket`, and `struct socket` → `file`.
+    pub sk_socket: u32,
+    pub socket_file: u32,
     /// `struct sock` → `sk_wmem_queued`: bytes (as skb truesize) in the write and retransmit
     /// queues, so non-zero exactly while something sent is not yet acknowledged.
     pub sk_wmem_queued: u32,
@@ -237,6 +248,8 @@ impl KernelConfig {
         net_ns_inum: OFFSET_ABSENT,
         sk_bound_dev_if: OFFSET_ABSENT,
         sk_protocol: OFFSET_ABSENT,
+        sk_socket: OFFSET_ABSENT,
+        socket_file: OFFSET_ABSENT,
         sk_wmem_queued: OFFSET_ABSENT,
         sk_sndbuf: OFFSET_ABSENT,
         agent_tgid: 0,
@@ -247,7 +260,7 @@ impl KernelConfig {
 const _: () = assert!(core::mem::size_of::<SockTuple>() == 48);
 const _: () = assert!(core::mem::size_of::<SockState>() == 104);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 104);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 21 * 4);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 23 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

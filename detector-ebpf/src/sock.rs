@@ -6,7 +6,7 @@
 //! - [`RawSock`]: the socket is a bare address (classic tracepoint, kprobe). Every read is a
 //!   `bpf_probe_read_kernel` copy, which copes with any address.
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use detector_common::{AF_INET, AF_INET6, OFFSET_ABSENT, SockTuple};
+use detector_common::{AF_INET, AF_INET6, OFFSET_ABSENT, SockTuple, TUPLE_LOOKED, TUPLE_NO_FILE};
 
 use crate::config::conf;
 
@@ -133,6 +133,14 @@ pub fn tuple(sk: u64) -> Result<SockTuple, i64> {
     t.sport = read_at::<u16>(sk, conf!(sk_num))?;
     t.dport = u16::from_be(read_at::<u16>(sk, conf!(sk_dport))?);
     t.bound_dev_if = read_at::<u32>(sk, conf!(sk_bound_dev_if)).unwrap_or(0);
+    // A socket without a file is the kernel's own (or already closed by its owner): the agent
+    // never acts on one.
+    if let Ok(sock) = read_at::<u64>(sk, conf!(sk_socket)) {
+        let file = if sock == 0 { Ok(0) } else { read_at::<u64>(sock, conf!(socket_file)) };
+        if let Ok(file) = file {
+            t.flags = TUPLE_LOOKED | if file == 0 { TUPLE_NO_FILE } else { 0 };
+        }
+    }
     let net: u64 = read_at(sk, conf!(sk_net))?;
     if net != 0 {
         t.netns = read_at::<u32>(net, conf!(net_ns_inum)).unwrap_or(0);

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 use detector_common::SendHook;
 
+use crate::reaper::Action;
+
 use crate::api::DEFAULT_SOCKET;
 
 #[derive(Debug, Parser)]
@@ -65,7 +67,7 @@ pub struct RunArgs {
     #[arg(long, env = "DETECTOR_METRICS_ADDR", default_value = "127.0.0.1:9465", value_parser = parse_metrics_addr)]
     pub metrics_addr: MetricsAddr,
     /// Most sockets tracked at once (the kernel map's size; a full map is counted, never silent).
-    #[arg(long, env = "DETECTOR_MAX_SOCKETS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
+    #[arg(long, env = "DETECTOR_MAX_SOCKETS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub max_sockets: u32,
     /// Send-path hook: `auto` takes the best the kernel offers; naming one forces it (for testing
     /// a fallback, or to avoid one).
@@ -80,41 +82,25 @@ pub struct RunArgs {
     #[arg(long, env = "DETECTOR_POLICY")]
     pub policy: Option<PathBuf>,
     /// What to do with a stalled socket when there is no --policy file.
-    #[arg(long, env = "DETECTOR_ACTION", value_enum, default_value_t = ActionChoice::Report)]
-    pub action: ActionChoice,
-    /// Signal for --action signal (a real-time one, e.g. SIGRTMIN+1, carries the fd).
-    #[arg(long, env = "DETECTOR_SIGNAL", default_value = "SIGTERM")]
-    pub signal: String,
+    #[arg(long, env = "DETECTOR_ACTION", default_value = "report", value_parser = parse_action)]
+    pub action: Action,
+    /// Signal for --action signal: one your server handles (a real-time one, e.g. SIGRTMIN+1,
+    /// carries the fd; glibc numbering). Required with --action signal.
+    #[arg(long, env = "DETECTOR_SIGNAL")]
+    pub signal: Option<String>,
     /// Endpoint for --action rpc (http://host:port/path); gets the connection as JSON.
     #[arg(long, env = "DETECTOR_RPC_URL")]
     pub rpc_url: Option<String>,
     /// Decide and audit, but touch nothing (overrides the policy file's dry_run when set).
     #[arg(long, env = "DETECTOR_DRY_RUN")]
     pub dry_run: bool,
+    /// Where the reaper keeps its ladders across restarts (tmpfs: they end with the boot, as
+    /// socket cookies do), or `off`.
+    #[arg(long, env = "DETECTOR_STATE_FILE", default_value = "/run/detector/reaper-state.json")]
+    pub state_file: PathBuf,
     /// Size of the kernel→agent event ring buffer in bytes (a power of two, multiple of the page size).
     #[arg(long, env = "DETECTOR_RING_BUFFER_BYTES", default_value_t = 256 * 1024, value_parser = parse_ring_size)]
     pub ring_buffer_bytes: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ActionChoice {
-    Report,
-    Signal,
-    Rpc,
-    Destroy,
-    Shutdown,
-}
-
-impl ActionChoice {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Report => "report",
-            Self::Signal => "signal",
-            Self::Rpc => "rpc",
-            Self::Destroy => "destroy",
-            Self::Shutdown => "shutdown",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -173,8 +159,8 @@ pub struct SocketsArgs {
     #[arg(long)]
     pub port: Option<u16>,
     /// Only sockets in this TCP state (e.g. ESTABLISHED, CLOSE_WAIT).
-    #[arg(long)]
-    pub state: Option<String>,
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<crate::tcp::TcpState>,
     /// Only sockets of this pod: `namespace/name`, shell patterns allowed (`shop/checkout-*`).
     #[arg(long)]
     pub pod: Option<String>,
@@ -182,11 +168,10 @@ pub struct SocketsArgs {
 
 impl SocketsArgs {
     /// Whether `row` passes the filters.
-    pub fn keep(&self, row: &crate::api::TrackedSocket) -> bool {
-        let port_of = |a: &str| a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+    pub fn keep(&self, row: &crate::report::TrackedSocket) -> bool {
         self.pid.is_none_or(|p| row.sender_pid == p)
-            && self.port.is_none_or(|p| port_of(&row.local) == Some(p) || port_of(&row.remote) == Some(p))
-            && self.state.as_ref().is_none_or(|s| row.state.eq_ignore_ascii_case(s))
+            && self.port.is_none_or(|p| row.local.port() == p || row.remote.port() == p)
+            && self.state.is_none_or(|s| row.state == s)
             && self.pod.as_ref().is_none_or(|pat| {
                 row.pod.as_deref().is_some_and(|pod| glob::Pattern::new(pat).is_ok_and(|g| g.matches(pod)))
             })
@@ -249,6 +234,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_action(s: &str) -> Result<Action, String> {
+    Action::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        format!("`{s}` is not an action; use one of {}", all.join(", "))
+    })
+}
+
+fn parse_state(s: &str) -> Result<crate::tcp::TcpState, String> {
+    crate::tcp::TcpState::parse(s).ok_or_else(|| format!("`{s}` is not a TCP state; use e.g. ESTABLISHED, CLOSE_WAIT, FIN_WAIT1"))
+}
+
 fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
     if s.eq_ignore_ascii_case("off") || s.is_empty() {
         return Ok(MetricsAddr(None));
@@ -282,14 +278,14 @@ mod tests {
 
     #[test]
     fn sockets_filters() {
-        let row = crate::api::TrackedSocket {
+        let row = crate::report::TrackedSocket {
             id: 1,
             sender_pid: 42,
             sender_comm: "srv".into(),
             pod: Some("shop/checkout-7d9f".into()),
-            local: "10.0.0.1:8080".into(),
-            remote: "10.0.0.2:5000".into(),
-            state: "ESTABLISHED".into(),
+            local: "10.0.0.1:8080".parse().unwrap(),
+            remote: "10.0.0.2:5000".parse().unwrap(),
+            state: crate::tcp::TcpState::Established,
             queued_bytes: None,
             bytes_acked: None,
             stalled: false,
@@ -309,6 +305,8 @@ mod tests {
         assert!(!args(&["--port", "9"]).keep(&row));
         assert!(!args(&["--state", "CLOSE_WAIT"]).keep(&row));
         assert!(!args(&["--pod", "kube-system/*"]).keep(&row));
+        let e = Cli::try_parse_from(["detector", "sockets", "--state", "ESTABLISHD"]).unwrap_err();
+        assert!(e.to_string().contains("not a TCP state"), "{e}");
         let w = Cli::try_parse_from(["detector", "stalled", "--watch"]).unwrap();
         let Command::Stalled(q) = w.command else { panic!() };
         assert_eq!(q.watch, Some(Duration::from_secs(2)));

@@ -2,17 +2,19 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use serde::de::DeserializeOwned;
 
 use detector::{
-    agent,
-    api::{Request, StalledSocket, TrackedSocket, client},
-    cli::{ActionChoice, Cli, Command, Output, QueryArgs},
+    agent::Options,
+    api::{Request, Status, client},
+    cli::{Cli, Command, Output, QueryArgs, RunArgs},
     output,
-    reaper::config::Policy,
+    reaper::{Action, config::Policy},
+    report::{Explain, StalledSocket, TrackedSocket},
 };
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    detector::daemon::init_logging();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -26,49 +28,26 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => {
-            let policy = match &a.policy {
-                Some(path) => {
-                    if a.action != ActionChoice::Report {
-                        anyhow::bail!("--action and --policy both given: put the action in the policy file");
-                    }
-                    let mut p = Policy::load(path, a.grace)?;
-                    p.dry_run |= a.dry_run;
-                    p
-                }
-                None => Policy::from_flags(a.action.as_str(), &a.signal, a.rpc_url.as_deref(), a.dry_run)?,
-            };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
-            rt.block_on(agent::run(agent::Options {
-                grace: a.grace,
-                interval: a.interval,
-                api_socket: a.api_socket,
-                metrics_addr: a.metrics_addr.0,
-                max_sockets: a.max_sockets,
-                ring_buffer_bytes: a.ring_buffer_bytes,
-                send_hook: a.send_hook.hook(),
-                pod_logs_dir: a.pod_logs_dir,
-                policy,
-            }))
+            let opts = options(a)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            rt.block_on(detector::daemon::run(opts))
         }
         Command::Stalled(q) => watch(&q, || {
-            let data = client::call(&q.api_socket, &Request::Stalled)?;
-            render(&q, &data, |v| {
-                let rows: Vec<StalledSocket> = serde_json::from_value(v.clone())?;
-                Ok(output::stalled_table(&rows))
-            })
+            let rows: Vec<StalledSocket> = ask(&q, &Request::Stalled)?;
+            render(&q, rows.as_slice(), output::stalled_table)
         }),
         Command::Sockets(a) => watch(&a.q, || {
-            let data = client::call(&a.q.api_socket, &Request::Sockets)?;
-            let rows: Vec<TrackedSocket> = serde_json::from_value(data)?;
+            let rows: Vec<TrackedSocket> = ask(&a.q, &Request::Sockets)?;
             let rows: Vec<TrackedSocket> = rows.into_iter().filter(|r| a.keep(r)).collect();
-            render(&a.q, &serde_json::to_value(&rows)?, |_| Ok(output::sockets_table(&rows)))
+            render(&a.q, rows.as_slice(), output::sockets_table)
         }),
         Command::Explain { id, q } => watch(&q, || {
-            let data = client::call(&q.api_socket, &Request::Explain { id })?;
-            render(&q, &data, |v| Ok(output::explain(v)))
+            let e: Explain = ask(&q, &Request::Explain { id })?;
+            render(&q, &e, output::explain)
+        }),
+        Command::Status(q) => watch(&q, || {
+            let s: Status = ask(&q, &Request::Status)?;
+            render(&q, &s, output::status)
         }),
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -98,27 +77,51 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let hook = hook.hook().ok_or_else(|| anyhow::anyhow!("name a hook"))?;
             let attached = detector::agent::attach_control(hook)?;
             println!("attached");
-            detector::agent::wait_for_termination();
+            detector::daemon::wait_for_termination();
             // What the kernel accounted for it (kernel.bpf_stats_enabled), for the benchmark.
             let (runs, ns) = detector::agent::program_runs(&attached);
             println!("run_count={runs} run_time_ns={ns}");
             Ok(())
         }
-        Command::Status(q) => watch(&q, || {
-            let data = client::call(&q.api_socket, &Request::Status)?;
-            render(&q, &data, |v| Ok(serde_json::to_string_pretty(v)? + "\n"))
-        }),
     }
 }
 
-fn render(
-    q: &QueryArgs,
-    data: &serde_json::Value,
-    table: impl Fn(&serde_json::Value) -> anyhow::Result<String>,
-) -> anyhow::Result<String> {
+fn options(a: RunArgs) -> anyhow::Result<Options> {
+    let policy = match &a.policy {
+        Some(path) => {
+            if a.action != Action::Report {
+                anyhow::bail!("--action and --policy both given: put the action in the policy file");
+            }
+            let mut p = Policy::load(path, a.grace)?;
+            p.dry_run |= a.dry_run;
+            p
+        }
+        None => Policy::from_flags(a.action, a.signal.as_deref(), a.rpc_url.as_deref(), a.dry_run)?,
+    };
+    Ok(Options {
+        grace: a.grace,
+        interval: a.interval,
+        api_socket: a.api_socket,
+        metrics_addr: a.metrics_addr.0,
+        max_sockets: a.max_sockets,
+        ring_buffer_bytes: a.ring_buffer_bytes,
+        send_hook: a.send_hook.hook(),
+        pod_logs_dir: a.pod_logs_dir,
+        state_file: (a.state_file.as_os_str() != "off").then_some(a.state_file),
+        policy,
+    })
+}
+
+/// Asks the agent and reads its answer as `T`.
+fn ask<T: DeserializeOwned>(q: &QueryArgs, req: &Request) -> anyhow::Result<T> {
+    let data = client::call(&q.api_socket, req)?;
+    serde_json::from_value(data).map_err(|e| anyhow::anyhow!("the agent's answer is not what this CLI expects ({e}); are the agent and the CLI the same version?"))
+}
+
+fn render<T: serde::Serialize + ?Sized>(q: &QueryArgs, data: &T, table: impl Fn(&T) -> String) -> anyhow::Result<String> {
     Ok(match q.output {
         Output::Json => serde_json::to_string_pretty(data)? + "\n",
-        Output::Table => table(data)?,
+        Output::Table => table(data),
     })
 }
 

@@ -22,6 +22,12 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+impl ReasonLabel {
+    pub fn of(r: crate::verdict::Reason) -> Self {
+        Self { reason: r.as_str().into() }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WhyLabel {
     pub why: String,
@@ -37,6 +43,8 @@ pub struct HookLabel {
 pub struct ActionLabel {
     pub action: String,
     pub result: String,
+    /// Why it was skipped (a fixed set); "none" otherwise.
+    pub why: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +57,10 @@ pub struct Metrics {
     registry: Registry,
     /// Set after the first detection pass: the agent is ready.
     pub ready: std::sync::atomic::AtomicBool,
+    /// CLOCK_MONOTONIC ms of the sweep's last pass, and how old it may get before /healthz
+    /// fails (the sweep is stuck or gone: the report is frozen).
+    heartbeat_ms: std::sync::atomic::AtomicU64,
+    heartbeat_limit_ms: std::sync::atomic::AtomicU64,
     pub stalls_detected: Family<ReasonLabel, Counter>,
     pub stalls_open: Family<ReasonLabel, Gauge>,
     pub stalls_recovered: Counter,
@@ -63,6 +75,8 @@ pub struct Metrics {
     pub stall_duration: Histogram,
     pub hook_attached: Family<HookLabel, Gauge>,
     pub reaps: Family<ActionLabel, Counter>,
+    pub audit_lines_dropped: Counter,
+    pub log_lines_dropped: Counter,
     pub build_info: Family<BuildLabel, Gauge>,
 }
 
@@ -84,9 +98,13 @@ impl Metrics {
             stall_duration: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             hook_attached: Family::default(),
             reaps: Family::default(),
+            audit_lines_dropped: Counter::default(),
+            log_lines_dropped: Counter::default(),
             build_info: Family::default(),
             registry: Registry::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
+            heartbeat_ms: std::sync::atomic::AtomicU64::new(0),
+            heartbeat_limit_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
         };
         registry.register("stalls_detected", "Stalls detected, by reason", m.stalls_detected.clone());
         registry.register("stalled_sockets", "Sockets stalled now, by reason", m.stalls_open.clone());
@@ -113,7 +131,13 @@ impl Metrics {
             m.stall_duration.clone(),
         );
         registry.register("hook_attached", "1 for each kernel hook attached", m.hook_attached.clone());
-        registry.register("reaps", "Reaping decisions, by action and result (ok, failed, dry_run, skipped)", m.reaps.clone());
+        registry.register(
+            "reaps",
+            "Reaping decisions, by action, result (ok, failed, dry_run, skipped) and, for skipped, why",
+            m.reaps.clone(),
+        );
+        registry.register("audit_lines_dropped", "Audit lines dropped because stdout did not keep up", m.audit_lines_dropped.clone());
+        registry.register("log_lines_dropped", "Log lines dropped because stderr did not keep up", m.log_lines_dropped.clone());
         registry.register("build_info", "Agent version and kernel release", m.build_info.clone());
         for r in crate::verdict::Reason::ALL {
             // Export zeros from the start so alerts see every series.
@@ -124,12 +148,17 @@ impl Metrics {
         for why in crate::tracker::Forget::ALL {
             let _ = m.sockets_forgotten.get_or_create(&WhyLabel { why: why.as_str().into() });
         }
-        for action in ["report", "signal", "rpc", "destroy", "shutdown"] {
+        for action in crate::reaper::Action::ALL {
             for result in ["ok", "failed", "dry_run"] {
-                let _ = m.reaps.get_or_create(&ActionLabel { action: action.into(), result: result.into() });
+                let _ = m.reaps.get_or_create(&ActionLabel { action: action.as_str().into(), result: result.into(), why: "none".into() });
             }
         }
-        let _ = m.reaps.get_or_create(&ActionLabel { action: "none".into(), result: "skipped".into() });
+        // Every series an alert may look for exists from the start (bounded: 5 actions × 10 whys).
+        for action in crate::reaper::Action::ALL {
+            for why in crate::reaper::SkipWhy::ALL {
+                let _ = m.reaps.get_or_create(&ActionLabel { action: action.as_str().into(), result: "skipped".into(), why: why.as_str().into() });
+            }
+        }
         m.build_info
             .get_or_create(&BuildLabel {
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -137,6 +166,27 @@ impl Metrics {
             })
             .set(1);
         Self { registry, ..m }
+    }
+
+    /// Counts one reaping decision (the audit line goes out separately).
+    pub fn reaped(&self, action: crate::reaper::Action, result: &str, why: Option<crate::reaper::SkipWhy>) {
+        let label = ActionLabel { action: action.as_str().into(), result: result.into(), why: why.map_or("none", |w| w.as_str()).into() };
+        self.reaps.get_or_create(&label).inc();
+    }
+
+    /// The sweep finished a pass.
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(monotonic_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn set_heartbeat_limit(&self, d: std::time::Duration) {
+        self.heartbeat_limit_ms.store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Alive: no pass yet (starting), or the last one recent enough.
+    pub fn alive(&self) -> bool {
+        let last = self.heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed);
+        last == 0 || monotonic_ms().saturating_sub(last) <= self.heartbeat_limit_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn forgot(&self, why: crate::tracker::Forget) {
@@ -175,7 +225,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                             )
                             .body(Full::new(Bytes::from(metrics.render()))),
-                        "/healthz" => Response::builder().body(Full::new(Bytes::from("ok\n"))),
+                        "/healthz" if metrics.alive() => Response::builder().body(Full::new(Bytes::from("ok\n"))),
+                        "/healthz" => Response::builder()
+                            .status(503)
+                            .body(Full::new(Bytes::from("the detection loop has not run for too long\n"))),
                         "/readyz" if metrics.ready.load(std::sync::atomic::Ordering::Relaxed) => {
                             Response::builder().body(Full::new(Bytes::from("ready\n")))
                         }
@@ -194,6 +247,12 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 .await;
         });
     }
+}
+
+fn monotonic_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000 + t.tv_nsec() as u64 / 1_000_000)
+        .unwrap_or(0)
 }
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {

@@ -1,30 +1,56 @@
-//! Rendering query answers for people (table) or programs (json).
-use crate::api::{StalledSocket, TrackedSocket};
+//! Rendering answers for people (tables). Process names, command lines and pod names are
+//! chosen by whoever runs the process (`prctl(PR_SET_NAME)`), so every such field is escaped:
+//! a control character prints as `\x1b`, never reaching the terminal.
+use std::borrow::Cow;
+
+use crate::{
+    api::Status,
+    report::{Explain, StalledSocket, TrackedSocket},
+};
+
+/// `s` with control characters (and backslashes) escaped, so it prints as one inert line.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() || c == '\\') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn opt(v: Option<impl ToString>) -> String {
+    v.map_or_else(|| "-".into(), |x| x.to_string())
+}
 
 pub fn stalled_table(rows: &[StalledSocket]) -> String {
     if rows.is_empty() {
         return "no stalled sockets\n".into();
     }
-    let header = [
-        "PID", "COMM", "FD", "POD", "LOCAL", "REMOTE", "STATE", "QUEUED", "STALLED", "REASON", "RETRANS", "PROBES",
-    ];
+    let header = ["PID", "COMM", "FD", "POD", "LOCAL", "REMOTE", "STATE", "QUEUED", "STALLED", "REASON", "RETRANS", "PROBES"];
     let cells: Vec<[String; 12]> = rows
         .iter()
         .map(|r| {
             [
-                r.pid.map_or("-".into(), |p| p.to_string()),
-                r.comm.clone().unwrap_or_else(|| format!("? (sent: {})", r.sender_comm)),
-                r.fd.map_or("-".into(), |f| f.to_string()),
+                opt(r.pid),
+                r.comm.as_deref().map_or_else(|| format!("? (sent: {})", printable(&r.sender_comm)), |c| printable(c).into_owned()),
+                opt(r.fd),
                 match (&r.pod_namespace, &r.pod_name) {
-                    (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                    (Some(ns), Some(n)) => printable(&format!("{ns}/{n}")).into_owned(),
                     _ => "-".into(),
                 },
-                r.local.clone(),
-                r.remote.clone(),
-                r.state.clone(),
+                r.local.to_string(),
+                r.remote.to_string(),
+                r.state.to_string(),
                 r.queued_bytes.to_string(),
                 format!("{:.1}s", r.stalled_for_ms as f64 / 1e3),
-                r.reason.clone(),
+                r.reason.as_str().into(),
                 r.retransmits.to_string(),
                 r.zero_window_probes.to_string(),
             ]
@@ -38,20 +64,19 @@ pub fn sockets_table(rows: &[TrackedSocket]) -> String {
         return "no tracked sockets\n".into();
     }
     let header = ["ID", "SENDER", "COMM", "POD", "LOCAL", "REMOTE", "STATE", "QUEUED", "ACKED", "STALLED"];
-    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
                 r.id.to_string(),
                 r.sender_pid.to_string(),
-                r.sender_comm.clone(),
-                opt(r.pod.clone()),
-                r.local.clone(),
-                r.remote.clone(),
-                r.state.clone(),
-                opt(r.queued_bytes.map(|q| q.to_string())),
-                opt(r.bytes_acked.map(|q| q.to_string())),
+                printable(&r.sender_comm).into_owned(),
+                opt(r.pod.as_deref().map(printable)),
+                r.local.to_string(),
+                r.remote.to_string(),
+                r.state.to_string(),
+                opt(r.queued_bytes),
+                opt(r.bytes_acked),
                 if r.stalled { "yes" } else { "no" }.into(),
             ]
         })
@@ -60,67 +85,86 @@ pub fn sockets_table(rows: &[TrackedSocket]) -> String {
 }
 
 /// `detector explain` for people.
-pub fn explain(v: &serde_json::Value) -> String {
-    let mut out = format!(
-        "socket {}  {} -> {}  sender pid {} ({})\n",
-        v["id"], v["local"].as_str().unwrap_or(""), v["remote"].as_str().unwrap_or(""), v["sender_pid"], v["sender_comm"].as_str().unwrap_or("")
-    );
-    let verdict = &v["verdict"];
-    if verdict["stalled"] == true {
-        out.push_str(&format!(
-            "verdict: STALLED ({}) for {:.1}s (grace {:.1}s)\n",
-            verdict["reason"].as_str().unwrap_or(""),
-            verdict["stalled_for_ms"].as_f64().unwrap_or(0.0) / 1e3,
-            v["grace_ms"].as_f64().unwrap_or(0.0) / 1e3
-        ));
-    } else if let Some(stuck) = verdict["stuck_for_ms"].as_f64() {
-        out.push_str(&format!(
-            "verdict: not stalled yet: stuck for {:.1}s of a {:.1}s grace\n",
-            stuck / 1e3,
-            v["grace_ms"].as_f64().unwrap_or(0.0) / 1e3
-        ));
-    } else {
-        out.push_str(&format!("verdict: healthy (recovered {} times)\n", v["recoveries"]));
+pub fn explain(e: &Explain) -> String {
+    let mut out = format!("socket {}  {} -> {}  sender pid {} ({})\n", e.id, e.local, e.remote, e.sender_pid, printable(&e.sender_comm));
+    let v = &e.verdict;
+    let grace = e.grace_ms as f64 / 1e3;
+    match (v.stalled, v.stalled_for_ms, v.stuck_for_ms) {
+        (true, Some(ms), _) => out.push_str(&format!("verdict: STALLED ({}) for {:.1}s (grace {grace:.1}s)\n", v.reason.map_or("", |r| r.as_str()), ms as f64 / 1e3)),
+        (false, _, Some(ms)) => out.push_str(&format!("verdict: not stalled yet: stuck for {:.1}s of a {grace:.1}s grace\n", ms as f64 / 1e3)),
+        _ => out.push_str(&format!("verdict: healthy (recovered {} times)\n", e.recoveries)),
     }
-    if let Some(onset) = verdict["onset"].as_str() {
+    if let Some(onset) = &v.onset {
         out.push_str(&format!("onset fixed by: {onset}\n"));
     }
-    if let Some(k) = v["kernel"].as_object() {
+    if let Some(k) = &e.kernel {
+        let last = k.last_retransmit_ms_ago.map_or(String::new(), |a| format!(", the last {:.1}s ago", a as f64 / 1e3));
         out.push_str(&format!(
-            "kernel side: tracked for {:.1}s, {} retransmits seen{}\n",
-            k["tracked_for_ms"].as_f64().unwrap_or(0.0) / 1e3,
-            k["retransmits"],
-            k["last_retransmit_ms_ago"].as_f64().map_or(String::new(), |a| format!(", the last {:.1}s ago", a / 1e3))
+            "kernel side: tracked for {:.1}s by {}{}\n",
+            k.tracked_for_ms as f64 / 1e3,
+            k.send_hook.as_deref().unwrap_or("?"),
+            k.retransmits.map_or(String::new(), |r| format!(", {r} retransmits seen{last}"))
         ));
     }
     out.push_str("\nrecent samples (newest last):\n");
     let header = ["AGE", "STATE", "QUEUED", "ACKED", "IN_FLIGHT", "PEER_WND", "RETRANS", "PROBES", "LAST_ACK", "LAST_DATA", "RTO"];
-    let cells: Vec<[String; 11]> = v["samples"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let cells: Vec<[String; 11]> = e
+        .samples
         .iter()
         .map(|s| {
-            let n = |k: &str| s[k].as_u64().map_or("-".into(), |x| x.to_string());
             [
-                format!("{:.1}s", s["age_ms"].as_f64().unwrap_or(0.0) / 1e3),
-                s["state"].as_str().unwrap_or("").into(),
-                n("queued_bytes"),
-                n("bytes_acked"),
-                n("in_flight_segments"),
-                n("peer_window"),
-                n("total_retransmits"),
-                n("unanswered_probes"),
-                format!("{}ms", n("last_ack_ms_ago")),
-                format!("{}ms", n("last_data_sent_ms_ago")),
-                format!("{}ms", n("rto_ms")),
+                format!("{:.1}s", s.age_ms as f64 / 1e3),
+                s.state.to_string(),
+                s.queued_bytes.to_string(),
+                s.bytes_acked.to_string(),
+                s.in_flight_segments.to_string(),
+                opt(s.peer_window),
+                s.total_retransmits.to_string(),
+                s.unanswered_probes.to_string(),
+                format!("{}ms", s.last_ack_ms_ago),
+                format!("{}ms", s.last_data_sent_ms_ago),
+                format!("{}ms", s.rto_ms),
             ]
         })
         .collect();
     out.push_str(&render(&header, &cells));
     out.push_str("\nverdict changes:\n");
-    for c in v["changes"].as_array().map(|a| a.as_slice()).unwrap_or_default() {
-        out.push_str(&format!("  {:.1}s ago: {}\n", c["age_ms"].as_f64().unwrap_or(0.0) / 1e3, c["what"].as_str().unwrap_or("")));
+    for c in &e.changes {
+        out.push_str(&format!("  {:.1}s ago: {}\n", c.age_ms as f64 / 1e3, printable(&c.what)));
+    }
+    out
+}
+
+/// `detector status` for people.
+pub fn status(s: &Status) -> String {
+    let mut out = format!(
+        "detector {} on kernel {}, up {}s\nsend hook: {} ({})\ngrace {:.1}s, interval {:.1}s, max sockets {}\nsocket destroy: {}\npolicy: {} selector(s){}\n",
+        s.version,
+        s.kernel,
+        s.uptime_s,
+        s.send_hook,
+        s.storage,
+        s.grace_ms as f64 / 1e3,
+        s.interval_ms as f64 / 1e3,
+        s.max_sockets,
+        s.destroy_detail,
+        s.selectors.len(),
+        if s.dry_run { ", dry run" } else { "" }
+    );
+    out.push_str(&format!(
+        "sockets: {} tracked, {} stalled{}; {} passes, the last {:.1} ms\n\nhooks:\n",
+        s.sockets_tracked,
+        s.sockets_stalled,
+        s.kernel_map_entries.map_or(String::new(), |n| format!(", {n} in the kernel's map")),
+        s.sweeps,
+        s.last_sweep_ms
+    ));
+    let cells: Vec<[String; 4]> = s.hooks.iter().map(|h| [h.role.clone(), h.hook.clone(), h.state.clone(), h.why.clone().unwrap_or_default()]).collect();
+    out.push_str(&render(&["ROLE", "HOOK", "STATE", "WHY"], &cells));
+    if !s.programs.is_empty() {
+        out.push_str("\nprograms (kernel accounting, with kernel.bpf_stats_enabled=1):\n");
+        let cells: Vec<[String; 4]> = s.programs.iter().map(|p| [p.name.clone(), p.run_count.to_string(), p.run_time_ns.to_string(), format!("{:.0}", p.avg_ns)]).collect();
+        out.push_str(&render(&["PROGRAM", "RUNS", "NS", "NS/RUN"], &cells));
     }
     out
 }
@@ -129,7 +173,7 @@ fn render<const N: usize>(header: &[&str; N], cells: &[[String; N]]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in cells {
         for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
+            *w = (*w).max(c.chars().count());
         }
     }
     let mut out = String::new();
@@ -148,12 +192,12 @@ fn render<const N: usize>(header: &[&str; N], cells: &[[String; N]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{tcp::TcpState, verdict::{OnsetProof, Reason}};
 
-    #[test]
-    fn table_has_a_header_and_one_line_per_socket() {
-        let r = StalledSocket {
+    fn row(comm: &str) -> StalledSocket {
+        StalledSocket {
             pid: Some(7),
-            comm: Some("server".into()),
+            comm: Some(comm.into()),
             fd: None,
             owner_known: true,
             holders: vec![],
@@ -162,32 +206,47 @@ mod tests {
             start_time: None,
             sender_pid: 7,
             sender_tid: 7,
-            sender_comm: "server".into(),
+            sender_comm: comm.into(),
             cgroup_id: 1,
             cgroup: None,
             container_id: None,
             pod_uid: None,
             pod_namespace: None,
             pod_name: None,
-            local: "127.0.0.1:80".into(),
-            remote: "127.0.0.1:5000".into(),
-            state: "ESTABLISHED".into(),
+            local: "127.0.0.1:80".parse().unwrap(),
+            remote: "127.0.0.1:5000".parse().unwrap(),
+            state: TcpState::Established,
             queued_bytes: 100,
             notsent_bytes: 0,
             stalled_for_ms: 31_500,
-            reason: "peer_not_reading".into(),
+            reason: Reason::PeerNotReading,
+            onset_proof: OnsetProof::LastAck,
             retransmits: 0,
             zero_window_probes: 2,
             peer_window: Some(0),
             socket_cookie: 9,
             inode: 1,
             netns: 1,
-        };
-        let t = stalled_table(&[r]);
+            kernel_socket: Some(false),
+        }
+    }
+
+    #[test]
+    fn table_has_a_header_and_one_line_per_socket() {
+        let t = stalled_table(&[row("server")]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("PID"));
-        assert!(lines[1].contains("server") && lines[1].contains("31.5s") && lines[1].contains(" - "));
+        assert!(lines[1].contains("server") && lines[1].contains("31.5s") && lines[1].contains(" - ") && lines[1].contains("peer_not_reading"));
         assert_eq!(stalled_table(&[]), "no stalled sockets\n");
+    }
+
+    #[test]
+    fn hostile_process_names_print_inert() {
+        let t = stalled_table(&[row("evil\x1b[2J\x07\n\\")]);
+        assert!(!t.contains('\x1b') && !t.contains('\x07'), "{t:?}");
+        assert!(t.contains("evil\\x1b[2J\\x07\\x0a\\\\"), "{t}");
+        assert_eq!(t.lines().count(), 2, "a newline in a name does not make a row");
+        assert_eq!(printable("plain"), Cow::Borrowed("plain"));
     }
 }

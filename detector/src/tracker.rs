@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use detector_common::{AF_INET6, EventKind, SockEvent, SockState, SockTuple, TASK_COMM_LEN};
+use detector_common::{AF_INET6, EventKind, SockEvent, SockState, SockTuple, TASK_COMM_LEN, TUPLE_LOOKED, TUPLE_NO_FILE};
 
 use crate::{
     sample::{DiagSocket, Lookup},
@@ -92,6 +92,20 @@ impl Tracked {
     /// Found by a dump, not announced by a send hook.
     pub fn found_by_dump(&self) -> bool {
         self.sk >> 63 == 0
+    }
+
+    /// Whether the kernel created it (no file when tracking began); `None` if the kernel side
+    /// never looked (found by a dump).
+    pub fn kernel_socket(&self) -> Option<bool> {
+        (self.tuple.flags & TUPLE_LOOKED != 0).then_some(self.tuple.flags & TUPLE_NO_FILE != 0)
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.local(), self.tuple.sport)
+    }
+
+    pub fn remote_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.remote(), self.tuple.dport)
     }
 
     /// Local address as people read it: an IPv4 peer of a dual-stack socket shows as IPv4

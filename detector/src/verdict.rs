@@ -68,7 +68,7 @@ impl std::str::FromStr for Reason {
 
 /// What fixes the onset of a stall: the observation or kernel clock that proves no progress
 /// since then (`detector explain` shows it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnsetProof {
     /// The first sample that saw the socket stuck (no clock proves an earlier start).

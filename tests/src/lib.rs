@@ -99,6 +99,10 @@ impl Agent {
         if !extra.contains(&"--metrics-addr") {
             cmd.args(["--metrics-addr", "off"]);
         }
+        // Each agent its own reaper state (tests run side by side), unless a test shares one.
+        if !extra.contains(&"--state-file") {
+            cmd.arg("--state-file").arg(dir.0.join("reaper-state.json"));
+        }
         let child = cmd
             .arg("--api-socket")
             .arg(&api)

@@ -35,6 +35,9 @@ pub struct SockOffsets {
     pub bound_dev_if: u32,
     /// `struct sock` → `sk_protocol` (a `u16` since Linux 5.6; a bitfield before).
     pub protocol: Option<u32>,
+    /// `struct sock` → `sk_socket`; `struct socket` → `file`.
+    pub sk_socket: u32,
+    pub socket_file: u32,
     /// `struct sock` → `sk_wmem_queued` and `sk_sndbuf`.
     pub wmem_queued: u32,
     pub sndbuf: u32,
@@ -126,6 +129,8 @@ impl KernelBtf {
             net_ns_inum: net_ns + ns_inum,
             bound_dev_if: need("sock_common", "skc_bound_dev_if")?,
             protocol: self.member_offset("sock", "sk_protocol"),
+            sk_socket: need("sock", "sk_socket")?,
+            socket_file: need("socket", "file")?,
             wmem_queued: need("sock", "sk_wmem_queued")?,
             sndbuf: need("sock", "sk_sndbuf")?,
         })

@@ -226,6 +226,8 @@ pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig,
     c.sk_bound_dev_if = o.bound_dev_if;
     c.sk_protocol = o.protocol.unwrap_or(OFFSET_ABSENT);
     c.sk_wmem_queued = o.wmem_queued;
+    c.sk_socket = o.sk_socket;
+    c.socket_file = o.socket_file;
     c.sk_sndbuf = o.sndbuf;
     c.agent_tgid = std::process::id();
     Ok(c)

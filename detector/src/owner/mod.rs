@@ -28,6 +28,10 @@ pub struct Holder {
     pub cgroup: Option<String>,
     pub container_id: Option<String>,
     pub pod_uid: Option<String>,
+    /// The program image the process runs (executable's device and inode, and where exec
+    /// placed its code and stack): another value after an exec, even of the same file.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 const CMDLINE_MAX: usize = 160;
@@ -50,6 +54,14 @@ fn socket_fds(p: &Process, inode: u32) -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// See [`Holder::image`].
+pub fn image_of(p: &Process) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let stat = p.stat().ok()?;
+    let exe = std::fs::metadata(format!("/proc/{}/exe", p.pid)).ok()?;
+    Some(format!("{}:{}:{:x}:{:x}", exe.dev(), exe.ino(), stat.startcode, stat.startstack))
+}
+
 fn describe(p: &Process, fds: Vec<i32>) -> Option<Holder> {
     let stat = p.stat().ok()?;
     let mut cmdline = p.cmdline().map(|a| a.join(" ")).unwrap_or_default();
@@ -61,9 +73,7 @@ fn describe(p: &Process, fds: Vec<i32>) -> Option<Holder> {
         cmdline.truncate(cut);
         cmdline.push('…');
     }
-    let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid))
-        .ok()
-        .and_then(|s| cgroup::primary_path(&s));
+    let cg = cgroup_of(p.pid as u32);
     Some(Holder {
         pid: p.pid as u32,
         comm: stat.comm,
@@ -74,7 +84,13 @@ fn describe(p: &Process, fds: Vec<i32>) -> Option<Holder> {
         container_id: cg.as_deref().and_then(cgroup::container_id),
         pod_uid: cg.as_deref().and_then(cgroup::pod_uid),
         cgroup: cg,
+        image: image_of(p),
     })
+}
+
+/// The cgroup path of process `pid` (v2, else the v1 path naming a container).
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok().and_then(|s| cgroup::primary_path(&s))
 }
 
 /// Still the same process, still holding the socket through its first fd (two small reads).

@@ -1,50 +1,103 @@
-//! Carrying out actions. Every action aimed at a process goes through a pidfd opened first and
-//! checked against the process start time seen at detection, so a pid reused in between is
-//! never signalled or touched.
-use std::{os::fd::RawFd, time::Duration};
+//! Carrying out actions. Every action aimed at a process first proves, right before acting,
+//! that the process is the one seen at detection and that its fd still is the socket:
+//! a pidfd (so a pid reused afterwards is never hit), the same start time and image (not
+//! re-executed), and the fd duplicated through the pidfd with the socket's inode and cookie.
+//! Anything else is skipped and audited, never acted on.
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    time::Duration,
+};
 
-use super::config::Sig;
-use crate::api::StalledSocket;
+use serde::Serialize;
 
-fn pidfd_open(pid: u32) -> Result<RawFd, String> {
-    // SAFETY: plain syscall with integer arguments.
+use super::{SkipWhy, config::Sig};
+use crate::report::StalledSocket;
+
+#[derive(Debug)]
+pub enum ActionError {
+    /// Not done, for a reason that made it unsafe (audited as skipped).
+    Skip(SkipWhy, String),
+    Failed(String),
+}
+
+fn os_err(what: &str) -> ActionError {
+    ActionError::Failed(format!("{what}: {}", std::io::Error::last_os_error()))
+}
+
+/// The owner of a stalled socket, proven right now to be what detection saw.
+#[derive(Debug)]
+pub struct VerifiedOwner {
+    pub pid: u32,
+    pub fd: i32,
+    pidfd: OwnedFd,
+    /// The owner's fd, duplicated into the agent: the socket itself.
+    dup: OwnedFd,
+}
+
+fn pidfd_open(pid: u32) -> Result<OwnedFd, ActionError> {
+    // SAFETY: plain syscall with integer arguments; the descriptor returned is ours.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
     if fd < 0 {
-        return Err(format!("pidfd_open({pid}): {}", std::io::Error::last_os_error()));
+        // The process is gone.
+        return Err(ActionError::Skip(SkipWhy::OwnerChanged, format!("pidfd_open({pid}): {}", std::io::Error::last_os_error())));
     }
-    Ok(fd as RawFd)
+    // SAFETY: a new descriptor owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-struct Fd(RawFd);
-
-impl Drop for Fd {
-    fn drop(&mut self) {
-        // SAFETY: we own this descriptor.
-        unsafe { libc::close(self.0) };
-    }
-}
-
-/// A pidfd for the stalled socket's owner, proven to be the process seen at detection.
-fn owner_pidfd(s: &StalledSocket) -> Result<(Fd, u32, i32), String> {
+/// Proves the owner and its fd, or says why not.
+pub fn verify_owner(s: &StalledSocket) -> Result<VerifiedOwner, ActionError> {
     let (Some(pid), Some(start), Some(fd)) = (s.pid, s.start_time, s.fd) else {
-        return Err("owner unknown".into());
+        return Err(ActionError::Skip(SkipWhy::OwnerUnknown, "owner unknown".into()));
     };
-    let pidfd = Fd(pidfd_open(pid)?);
-    // The pidfd now names one process for good; if that process is not the one we saw, stop.
-    let now = procfs::process::Process::new(pid as i32)
-        .and_then(|p| p.stat())
-        .map(|st| st.starttime)
-        .map_err(|e| format!("reading /proc/{pid}/stat: {e}"))?;
-    if now != start {
-        return Err(format!("pid {pid} now belongs to another process (start time {now}, expected {start})"));
+    // The pidfd names one process for good; now check it is the one we saw.
+    let pidfd = pidfd_open(pid)?;
+    let changed = |why: String| ActionError::Skip(SkipWhy::OwnerChanged, why);
+    let proc = procfs::process::Process::new(pid as i32).map_err(|e| changed(format!("pid {pid}: {e}")))?;
+    let stat = proc.stat().map_err(|e| changed(format!("pid {pid}: {e}")))?;
+    if stat.starttime != start {
+        return Err(changed(format!("pid {pid} is another process now (start time {}, expected {start})", stat.starttime)));
     }
-    Ok((pidfd, pid, fd))
+    let seen = s.holders.iter().find(|h| h.pid == pid).and_then(|h| h.image.clone());
+    let now = crate::owner::image_of(&proc);
+    if seen.is_some() && seen != now {
+        return Err(changed(format!("pid {pid} executed another image since detection ({seen:?} -> {now:?})")));
+    }
+    // SAFETY: plain syscall; the returned descriptor is ours.
+    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if dup < 0 {
+        return Err(ActionError::Skip(SkipWhy::FdChanged, format!("pidfd_getfd({pid}, {fd}): {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: a new descriptor owned by no one else.
+    let dup = unsafe { OwnedFd::from_raw_fd(dup as RawFd) };
+    let (ino, cookie) = socket_identity(&dup);
+    if ino != Some(u64::from(s.inode)) || cookie != Some(s.socket_cookie) {
+        return Err(ActionError::Skip(
+            SkipWhy::FdChanged,
+            format!("fd {fd} of pid {pid} is no longer socket {} (cookie {}): inode {ino:?}, cookie {cookie:?}", s.inode, s.socket_cookie),
+        ));
+    }
+    Ok(VerifiedOwner { pid, fd, pidfd, dup })
 }
 
-/// Sends `sig` to the owner. A real-time signal is queued with the fd as its value
+/// Inode and socket cookie of a descriptor (`None` when it is not a socket).
+fn socket_identity(fd: &OwnedFd) -> (Option<u64>, Option<u64>) {
+    // SAFETY: a zeroed stat buffer filled by fstat on our own descriptor.
+    let ino = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(fd.as_raw_fd(), &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK).then_some(st.st_ino)
+    };
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: SO_COOKIE writes a u64 into our buffer.
+    let ok = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_COOKIE, (&raw mut cookie).cast(), &mut len) } == 0;
+    (ino, ok.then_some(cookie))
+}
+
+/// Sends `sig` to the verified owner. A real-time signal is queued with the fd as its value
 /// (`si_value.sival_int`), so the server knows which connection to drop.
-pub fn signal(s: &StalledSocket, sig: Sig) -> Result<String, String> {
-    let (pidfd, pid, fd) = owner_pidfd(s)?;
+pub fn signal(s: &StalledSocket, sig: Sig) -> Result<String, ActionError> {
+    let o = verify_owner(s)?;
     // siginfo_t for SI_QUEUE on Linux: signo, errno, code, then (at 16) pid, uid, value.
     let mut info = [0u8; 128];
     info[0..4].copy_from_slice(&sig.0.to_ne_bytes());
@@ -52,42 +105,32 @@ pub fn signal(s: &StalledSocket, sig: Sig) -> Result<String, String> {
     info[16..20].copy_from_slice(&(std::process::id() as i32).to_ne_bytes());
     // SAFETY: getuid has no preconditions.
     info[20..24].copy_from_slice(&unsafe { libc::getuid() }.to_ne_bytes());
-    info[24..32].copy_from_slice(&(fd as i64).to_ne_bytes());
+    info[24..32].copy_from_slice(&(o.fd as i64).to_ne_bytes());
     let info_ptr = if sig.is_realtime() { info.as_ptr() } else { std::ptr::null() };
     // SAFETY: a valid pidfd and a 128-byte siginfo buffer (or null).
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.0, sig.0, info_ptr, 0) };
-    if r < 0 {
-        return Err(format!("pidfd_send_signal({pid}, {}): {}", sig.0, std::io::Error::last_os_error()));
+    if unsafe { libc::syscall(libc::SYS_pidfd_send_signal, o.pidfd.as_raw_fd(), sig.0, info_ptr, 0) } < 0 {
+        return Err(os_err(&format!("pidfd_send_signal({}, {})", o.pid, sig.0)));
     }
-    Ok(format!("signal {} sent to pid {pid}{}", sig.0, if sig.is_realtime() { format!(" with fd {fd}") } else { String::new() }))
+    Ok(format!("signal {} sent to pid {}{}", sig.0, o.pid, if sig.is_realtime() { format!(" with fd {}", o.fd) } else { String::new() }))
 }
 
-/// `shutdown(SHUT_RDWR)` on the owner's own fd, fetched with pidfd_getfd: the app's blocked
-/// send fails with EPIPE and its reads see EOF, as if it had done it itself.
-pub fn shutdown(s: &StalledSocket) -> Result<String, String> {
-    let (pidfd, pid, fd) = owner_pidfd(s)?;
-    // SAFETY: plain syscall; the returned descriptor is ours.
-    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.0, fd, 0) };
-    if dup < 0 {
-        return Err(format!("pidfd_getfd({pid}, {fd}): {}", std::io::Error::last_os_error()));
-    }
-    let dup = Fd(dup as RawFd);
-    // The fd number may have been reused for something else: check it is our socket.
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", dup.0)).map_err(|e| e.to_string())?;
-    if link.to_string_lossy() != format!("socket:[{}]", s.inode) {
-        return Err(format!("fd {fd} of pid {pid} is no longer socket {}", s.inode));
-    }
+/// `shutdown(SHUT_RDWR)` on the owner's own socket: its blocked send fails with EPIPE and its
+/// reads see EOF, as if it had done it itself.
+pub fn shutdown(s: &StalledSocket) -> Result<String, ActionError> {
+    let o = verify_owner(s)?;
     // SAFETY: a socket descriptor we own.
-    if unsafe { libc::shutdown(dup.0, libc::SHUT_RDWR) } != 0 {
-        return Err(format!("shutdown: {}", std::io::Error::last_os_error()));
+    if unsafe { libc::shutdown(o.dup.as_raw_fd(), libc::SHUT_RDWR) } != 0 {
+        return Err(os_err("shutdown"));
     }
-    Ok(format!("shut down fd {fd} of pid {pid}"))
+    Ok(format!("shut down fd {} of pid {}", o.fd, o.pid))
 }
 
 /// Where an RPC goes.
 #[derive(Debug, Clone)]
 pub enum RpcTarget {
+    /// `host:port`, connected from inside the owner's network namespace.
     Http { authority: String, path: String },
+    /// A socket path in the owner's view of the filesystem (its mount namespace and root).
     Unix { socket: std::path::PathBuf, path: String },
 }
 
@@ -98,11 +141,17 @@ impl RpcTarget {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        let authority = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
-        Ok(RpcTarget::Http {
-            authority,
-            path: path.to_string(),
-        })
+        if authority.is_empty() {
+            return Err(format!("`{url}` has no host"));
+        }
+        let authority = match authority.rsplit_once(':').filter(|(h, _)| !h.ends_with(']') || authority.starts_with('[')) {
+            Some((_, port)) if !port.contains(']') => {
+                port.parse::<u16>().map_err(|_| format!("`{url}`: `{port}` is not a port (1-65535)"))?;
+                authority.to_string()
+            }
+            _ => format!("{authority}:80"),
+        };
+        Ok(RpcTarget::Http { authority, path: path.to_string() })
     }
 
     pub fn describe(&self) -> String {
@@ -113,7 +162,67 @@ impl RpcTarget {
     }
 }
 
-async fn post_once(target: &RpcTarget, body: &[u8]) -> Result<String, String> {
+/// What the RPC endpoint receives.
+#[derive(Debug, Clone, Serialize)]
+pub struct RpcBody {
+    pid: Option<u32>,
+    fd: Option<i32>,
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+    reason: crate::verdict::Reason,
+    stalled_for_ms: u64,
+    queued_bytes: u32,
+    socket_cookie: u64,
+    inode: u32,
+}
+
+impl RpcBody {
+    pub fn of(s: &StalledSocket) -> Self {
+        Self {
+            pid: s.pid,
+            fd: s.fd,
+            local: s.local,
+            remote: s.remote,
+            reason: s.reason,
+            stalled_for_ms: s.stalled_for_ms,
+            queued_bytes: s.queued_bytes,
+            socket_cookie: s.socket_cookie,
+            inode: s.inode,
+        }
+    }
+}
+
+/// A TCP connection to `authority` made from inside the network namespace of the process
+/// behind `pidfd`, on a thread of its own (setns changes only the calling thread).
+async fn connect_in_netns(pidfd: RawFd, authority: &str, timeout: Duration) -> Result<tokio::net::TcpStream, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let authority = authority.to_string();
+    std::thread::Builder::new()
+        .name("rpc-connect".into())
+        .spawn(move || {
+            let r = (|| -> Result<std::net::TcpStream, String> {
+                // SAFETY: plain syscall; a pidfd names the network namespace of its process.
+                if unsafe { libc::setns(pidfd, libc::CLONE_NEWNET) } != 0 {
+                    return Err(format!("entering the owner's network namespace: {}", std::io::Error::last_os_error()));
+                }
+                let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&authority).map_err(|e| format!("resolving {authority}: {e}"))?.collect();
+                let mut last = format!("{authority} resolved to no address");
+                for a in addrs {
+                    match std::net::TcpStream::connect_timeout(&a, timeout) {
+                        Ok(s) => return s.set_nonblocking(true).map(|()| s).map_err(|e| e.to_string()),
+                        Err(e) => last = format!("connect {a}: {e}"),
+                    }
+                }
+                Err(last)
+            })();
+            let _ = tx.send(r);
+        })
+        .map_err(|e| e.to_string())?;
+    let std_stream = rx.await.map_err(|_| "the connecting thread died".to_string())??;
+    tokio::net::TcpStream::from_std(std_stream).map_err(|e| e.to_string())
+}
+
+async fn post_once(target: &RpcTarget, owner: &VerifiedOwner, body: &[u8], timeout: Duration) -> Result<String, String> {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
     let (host, path) = match target {
@@ -128,39 +237,35 @@ async fn post_once(target: &RpcTarget, body: &[u8]) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     macro_rules! send {
         ($stream:expr) => {{
-            let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new($stream))
-                .await
-                .map_err(|e| format!("HTTP handshake: {e}"))?;
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new($stream)).await.map_err(|e| format!("HTTP handshake: {e}"))?;
             tokio::spawn(conn);
             tx.send_request(req).await.map_err(|e| format!("HTTP request: {e}"))?
         }};
     }
     let resp = match target {
-        RpcTarget::Http { authority, .. } => {
-            send!(tokio::net::TcpStream::connect(authority).await.map_err(|e| format!("connect {authority}: {e}"))?)
+        RpcTarget::Http { authority, .. } => send!(connect_in_netns(owner.pidfd.as_raw_fd(), authority, timeout).await?),
+        RpcTarget::Unix { socket, .. } => {
+            // The path as the owner sees it: through its root, in its mount namespace.
+            let seen = std::path::Path::new("/proc").join(owner.pid.to_string()).join("root").join(socket.strip_prefix("/").unwrap_or(socket));
+            send!(tokio::net::UnixStream::connect(&seen).await.map_err(|e| format!("connect {} (as {}): {e}", socket.display(), seen.display()))?)
         }
-        RpcTarget::Unix { socket, .. } => send!(tokio::net::UnixStream::connect(socket)
-            .await
-            .map_err(|e| format!("connect {}: {e}", socket.display()))?),
     };
     let status = resp.status();
     let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
-    if status.is_success() {
-        Ok(format!("{status}: {}", text.trim()))
-    } else {
-        Err(format!("{status}: {}", text.trim()))
-    }
+    if status.is_success() { Ok(format!("{status}: {}", text.trim())) } else { Err(format!("{status}: {}", text.trim())) }
 }
 
-/// POSTs `body` with a per-attempt timeout and up to `retries` retries.
-pub async fn rpc(target: &RpcTarget, body: &[u8], timeout: Duration, retries: u32) -> Result<String, String> {
+/// POSTs `body` to the verified owner's endpoint, with a per-attempt timeout and up to
+/// `retries` retries.
+pub async fn rpc(target: &RpcTarget, owner: &VerifiedOwner, body: &RpcBody, timeout: Duration, retries: u32) -> Result<String, String> {
+    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
     let mut last = String::new();
     for attempt in 0..=retries {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
         }
-        match tokio::time::timeout(timeout, post_once(target, body)).await {
+        match tokio::time::timeout(timeout, post_once(target, owner, &body, timeout)).await {
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => last = e,
             Err(_) => last = format!("no answer within {timeout:?}"),
@@ -183,16 +288,27 @@ mod tests {
             RpcTarget::Http { authority, path } => assert_eq!((authority.as_str(), path.as_str()), ("svc:80", "/")),
             other => panic!("{other:?}"),
         }
+        match RpcTarget::from_url("http://[::1]:81/x").unwrap() {
+            RpcTarget::Http { authority, .. } => assert_eq!(authority, "[::1]:81"),
+            other => panic!("{other:?}"),
+        }
         assert!(RpcTarget::from_url("ftp://x").is_err());
+        assert!(RpcTarget::from_url("http://h:70000/").unwrap_err().contains("port"));
+        assert!(RpcTarget::from_url("http:///x").is_err());
     }
 
     #[test]
-    fn rpc_to_nowhere_fails_after_bounded_retries() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        // A port nobody listens on (bound then dropped).
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let t = RpcTarget::from_url(&format!("http://127.0.0.1:{port}/reap")).unwrap();
-        let e = rt.block_on(rpc(&t, b"{}", Duration::from_millis(300), 1)).unwrap_err();
-        assert!(e.contains("after 2 attempts") && e.contains("connect"), "{e}");
+    fn an_unknown_owner_is_never_acted_on() {
+        let s: StalledSocket = serde_json::from_value(serde_json::json!({
+            "pid": null, "comm": null, "fd": null, "owner_known": false, "holders": [], "exe": null, "cmdline": null,
+            "start_time": null, "sender_pid": 0, "sender_tid": 0, "sender_comm": "", "cgroup_id": 0, "cgroup": null,
+            "container_id": null, "pod_uid": null, "pod_namespace": null, "pod_name": null, "local": "127.0.0.1:1",
+            "remote": "127.0.0.1:2", "state": "ESTABLISHED", "queued_bytes": 1, "notsent_bytes": 0, "stalled_for_ms": 1,
+            "reason": "peer_not_reading", "onset_proof": "first_sample", "retransmits": 0, "zero_window_probes": 0,
+            "peer_window": 0, "socket_cookie": 1, "inode": 1, "netns": 1
+        }))
+        .unwrap();
+        assert!(matches!(verify_owner(&s), Err(ActionError::Skip(SkipWhy::OwnerUnknown, _))));
+        assert!(matches!(shutdown(&s), Err(ActionError::Skip(SkipWhy::OwnerUnknown, _))));
     }
 }

@@ -7,6 +7,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 use thiserror::Error;
 
+use super::{Action, actions::RpcTarget};
+use crate::verdict::Reason;
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("reading policy file {path}: {err}")]
@@ -15,16 +18,22 @@ pub enum ConfigError {
     Parse { path: String, msg: String },
 }
 
-/// A duration written like `30s`, `500ms`, `2m`.
+/// The longest duration a policy may name: anything longer is a typo, not a policy.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A duration written like `30s`, `500ms`, `2m`, at most a week.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Dur(pub Duration);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Dur)
-            .map_err(|e| de::Error::custom(format!("`{s}` is not a duration ({e}); write it like 30s, 500ms or 2m")))
+        let v = humantime::parse_duration(&s)
+            .map_err(|e| de::Error::custom(format!("`{s}` is not a duration ({e}); write it like 30s, 500ms or 2m")))?;
+        if v > MAX_DURATION {
+            return Err(de::Error::custom(format!("`{s}` is longer than a week; write it like 30s, 500ms or 2m")));
+        }
+        Ok(Dur(v))
     }
 }
 
@@ -47,19 +56,26 @@ impl Glob {
 impl<'de> Deserialize<'de> for Glob {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        glob::Pattern::new(&s)
-            .map(Glob)
-            .map_err(|e| de::Error::custom(format!("`{s}` is not a valid pattern: {e}")))
+        glob::Pattern::new(&s).map(Glob).map_err(|e| de::Error::custom(format!("`{s}` is not a valid pattern: {e}")))
     }
 }
 
 /// A signal by name (`SIGUSR1`, `TERM`, `SIGRTMIN+2`) or number.
+///
+/// Real-time signals follow glibc's numbering whatever libc the agent was built with: SIGRTMIN
+/// is 34 and SIGRTMAX 64, as glibc programs (and Go, Java, Rust on glibc) see them. 32 and 33
+/// are reserved by glibc for its threads and refused. (The agent's own image is static musl,
+/// whose SIGRTMIN is 35: resolving the name with its libc would send the wrong signal.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sig(pub i32);
 
+/// glibc's SIGRTMIN and SIGRTMAX as applications see them.
+pub const SIGRTMIN: i32 = 34;
+pub const SIGRTMAX: i32 = 64;
+
 impl Sig {
     pub fn is_realtime(self) -> bool {
-        self.0 >= libc::SIGRTMIN() && self.0 <= libc::SIGRTMAX()
+        (SIGRTMIN..=SIGRTMAX).contains(&self.0)
     }
 }
 
@@ -68,31 +84,33 @@ impl FromStr for Sig {
     fn from_str(s: &str) -> Result<Self, String> {
         let up = s.trim().to_ascii_uppercase();
         let name = up.strip_prefix("SIG").unwrap_or(&up);
-        if let Ok(n) = name.parse::<i32>() {
-            if (1..=libc::SIGRTMAX()).contains(&n) {
-                return Ok(Sig(n));
+        let n = if let Ok(n) = name.parse::<i32>() {
+            n
+        } else if let Some(off) = name.strip_prefix("RTMIN") {
+            let off: i32 = if off.is_empty() { 0 } else { off.strip_prefix('+').and_then(|o| o.parse().ok()).ok_or_else(|| format!("`{s}` is not a signal"))? };
+            SIGRTMIN + off
+        } else if let Some(off) = name.strip_prefix("RTMAX") {
+            let off: i32 = if off.is_empty() { 0 } else { off.strip_prefix('-').and_then(|o| o.parse().ok()).ok_or_else(|| format!("`{s}` is not a signal"))? };
+            SIGRTMAX - off
+        } else {
+            match name {
+                "HUP" => libc::SIGHUP,
+                "INT" => libc::SIGINT,
+                "QUIT" => libc::SIGQUIT,
+                "KILL" => libc::SIGKILL,
+                "USR1" => libc::SIGUSR1,
+                "USR2" => libc::SIGUSR2,
+                "PIPE" => libc::SIGPIPE,
+                "ALRM" => libc::SIGALRM,
+                "TERM" => libc::SIGTERM,
+                _ => return Err(format!("`{s}` is not a signal; use a name like SIGUSR1 or SIGRTMIN+1, or a number")),
             }
-        }
-        if let Some(off) = name.strip_prefix("RTMIN") {
-            let off: i32 = if off.is_empty() { 0 } else { off.trim_start_matches('+').parse().map_err(|_| format!("`{s}` is not a signal"))? };
-            let n = libc::SIGRTMIN() + off;
-            if n <= libc::SIGRTMAX() {
-                return Ok(Sig(n));
-            }
-        }
-        let n = match name {
-            "HUP" => libc::SIGHUP,
-            "INT" => libc::SIGINT,
-            "QUIT" => libc::SIGQUIT,
-            "KILL" => libc::SIGKILL,
-            "USR1" => libc::SIGUSR1,
-            "USR2" => libc::SIGUSR2,
-            "PIPE" => libc::SIGPIPE,
-            "ALRM" => libc::SIGALRM,
-            "TERM" => libc::SIGTERM,
-            _ => return Err(format!("`{s}` is not a signal; use a name like SIGUSR1, SIGTERM or SIGRTMIN+1")),
         };
-        Ok(Sig(n))
+        match n {
+            32 | 33 => Err(format!("`{s}` (signal {n}) is reserved by glibc for its threads; use SIGRTMIN (34) or above")),
+            1..=SIGRTMAX => Ok(Sig(n)),
+            _ => Err(format!("`{s}` is out of range (1 to {SIGRTMAX})")),
+        }
     }
 }
 
@@ -127,8 +145,9 @@ pub enum Stage {
         #[serde(default)]
         after: Dur,
     },
-    /// POST the connection as JSON to the owner's endpoint: an HTTP `url`, or a `unix` socket
-    /// (with `path`, default `/`).
+    /// POST the connection as JSON to the owner's endpoint: an HTTP `url` (reached from inside
+    /// the owner's network namespace), or a `unix` socket path (in the owner's filesystem view),
+    /// with `path` (default `/`).
     Rpc {
         url: Option<String>,
         unix: Option<PathBuf>,
@@ -139,6 +158,9 @@ pub enum Stage {
         retries: u32,
         #[serde(default)]
         after: Dur,
+        /// Parsed from `url`/`unix`/`path` when the policy loads.
+        #[serde(skip)]
+        target: Option<RpcTarget>,
     },
     /// Destroy the socket from the kernel side (sock_diag SOCK_DESTROY).
     Destroy {
@@ -161,24 +183,39 @@ fn default_rpc_retries() -> u32 {
 }
 
 impl Stage {
-    pub fn name(&self) -> &'static str {
+    pub fn action(&self) -> Action {
         match self {
-            Stage::Report { .. } => "report",
-            Stage::Signal { .. } => "signal",
-            Stage::Rpc { .. } => "rpc",
-            Stage::Destroy { .. } => "destroy",
-            Stage::Shutdown { .. } => "shutdown",
+            Stage::Report { .. } => Action::Report,
+            Stage::Signal { .. } => Action::Signal,
+            Stage::Rpc { .. } => Action::Rpc,
+            Stage::Destroy { .. } => Action::Destroy,
+            Stage::Shutdown { .. } => Action::Shutdown,
         }
     }
 
     pub fn after(&self) -> Duration {
         match self {
-            Stage::Report { after }
-            | Stage::Signal { after, .. }
-            | Stage::Rpc { after, .. }
-            | Stage::Destroy { after }
-            | Stage::Shutdown { after } => after.0,
+            Stage::Report { after } | Stage::Signal { after, .. } | Stage::Rpc { after, .. } | Stage::Destroy { after } | Stage::Shutdown { after } => after.0,
         }
+    }
+
+    /// Checks what serde cannot and fills in parsed fields.
+    fn check(&mut self) -> Result<(), String> {
+        if let Stage::Rpc { url, unix, path, timeout, retries, target, .. } = self {
+            if timeout.0.is_zero() || timeout.0 > Duration::from_secs(60) {
+                return Err("rpc timeout must be between 1ms and 60s".into());
+            }
+            if *retries > 10 {
+                return Err(format!("rpc retries {retries} is too many (at most 10)"));
+            }
+            *target = Some(match (url, unix) {
+                (Some(u), None) if path.is_some() => return Err(format!("rpc `path` goes with `unix`; put it in the url `{u}`")),
+                (Some(u), None) => RpcTarget::from_url(u)?,
+                (None, Some(sock)) => RpcTarget::Unix { socket: sock.clone(), path: path.clone().unwrap_or_else(|| "/".into()) },
+                _ => return Err("rpc needs exactly one of `url` (http://host:port/path) or `unix` (a socket path)".into()),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -192,25 +229,10 @@ pub struct Match {
     pub pod_namespace: Option<Glob>,
     pub pod_name: Option<Glob>,
     pub local_port: Option<u16>,
+    /// IPv4 ranges match IPv4 peers of dual-stack sockets too.
     pub remote_cidr: Option<IpNet>,
     /// `peer_unreachable`, `peer_not_reading` or `peer_closed`.
-    pub reason: Option<ReasonName>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReasonName(pub String);
-
-impl<'de> Deserialize<'de> for ReasonName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if crate::verdict::Reason::ALL.iter().any(|r| r.as_str() == s) {
-            Ok(ReasonName(s))
-        } else {
-            Err(de::Error::custom(format!(
-                "`{s}` is not a reason; use peer_unreachable, peer_not_reading or peer_closed"
-            )))
-        }
-    }
+    pub reason: Option<Reason>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,6 +245,11 @@ pub struct Selector {
     /// `--grace`; never shorter).
     pub grace: Option<Dur>,
     pub actions: Vec<Stage>,
+    /// Act on sockets no process can be shown to hold (fd in flight in a unix socket, owner
+    /// unknown). Off by default; sockets without a file (the kernel's own: NFS, iSCSI,
+    /// NVMe/TCP, Ceph) are never acted on, whatever this says.
+    #[serde(default)]
+    pub allow_unknown_owner: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,11 +279,7 @@ fn default_cooldown() -> Dur {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            per_minute: default_per_minute(),
-            per_owner_per_minute: default_per_owner(),
-            cooldown: default_cooldown(),
-        }
+        Self { per_minute: default_per_minute(), per_owner_per_minute: default_per_owner(), cooldown: default_cooldown() }
     }
 }
 
@@ -264,9 +287,10 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Protect {
+    /// Process names (the kernel keeps 15 characters: match longer names with `exes`).
     #[serde(default = "default_protected_comms")]
     pub comms: Vec<Glob>,
-    #[serde(default)]
+    #[serde(default = "default_protected_exes")]
     pub exes: Vec<Glob>,
     #[serde(default)]
     pub pids: Vec<u32>,
@@ -274,11 +298,17 @@ pub struct Protect {
     pub local_ports: Vec<u16>,
 }
 
+fn globs(ps: &[&str]) -> Vec<Glob> {
+    ps.iter().map(|p| Glob(glob::Pattern::new(p).expect("built-in patterns are valid"))).collect()
+}
+
 fn default_protected_comms() -> Vec<Glob> {
-    ["sshd", "kubelet", "containerd", "dockerd", "crio", "systemd*", "etcd", "kube-apiserver"]
-        .iter()
-        .map(|p| Glob(glob::Pattern::new(p).expect("built-in patterns are valid")))
-        .collect()
+    globs(&["sshd", "kubelet", "containerd*", "dockerd", "crio", "systemd*", "etcd", "kube-apiserver"])
+}
+
+/// The same programs by executable, for names longer than a comm (`containerd-shim-runc-v2`).
+fn default_protected_exes() -> Vec<Glob> {
+    globs(&["*/sshd", "*/kubelet", "*/containerd*", "*/dockerd", "*/crio", "*/systemd*", "*/etcd", "*/kube-apiserver"])
 }
 
 fn default_protected_ports() -> Vec<u16> {
@@ -287,12 +317,7 @@ fn default_protected_ports() -> Vec<u16> {
 
 impl Default for Protect {
     fn default() -> Self {
-        Self {
-            comms: default_protected_comms(),
-            exes: vec![],
-            pids: vec![],
-            local_ports: default_protected_ports(),
-        }
+        Self { comms: default_protected_comms(), exes: default_protected_exes(), pids: vec![], local_ports: default_protected_ports() }
     }
 }
 
@@ -310,189 +335,93 @@ pub struct Policy {
     pub selectors: Vec<Selector>,
 }
 
+/// The kernel keeps this many characters of a process name.
+const COMM_MAX: usize = 15;
+
 impl Policy {
     /// Parses and checks a policy; `path` names the file in errors.
     pub fn parse(text: &str, path: &str, agent_grace: Duration) -> Result<Self, ConfigError> {
-        let perr = |msg: String| ConfigError::Parse {
-            path: path.to_string(),
-            msg,
-        };
-        let p: Policy = toml::from_str(text).map_err(|e| perr(e.to_string()))?;
-        for (i, s) in p.selectors.iter().enumerate() {
-            let at = format!("selector #{} ({:?})", i + 1, s.name);
-            if s.actions.is_empty() {
-                return Err(perr(format!("{at}: `actions` is empty; give at least one, e.g. {{ action = \"report\" }}")));
-            }
-            if let Some(g) = s.grace {
-                if g.0 < agent_grace {
-                    return Err(perr(format!(
-                        "{at}: grace {:?} is shorter than the agent's --grace {:?}; a socket is only known stalled after --grace",
-                        g.0, agent_grace
-                    )));
-                }
-            }
-            for (j, st) in s.actions.iter().enumerate() {
-                if let Stage::Rpc { url, unix, .. } = st {
-                    match (url, unix) {
-                        (Some(u), None) => {
-                            if !u.starts_with("http://") {
-                                return Err(perr(format!("{at}, action #{}: rpc url `{u}` must start with http://", j + 1)));
-                            }
-                        }
-                        (None, Some(_)) => {}
-                        _ => {
-                            return Err(perr(format!(
-                                "{at}, action #{}: rpc needs exactly one of `url` (http://host:port/path) or `unix` (a socket path)",
-                                j + 1
-                            )));
-                        }
-                    }
-                }
-            }
-        }
+        let perr = |msg: String| ConfigError::Parse { path: path.to_string(), msg };
+        let mut p: Policy = toml::from_str(text).map_err(|e| perr(e.to_string()))?;
+        p.check(agent_grace).map_err(perr)?;
         Ok(p)
     }
 
-    /// The policy of `--action` (and `--signal`, `--rpc-url`, `--dry-run`): one selector
-    /// taking every stalled socket, with that single action.
-    pub fn from_flags(action: &str, signal: &str, rpc_url: Option<&str>, dry_run: bool) -> Result<Self, ConfigError> {
-        let perr = |msg: String| ConfigError::Parse {
-            path: "command line".into(),
-            msg,
-        };
-        let stage = match action {
-            "report" => Stage::Report { after: Dur::default() },
-            "signal" => Stage::Signal {
-                signal: signal.parse().map_err(|e: String| perr(format!("--signal: {e}")))?,
-                after: Dur::default(),
-            },
-            "rpc" => {
-                let url = rpc_url.ok_or_else(|| perr("--action rpc needs --rpc-url http://host:port/path".into()))?;
-                if !url.starts_with("http://") {
-                    return Err(perr(format!("--rpc-url `{url}` must start with http://")));
-                }
-                Stage::Rpc {
-                    url: Some(url.into()),
-                    unix: None,
-                    path: None,
-                    timeout: default_rpc_timeout(),
-                    retries: default_rpc_retries(),
-                    after: Dur::default(),
+    fn check(&mut self, agent_grace: Duration) -> Result<(), String> {
+        let l = &self.limits;
+        if l.per_minute == 0 || l.per_owner_per_minute == 0 {
+            return Err("[limits] per_minute and per_owner_per_minute must be at least 1 (use dry_run = true to act on nothing)".into());
+        }
+        for g in &self.protect.comms {
+            let literal = g.0.as_str().trim_end_matches('*');
+            if literal.len() > COMM_MAX {
+                return Err(format!(
+                    "[protect] comms: `{}` is longer than the {COMM_MAX} characters the kernel keeps of a process name, so it never matches; protect it by `exes` (e.g. \"*/{}\")",
+                    g.0.as_str(),
+                    g.0.as_str()
+                ));
+            }
+        }
+        for (i, s) in self.selectors.iter_mut().enumerate() {
+            let at = format!("selector #{} ({:?})", i + 1, s.name);
+            if s.actions.is_empty() {
+                return Err(format!("{at}: `actions` is empty; give at least one, e.g. {{ action = \"report\" }}"));
+            }
+            if let Some(g) = s.grace {
+                if g.0 < agent_grace {
+                    return Err(format!("{at}: grace {:?} is shorter than the agent's --grace {:?}; a socket is only known stalled after --grace", g.0, agent_grace));
                 }
             }
-            "destroy" => Stage::Destroy { after: Dur::default() },
-            "shutdown" => Stage::Shutdown { after: Dur::default() },
-            other => return Err(perr(format!("--action `{other}`: use report, signal, rpc, destroy or shutdown"))),
+            for (j, st) in s.actions.iter_mut().enumerate() {
+                st.check().map_err(|e| format!("{at}, action #{}: {e}", j + 1))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The policy of `--action` (with `--signal`, `--rpc-url`, `--dry-run`): one selector
+    /// taking every stalled socket, with that single action.
+    pub fn from_flags(action: Action, signal: Option<&str>, rpc_url: Option<&str>, dry_run: bool) -> Result<Self, ConfigError> {
+        let perr = |msg: String| ConfigError::Parse { path: "command line".into(), msg };
+        let mut stage = match action {
+            Action::Report => Stage::Report { after: Dur::default() },
+            Action::Signal => {
+                let name = signal.ok_or_else(|| {
+                    perr("--action signal needs --signal: a signal your server handles, e.g. SIGRTMIN+1 (it carries the fd); an unhandled signal ends the whole process".into())
+                })?;
+                Stage::Signal { signal: name.parse().map_err(|e: String| perr(format!("--signal: {e}")))?, after: Dur::default() }
+            }
+            Action::Rpc => Stage::Rpc {
+                url: Some(rpc_url.ok_or_else(|| perr("--action rpc needs --rpc-url http://host:port/path".into()))?.into()),
+                unix: None,
+                path: None,
+                timeout: default_rpc_timeout(),
+                retries: default_rpc_retries(),
+                after: Dur::default(),
+                target: None,
+            },
+            Action::Destroy => Stage::Destroy { after: Dur::default() },
+            Action::Shutdown => Stage::Shutdown { after: Dur::default() },
         };
+        stage.check().map_err(|e| perr(format!("--action {}: {e}", action.as_str())))?;
         Ok(Policy {
             dry_run,
             selectors: vec![Selector {
-                name: format!("--action {action}"),
+                name: format!("--action {}", action.as_str()),
                 matches: Match::default(),
                 grace: None,
                 actions: vec![stage],
+                allow_unknown_owner: false,
             }],
             ..Policy::default()
         })
     }
 
     pub fn load(path: &std::path::Path, agent_grace: Duration) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
-            path: path.display().to_string(),
-            err,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { path: path.display().to_string(), err })?;
         Self::parse(&text, &path.display().to_string(), agent_grace)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const G: Duration = Duration::from_secs(30);
-
-    #[test]
-    fn the_shipped_example_parses() {
-        let text = include_str!("../../../deploy/policy.example.toml");
-        let p = Policy::parse(text, "policy.example.toml", G).unwrap();
-        assert!(!p.selectors.is_empty());
-    }
-
-    #[test]
-    fn full_selector() {
-        let p = Policy::parse(
-            r#"
-            dry_run = true
-            [limits]
-            per_minute = 3
-            cooldown = "10s"
-            [protect]
-            comms = ["sshd"]
-            local_ports = [22]
-            [[selector]]
-            name = "ws"
-            match = { comm = "ws-*", local_port = 8080, remote_cidr = "10.0.0.0/8", reason = "peer_unreachable" }
-            grace = "45s"
-            actions = [
-              { action = "rpc", url = "http://127.0.0.1:9000/reap", timeout = "1s", retries = 1 },
-              { action = "signal", signal = "SIGRTMIN+1", after = "5s" },
-              { action = "destroy", after = "10s" },
-            ]
-            "#,
-            "p.toml",
-            G,
-        )
-        .unwrap();
-        assert!(p.dry_run);
-        assert_eq!(p.limits.per_minute, 3);
-        assert_eq!(p.limits.per_owner_per_minute, 10, "defaults fill the rest");
-        let s = &p.selectors[0];
-        assert!(s.matches.comm.as_ref().unwrap().matches("ws-gateway"));
-        assert_eq!(s.actions.len(), 3);
-        assert_eq!(s.actions[2].after(), Duration::from_secs(10));
-        match &s.actions[1] {
-            Stage::Signal { signal, .. } => assert!(signal.is_realtime()),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn err(text: &str) -> String {
-        Policy::parse(text, "/etc/detector/policy.toml", G).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn bad_values_name_file_line_and_field() {
-        let e = err("[[selector]]\nname = \"x\"\nactions = [{ action = \"signal\", signal = \"SIGNOPE\" }]\n");
-        assert!(e.contains("/etc/detector/policy.toml") && e.contains("line 3") && e.contains("SIGNOPE"), "{e}");
-        let e = err("[[selector]]\nname = \"x\"\nmatch = { remote_cidr = \"10.0.0.0/99\" }\nactions = [{ action = \"report\" }]\n");
-        assert!(e.contains("line 3") && e.contains("remote_cidr") || e.contains("10.0.0.0/99"), "{e}");
-        let e = err("[limits]\ncooldwn = \"5s\"\n");
-        assert!(e.contains("line 2") && e.contains("cooldwn"), "{e}");
-        let e = err("[[selector]]\nname = \"x\"\nactions = [{ action = \"explode\" }]\n");
-        assert!(e.contains("explode"), "{e}");
-        let e = err("[[selector]]\nname = \"x\"\ngrace = \"later\"\nactions = [{ action = \"report\" }]\n");
-        assert!(e.contains("line 3") && e.contains("later"), "{e}");
-    }
-
-    #[test]
-    fn semantic_mistakes_are_named() {
-        let e = err("[[selector]]\nname = \"x\"\nactions = []\n");
-        assert!(e.contains("\"x\"") && e.contains("actions"), "{e}");
-        let e = err("[[selector]]\nname = \"x\"\ngrace = \"5s\"\nactions = [{ action = \"report\" }]\n");
-        assert!(e.contains("shorter than the agent's --grace"), "{e}");
-        let e = err("[[selector]]\nname = \"x\"\nactions = [{ action = \"rpc\" }]\n");
-        assert!(e.contains("exactly one of `url`"), "{e}");
-        let e = err("[[selector]]\nname = \"x\"\nactions = [{ action = \"rpc\", url = \"https://a\" }]\n");
-        assert!(e.contains("http://"), "{e}");
-    }
-
-    #[test]
-    fn signals() {
-        assert_eq!("SIGUSR1".parse::<Sig>().unwrap().0, libc::SIGUSR1);
-        assert_eq!("term".parse::<Sig>().unwrap().0, libc::SIGTERM);
-        assert_eq!("SIGRTMIN+2".parse::<Sig>().unwrap().0, libc::SIGRTMIN() + 2);
-        assert_eq!("10".parse::<Sig>().unwrap().0, 10);
-        assert!("SIGRTMIN+99".parse::<Sig>().is_err());
-        assert!("0".parse::<Sig>().is_err());
-    }
-}
+mod tests;

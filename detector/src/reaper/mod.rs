@@ -1,187 +1,198 @@
 //! Acting on stalled sockets by policy: report (default), signal, RPC, kernel-side destroy or
 //! shutdown, along an escalation ladder per selector. `policy` decides (pure), `actions`
-//! carries out; every decision writes one JSON audit line on stdout and counts in
-//! `detector_reaps_total{action,result}`.
+//! carries out (re-checking, right before acting, that the owner and its fd are still what was
+//! seen), `state` keeps the ladders across restarts. Every decision writes one JSON audit line
+//! on stdout and counts in `detector_reaps_total{action,result,why}`.
 pub mod actions;
+pub mod audit;
 pub mod config;
 pub mod policy;
+pub mod state;
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
 use serde::Serialize;
 
 use self::{
-    actions::RpcTarget,
+    actions::{ActionError, RpcBody},
+    audit::{Audit, AuditSink},
     config::{Policy, Stage},
     policy::{Decision, Engine},
 };
 use crate::{
-    api::StalledSocket,
-    metrics::{ActionLabel, Metrics},
+    metrics::Metrics,
+    report::StalledSocket,
     sample::{DiagConn, Lookup},
 };
 
-/// One audit record.
-#[derive(Debug, Serialize)]
-pub struct Audit<'a> {
-    pub ts: String,
-    pub event: &'static str,
-    pub action: &'a str,
-    pub stage: Option<usize>,
-    pub selector: &'a str,
-    /// ok, failed, dry_run or skipped.
-    pub result: &'a str,
-    pub detail: &'a str,
-    pub pid: Option<u32>,
-    pub fd: Option<i32>,
-    pub comm: Option<&'a str>,
-    pub local: &'a str,
-    pub remote: &'a str,
-    pub reason: &'a str,
-    pub stalled_for_ms: u64,
-    pub queued_bytes: u32,
-    pub socket_cookie: u64,
-    pub pod_namespace: Option<&'a str>,
-    pub pod_name: Option<&'a str>,
+/// Every action, one spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Report,
+    Signal,
+    Rpc,
+    Destroy,
+    Shutdown,
 }
 
-fn audit(metrics: &Metrics, s: &StalledSocket, action: &str, stage: Option<usize>, selector: &str, result: &str, detail: &str) {
-    let line = Audit {
-        ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        event: "reap",
-        action,
-        stage,
-        selector,
-        result,
-        detail,
-        pid: s.pid,
-        fd: s.fd,
-        comm: s.comm.as_deref(),
-        local: &s.local,
-        remote: &s.remote,
-        reason: &s.reason,
-        stalled_for_ms: s.stalled_for_ms,
-        queued_bytes: s.queued_bytes,
-        socket_cookie: s.socket_cookie,
-        pod_namespace: s.pod_namespace.as_deref(),
-        pod_name: s.pod_name.as_deref(),
-    };
-    if let Ok(json) = serde_json::to_string(&line) {
-        println!("{json}");
+impl Action {
+    pub const ALL: [Action; 5] = [Self::Report, Self::Signal, Self::Rpc, Self::Destroy, Self::Shutdown];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Report => "report",
+            Self::Signal => "signal",
+            Self::Rpc => "rpc",
+            Self::Destroy => "destroy",
+            Self::Shutdown => "shutdown",
+        }
     }
-    metrics
-        .reaps
-        .get_or_create(&ActionLabel {
-            action: action.into(),
-            result: result.into(),
-        })
-        .inc();
+
+    pub fn parse(s: &str) -> Option<Action> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Whether it addresses the owning process (and so needs one).
+    pub fn needs_owner(self) -> bool {
+        matches!(self, Self::Signal | Self::Rpc | Self::Shutdown)
+    }
 }
 
-/// What the RPC endpoint receives.
-#[derive(Debug, Serialize)]
-struct RpcBody<'a> {
-    pid: Option<u32>,
-    fd: Option<i32>,
-    local: &'a str,
-    remote: &'a str,
-    reason: &'a str,
-    stalled_for_ms: u64,
-    queued_bytes: u32,
-    socket_cookie: u64,
-    inode: u32,
+/// Why an action was held back; the `why` label of `detector_reaps_total{result="skipped"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipWhy {
+    /// A protected process or port, the agent itself, pid 1, a kernel thread.
+    Protected,
+    /// No process can be shown to hold the socket (and the selector does not allow that).
+    OwnerUnknown,
+    /// Found by a dump and held by nobody: whether it is the kernel's own is unknown.
+    FileUnknown,
+    /// The socket has no file any more (closed by its owner, the kernel finishing it).
+    NoFile,
+    /// The kernel's own socket (NFS, iSCSI, NVMe/TCP, Ceph).
+    KernelSocket,
+    /// Another of the owner's sockets was acted on within the cooldown.
+    Cooldown,
+    RateLimited,
+    OwnerRateLimited,
+    /// Right before acting, the owner was another process or image (exited, pid reused, exec).
+    OwnerChanged,
+    /// Right before acting, the owner's fd no longer was this socket.
+    FdChanged,
+}
+
+impl SkipWhy {
+    pub const ALL: [SkipWhy; 10] = [
+        Self::Protected,
+        Self::OwnerUnknown,
+        Self::FileUnknown,
+        Self::NoFile,
+        Self::KernelSocket,
+        Self::Cooldown,
+        Self::RateLimited,
+        Self::OwnerRateLimited,
+        Self::OwnerChanged,
+        Self::FdChanged,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Protected => "protected",
+            Self::OwnerUnknown => "owner_unknown",
+            Self::FileUnknown => "file_unknown",
+            Self::NoFile => "no_file",
+            Self::KernelSocket => "kernel_socket",
+            Self::Cooldown => "cooldown",
+            Self::RateLimited => "rate_limited",
+            Self::OwnerRateLimited => "owner_rate_limited",
+            Self::OwnerChanged => "owner_changed",
+            Self::FdChanged => "fd_changed",
+        }
+    }
 }
 
 pub struct Reaper {
     engine: Engine,
     rt: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
+    audit: AuditSink,
+    state_file: Option<PathBuf>,
 }
 
 impl Reaper {
-    pub fn new(policy: Policy, grace: std::time::Duration, rt: tokio::runtime::Handle, metrics: Arc<Metrics>) -> Self {
-        Self {
-            engine: Engine::new(policy, grace, std::process::id()),
-            rt,
-            metrics,
-        }
+    /// `state_file` keeps the ladders across restarts (loaded now, saved after every action).
+    pub fn new(policy: Policy, grace: std::time::Duration, rt: tokio::runtime::Handle, metrics: Arc<Metrics>, state_file: Option<PathBuf>) -> Self {
+        let saved = state_file.as_deref().map(state::load).unwrap_or_default();
+        let audit = AuditSink::stdout(metrics.clone());
+        Self { engine: Engine::new(policy, grace, std::process::id(), saved), rt, metrics, audit, state_file }
     }
 
-    /// Decides and acts for this sweep's stalled sockets. `destroy` destroys one socket in its
-    /// own namespace (the sweep owns the namespace sockets).
-    pub fn tick(&mut self, stalled: &[StalledSocket], destroy: &mut dyn FnMut(&StalledSocket) -> Result<(), String>) {
-        let now = Instant::now();
-        let live = stalled.iter().map(|s| s.socket_cookie).collect();
+    /// Decides and acts for this pass's stalled sockets. `destroy` destroys one socket in its
+    /// own namespace (the sweep owns the namespace sockets). `now_ms` is CLOCK_MONOTONIC.
+    pub fn tick(&mut self, stalled: &[StalledSocket], now_ms: u64, destroy: &mut dyn FnMut(&StalledSocket) -> Result<(), String>) {
+        let live: HashSet<u64> = stalled.iter().map(|s| s.socket_cookie).collect();
         self.engine.retain(&live);
+        let mut acted = false;
         for s in stalled {
-            let Some(d) = self.engine.decide(s, now) else { continue };
-            match d {
-                Decision::Skip { selector, why } => {
-                    audit(&self.metrics, s, "none", None, &selector, "skipped", why);
+            match self.engine.decide(s, now_ms) {
+                None => {}
+                Some(Decision::Skip { selector, action, why }) => {
+                    self.record(Audit::skipped(s, action, &selector, why));
                 }
-                Decision::Act { selector, stage_index, stage, dry_run } => {
-                    let name = stage.name();
-                    if dry_run {
-                        audit(&self.metrics, s, name, Some(stage_index), &selector, "dry_run", "dry run: nothing done");
-                        continue;
-                    }
-                    let result = match &stage {
-                        Stage::Report { .. } => Ok("reported".to_string()),
-                        Stage::Signal { signal, .. } => actions::signal(s, *signal),
-                        Stage::Shutdown { .. } => actions::shutdown(s),
-                        Stage::Destroy { .. } => destroy(s).map(|()| "destroyed by SOCK_DESTROY".into()),
-                        Stage::Rpc { url, unix, path, timeout, retries, .. } => {
-                            let target = match (url, unix) {
-                                (Some(u), _) => RpcTarget::from_url(u),
-                                (None, Some(sock)) => Ok(RpcTarget::Unix {
-                                    socket: sock.clone(),
-                                    path: path.clone().unwrap_or_else(|| "/".into()),
-                                }),
-                                (None, None) => Err("rpc has no target".into()),
-                            };
-                            match target {
-                                Err(e) => Err(e),
-                                Ok(target) => {
-                                    // Runs off the sweep thread; the answer is audited when it comes.
-                                    let body = serde_json::to_vec(&RpcBody {
-                                        pid: s.pid,
-                                        fd: s.fd,
-                                        local: &s.local,
-                                        remote: &s.remote,
-                                        reason: &s.reason,
-                                        stalled_for_ms: s.stalled_for_ms,
-                                        queued_bytes: s.queued_bytes,
-                                        socket_cookie: s.socket_cookie,
-                                        inode: s.inode,
-                                    })
-                                    .unwrap_or_default();
-                                    let (s, metrics, selector) = (s.clone(), self.metrics.clone(), selector.clone());
-                                    let (timeout, retries) = (timeout.0, *retries);
-                                    self.rt.spawn(async move {
-                                        let r = actions::rpc(&target, &body, timeout, retries).await;
-                                        match r {
-                                            Ok(answer) => audit(&metrics, &s, "rpc", Some(stage_index), &selector, "ok", &answer),
-                                            Err(e) => {
-                                                log::warn!("rpc for {} -> {} failed: {e}", s.local, s.remote);
-                                                audit(&metrics, &s, "rpc", Some(stage_index), &selector, "failed", &e)
-                                            }
-                                        }
-                                    });
-                                    continue;
-                                }
-                            }
-                        }
-                    };
-                    match result {
-                        Ok(detail) => audit(&self.metrics, s, name, Some(stage_index), &selector, "ok", &detail),
-                        Err(e) => {
-                            log::warn!("{name} for {} -> {} failed: {e}", s.local, s.remote);
-                            audit(&self.metrics, s, name, Some(stage_index), &selector, "failed", &e)
-                        }
-                    }
+                Some(Decision::Act { selector, stage_index, stage, dry_run }) => {
+                    acted = true;
+                    self.act(s, &selector, stage_index, &stage, dry_run, destroy);
                 }
             }
         }
+        if acted {
+            if let Some(f) = &self.state_file {
+                state::save(f, &self.engine.state);
+            }
+        }
+    }
+
+    fn act(&self, s: &StalledSocket, selector: &str, k: usize, stage: &Stage, dry_run: bool, destroy: &mut dyn FnMut(&StalledSocket) -> Result<(), String>) {
+        let action = stage.action();
+        if dry_run {
+            self.record(Audit::done(s, action, k, selector, "dry_run", "dry run: nothing done"));
+            return;
+        }
+        let result = match stage {
+            Stage::Report { .. } => Ok("reported".to_string()),
+            Stage::Signal { signal, .. } => actions::signal(s, *signal),
+            Stage::Shutdown { .. } => actions::shutdown(s),
+            Stage::Destroy { .. } => destroy(s).map(|()| "destroyed by SOCK_DESTROY".into()).map_err(ActionError::Failed),
+            Stage::Rpc { target: Some(target), timeout, retries, .. } => match actions::verify_owner(s) {
+                Ok(owner) => {
+                    // Runs off the sweep thread; the answer is audited when it comes.
+                    let (target, body, (timeout, retries)) = (target.clone(), RpcBody::of(s), (timeout.0, *retries));
+                    let (audit, line) = (self.audit.clone(), Audit::done(s, action, k, selector, "", ""));
+                    self.rt.spawn(async move {
+                        let r = actions::rpc(&target, &owner, &body, timeout, retries).await;
+                        audit.send(line.with_result(r.map_err(ActionError::Failed)));
+                    });
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+            Stage::Rpc { target: None, .. } => Err(ActionError::Failed("rpc has no target".into())),
+        };
+        self.record(Audit::done(s, action, k, selector, "", "").with_result(result));
+    }
+
+    fn record(&self, line: Audit) {
+        if line.result == "failed" {
+            log::warn!("{} for {} -> {} failed: {}", line.action.as_str(), line.local, line.remote, line.detail);
+        }
+        self.audit.send(line);
+    }
+
+    /// The metrics sink (for the audit of asynchronous results).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 }
 

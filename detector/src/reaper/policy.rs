@@ -1,87 +1,81 @@
-//! Which action, if any, to take on a stalled socket now. Pure: no I/O, the clock is passed in.
+//! Which action, if any, to take on a stalled socket now. Pure: no I/O, the clock is passed in
+//! (CLOCK_MONOTONIC milliseconds, which survive an agent restart, so the state below can be
+//! saved and reloaded: see `state`).
 //!
 //! Each socket walks its selector's ladder once: stage k is due when the socket has been
 //! stalled for the selector's grace plus the `after`s of stages 0..=k, and runs at most once.
-//! Protected processes and ports are never acted on; rate limits and the per-owner cooldown
-//! hold an action back (it runs on a later sweep if the socket is still stalled).
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    time::{Duration, Instant},
+//! A stage is done only when it ran, or when it was decided against for a reason that will not
+//! change. Protected processes and ports, and sockets with no file, are never acted on; a
+//! socket no process can be shown to hold is acted on only where the selector allows it, and
+//! then only by stages that need no owner. Rate limits and the per-owner cooldown hold an
+//! action back (it runs on a later pass if the socket is still stalled).
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Action, SkipWhy,
+    config::{Policy, Selector, Stage},
 };
+use crate::report::StalledSocket;
 
-use super::config::{Policy, Selector, Stage};
-use crate::api::StalledSocket;
-
-/// What to do with one stalled socket on this sweep.
+/// What to do with one stalled socket on this pass.
 #[derive(Debug, Clone)]
 pub enum Decision {
-    Act {
-        selector: String,
-        stage_index: usize,
-        stage: Stage,
-        dry_run: bool,
-    },
+    Act { selector: String, stage_index: usize, stage: Stage, dry_run: bool },
     /// Not acted on, for `why`; reported once per socket and reason.
-    Skip { selector: String, why: &'static str },
+    Skip { selector: String, action: Action, why: SkipWhy },
 }
 
-type OwnerKey = (u32, u64);
+/// A process, named so that a reused pid is another process: (pid, start time).
+pub type OwnerKey = (u32, u64);
+
+const MINUTE_MS: u64 = 60_000;
+
+/// Everything the engine remembers, in a form that survives a restart of the agent.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LadderState {
+    /// Socket cookie → index of its next stage.
+    pub next_stage: HashMap<u64, usize>,
+    /// Sockets never to be acted on again (protected, no file).
+    pub settled: HashSet<u64>,
+    /// Times of the actions of the last minute, all owners, and per owner.
+    pub global: VecDeque<u64>,
+    pub per_owner: HashMap<String, VecDeque<u64>>,
+    /// Owner → no new socket of it is acted on before this time.
+    pub cooldown_until: HashMap<String, u64>,
+}
+
+fn owner_id(o: OwnerKey) -> String {
+    format!("{}@{}", o.0, o.1)
+}
 
 pub struct Engine {
     policy: Policy,
-    grace: Duration,
+    grace_ms: u64,
     agent_pid: u32,
-    /// Socket cookie → index of its next stage.
-    next_stage: HashMap<u64, usize>,
-    /// Sockets never to be acted on (protected), and skip reasons already reported.
-    settled: HashSet<u64>,
-    noted: HashSet<(u64, &'static str)>,
-    global: VecDeque<Instant>,
-    per_owner: HashMap<OwnerKey, VecDeque<Instant>>,
-    cooldown_until: HashMap<OwnerKey, Instant>,
+    pub state: LadderState,
+    /// Skip reasons already reported (not saved: a restart reports them once more).
+    noted: HashSet<(u64, SkipWhy)>,
 }
 
-const MINUTE: Duration = Duration::from_secs(60);
-
 impl Engine {
-    pub fn new(policy: Policy, grace: Duration, agent_pid: u32) -> Self {
-        Self {
-            policy,
-            grace,
-            agent_pid,
-            next_stage: HashMap::new(),
-            settled: HashSet::new(),
-            noted: HashSet::new(),
-            global: VecDeque::new(),
-            per_owner: HashMap::new(),
-            cooldown_until: HashMap::new(),
-        }
-    }
-
-    pub fn dry_run(&self) -> bool {
-        self.policy.dry_run
+    pub fn new(policy: Policy, grace: std::time::Duration, agent_pid: u32, state: LadderState) -> Self {
+        Self { policy, grace_ms: grace.as_millis() as u64, agent_pid, state, noted: HashSet::new() }
     }
 
     fn selector(&self, s: &StalledSocket) -> Option<&Selector> {
         self.policy.selectors.iter().find(|sel| {
             let m = &sel.matches;
-            let opt = |g: &Option<super::config::Glob>, v: Option<&str>| {
-                g.as_ref().is_none_or(|g| v.is_some_and(|v| g.matches(v)))
-            };
-            let local_port = s.local.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-            let remote_ip = s
-                .remote
-                .parse::<std::net::SocketAddr>()
-                .ok()
-                .map(|a| a.ip());
+            let opt = |g: &Option<super::config::Glob>, v: Option<&str>| g.as_ref().is_none_or(|g| v.is_some_and(|v| g.matches(v)));
             opt(&m.comm, s.comm.as_deref())
                 && opt(&m.exe, s.exe.as_deref())
                 && opt(&m.cgroup, s.cgroup.as_deref())
                 && opt(&m.pod_namespace, s.pod_namespace.as_deref())
                 && opt(&m.pod_name, s.pod_name.as_deref())
-                && m.local_port.is_none_or(|p| Some(p) == local_port)
-                && m.remote_cidr.is_none_or(|c| remote_ip.is_some_and(|ip| c.contains(&ip)))
-                && m.reason.as_ref().is_none_or(|r| r.0 == s.reason)
+                && m.local_port.is_none_or(|p| p == s.local.port())
+                && m.remote_cidr.is_none_or(|c| c.contains(&s.remote.ip().to_canonical()))
+                && m.reason.is_none_or(|r| r == s.reason)
         })
     }
 
@@ -96,222 +90,126 @@ impl Engine {
                 return true;
             }
         }
-        let local_port = s.local.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-        s.comm.as_deref().is_some_and(|c| p.comms.iter().any(|g| g.matches(c)))
+        s.holders.iter().any(|h| p.comms.iter().any(|g| g.matches(&h.comm)) || h.exe.as_deref().is_some_and(|e| p.exes.iter().any(|g| g.matches(e))))
+            || s.comm.as_deref().is_some_and(|c| p.comms.iter().any(|g| g.matches(c)))
             || s.exe.as_deref().is_some_and(|e| p.exes.iter().any(|g| g.matches(e)))
-            || local_port.is_some_and(|lp| p.local_ports.contains(&lp))
+            || p.local_ports.contains(&s.local.port())
     }
 
     /// Forgets sockets that are no longer stalled (closed or recovered): a new stall starts a
     /// new ladder.
     pub fn retain(&mut self, live: &HashSet<u64>) {
-        self.next_stage.retain(|c, _| live.contains(c));
-        self.settled.retain(|c| live.contains(c));
+        self.state.next_stage.retain(|c, _| live.contains(c));
+        self.state.settled.retain(|c| live.contains(c));
         self.noted.retain(|(c, _)| live.contains(c));
     }
 
-    fn skip(&mut self, cookie: u64, selector: &str, why: &'static str) -> Option<Decision> {
-        self.noted.insert((cookie, why)).then(|| Decision::Skip {
-            selector: selector.to_string(),
-            why,
-        })
+    fn skip(&mut self, cookie: u64, selector: &str, action: Action, why: SkipWhy) -> Option<Decision> {
+        self.noted.insert((cookie, why)).then(|| Decision::Skip { selector: selector.to_string(), action, why })
     }
 
-    pub fn decide(&mut self, s: &StalledSocket, now: Instant) -> Option<Decision> {
+    pub fn decide(&mut self, s: &StalledSocket, now_ms: u64) -> Option<Decision> {
         let cookie = s.socket_cookie;
-        if self.settled.contains(&cookie) {
+        if self.state.settled.contains(&cookie) {
             return None;
         }
         let sel = self.selector(s)?.clone();
-        let k = *self.next_stage.get(&cookie).unwrap_or(&0);
+        let k = *self.state.next_stage.get(&cookie).unwrap_or(&0);
         let stage = sel.actions.get(k)?.clone();
-        let grace = sel.grace.map_or(self.grace, |g| g.0);
-        let due = grace + sel.actions[..=k].iter().map(Stage::after).sum::<Duration>();
-        if Duration::from_millis(s.stalled_for_ms) < due {
+        let action = stage.action();
+        let grace = sel.grace.map_or(self.grace_ms, |g| g.0.as_millis() as u64);
+        let due = |k: usize| grace + sel.actions[..=k].iter().map(|s| s.after().as_millis() as u64).sum::<u64>();
+        if s.stalled_for_ms < due(k) {
             return None;
         }
         if self.protected(s) {
-            self.settled.insert(cookie);
-            return self.skip(cookie, &sel.name, "protected");
+            self.state.settled.insert(cookie);
+            return self.skip(cookie, &sel.name, action, SkipWhy::Protected);
         }
-        let needs_owner = matches!(stage, Stage::Signal { .. } | Stage::Rpc { .. } | Stage::Shutdown { .. });
-        let owner = s.pid.zip(s.start_time);
-        if needs_owner && (owner.is_none() || s.fd.is_none()) {
-            // Nobody to ask: move on to the next stage (e.g. destroy).
-            self.next_stage.insert(cookie, k + 1);
-            return self.skip(cookie, &sel.name, "owner_unknown");
-        }
-        if let Some(o) = owner {
-            if k == 0 && self.cooldown_until.get(&o).is_some_and(|&u| now < u) {
-                return self.skip(cookie, &sel.name, "cooldown");
+        if action != Action::Report {
+            if let Some(why) = no_file(s) {
+                self.state.settled.insert(cookie);
+                return self.skip(cookie, &sel.name, action, why);
             }
         }
-        while self.global.front().is_some_and(|&t| now.duration_since(t) >= MINUTE) {
-            self.global.pop_front();
+        let owner = s.pid.zip(s.start_time).filter(|_| s.fd.is_some());
+        if owner.is_none() && action != Action::Report {
+            if !sel.allow_unknown_owner {
+                // Waits: attribution is retried every pass; the owner may yet show up.
+                return self.skip(cookie, &sel.name, action, SkipWhy::OwnerUnknown);
+            }
+            if s.kernel_socket.is_none() {
+                // Found by a dump and held by nobody: it may be the kernel's own. Waits too.
+                return self.skip(cookie, &sel.name, action, SkipWhy::FileUnknown);
+            }
+            if action.needs_owner() {
+                // This stage cannot run without an owner; it is decided against once its whole
+                // window (until the next stage is due) has passed without one.
+                if k + 1 < sel.actions.len() && s.stalled_for_ms >= due(k + 1) {
+                    self.state.next_stage.insert(cookie, k + 1);
+                }
+                return self.skip(cookie, &sel.name, action, SkipWhy::OwnerUnknown);
+            }
         }
-        if self.global.len() >= self.policy.limits.per_minute as usize {
-            return self.skip(cookie, &sel.name, "rate_limited");
+        if let Some(why) = self.limited(owner, k, now_ms) {
+            return self.skip(cookie, &sel.name, action, why);
+        }
+        self.record(cookie, owner, k, now_ms);
+        Some(Decision::Act { selector: sel.name.clone(), stage_index: k, stage, dry_run: self.policy.dry_run })
+    }
+
+    /// Cooldown and rate limits.
+    fn limited(&mut self, owner: Option<OwnerKey>, k: usize, now_ms: u64) -> Option<SkipWhy> {
+        let st = &mut self.state;
+        if let Some(o) = owner {
+            if k == 0 && st.cooldown_until.get(&owner_id(o)).is_some_and(|&u| now_ms < u) {
+                return Some(SkipWhy::Cooldown);
+            }
+        }
+        while st.global.front().is_some_and(|&t| now_ms.saturating_sub(t) >= MINUTE_MS) {
+            st.global.pop_front();
+        }
+        if st.global.len() >= self.policy.limits.per_minute as usize {
+            return Some(SkipWhy::RateLimited);
         }
         if let Some(o) = owner {
-            let q = self.per_owner.entry(o).or_default();
-            while q.front().is_some_and(|&t| now.duration_since(t) >= MINUTE) {
+            let q = st.per_owner.entry(owner_id(o)).or_default();
+            while q.front().is_some_and(|&t| now_ms.saturating_sub(t) >= MINUTE_MS) {
                 q.pop_front();
             }
             if q.len() >= self.policy.limits.per_owner_per_minute as usize {
-                return self.skip(cookie, &sel.name, "owner_rate_limited");
+                return Some(SkipWhy::OwnerRateLimited);
             }
-            q.push_back(now);
-            self.cooldown_until.insert(o, now + self.policy.limits.cooldown.0);
         }
-        self.global.push_back(now);
-        self.next_stage.insert(cookie, k + 1);
-        Some(Decision::Act {
-            selector: sel.name.clone(),
-            stage_index: k,
-            stage,
-            dry_run: self.policy.dry_run,
-        })
+        None
+    }
+
+    fn record(&mut self, cookie: u64, owner: Option<OwnerKey>, k: usize, now_ms: u64) {
+        let cooldown = self.policy.limits.cooldown.0.as_millis() as u64;
+        let st = &mut self.state;
+        if let Some(o) = owner {
+            st.per_owner.entry(owner_id(o)).or_default().push_back(now_ms);
+            st.cooldown_until.insert(owner_id(o), now_ms + cooldown);
+        }
+        st.global.push_back(now_ms);
+        st.next_stage.insert(cookie, k + 1);
+        // Owners whose limits lapsed a minute ago are forgotten.
+        st.per_owner.retain(|_, q| q.back().is_some_and(|&t| now_ms.saturating_sub(t) < MINUTE_MS));
+        st.cooldown_until.retain(|_, &mut u| u > now_ms);
+    }
+}
+
+/// A socket nothing may ever be done to: no file (closed by its owner and finishing in the
+/// kernel), or the kernel's own (it had no file when tracking began: NFS, iSCSI, NVMe/TCP).
+fn no_file(s: &StalledSocket) -> Option<SkipWhy> {
+    if s.inode == 0 {
+        Some(SkipWhy::NoFile)
+    } else if s.kernel_socket == Some(true) {
+        Some(SkipWhy::KernelSocket)
+    } else {
+        None
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stalled(cookie: u64, pid: u32, stalled_for_ms: u64) -> StalledSocket {
-        StalledSocket {
-            pid: Some(pid),
-            comm: Some("ws-server".into()),
-            fd: Some(7),
-            owner_known: true,
-            holders: vec![],
-            exe: Some("/usr/bin/ws-server".into()),
-            cmdline: Some("ws-server --port 8080".into()),
-            start_time: Some(1000 + pid as u64),
-            sender_pid: pid,
-            sender_tid: pid,
-            sender_comm: "ws-server".into(),
-            cgroup_id: 1,
-            cgroup: Some("/kubepods.slice/x".into()),
-            container_id: None,
-            pod_uid: None,
-            pod_namespace: Some("shop".into()),
-            pod_name: Some("ws-1".into()),
-            local: "10.0.0.5:8080".into(),
-            remote: "192.168.7.9:50000".into(),
-            state: "ESTABLISHED".into(),
-            queued_bytes: 1000,
-            notsent_bytes: 0,
-            stalled_for_ms,
-            reason: "peer_unreachable".into(),
-            retransmits: 3,
-            zero_window_probes: 0,
-            peer_window: Some(1000),
-            socket_cookie: cookie,
-            inode: 1,
-            netns: 1,
-        }
-    }
-
-    fn engine(extra: &str) -> Engine {
-        let text = format!(
-            "{extra}\n[[selector]]\nname = \"ws\"\nmatch = {{ comm = \"ws-*\", local_port = 8080, remote_cidr = \"192.168.0.0/16\" }}\nactions = [{{ action = \"rpc\", url = \"http://127.0.0.1:1/\" }}, {{ action = \"destroy\", after = \"10s\" }}]\n"
-        );
-        Engine::new(Policy::parse(&text, "t.toml", Duration::from_secs(30)).unwrap(), Duration::from_secs(30), 999)
-    }
-
-    fn act_name(d: Option<Decision>) -> String {
-        match d {
-            Some(Decision::Act { stage, .. }) => stage.name().into(),
-            Some(Decision::Skip { why, .. }) => format!("skip:{why}"),
-            None => "none".into(),
-        }
-    }
-
-    #[test]
-    fn ladder_runs_each_stage_once_at_its_time() {
-        let mut e = engine("");
-        let t = Instant::now();
-        assert_eq!(act_name(e.decide(&stalled(1, 10, 29_000), t)), "none");
-        assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), t)), "rpc");
-        assert_eq!(act_name(e.decide(&stalled(1, 10, 31_000), t)), "none", "once only");
-        assert_eq!(act_name(e.decide(&stalled(1, 10, 39_999), t)), "none");
-        assert_eq!(act_name(e.decide(&stalled(1, 10, 40_000), t + MINUTE)), "destroy");
-        assert_eq!(act_name(e.decide(&stalled(1, 10, 90_000), t + MINUTE)), "none", "ladder done");
-    }
-
-    #[test]
-    fn non_matching_sockets_are_left_alone() {
-        let mut e = engine("");
-        let mut s = stalled(1, 10, 60_000);
-        s.remote = "10.1.1.1:5".into();
-        assert_eq!(act_name(e.decide(&s, Instant::now())), "none");
-        let mut s = stalled(2, 10, 60_000);
-        s.comm = Some("nginx".into());
-        assert_eq!(act_name(e.decide(&s, Instant::now())), "none");
-    }
-
-    #[test]
-    fn protected_processes_and_ports_are_never_touched() {
-        let t = Instant::now();
-        for (i, mut s) in [stalled(1, 1, 60_000), stalled(2, 999, 60_000), stalled(3, 10, 60_000)].into_iter().enumerate() {
-            if i == 2 {
-                s.exe = None;
-                s.cmdline = Some(String::new());
-            }
-            let mut e = engine("");
-            assert_eq!(act_name(e.decide(&s, t)), "skip:protected", "{s:?}");
-            assert_eq!(act_name(e.decide(&s, t)), "none", "reported once, then silent");
-            assert_eq!(act_name(e.decide(&stalled(s.socket_cookie, s.pid.unwrap(), 600_000), t)), "none");
-        }
-        let mut e = engine("[protect]\ncomms = [\"ws-*\"]\n");
-        assert_eq!(act_name(e.decide(&stalled(1, 10, 60_000), t)), "skip:protected");
-        let mut e = engine("[protect]\nlocal_ports = [8080]\n");
-        assert_eq!(act_name(e.decide(&stalled(1, 10, 60_000), t)), "skip:protected");
-    }
-
-    #[test]
-    fn rate_limits_and_cooldown_hold_actions_back() {
-        let t = Instant::now();
-        let mut e = engine("[limits]\nper_minute = 2\ncooldown = \"0s\"\nper_owner_per_minute = 100\n");
-        assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), t)), "rpc");
-        assert_eq!(act_name(e.decide(&stalled(2, 11, 30_000), t)), "rpc");
-        assert_eq!(act_name(e.decide(&stalled(3, 12, 30_000), t)), "skip:rate_limited");
-        assert_eq!(act_name(e.decide(&stalled(3, 12, 30_000), t)), "none", "skip reported once");
-        assert_eq!(act_name(e.decide(&stalled(3, 12, 90_000), t + MINUTE)), "rpc", "acts once the window passes");
-
-        let mut e = engine("[limits]\ncooldown = \"20s\"\n");
-        assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), t)), "rpc");
-        assert_eq!(act_name(e.decide(&stalled(2, 10, 30_000), t)), "skip:cooldown");
-        assert_eq!(act_name(e.decide(&stalled(2, 10, 30_000), t + Duration::from_secs(21))), "rpc");
-
-        let mut e = engine("[limits]\nper_owner_per_minute = 1\ncooldown = \"0s\"\n");
-        assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), t)), "rpc");
-        assert_eq!(act_name(e.decide(&stalled(2, 10, 30_000), t)), "skip:owner_rate_limited");
-        assert_eq!(act_name(e.decide(&stalled(3, 11, 30_000), t)), "rpc", "another owner is not limited");
-    }
-
-    #[test]
-    fn unknown_owner_skips_to_a_stage_that_needs_none() {
-        let t = Instant::now();
-        let mut e = engine("");
-        let mut s = stalled(1, 10, 40_000);
-        s.pid = None;
-        s.fd = None;
-        s.start_time = None;
-        assert_eq!(act_name(e.decide(&s, t)), "skip:owner_unknown");
-        assert_eq!(act_name(e.decide(&s, t)), "destroy");
-    }
-
-    #[test]
-    fn dry_run_is_carried_and_recovery_restarts_the_ladder() {
-        let t = Instant::now();
-        let mut e = engine("dry_run = true");
-        match e.decide(&stalled(1, 10, 30_000), t) {
-            Some(Decision::Act { dry_run, .. }) => assert!(dry_run),
-            other => panic!("{other:?}"),
-        }
-        e.retain(&HashSet::new());
-        assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), t + MINUTE)), "rpc");
-    }
-}
+mod tests;

@@ -1,0 +1,67 @@
+//! Who holds each stalled socket, and handing stalls to the reaper.
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use super::sweep::Sweep;
+use crate::{owner, reaper::Reaper, report::StalledSocket, sample::netns::NetnsPool};
+
+impl Sweep {
+    /// Finds who holds each stalled socket. Cached holders are re-verified (same start time,
+    /// fd still the socket); else the last sender is checked; only sockets it no longer holds
+    /// go into one /proc scan, and a socket nobody holds is not scanned for again for 30 s.
+    pub(super) fn attribute(&mut self, stalled: &[u64]) {
+        let now = Instant::now();
+        let mut scan: HashMap<u32, u64> = HashMap::new();
+        for &sk in stalled {
+            let Some(t) = self.tracker.get(sk) else { continue };
+            let Some(inode) = t.last.map(|d| d.inode).filter(|&i| i != 0) else {
+                // No file (closed by its owner): nobody can hold it.
+                self.holders.remove(&sk);
+                continue;
+            };
+            if self.holders.get(&sk).is_some_and(|hs| !hs.is_empty() && hs.iter().all(|h| owner::still_holds(h, inode))) {
+                continue;
+            }
+            match owner::holder(t.sender.tgid, inode) {
+                Some(h) if !h.fds.is_empty() => {
+                    self.holders.insert(sk, vec![h]);
+                }
+                _ => {
+                    self.holders.remove(&sk);
+                    if self.unknown_until.get(&sk).is_none_or(|&u| now >= u) {
+                        scan.insert(inode, sk);
+                    }
+                }
+            }
+        }
+        if scan.is_empty() {
+            return;
+        }
+        let inodes: HashSet<u32> = scan.keys().copied().collect();
+        let mut found = owner::scan_holders(&inodes);
+        for (inode, sk) in scan {
+            match found.remove(&inode) {
+                Some(hs) if !hs.is_empty() => {
+                    self.unknown_until.remove(&sk);
+                    self.holders.insert(sk, hs);
+                }
+                _ => {
+                    self.unknown_until.insert(sk, now + Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Hands this pass's stalled sockets to the reaper; destroy runs here, in each socket's
+    /// own network namespace (the sweep owns the namespace sockets).
+    pub(super) fn reap(&self, reaper: &mut Reaper, stalled: &[StalledSocket], pool: &mut NetnsPool) {
+        let mut destroy = |s: &StalledSocket| -> Result<(), String> {
+            let t = self.by_cookie(s.socket_cookie).ok_or("socket no longer tracked")?;
+            let conn = pool.conn(t.tuple.netns, Some(t.netns_hint.unwrap_or(t.sender.tgid))).map_err(|e| e.to_string())?;
+            conn.destroy(&t.lookup()).map_err(|e| e.to_string())
+        };
+        reaper.tick(stalled, self.now_ms(), &mut destroy);
+    }
+}

@@ -1,0 +1,118 @@
+//! One pass: sample every tracked socket (or only those whose grace deadline has come), feed
+//! the verdict, note what changed, forget what is gone, and assemble the report.
+use std::collections::{HashMap, HashSet};
+
+use super::sweep::Sweep;
+use crate::{
+    metrics::{Metrics, ReasonLabel},
+    report::{self, StalledSocket},
+    sample::{DiagSocket, netns::NetnsPool},
+    tracker::{Forget, Tracked},
+    verdict::{self, Reason, StallTracker, Transition},
+};
+
+impl Sweep {
+    /// Samples, judges and reports; with `only_due`, only sockets whose grace deadline has come
+    /// by then.
+    pub fn pass(&mut self, pool: &mut NetnsPool, m: &Metrics, only_due: Option<u64>) -> Vec<StalledSocket> {
+        let gone = self.sample_all(pool, m, only_due);
+        self.forget(gone, m);
+        let used: HashSet<u32> = self.tracker.iter().map(|t| t.tuple.netns).collect();
+        pool.retain(|inum| used.contains(&inum));
+        self.due = self.next_due();
+        self.assemble(m)
+    }
+
+    /// Samples and judges; returns the sockets to forget.
+    fn sample_all(&mut self, pool: &mut NetnsPool, m: &Metrics, only_due: Option<u64>) -> Vec<(u64, Forget)> {
+        let (now, grace_ms) = (self.now_ms(), self.grace_ms());
+        let mut gone = Vec::new();
+        for t in self.tracker.iter_mut() {
+            if only_due.is_some_and(|by| t.verdict.as_ref().and_then(|v| v.due_at(grace_ms)).is_none_or(|d| d > by)) {
+                continue;
+            }
+            // Only states in which a socket can be stuck (bytes waiting, or the peer's FIN).
+            if t.tcp_state != 0 && !verdict::judged_state(t.tcp_state) {
+                if let Some(age) = t.verdict.take().and_then(|v| v.stalled_for_ms(now)) {
+                    m.stall_duration.observe(age as f64 / 1e3);
+                }
+                continue;
+            }
+            let sampled = pool
+                .conn(t.tuple.netns, Some(t.netns_hint.unwrap_or(t.sender.tgid)))
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.lookup(&t.lookup(), now).map_err(|e| e.to_string()));
+            match sampled {
+                // Found by a dump and nothing stuck any more, no stall open: forget it (a later
+                // dump finds it again if it gets stuck again).
+                Ok(Some(d)) if t.found_by_dump() && !verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none()) => {
+                    gone.push((t.sk, Forget::Idle))
+                }
+                Ok(Some(d)) => observe(t, d, grace_ms, m),
+                Ok(None) => gone.push((t.sk, Forget::Gone)),
+                Err(e) => {
+                    log::debug!("socket {:#x}: {e}", t.sk);
+                    m.sample_errors.inc();
+                }
+            }
+        }
+        gone
+    }
+
+    /// The earliest grace deadline of a stuck socket (sample clock, ms). Deadlines only change
+    /// when a socket is sampled, so this runs once per pass.
+    fn next_due(&self) -> Option<u64> {
+        let grace_ms = self.grace_ms();
+        self.tracker.iter().filter_map(|t| t.verdict.as_ref()?.due_at(grace_ms)).min()
+    }
+
+    /// Attributes the stalled sockets, counts open stalls by reason, and builds the report,
+    /// longest stall first.
+    fn assemble(&mut self, m: &Metrics) -> Vec<StalledSocket> {
+        let stalled: Vec<u64> = self.tracker.iter().filter(|t| t.verdict.as_ref().is_some_and(|v| v.stall().is_some())).map(|t| t.sk).collect();
+        self.attribute(&stalled);
+        let mut open: HashMap<Reason, i64> = Reason::ALL.iter().map(|&r| (r, 0)).collect();
+        let mut out = Vec::with_capacity(stalled.len());
+        for sk in &stalled {
+            let Some(t) = self.tracker.get(*sk) else { continue };
+            let holders = self.holders.get(sk).map(Vec::as_slice).unwrap_or_default();
+            let pod = holders.first().and_then(|h| h.pod_uid.as_deref()).and_then(|u| self.pods.get(u));
+            if let Some(line) = report::stalled(t, holders, pod) {
+                *open.entry(line.reason).or_default() += 1;
+                out.push(line);
+            }
+        }
+        for (r, n) in open {
+            m.stalls_open.get_or_create(&ReasonLabel::of(r)).set(n);
+        }
+        let live: HashSet<u64> = stalled.into_iter().collect();
+        self.holders.retain(|sk, _| live.contains(sk));
+        self.unknown_until.retain(|sk, _| live.contains(sk));
+        out.sort_by(|a, b| b.stalled_for_ms.cmp(&a.stalled_for_ms));
+        out
+    }
+}
+
+/// Feeds one sample to a socket's verdict and notes what changed.
+fn observe(t: &mut Tracked, d: DiagSocket, grace_ms: u64, m: &Metrics) {
+    t.tcp_state = d.sample.state;
+    t.last = Some(d);
+    t.history.push(d.sample);
+    let now = d.sample.at_ms;
+    match t.verdict.get_or_insert_with(StallTracker::new).observe(&d.sample, grace_ms) {
+        Transition::Stalled(stall) => {
+            let age = now.saturating_sub(stall.since_ms);
+            t.history.note(now, format!("stalled ({}): stuck for {age} ms with {} queued, since {}", stall.reason.as_str(), d.sample.queued, stall.proof.describe()));
+            m.stalls_detected.get_or_create(&ReasonLabel::of(stall.reason)).inc();
+            log::info!("stalled: {} -> {} sender {} ({}) reason {} queued {}", t.local_addr(), t.remote_addr(), t.sender.tgid, t.sender.comm, stall.reason.as_str(), d.sample.queued);
+        }
+        Transition::Recovered { stalled_for_ms } => {
+            m.stalls_recovered.inc();
+            m.stall_duration.observe(stalled_for_ms as f64 / 1e3);
+            t.recoveries += 1;
+            t.history.note(now, format!("recovered after {stalled_for_ms} ms: bytes acknowledged again"));
+            log::info!("recovered after {stalled_for_ms} ms: {} -> {}", t.local_addr(), t.remote_addr());
+        }
+        Transition::None => {}
+    }
+}

@@ -1,0 +1,236 @@
+use std::time::Duration;
+
+use super::*;
+use crate::{owner::Holder, tcp::TcpState, verdict::{OnsetProof, Reason}};
+
+fn holder(pid: u32) -> Holder {
+    Holder {
+        pid,
+        comm: "ws-server".into(),
+        exe: Some("/usr/bin/ws-server".into()),
+        cmdline: "ws-server --port 8080".into(),
+        start_time: 1000 + pid as u64,
+        fds: vec![7],
+        cgroup: Some("/kubepods.slice/x".into()),
+        container_id: None,
+        pod_uid: None,
+        image: None,
+    }
+}
+
+/// A builder for report lines: the one fixture of the reaper's tests.
+fn stalled(cookie: u64, pid: u32, stalled_for_ms: u64) -> StalledSocket {
+    let h = holder(pid);
+    StalledSocket {
+        pid: Some(pid),
+        comm: Some(h.comm.clone()),
+        fd: Some(7),
+        owner_known: true,
+        exe: h.exe.clone(),
+        cmdline: Some(h.cmdline.clone()),
+        start_time: Some(h.start_time),
+        holders: vec![h],
+        sender_pid: pid,
+        sender_tid: pid,
+        sender_comm: "ws-server".into(),
+        cgroup_id: 1,
+        cgroup: Some("/kubepods.slice/x".into()),
+        container_id: None,
+        pod_uid: None,
+        pod_namespace: Some("shop".into()),
+        pod_name: Some("ws-1".into()),
+        local: "10.0.0.5:8080".parse().unwrap(),
+        remote: "192.168.7.9:50000".parse().unwrap(),
+        state: TcpState::Established,
+        queued_bytes: 1000,
+        notsent_bytes: 0,
+        stalled_for_ms,
+        reason: Reason::PeerUnreachable,
+        onset_proof: OnsetProof::LastAck,
+        retransmits: 3,
+        zero_window_probes: 0,
+        peer_window: Some(1000),
+        socket_cookie: cookie,
+        inode: 1,
+        netns: 1,
+        kernel_socket: Some(false),
+    }
+}
+
+/// The same socket with no process shown to hold it.
+fn orphaned(mut s: StalledSocket) -> StalledSocket {
+    (s.pid, s.fd, s.start_time, s.comm, s.owner_known) = (None, None, None, None, false);
+    s.holders.clear();
+    s
+}
+
+const LADDER: &str = "actions = [{ action = \"rpc\", url = \"http://127.0.0.1:1/\" }, { action = \"destroy\", after = \"10s\" }]";
+
+/// An engine with the `ws` selector: `selector` holds its `match` and other lines.
+fn engine_with(extra: &str, selector: &str) -> Engine {
+    let text = format!("{extra}\n[[selector]]\nname = \"ws\"\n{selector}\n{LADDER}\n");
+    Engine::new(Policy::parse(&text, "t.toml", Duration::from_secs(30)).unwrap(), Duration::from_secs(30), 999, LadderState::default())
+}
+
+fn engine(extra: &str) -> Engine {
+    engine_with(extra, "match = { comm = \"ws-*\", local_port = 8080, remote_cidr = \"192.168.0.0/16\" }")
+}
+
+fn act_name(d: Option<Decision>) -> String {
+    match d {
+        Some(Decision::Act { stage, .. }) => stage.action().as_str().into(),
+        Some(Decision::Skip { why, .. }) => format!("skip:{}", why.as_str()),
+        None => "none".into(),
+    }
+}
+
+const T: u64 = 1_000_000;
+const MINUTE: u64 = 60_000;
+
+#[test]
+fn ladder_runs_each_stage_once_at_its_time() {
+    let mut e = engine("");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 29_000), T)), "none");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T)), "rpc");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 31_000), T)), "none", "once only");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 39_999), T)), "none");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 40_000), T + MINUTE)), "destroy");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 90_000), T + MINUTE)), "none", "ladder done");
+}
+
+#[test]
+fn non_matching_sockets_are_left_alone_and_ipv4_ranges_match_mapped_peers() {
+    let mut e = engine("");
+    let mut s = stalled(1, 10, 60_000);
+    s.remote = "10.1.1.1:5".parse().unwrap();
+    assert_eq!(act_name(e.decide(&s, T)), "none");
+    let mut s = stalled(2, 10, 60_000);
+    s.comm = Some("nginx".into());
+    assert_eq!(act_name(e.decide(&s, T)), "none");
+    // A dual-stack socket's IPv4 peer, if it ever came in v6 form, still matches an IPv4 range.
+    let mut s = stalled(3, 11, 60_000);
+    s.remote = "[::ffff:192.168.7.9]:50000".parse().unwrap();
+    assert_eq!(act_name(e.decide(&s, T)), "rpc");
+}
+
+#[test]
+fn protected_processes_and_ports_are_never_touched() {
+    for (i, mut s) in [stalled(1, 1, 60_000), stalled(2, 999, 60_000), stalled(3, 10, 60_000)].into_iter().enumerate() {
+        if i == 2 {
+            s.exe = None;
+            s.cmdline = Some(String::new());
+        }
+        let mut e = engine("");
+        assert_eq!(act_name(e.decide(&s, T)), "skip:protected", "{s:?}");
+        assert_eq!(act_name(e.decide(&s, T)), "none", "reported once, then silent");
+        assert_eq!(act_name(e.decide(&stalled(s.socket_cookie, s.pid.unwrap(), 600_000), T)), "none");
+    }
+    let mut e = engine("[protect]\ncomms = [\"ws-*\"]\n");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 60_000), T)), "skip:protected");
+    let mut e = engine("[protect]\nlocal_ports = [8080]\n");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 60_000), T)), "skip:protected");
+    // A process name longer than the kernel keeps is protected by its executable.
+    let mut e = engine("[protect]\nexes = [\"*/ws-server\"]\n");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 60_000), T)), "skip:protected");
+    // Any holder protected protects the socket (a forked helper sharing it with sshd).
+    let mut e = engine("");
+    let mut s = stalled(4, 10, 60_000);
+    let mut sshd = holder(20);
+    sshd.comm = "sshd".into();
+    s.holders.push(sshd);
+    assert_eq!(act_name(e.decide(&s, T)), "skip:protected");
+}
+
+#[test]
+fn rate_limits_and_cooldown_hold_actions_back() {
+    let mut e = engine("[limits]\nper_minute = 2\ncooldown = \"0s\"\nper_owner_per_minute = 100\n");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T)), "rpc");
+    assert_eq!(act_name(e.decide(&stalled(2, 11, 30_000), T)), "rpc");
+    assert_eq!(act_name(e.decide(&stalled(3, 12, 30_000), T)), "skip:rate_limited");
+    assert_eq!(act_name(e.decide(&stalled(3, 12, 30_000), T)), "none", "skip reported once");
+    assert_eq!(act_name(e.decide(&stalled(3, 12, 90_000), T + MINUTE)), "rpc", "acts once the window passes");
+
+    let mut e = engine("[limits]\ncooldown = \"20s\"\n");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T)), "rpc");
+    assert_eq!(act_name(e.decide(&stalled(2, 10, 30_000), T)), "skip:cooldown");
+    assert_eq!(act_name(e.decide(&stalled(2, 10, 30_000), T + 21_000)), "rpc");
+
+    let mut e = engine("[limits]\nper_owner_per_minute = 1\ncooldown = \"0s\"\n");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T)), "rpc");
+    assert_eq!(act_name(e.decide(&stalled(2, 10, 30_000), T)), "skip:owner_rate_limited");
+    assert_eq!(act_name(e.decide(&stalled(3, 11, 30_000), T)), "rpc", "another owner is not limited");
+}
+
+#[test]
+fn an_unknown_owner_is_never_acted_on_unless_the_selector_allows_it() {
+    let mut e = engine_with("", "match = { }");
+    let s = orphaned(stalled(1, 10, 60_000));
+    assert_eq!(act_name(e.decide(&s, T)), "skip:owner_unknown");
+    assert_eq!(act_name(e.decide(&s, T)), "none", "noted once");
+    assert_eq!(act_name(e.decide(&orphaned(stalled(1, 10, 600_000)), T)), "none", "never escalated to destroy");
+}
+
+#[test]
+fn a_one_pass_attribution_miss_does_not_skip_the_gentle_stage() {
+    let mut e = engine("");
+    // The owner is unknown on one pass (not matched: no comm), then found again.
+    assert_eq!(act_name(e.decide(&orphaned(stalled(1, 10, 30_000)), T)), "none");
+    let mut e = engine_with("", "match = { }");
+    assert_eq!(act_name(e.decide(&orphaned(stalled(1, 10, 30_000)), T)), "skip:owner_unknown");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 31_000), T)), "rpc", "the gentle stage runs once the owner is back");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 41_000), T + MINUTE)), "destroy");
+}
+
+#[test]
+fn with_unknown_owners_allowed_only_ownerless_stages_run_after_the_gentle_one_had_its_window() {
+    let mut e = engine_with("", "match = { }\nallow_unknown_owner = true");
+    let s = |ms| orphaned(stalled(1, 10, ms));
+    assert_eq!(act_name(e.decide(&s(30_000), T)), "skip:owner_unknown", "rpc needs an owner");
+    assert_eq!(act_name(e.decide(&s(35_000), T)), "none", "waits: the owner may show up");
+    assert_eq!(act_name(e.decide(&s(40_000), T)), "none", "rpc's window over: decided against, now");
+    assert_eq!(act_name(e.decide(&s(40_000), T)), "destroy");
+}
+
+#[test]
+fn sockets_without_a_file_are_never_acted_on_even_when_allowed() {
+    let mut e = engine_with("", "match = { }\nallow_unknown_owner = true");
+    let mut k = orphaned(stalled(1, 10, 60_000));
+    k.kernel_socket = Some(true);
+    assert_eq!(act_name(e.decide(&k, T)), "skip:kernel_socket");
+    assert_eq!(act_name(e.decide(&k, T + MINUTE)), "none", "settled for good");
+    let mut closed = stalled(2, 10, 60_000);
+    closed.inode = 0;
+    assert_eq!(act_name(e.decide(&closed, T)), "skip:no_file");
+    // Found by a dump with nobody holding it: whether it is the kernel's is unknown: waits.
+    let mut dumped = orphaned(stalled(3, 10, 60_000));
+    dumped.kernel_socket = None;
+    assert_eq!(act_name(e.decide(&dumped, T)), "skip:file_unknown");
+}
+
+#[test]
+fn reports_run_for_any_socket_and_dry_run_is_carried() {
+    let text = "[[selector]]\nname = \"all\"\nactions = [{ action = \"report\" }]\n";
+    let mut e = Engine::new(Policy::parse(text, "t", Duration::from_secs(30)).unwrap(), Duration::from_secs(30), 999, LadderState::default());
+    let mut k = orphaned(stalled(1, 10, 30_000));
+    k.kernel_socket = Some(true);
+    assert_eq!(act_name(e.decide(&k, T)), "report", "reporting touches nothing");
+    let mut e = engine("dry_run = true");
+    match e.decide(&stalled(1, 10, 30_000), T) {
+        Some(Decision::Act { dry_run, .. }) => assert!(dry_run),
+        other => panic!("{other:?}"),
+    }
+    e.retain(&HashSet::new());
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T + MINUTE)), "rpc", "a recovered socket's new stall starts over");
+}
+
+#[test]
+fn a_restarted_engine_with_the_saved_state_runs_no_stage_twice() {
+    let mut e = engine("");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T)), "rpc");
+    let saved = e.state.clone();
+    let mut again = engine("");
+    again.state = serde_json::from_str(&serde_json::to_string(&saved).unwrap()).unwrap();
+    assert_eq!(act_name(again.decide(&stalled(1, 10, 31_000), T + 1_000)), "none", "rpc ran before the restart");
+    assert_eq!(act_name(again.decide(&stalled(2, 10, 31_000), T + 1_000)), "skip:cooldown", "the owner's cooldown survives too");
+    assert_eq!(act_name(again.decide(&stalled(1, 10, 40_000), T + MINUTE)), "destroy");
+}

@@ -1,0 +1,297 @@
+//! The typed report: what a pass found, built by the sweep, read by the reaper and metrics,
+//! serialized by the API, printed by the CLI. Assembly from the socket table is pure (no I/O),
+//! so it is unit-tested without a kernel.
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    owner::{Holder, pods::PodName},
+    tcp::TcpState,
+    tracker::Tracked,
+    verdict::{OnsetProof, Reason},
+};
+
+/// One stalled socket, as `detector stalled --output json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StalledSocket {
+    /// The process holding the socket now (verified in /proc/<pid>/fd); null when no process
+    /// can be shown to hold it (`owner_known` false): never a guess.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// The fd that holds the socket in `pid`; null when unknown.
+    pub fd: Option<i32>,
+    pub owner_known: bool,
+    /// Every process holding the socket (fork, fd passing), with its fds.
+    pub holders: Vec<Holder>,
+    pub exe: Option<String>,
+    pub cmdline: Option<String>,
+    /// Start time of `pid` in clock ticks since boot (guards against pid reuse).
+    pub start_time: Option<u64>,
+    /// The process and thread that sent when the kernel side began tracking the socket (or
+    /// when its owner last changed); 0 when it was found by a dump.
+    pub sender_pid: u32,
+    pub sender_tid: u32,
+    pub sender_comm: String,
+    /// cgroup v2 id of that sender (kernel), and the holder's cgroup path.
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
+    /// Addresses as people read them (an IPv4 peer of a dual-stack socket shows as IPv4).
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: TcpState,
+    pub queued_bytes: u32,
+    pub notsent_bytes: u32,
+    pub stalled_for_ms: u64,
+    pub reason: Reason,
+    /// What fixed the stall's onset (`detector explain` says more).
+    pub onset_proof: OnsetProof,
+    /// Retransmits since the stall began.
+    pub retransmits: u32,
+    /// Zero-window probes sent since the stall began (unanswered ones when the peer is gone).
+    pub zero_window_probes: u32,
+    /// Peer's advertised window (kernel 6.2+).
+    pub peer_window: Option<u32>,
+    pub socket_cookie: u64,
+    /// The socket's inode; 0 when it has no file (closed by its owner, the kernel finishing it).
+    pub inode: u32,
+    pub netns: u32,
+    /// The kernel created it (NFS, iSCSI, NVMe/TCP, Ceph...): never acted on. `None` when it
+    /// was found by a dump, where the kernel side did not look.
+    #[serde(default)]
+    pub kernel_socket: Option<bool>,
+}
+
+/// One tracked socket, as `detector sockets` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrackedSocket {
+    /// The socket cookie (0 before the first sample): `detector explain <id>`.
+    pub id: u64,
+    /// Process that sent when it was tracked, as the send hook saw it.
+    pub sender_pid: u32,
+    pub sender_comm: String,
+    /// `namespace/name` of the sender's pod, when it runs in one.
+    pub pod: Option<String>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: TcpState,
+    /// From the last sample (null before the first).
+    pub queued_bytes: Option<u32>,
+    pub bytes_acked: Option<u64>,
+    pub stalled: bool,
+    /// Stalls of this socket that ended because progress resumed.
+    pub recoveries: u32,
+}
+
+/// `detector explain <id>`: one socket's verdict, recent samples and verdict changes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Explain {
+    pub id: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub netns: u32,
+    pub sender_pid: u32,
+    pub sender_comm: String,
+    pub grace_ms: u64,
+    pub verdict: VerdictView,
+    pub recoveries: u32,
+    /// What the kernel side recorded, when it tracks the socket.
+    pub kernel: Option<KernelRecord>,
+    pub samples: Vec<SampleView>,
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VerdictView {
+    pub stalled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled_for_ms: Option<u64>,
+    /// Stuck (bytes queued, or CLOSE_WAIT) for this long, not yet for the grace window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stuck_for_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub onset_proof: Option<OnsetProof>,
+    /// The same, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub onset: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KernelRecord {
+    pub tracked_for_ms: u64,
+    /// Retransmits and the last one's age (readable with the hash map only).
+    pub retransmits: Option<u32>,
+    pub last_retransmit_ms_ago: Option<u64>,
+    pub send_hook: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SampleView {
+    pub age_ms: u64,
+    pub state: TcpState,
+    pub queued_bytes: u32,
+    pub notsent_bytes: u32,
+    pub bytes_acked: u64,
+    pub in_flight_segments: u32,
+    pub peer_window: Option<u32>,
+    pub retransmits: u8,
+    pub backoff: u8,
+    pub unanswered_probes: u8,
+    pub total_retransmits: u32,
+    pub last_ack_ms_ago: u32,
+    pub last_data_sent_ms_ago: u32,
+    pub rto_ms: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Change {
+    pub age_ms: u64,
+    pub what: String,
+}
+
+/// What the sweep publishes after each pass.
+#[derive(Debug, Default, Clone)]
+pub struct Published {
+    pub stalled: Vec<StalledSocket>,
+    pub tracked: usize,
+    /// Entries in the kernel's hash map (fallback hooks only).
+    pub kernel_map_entries: Option<usize>,
+    pub sweeps: u64,
+    pub last_sweep_ms: f64,
+}
+
+/// The report line of a stalled socket, from its table entry, its verified holders (first =
+/// the owner) and the owner's pod. `None` when it is not stalled.
+pub fn stalled(t: &Tracked, holders: &[Holder], pod: Option<&PodName>) -> Option<StalledSocket> {
+    let (v, d) = (t.verdict.as_ref()?, t.last?);
+    let stall = v.stall()?;
+    let first = holders.first();
+    Some(StalledSocket {
+        pid: first.map(|h| h.pid),
+        comm: first.map(|h| h.comm.clone()),
+        fd: first.and_then(|h| h.fds.first().copied()),
+        owner_known: first.is_some(),
+        exe: first.and_then(|h| h.exe.clone()),
+        cmdline: first.map(|h| h.cmdline.clone()),
+        start_time: first.map(|h| h.start_time),
+        sender_pid: t.sender.tgid,
+        sender_tid: t.sender.tid,
+        sender_comm: t.sender.comm.clone(),
+        cgroup_id: t.sender.cgroup_id,
+        cgroup: first.and_then(|h| h.cgroup.clone()),
+        container_id: first.and_then(|h| h.container_id.clone()),
+        pod_uid: first.and_then(|h| h.pod_uid.clone()),
+        pod_namespace: pod.map(|p| p.namespace.clone()),
+        pod_name: pod.map(|p| p.name.clone()),
+        local: t.local_addr(),
+        remote: t.remote_addr(),
+        state: TcpState::from_kernel(d.sample.state),
+        queued_bytes: d.sample.queued,
+        notsent_bytes: d.sample.notsent,
+        stalled_for_ms: v.stalled_for_ms(d.sample.at_ms).unwrap_or(0),
+        reason: stall.reason,
+        onset_proof: stall.proof,
+        retransmits: stall.retransmits(&d.sample),
+        zero_window_probes: stall.zero_window_probes(&d.sample),
+        peer_window: d.sample.snd_wnd,
+        socket_cookie: d.cookie,
+        inode: d.inode,
+        netns: t.tuple.netns,
+        kernel_socket: t.kernel_socket(),
+        holders: holders.to_vec(),
+    })
+}
+
+/// The `detector sockets` row of a tracked socket.
+pub fn tracked(t: &Tracked, pod: Option<String>) -> TrackedSocket {
+    TrackedSocket {
+        id: t.last.map_or(0, |d| d.cookie),
+        pod,
+        sender_pid: t.sender.tgid,
+        sender_comm: t.sender.comm.clone(),
+        local: t.local_addr(),
+        remote: t.remote_addr(),
+        state: TcpState::from_kernel(t.tcp_state),
+        queued_bytes: t.last.map(|d| d.sample.queued),
+        bytes_acked: t.last.map(|d| d.sample.bytes_acked),
+        stalled: t.verdict.as_ref().is_some_and(|v| v.stall().is_some()),
+        recoveries: t.recoveries,
+    }
+}
+
+/// `detector explain` for one socket at `now_ms` (sample clock).
+pub fn explain(t: &Tracked, kernel: Option<KernelRecord>, now_ms: u64, grace_ms: u64) -> Explain {
+    let stall = t.verdict.as_ref().and_then(|v| v.stall().copied());
+    let onset = t.verdict.as_ref().and_then(|v| v.onset());
+    let verdict = match (stall, onset) {
+        (Some(st), _) => VerdictView {
+            stalled: true,
+            reason: Some(st.reason),
+            stalled_for_ms: Some(now_ms.saturating_sub(st.since_ms)),
+            stuck_for_ms: None,
+            onset_proof: Some(st.proof),
+            onset: Some(st.proof.describe().into()),
+        },
+        (None, Some((since, proof))) => VerdictView {
+            stalled: false,
+            reason: None,
+            stalled_for_ms: None,
+            stuck_for_ms: Some(now_ms.saturating_sub(since)),
+            onset_proof: Some(proof),
+            onset: Some(proof.describe().into()),
+        },
+        (None, None) => VerdictView {
+            stalled: false,
+            reason: None,
+            stalled_for_ms: None,
+            stuck_for_ms: None,
+            onset_proof: None,
+            onset: None,
+        },
+    };
+    let samples = t
+        .history
+        .samples
+        .iter()
+        .map(|s| SampleView {
+            age_ms: now_ms.saturating_sub(s.at_ms),
+            state: TcpState::from_kernel(s.state),
+            queued_bytes: s.queued,
+            notsent_bytes: s.notsent,
+            bytes_acked: s.bytes_acked,
+            in_flight_segments: s.unacked,
+            peer_window: s.snd_wnd,
+            retransmits: s.retransmits,
+            backoff: s.backoff,
+            unanswered_probes: s.probes,
+            total_retransmits: s.total_retrans,
+            last_ack_ms_ago: s.last_ack_recv_ms,
+            last_data_sent_ms_ago: s.last_data_sent_ms,
+            rto_ms: s.rto_ms,
+        })
+        .collect();
+    let changes = t.history.changes.iter().map(|(at, what)| Change { age_ms: now_ms.saturating_sub(*at), what: what.clone() }).collect();
+    Explain {
+        id: t.last.map_or(t.sk, |d| d.cookie),
+        local: t.local_addr(),
+        remote: t.remote_addr(),
+        netns: t.tuple.netns,
+        sender_pid: t.sender.tgid,
+        sender_comm: t.sender.comm.clone(),
+        grace_ms,
+        verdict,
+        recoveries: t.recoveries,
+        kernel,
+        samples,
+        changes,
+    }
+}
+
+#[cfg(test)]
+mod tests;
