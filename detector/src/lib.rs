@@ -18,6 +18,7 @@ pub mod report;
 pub mod sample;
 pub mod scan;
 pub mod tcp;
+pub mod text;
 pub mod tracker;
 pub mod verdict;
 

@@ -1,29 +1,11 @@
 //! Rendering answers for people (tables). Process names, command lines and pod names are
 //! chosen by whoever runs the process (`prctl(PR_SET_NAME)`), so every such field is escaped:
 //! a control character prints as `\x1b`, never reaching the terminal.
-use std::borrow::Cow;
-
+pub use crate::text::printable;
 use crate::{
     api::Status,
     report::{Explain, StalledSocket, TrackedSocket},
 };
-
-/// `s` with control characters (and backslashes) escaped, so it prints as one inert line.
-pub fn printable(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(|c| c.is_control() || c == '\\') {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
-}
 
 fn opt(v: Option<impl ToString>) -> String {
     v.map_or_else(|| "-".into(), |x| x.to_string())
@@ -192,43 +174,14 @@ fn render<const N: usize>(header: &[&str; N], cells: &[[String; N]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{tcp::TcpState, verdict::{OnsetProof, Reason}};
+    use crate::verdict::Reason;
 
     fn row(comm: &str) -> StalledSocket {
-        StalledSocket {
-            pid: Some(7),
-            comm: Some(comm.into()),
-            fd: None,
-            owner_known: true,
-            holders: vec![],
-            exe: None,
-            cmdline: None,
-            start_time: None,
-            sender_pid: 7,
-            sender_tid: 7,
-            sender_comm: comm.into(),
-            cgroup_id: 1,
-            cgroup: None,
-            container_id: None,
-            pod_uid: None,
-            pod_namespace: None,
-            pod_name: None,
-            local: "127.0.0.1:80".parse().unwrap(),
-            remote: "127.0.0.1:5000".parse().unwrap(),
-            state: TcpState::Established,
-            queued_bytes: 100,
-            notsent_bytes: 0,
-            stalled_for_ms: 31_500,
-            reason: Reason::PeerNotReading,
-            onset_proof: OnsetProof::LastAck,
-            retransmits: 0,
-            zero_window_probes: 2,
-            peer_window: Some(0),
-            socket_cookie: 9,
-            inode: 1,
-            netns: 1,
-            kernel_socket: Some(false),
-        }
+        let mut s = StalledSocket::example();
+        (s.pid, s.comm, s.fd, s.sender_comm) = (Some(7), Some(comm.into()), None, comm.into());
+        (s.local, s.remote) = ("127.0.0.1:80".parse().unwrap(), "127.0.0.1:5000".parse().unwrap());
+        (s.reason, s.queued_bytes, s.pod_namespace, s.pod_name) = (Reason::PeerNotReading, 100, None, None);
+        s
     }
 
     #[test]
@@ -247,6 +200,6 @@ mod tests {
         assert!(!t.contains('\x1b') && !t.contains('\x07'), "{t:?}");
         assert!(t.contains("evil\\x1b[2J\\x07\\x0a\\\\"), "{t}");
         assert_eq!(t.lines().count(), 2, "a newline in a name does not make a row");
-        assert_eq!(printable("plain"), Cow::Borrowed("plain"));
+        assert_eq!(printable("plain"), std::borrow::Cow::Borrowed("plain"));
     }
 }

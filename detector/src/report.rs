@@ -295,3 +295,57 @@ pub fn explain(t: &Tracked, kernel: Option<KernelRecord>, now_ms: u64, grace_ms:
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+impl StalledSocket {
+    /// The one report-line fixture of the unit tests: a known owner (pid 4242, fd 7) of a
+    /// stalled established socket; tests change what they are about.
+    pub fn example() -> Self {
+        let h = Holder {
+            pid: 4242,
+            comm: "ws-server".into(),
+            exe: Some("/usr/bin/ws-server".into()),
+            cmdline: "ws-server --port 8080".into(),
+            start_time: 5242,
+            fds: vec![7],
+            cgroup: Some("/kubepods.slice/x".into()),
+            container_id: None,
+            pod_uid: None,
+            image: None,
+        };
+        StalledSocket {
+            pid: Some(h.pid),
+            comm: Some(h.comm.clone()),
+            fd: Some(7),
+            owner_known: true,
+            exe: h.exe.clone(),
+            cmdline: Some(h.cmdline.clone()),
+            start_time: Some(h.start_time),
+            holders: vec![h],
+            sender_pid: 4242,
+            sender_tid: 4242,
+            sender_comm: "ws-server".into(),
+            cgroup_id: 1,
+            cgroup: Some("/kubepods.slice/x".into()),
+            container_id: None,
+            pod_uid: None,
+            pod_namespace: Some("shop".into()),
+            pod_name: Some("ws-1".into()),
+            local: "10.0.0.5:8080".parse().unwrap(),
+            remote: "192.168.7.9:50000".parse().unwrap(),
+            state: TcpState::Established,
+            queued_bytes: 1000,
+            notsent_bytes: 0,
+            stalled_for_ms: 31_500,
+            reason: Reason::PeerUnreachable,
+            onset_proof: OnsetProof::LastAck,
+            retransmits: 3,
+            zero_window_probes: 0,
+            peer_window: Some(1000),
+            socket_cookie: 1,
+            inode: 1,
+            netns: 1,
+            kernel_socket: Some(false),
+        }
+    }
+}

@@ -74,6 +74,86 @@ impl Drop for Scratch {
     }
 }
 
+/// How to start an agent: `Agent::start(grace, args)` for the usual, this for the unusual (another
+/// binary, an environment variable, a stdout nobody reads).
+pub struct AgentBuilder {
+    bin: PathBuf,
+    grace: String,
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
+    stdout_unread: bool,
+    wait_for_api: bool,
+}
+
+impl AgentBuilder {
+    pub fn new(grace: &str) -> Self {
+        Self { bin: detector_bin(), grace: grace.into(), extra: vec![], env: vec![], stdout_unread: false, wait_for_api: true }
+    }
+
+    pub fn args(mut self, a: &[&str]) -> Self {
+        self.extra.extend(a.iter().map(|s| s.to_string()));
+        self
+    }
+
+    pub fn bin(mut self, p: PathBuf) -> Self {
+        self.bin = p;
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// stdout is a pipe nobody reads: it fills after 64 KiB.
+    pub fn stdout_unread(mut self) -> Self {
+        self.stdout_unread = true;
+        self
+    }
+
+    /// Returns as soon as it is spawned, without waiting for its API.
+    pub fn no_wait(mut self) -> Self {
+        self.wait_for_api = false;
+        self
+    }
+
+    pub fn start(self) -> Agent {
+        let dir = Scratch::new("agent");
+        let api = dir.0.join("api.sock");
+        let log = dir.0.join("agent.log");
+        let logf = std::fs::File::create(&log).expect("agent log file");
+        let has = |flag: &str| self.extra.iter().any(|a| a == flag);
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["run", "--grace", &self.grace, "--interval", "250ms"]);
+        // `cargo xtask test` runs the matrix again with each send hook this kernel offers.
+        if let Some(hook) = std::env::var_os("DETECTOR_TEST_SEND_HOOK").filter(|_| !has("--send-hook")) {
+            cmd.arg("--send-hook").arg(hook);
+        }
+        if !has("--metrics-addr") {
+            cmd.args(["--metrics-addr", "off"]);
+        }
+        // Each agent its own reaper state (tests run side by side), unless a test shares one.
+        if !has("--state-file") {
+            cmd.arg("--state-file").arg(dir.0.join("reaper-state.json"));
+        }
+        if !has("--api-socket") {
+            cmd.arg("--api-socket").arg(&api);
+        }
+        cmd.args(&self.extra).env("RUST_LOG", "info").envs(self.env.iter().map(|(k, v)| (k, v)));
+        if self.stdout_unread {
+            cmd.stdout(Stdio::piped());
+        } else {
+            cmd.stdout(logf.try_clone().expect("log fd"));
+        }
+        let child = cmd.stderr(logf).spawn().expect("spawning the agent");
+        let mut a = Agent { child, api, log, _dir: dir };
+        if self.wait_for_api {
+            a.wait_for_api();
+        }
+        a
+    }
+}
+
 /// A running `detector run`, killed on drop.
 pub struct Agent {
     child: Child,
@@ -86,50 +166,27 @@ impl Agent {
     /// Starts the agent with `--grace grace` and a fast sampling interval, and waits until its
     /// API answers.
     pub fn start(grace: &str, extra: &[&str]) -> Agent {
-        let dir = Scratch::new("agent");
-        let api = dir.0.join("api.sock");
-        let log = dir.0.join("agent.log");
-        let logf = std::fs::File::create(&log).expect("agent log file");
-        let mut cmd = Command::new(detector_bin());
-        cmd.args(["run", "--grace", grace, "--interval", "250ms"]);
-        // `cargo xtask test` runs the matrix again with each send hook this kernel offers.
-        if let Some(hook) = std::env::var_os("DETECTOR_TEST_SEND_HOOK").filter(|_| !extra.contains(&"--send-hook")) {
-            cmd.arg("--send-hook").arg(hook);
-        }
-        if !extra.contains(&"--metrics-addr") {
-            cmd.args(["--metrics-addr", "off"]);
-        }
-        // Each agent its own reaper state (tests run side by side), unless a test shares one.
-        if !extra.contains(&"--state-file") {
-            cmd.arg("--state-file").arg(dir.0.join("reaper-state.json"));
-        }
-        let child = cmd
-            .arg("--api-socket")
-            .arg(&api)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(logf.try_clone().expect("log fd"))
-            .stderr(logf)
-            .spawn()
-            .expect("spawning the agent");
-        let mut a = Agent {
-            child,
-            api,
-            log,
-            _dir: dir,
-        };
+        AgentBuilder::new(grace).args(extra).start()
+    }
+
+    /// Whether the agent process has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn wait_for_api(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(Some(status)) = a.child.try_wait() {
-                panic!("agent exited with {status} during start-up:\n{}", a.log());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("agent exited with {status} during start-up:\n{}", self.log());
             }
-            if a.query("status").is_ok() {
+            if self.query("status").is_ok() {
                 // One full sweep so the table is live before the test starts its peers.
                 std::thread::sleep(Duration::from_millis(300));
-                return a;
+                return;
             }
             if Instant::now() > deadline {
-                panic!("agent API not up after 30 s:\n{}", a.log());
+                panic!("agent API not up after 30 s:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(100));
         }

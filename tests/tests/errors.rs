@@ -108,3 +108,20 @@ fn forced_fentry_either_attaches_or_fails_clearly() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+// A default signal would end the whole process for one dead peer: `--action signal` must name
+// the signal, and signals glibc keeps for itself are refused, before anything is loaded.
+#[test]
+fn action_signal_needs_an_explicit_usable_signal() {
+    let dir = Scratch::new("sigflags");
+    for (args, needle) in [
+        (&["--action", "signal"][..], "--action signal needs --signal"),
+        (&["--action", "signal", "--signal", "33"][..], "reserved by glibc"),
+        (&["--action", "signal", "--signal", "SIGRTMIN+40"][..], "out of range"),
+    ] {
+        let out = detector().arg("run").args(args).arg("--api-socket").arg(dir.0.join("api.sock")).output().expect("running detector");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -13,6 +13,22 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_bpf_linker(&sysroot)
 }
 
+/// The static (musl) target the shipped image is built for; the test suite runs that build too
+/// (its libc numbers real-time signals differently from glibc).
+pub const MUSL: &str = "x86_64-unknown-linux-musl";
+
+pub fn ensure_musl_target() -> anyhow::Result<()> {
+    let out = Command::new("rustup").args(["target", "list", "--installed"]).output().context("running `rustup target list`")?;
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == MUSL) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the {MUSL} target");
+    if !run_ok(Command::new("rustup").args(["target", "add", MUSL])) {
+        bail!("`rustup target add {MUSL}` failed");
+    }
+    Ok(())
+}
+
 fn run_ok(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -14,6 +14,9 @@ const PER_HOOK: [&str; 3] = ["scenarios", "verdict_truth", "walking_skeleton"];
 pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     // The integration tests start the real agent binary and the peer helpers.
     cargo(root, &["build", "--package", "detector", "--package", "detector-tests", "--bins"])?;
+    // The shipped image's build (static musl): reaping_safety signals a glibc server with it.
+    crate::setup::ensure_musl_target()?;
+    cargo(root, &["build", "--package", "detector", "--target", crate::setup::MUSL])?;
     let bin = root.join("target/debug/detector");
     // The eBPF crate only builds for the BPF target (build.rs does that).
     let mut test = vec!["test", "--workspace", "--exclude", "detector-ebpf"];
@@ -39,6 +42,7 @@ fn cargo_test(root: &Path, args: &[&str], hook: Option<&str>) -> anyhow::Result<
     cmd.current_dir(root)
         .args(args)
         .env("DETECTOR_BIN", root.join("target/debug/detector"))
+        .env("DETECTOR_MUSL_BIN", root.join("target").join(crate::setup::MUSL).join("debug/detector"))
         // Privileged tests must run, not skip, under `cargo xtask test`.
         .env("DETECTOR_REQUIRE_PRIVILEGED", "1");
     if let Some(h) = hook {

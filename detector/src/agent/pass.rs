@@ -104,7 +104,15 @@ fn observe(t: &mut Tracked, d: DiagSocket, grace_ms: u64, m: &Metrics) {
             let age = now.saturating_sub(stall.since_ms);
             t.history.note(now, format!("stalled ({}): stuck for {age} ms with {} queued, since {}", stall.reason.as_str(), d.sample.queued, stall.proof.describe()));
             m.stalls_detected.get_or_create(&ReasonLabel::of(stall.reason)).inc();
-            log::info!("stalled: {} -> {} sender {} ({}) reason {} queued {}", t.local_addr(), t.remote_addr(), t.sender.tgid, t.sender.comm, stall.reason.as_str(), d.sample.queued);
+            log::info!(
+                "stalled: {} -> {} sender {} ({}) reason {} queued {}",
+                t.local_addr(),
+                t.remote_addr(),
+                t.sender.tgid,
+                crate::text::printable(&t.sender.comm),
+                stall.reason.as_str(),
+                d.sample.queued
+            );
         }
         Transition::Recovered { stalled_for_ms } => {
             m.stalls_recovered.inc();

@@ -70,9 +70,12 @@ pub fn run(cfg: Config, mut ctx: Context) -> anyhow::Result<()> {
     let found = s.reconcile(&mut pool);
     log::info!("start-up scan: {found} sockets stuck (bytes queued, or in CLOSE_WAIT)");
     ctx.kernel.resync(&mut s.tracker);
+    // Fault injection for the tests: the agent must exit, not serve a frozen report.
+    let panic_after_first = std::env::var("DETECTOR_FAULT").is_ok_and(|f| f == "sweep-panic");
     while !ctx.stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         s.full_pass(&mut ctx, &mut pool);
+        assert!(!(panic_after_first && s.sweeps > 1), "DETECTOR_FAULT=sweep-panic: the sweep thread panics on purpose");
         let took = started.elapsed();
         ctx.metrics.sweep_duration.observe(took.as_secs_f64());
         s.publish(&ctx, took);

@@ -297,17 +297,63 @@ mod tests {
         assert!(RpcTarget::from_url("http:///x").is_err());
     }
 
+    /// This very process as the owner of a listening socket it holds.
+    fn own_socket() -> (std::net::TcpListener, StalledSocket) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (ino, cookie) = socket_identity(&l.try_clone().unwrap().into());
+        let me = procfs::process::Process::myself().unwrap();
+        let mut s = StalledSocket::example();
+        (s.pid, s.fd, s.start_time) = (Some(std::process::id()), Some(l.as_raw_fd()), Some(me.stat().unwrap().starttime));
+        (s.inode, s.socket_cookie) = (ino.unwrap() as u32, cookie.unwrap());
+        s.holders[0].pid = std::process::id();
+        s.holders[0].image = crate::owner::image_of(&me);
+        (l, s)
+    }
+
+    fn skip_why(r: Result<VerifiedOwner, ActionError>) -> SkipWhy {
+        match r {
+            Err(ActionError::Skip(why, _)) => why,
+            other => panic!("not skipped: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_owner_seen_at_detection_is_verified() {
+        let (_l, s) = own_socket();
+        let o = verify_owner(&s).unwrap();
+        assert_eq!((o.pid, o.fd), (std::process::id(), s.fd.unwrap()));
+    }
+
+    #[test]
+    fn another_process_under_the_same_pid_is_not_the_owner() {
+        let (_l, mut s) = own_socket();
+        s.start_time = Some(s.start_time.unwrap() + 1);
+        assert_eq!(skip_why(verify_owner(&s)), SkipWhy::OwnerChanged);
+        s.start_time = Some(s.start_time.unwrap() - 1);
+        s.holders[0].image = Some("another image".into());
+        assert_eq!(skip_why(verify_owner(&s)), SkipWhy::OwnerChanged);
+    }
+
+    #[test]
+    fn an_fd_that_now_holds_another_socket_is_not_acted_on() {
+        let (l, s) = own_socket();
+        // The same fd number, another socket (what a close and a new accept look like).
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: dup2 onto a descriptor this test owns; `l` is forgotten, not closed twice.
+        assert!(unsafe { libc::dup2(other.as_raw_fd(), l.as_raw_fd()) } >= 0);
+        let fd = l.as_raw_fd();
+        std::mem::forget(l);
+        assert_eq!(skip_why(verify_owner(&s)), SkipWhy::FdChanged);
+        // SAFETY: closing the descriptor dup2 made.
+        unsafe { libc::close(fd) };
+        assert_eq!(skip_why(verify_owner(&s)), SkipWhy::FdChanged, "a closed fd");
+    }
+
     #[test]
     fn an_unknown_owner_is_never_acted_on() {
-        let s: StalledSocket = serde_json::from_value(serde_json::json!({
-            "pid": null, "comm": null, "fd": null, "owner_known": false, "holders": [], "exe": null, "cmdline": null,
-            "start_time": null, "sender_pid": 0, "sender_tid": 0, "sender_comm": "", "cgroup_id": 0, "cgroup": null,
-            "container_id": null, "pod_uid": null, "pod_namespace": null, "pod_name": null, "local": "127.0.0.1:1",
-            "remote": "127.0.0.1:2", "state": "ESTABLISHED", "queued_bytes": 1, "notsent_bytes": 0, "stalled_for_ms": 1,
-            "reason": "peer_not_reading", "onset_proof": "first_sample", "retransmits": 0, "zero_window_probes": 0,
-            "peer_window": 0, "socket_cookie": 1, "inode": 1, "netns": 1
-        }))
-        .unwrap();
+        let mut s = StalledSocket::example();
+        (s.pid, s.fd, s.start_time, s.owner_known) = (None, None, None, false);
+        s.holders.clear();
         assert!(matches!(verify_owner(&s), Err(ActionError::Skip(SkipWhy::OwnerUnknown, _))));
         assert!(matches!(shutdown(&s), Err(ActionError::Skip(SkipWhy::OwnerUnknown, _))));
     }

@@ -16,6 +16,9 @@ pub enum ConfigError {
     Read { path: String, err: std::io::Error },
     #[error("policy file {path}: {msg}")]
     Parse { path: String, msg: String },
+    /// `--action` and its companion flags.
+    #[error("{0}")]
+    Flags(String),
 }
 
 /// The longest duration a policy may name: anything longer is a typo, not a policy.
@@ -382,7 +385,7 @@ impl Policy {
     /// The policy of `--action` (with `--signal`, `--rpc-url`, `--dry-run`): one selector
     /// taking every stalled socket, with that single action.
     pub fn from_flags(action: Action, signal: Option<&str>, rpc_url: Option<&str>, dry_run: bool) -> Result<Self, ConfigError> {
-        let perr = |msg: String| ConfigError::Parse { path: "command line".into(), msg };
+        let perr = ConfigError::Flags;
         let mut stage = match action {
             Action::Report => Stage::Report { after: Dur::default() },
             Action::Signal => {

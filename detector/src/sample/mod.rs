@@ -152,15 +152,17 @@ impl DiagConn {
             let mut req = vec![0u8; msg.buffer_len()];
             msg.serialize(&mut req);
             self.sock.send(&req, 0).map_err(SampleError::Io)?;
+            let seq = self.seq;
             'recv: loop {
                 let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(SampleError::Io)?;
                 let mut off = 0;
                 while off < n {
-                    let m = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[off..n])
-                        .map_err(|e| SampleError::Decode(e.to_string()))?;
+                    let m = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[off..n]).map_err(|e| SampleError::Decode(e.to_string()))?;
                     let len = m.header.length as usize;
+                    // Answers to an earlier request (one that timed out) are not this dump's.
+                    let ours = m.header.sequence_number == seq;
                     match m.payload {
-                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) if ours => {
                             let h = &r.header;
                             out.push(Dumped {
                                 family: h.family as u16,
@@ -174,14 +176,14 @@ impl DiagConn {
                                 cookie: u64::from_ne_bytes(h.socket_id.cookie),
                             });
                         }
-                        NetlinkPayload::Done(_) => break 'recv,
-                        NetlinkPayload::Error(e) => return Err(SampleError::Io(e.to_io())),
+                        NetlinkPayload::Done(_) if ours => break 'recv,
+                        NetlinkPayload::Error(e) if ours => return Err(SampleError::Io(e.to_io())),
                         _ => {}
                     }
                     if len == 0 {
                         break;
                     }
-                    off += len;
+                    off += len.next_multiple_of(4);
                 }
             }
         }
@@ -202,13 +204,22 @@ impl DiagConn {
         }
     }
 
-    /// Sends one request and reads its single-message answer.
+    /// Sends one request and returns its answer: the first message carrying the request's
+    /// sequence number (a late answer to an earlier request is skipped, never taken for this
+    /// one).
     fn roundtrip(&mut self, msg: &NetlinkMessage<SockDiagMessage>) -> Result<NetlinkMessage<SockDiagMessage>, SampleError> {
         let mut out = vec![0u8; msg.buffer_len()];
         msg.serialize(&mut out);
         self.sock.send(&out, 0).map_err(SampleError::Io)?;
-        let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(SampleError::Io)?;
-        NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[..n]).map_err(|e| SampleError::Decode(e.to_string()))
+        let seq = msg.header.sequence_number;
+        // A few stale answers at most; never loop forever on a confused socket.
+        for _ in 0..16 {
+            let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(SampleError::Io)?;
+            if let Some(m) = first_with_seq(&self.buf[..n], seq)? {
+                return Ok(m);
+            }
+        }
+        Err(SampleError::Decode(format!("no answer with sequence number {seq}")))
     }
 
     fn request(&mut self, l: &Lookup, ext: ExtensionFlags) -> NetlinkMessage<SockDiagMessage> {
@@ -246,45 +257,65 @@ impl DiagConn {
     /// Exact lookup of one socket. `Ok(None)` when it no longer exists.
     pub fn lookup(&mut self, l: &Lookup, at_ms: u64) -> Result<Option<DiagSocket>, SampleError> {
         let msg = self.request(l, ExtensionFlags::INFO);
-        match self.roundtrip(&msg)?.payload {
-            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                let mut info = None;
-                for nla in &r.nlas {
-                    if let Nla::TcpInfo(bytes) = nla {
-                        info = TcpInfo::parse(bytes);
-                    }
-                }
-                let h = &r.header;
-                // Without tcp_info there is no progress to judge: an error, never "nothing
-                // acknowledged".
-                let info = info.ok_or_else(|| SampleError::Decode("answer without tcp_info".into()))?;
-                Ok(Some(DiagSocket {
-                    cookie: u64::from_ne_bytes(h.socket_id.cookie),
-                    inode: h.inode,
-                    uid: h.uid,
-                    sample: Sample {
-                        at_ms,
-                        state: h.state,
-                        queued: h.send_queue,
-                        notsent: info.notsent_bytes.unwrap_or(0),
-                        bytes_acked: info.bytes_acked.unwrap_or(0),
-                        unacked: info.unacked,
-                        snd_wnd: info.snd_wnd,
-                        retransmits: info.retransmits,
-                        backoff: info.backoff,
-                        probes: info.probes,
-                        total_retrans: info.total_retrans,
-                        segs_out: info.segs_out.unwrap_or(0),
-                        last_ack_recv_ms: info.last_ack_recv_ms,
-                        last_data_sent_ms: info.last_data_sent_ms,
-                        rto_ms: info.rto_us.div_ceil(1000),
-                    },
-                }))
-            }
-            // ENOENT: the socket is gone (or its cookie no longer matches).
-            NetlinkPayload::Error(e) if e.code.map(|c| c.get()) == Some(-libc::ENOENT) => Ok(None),
-            NetlinkPayload::Error(e) => Err(SampleError::Io(e.to_io())),
-            other => Err(SampleError::Decode(format!("unexpected answer {other:?}"))),
-        }
+        lookup_answer(self.roundtrip(&msg)?, at_ms)
     }
+}
+
+/// The first message in `buf` whose sequence number is `seq`; `None` if there is none.
+pub fn first_with_seq(buf: &[u8], seq: u32) -> Result<Option<NetlinkMessage<SockDiagMessage>>, SampleError> {
+    let mut off = 0;
+    while off < buf.len() {
+        let m = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[off..]).map_err(|e| SampleError::Decode(e.to_string()))?;
+        let len = m.header.length as usize;
+        if m.header.sequence_number == seq {
+            return Ok(Some(m));
+        }
+        if len == 0 {
+            break;
+        }
+        off += len.next_multiple_of(4);
+    }
+    Ok(None)
+}
+
+/// What an exact lookup's answer says: the socket's sample, or `None` when it is gone. An
+/// answer without `tcp_info` (or without acknowledged bytes in it) is an error, never "nothing
+/// acknowledged": a stall is never concluded from missing data.
+pub fn lookup_answer(m: NetlinkMessage<SockDiagMessage>, at_ms: u64) -> Result<Option<DiagSocket>, SampleError> {
+    let r = match m.payload {
+        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => r,
+        // ENOENT: the socket is gone (or its cookie no longer matches).
+        NetlinkPayload::Error(e) if e.code.map(|c| c.get()) == Some(-libc::ENOENT) => return Ok(None),
+        NetlinkPayload::Error(e) => return Err(SampleError::Io(e.to_io())),
+        other => return Err(SampleError::Decode(format!("unexpected answer {other:?}"))),
+    };
+    let info = r.nlas.iter().find_map(|nla| match nla {
+        Nla::TcpInfo(bytes) => TcpInfo::parse(bytes),
+        _ => None,
+    });
+    let info = info.ok_or_else(|| SampleError::Decode("answer without tcp_info".into()))?;
+    let bytes_acked = info.bytes_acked.ok_or_else(|| SampleError::Decode("tcp_info without bytes_acked (kernel before 4.2)".into()))?;
+    let h = &r.header;
+    Ok(Some(DiagSocket {
+        cookie: u64::from_ne_bytes(h.socket_id.cookie),
+        inode: h.inode,
+        uid: h.uid,
+        sample: Sample {
+            at_ms,
+            state: h.state,
+            queued: h.send_queue,
+            notsent: info.notsent_bytes.unwrap_or(0),
+            bytes_acked,
+            unacked: info.unacked,
+            snd_wnd: info.snd_wnd,
+            retransmits: info.retransmits,
+            backoff: info.backoff,
+            probes: info.probes,
+            total_retrans: info.total_retrans,
+            segs_out: info.segs_out.unwrap_or(0),
+            last_ack_recv_ms: info.last_ack_recv_ms,
+            last_data_sent_ms: info.last_data_sent_ms,
+            rto_ms: info.rto_us.div_ceil(1000),
+        },
+    }))
 }

@@ -14,6 +14,8 @@
 //!       fill-shut-wr  fill the send path, then shutdown(SHUT_WR) (FIN queued behind the data)
 //!                     and hold the socket
 //!       fill-abandon  fill the send path, then close the socket (the kernel keeps it, orphaned)
+//!       fill-exec:<ms>  fill the send path, wait ms, then exec `stream-peer hold` keeping the
+//!                     socket (not close-on-exec): same pid, another image
 //!       silent        never write, never close (the app that misses the peer's FIN)
 //!       sendall:<n>   one blocking send() call of n bytes
 //!       respond-after-eof:<n>  read until the client's EOF, then write n bytes and close; prints
@@ -27,6 +29,13 @@
 //!     accepted sockets are bound to it too.
 //!     Prints `LISTEN <addr>`, then per client `ACCEPTED fd=<n> local=<addr> peer=<addr>`,
 //!     and `SEND_ERROR local=<addr> <err>` when a send fails (the thread then closes it).
+//!
+//!   stream-peer hold
+//!     Holds every fd it inherited (the image a `fill-exec` server executes), prints
+//!     `HOLDING pid=<n>`, and dies of any signal it did not ask for.
+//!
+//!   With STREAM_PEER_COMM set, the process renames itself to it first (prctl PR_SET_NAME),
+//!   control characters and all.
 //!
 //!   stream-peer client <addr> <mode> [<conns>]
 //!     Opens <conns> connections (default 1). Modes:
@@ -66,6 +75,11 @@ fn arg_num(mode: &str) -> u64 {
 }
 
 fn main() {
+    if let Ok(name) = std::env::var("STREAM_PEER_COMM") {
+        let c = std::ffi::CString::new(name).expect("a name without NUL");
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 15 bytes).
+        unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+    }
     let args: Vec<String> = std::env::args().collect();
     let conns = |i: usize| args.get(i).map_or(1, |n| n.parse::<usize>().expect("conns"));
     match args.get(1).map(String::as_str) {
@@ -74,6 +88,12 @@ fn main() {
             server(&args[2], args.get(3).map_or("stream", String::as_str), conns(4), dev)
         }
         Some("client") => client(&args[2], args.get(3).map_or("read", String::as_str), conns(4)),
+        Some("hold") => {
+            say(format!("HOLDING pid={}", std::process::id()));
+            loop {
+                std::thread::park();
+            }
+        }
         _ => {
             eprintln!("usage: stream-peer server <bind> [mode] [conns] | client <addr> <mode> [conns]");
             std::process::exit(2);
@@ -190,6 +210,19 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
         loop {
             std::thread::park();
         }
+    } else if mode.starts_with("fill-exec:") {
+        fill(&mut s)?;
+        std::thread::sleep(Duration::from_millis(arg_num(mode)));
+        // Keep the socket across exec: clear close-on-exec.
+        // SAFETY: fcntl on our own descriptor.
+        unsafe { libc::fcntl(s.as_raw_fd(), libc::F_SETFD, 0) };
+        let exe = std::ffi::CString::new("/proc/self/exe").unwrap();
+        let (a0, a1) = (std::ffi::CString::new("stream-peer").unwrap(), std::ffi::CString::new("hold").unwrap());
+        let argv = [a0.as_ptr(), a1.as_ptr(), std::ptr::null()];
+        say(format!("EXEC fd={}", s.as_raw_fd()));
+        // SAFETY: valid NUL-terminated strings and a NULL-terminated argv.
+        unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
+        Err(std::io::Error::last_os_error())
     } else if mode == "fill-idle" || mode == "fill-close" {
         fill(&mut s)?;
         s.set_nonblocking(false)?;

@@ -1,60 +1,15 @@
 use std::time::Duration;
 
 use super::*;
-use crate::{owner::Holder, tcp::TcpState, verdict::{OnsetProof, Reason}};
 
-fn holder(pid: u32) -> Holder {
-    Holder {
-        pid,
-        comm: "ws-server".into(),
-        exe: Some("/usr/bin/ws-server".into()),
-        cmdline: "ws-server --port 8080".into(),
-        start_time: 1000 + pid as u64,
-        fds: vec![7],
-        cgroup: Some("/kubepods.slice/x".into()),
-        container_id: None,
-        pod_uid: None,
-        image: None,
-    }
-}
-
-/// A builder for report lines: the one fixture of the reaper's tests.
+/// The report fixture, for socket `cookie` of process `pid`.
 fn stalled(cookie: u64, pid: u32, stalled_for_ms: u64) -> StalledSocket {
-    let h = holder(pid);
-    StalledSocket {
-        pid: Some(pid),
-        comm: Some(h.comm.clone()),
-        fd: Some(7),
-        owner_known: true,
-        exe: h.exe.clone(),
-        cmdline: Some(h.cmdline.clone()),
-        start_time: Some(h.start_time),
-        holders: vec![h],
-        sender_pid: pid,
-        sender_tid: pid,
-        sender_comm: "ws-server".into(),
-        cgroup_id: 1,
-        cgroup: Some("/kubepods.slice/x".into()),
-        container_id: None,
-        pod_uid: None,
-        pod_namespace: Some("shop".into()),
-        pod_name: Some("ws-1".into()),
-        local: "10.0.0.5:8080".parse().unwrap(),
-        remote: "192.168.7.9:50000".parse().unwrap(),
-        state: TcpState::Established,
-        queued_bytes: 1000,
-        notsent_bytes: 0,
-        stalled_for_ms,
-        reason: Reason::PeerUnreachable,
-        onset_proof: OnsetProof::LastAck,
-        retransmits: 3,
-        zero_window_probes: 0,
-        peer_window: Some(1000),
-        socket_cookie: cookie,
-        inode: 1,
-        netns: 1,
-        kernel_socket: Some(false),
-    }
+    let mut s = StalledSocket::example();
+    (s.socket_cookie, s.pid, s.sender_pid, s.sender_tid, s.stalled_for_ms) = (cookie, Some(pid), pid, pid, stalled_for_ms);
+    s.start_time = Some(1000 + pid as u64);
+    s.holders[0].pid = pid;
+    s.holders[0].start_time = 1000 + pid as u64;
+    s
 }
 
 /// The same socket with no process shown to hold it.
@@ -135,7 +90,8 @@ fn protected_processes_and_ports_are_never_touched() {
     // Any holder protected protects the socket (a forked helper sharing it with sshd).
     let mut e = engine("");
     let mut s = stalled(4, 10, 60_000);
-    let mut sshd = holder(20);
+    let mut sshd = s.holders[0].clone();
+    sshd.pid = 20;
     sshd.comm = "sshd".into();
     s.holders.push(sshd);
     assert_eq!(act_name(e.decide(&s, T)), "skip:protected");

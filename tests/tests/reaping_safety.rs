@@ -1,0 +1,389 @@
+//! Reaping that can never hurt a healthy process, on a real kernel: the holes an operator
+//! would look for (signal numbering across libcs, unknown owners, an owner that changed, the
+//! owner's own namespaces), the faults the agent must survive (killed mid-ladder, a namespace
+//! deleted, a full map, a panicking sweep, a stdout nobody reads), and hostile input (process
+//! names, the API socket).
+use std::{
+    io::{Read, Write},
+    time::{Duration, Instant},
+};
+
+use detector_tests::{
+    Agent, AgentBuilder, NS_A_ADDR, NetnsPair, Peer, Scratch, field, free_port, http_get, metric, pair, pair_on, poll, privileged, stream_peer,
+};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_wedged-server");
+const GRACE: Duration = Duration::from_secs(2);
+
+/// These agents act on sockets: one at a time, each scoped to its own server by a policy.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A policy file with `body`, and the `--policy` arguments for it.
+fn policy(dir: &Scratch, body: &str) -> Vec<String> {
+    let p = dir.0.join("policy.toml");
+    std::fs::write(&p, body).unwrap();
+    vec!["--policy".into(), p.display().to_string()]
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Waits up to 4 s for every one of `needles` in the agent's log.
+fn logged(a: &Agent, needles: &[&str]) -> bool {
+    poll(Duration::from_secs(4), || needles.iter().all(|n| a.log().contains(n)).then_some(())).is_some()
+}
+
+/// A wedged-server with one healthy reader and one client that never reads; returns the
+/// server, its listen address, the dead seat's fd and the healthy seat's fd.
+fn seated(extra: &[&str]) -> (Peer, String, String, String, Vec<Peer>) {
+    let mut a = vec!["127.0.0.1:0", "2"];
+    a.extend_from_slice(extra);
+    let server = Peer::spawn(SERVER, &a);
+    if extra.contains(&"--rpc") {
+        server.expect("RPC", Duration::from_secs(5));
+    }
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let healthy = Peer::spawn(&stream_peer(), &["client", &addr, "read"]);
+    let healthy_fd = field(&server.expect("SEAT taken", Duration::from_secs(5)), "fd").to_string();
+    let dead = Peer::spawn(&stream_peer(), &["client", &addr, "none"]);
+    let dead_fd = field(&server.expect("SEAT taken", Duration::from_secs(5)), "fd").to_string();
+    (server, addr, dead_fd, healthy_fd, vec![healthy, dead])
+}
+
+// The shipped image's agent is static musl (SIGRTMIN 35); the servers it signals are glibc
+// (SIGRTMIN 34). `SIGRTMIN+1` must mean glibc's 35 to them: the glibc server drops only the
+// dead session, and lives.
+#[test]
+fn the_musl_agent_sends_the_glibc_real_time_signal() {
+    if !privileged("the_musl_agent_sends_the_glibc_real_time_signal") {
+        return;
+    }
+    let Some(musl) = std::env::var_os("DETECTOR_MUSL_BIN").map(std::path::PathBuf::from) else {
+        assert!(std::env::var_os("DETECTOR_REQUIRE_PRIVILEGED").is_none(), "cargo xtask test builds the musl agent and sets DETECTOR_MUSL_BIN");
+        eprintln!("skipped: no DETECTOR_MUSL_BIN");
+        return;
+    };
+    let _s = serial();
+    let (mut server, _addr, dead_fd, healthy_fd, _clients) = seated(&[]);
+    let a = AgentBuilder::new("2s").bin(musl).args(&["--action", "signal", "--signal", "SIGRTMIN+1"]).start();
+    let freed = server.expect_where("SEAT freed", GRACE + Duration::from_secs(4), |l| field(l, "fd") == dead_fd);
+    assert!(freed.is_some(), "the dead session was not dropped:\n{}", a.log());
+    assert!(server.saw("REAP via=signal", |l| field(l, "fd") == dead_fd), "not through the handler");
+    assert!(!server.wait_exit(Duration::from_millis(500)), "the server died: the wrong signal number was sent\n{}", a.log());
+    assert!(!server.saw("SEAT freed", |l| field(l, "fd") == healthy_fd), "the healthy session was touched");
+}
+
+// `--action destroy` on a socket whose fd is in flight (SCM_RIGHTS, held by no process): never
+// destroyed, audited owner_unknown; a selector that allows unknown owners destroys it.
+#[test]
+fn an_unknown_owner_is_acted_on_only_where_allowed() {
+    if !privileged("an_unknown_owner_is_acted_on_only_where_allowed") {
+        return;
+    }
+    let _s = serial();
+    let dir = Scratch::new("unknown");
+    let selector = |port: &str, allow: bool| {
+        policy(&dir, &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nallow_unknown_owner = {allow}\nactions = [{{ action = \"destroy\" }}]\n"))
+    };
+    // The agent runs first, so its send hook sees the socket's file before it goes in flight
+    // (a socket first found by a dump, held by nobody, may be the kernel's own: never acted on).
+    let port = free_port().to_string();
+    let a = Agent::start("2s", &args(&selector(&port, false)));
+    let p = pair_on(&format!("127.0.0.1:{port}"), "fill-inflight", "none", &[]);
+    p.server.expect("INFLIGHT", Duration::from_secs(5));
+    let e = poll(GRACE + Duration::from_secs(3), || a.stalled(&p.local)).unwrap_or_else(|| panic!("not reported:\n{}", a.log()));
+    assert_eq!(e["owner_known"], false, "{e}");
+    assert!(logged(&a, &["\"why\":\"owner_unknown\""]), "{}", a.log());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(a.stalled(&p.local).is_some(), "destroyed without an owner:\n{}", a.log());
+    drop((a, p));
+    let port = free_port().to_string();
+    let a = Agent::start("2s", &args(&selector(&port, true)));
+    let p = pair_on(&format!("127.0.0.1:{port}"), "fill-inflight", "none", &[]);
+    p.server.expect("INFLIGHT", Duration::from_secs(5));
+    assert!(logged(&a, &["\"action\":\"destroy\"", "\"result\":\"ok\""]), "not destroyed where allowed:\n{}", a.log());
+    let gone = poll(Duration::from_secs(3), || a.stalled(&p.local).is_none().then_some(()));
+    assert!(gone.is_some(), "still listed after its destroy:\n{}", a.log());
+}
+
+// The owner executes another image after detection (same pid, same start time, the socket fd
+// kept): nothing is sent to the new image (it would die of the signal).
+#[test]
+fn nothing_is_sent_to_an_owner_that_executed_another_image() {
+    if !privileged("nothing_is_sent_to_an_owner_that_executed") {
+        return;
+    }
+    let _s = serial();
+    let dir = Scratch::new("exec");
+    // Filled at once; executes `stream-peer hold` 3 s later, after detection (grace 2 s) and
+    // before the signal (grace + 2 s).
+    let mut p = pair("fill-exec:3000", "none");
+    let port = p.local.rsplit(':').next().unwrap().to_string();
+    let a = Agent::start(
+        "2s",
+        &args(&policy(&dir, &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"signal\", signal = \"SIGUSR2\", after = \"2s\" }}]\n"))),
+    );
+    poll(GRACE + Duration::from_secs(2), || a.stalled(&p.local)).unwrap_or_else(|| panic!("not reported:\n{}", a.log()));
+    p.server.expect("HOLDING", Duration::from_secs(5));
+    assert!(logged(&a, &["\"why\":\"owner_changed\""]), "no owner_changed skip:\n{}", a.log());
+    assert!(!p.server.wait_exit(Duration::from_secs(1)), "the new image got the signal\n{}", a.log());
+}
+
+// In a DaemonSet the agent has its own network namespace: `http://127.0.0.1:PORT` must reach
+// the owner's loopback, in the owner's namespace, not the agent's.
+#[test]
+fn rpc_reaches_the_owner_in_its_own_network_namespace() {
+    if !privileged("rpc_reaches_the_owner_in_its_own_network_namespace") {
+        return;
+    }
+    let _s = serial();
+    let net = NetnsPair::new();
+    let dir = Scratch::new("rpcns");
+    let server = net.peer(&net.a, SERVER, &[&format!("{NS_A_ADDR}:0"), "2", "--rpc", "127.0.0.1:0"]);
+    let rpc = server.expect("RPC", Duration::from_secs(5));
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let _healthy = net.peer(&net.b, &stream_peer(), &["client", &addr, "read"]);
+    let healthy_fd = field(&server.expect("SEAT taken", Duration::from_secs(5)), "fd").to_string();
+    let _dead = net.peer(&net.b, &stream_peer(), &["client", &addr, "none"]);
+    let dead_fd = field(&server.expect("SEAT taken", Duration::from_secs(5)), "fd").to_string();
+    let port = addr.rsplit(':').next().unwrap();
+    // Nothing listens on that port in the agent's namespace.
+    let a = Agent::start(
+        "2s",
+        &args(&policy(&dir, &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"rpc\", url = \"http://{rpc}/reap\" }}]\n"))),
+    );
+    let freed = server.expect_where("SEAT freed", GRACE + Duration::from_secs(4), |l| field(l, "fd") == dead_fd);
+    assert!(freed.is_some(), "the RPC did not reach the owner:\n{}", a.log());
+    assert!(server.saw("REAP via=rpc", |l| field(l, "fd") == dead_fd));
+    assert!(!server.saw("SEAT freed", |l| field(l, "fd") == healthy_fd));
+}
+
+// A unix-socket endpoint that exists only in the owner's mount namespace.
+#[test]
+fn rpc_finds_a_unix_socket_in_the_owners_mount_namespace() {
+    if !privileged("rpc_finds_a_unix_socket_in_the_owners_mount_namespace") {
+        return;
+    }
+    let _s = serial();
+    let dir = Scratch::new("rpcmnt");
+    let private = dir.0.join("private");
+    std::fs::create_dir_all(&private).unwrap();
+    let sock = private.join("reap.sock").display().to_string();
+    // The server's own mount namespace, with a tmpfs over `private`: the agent's view of that
+    // directory stays empty.
+    let script = format!("mount -t tmpfs tmpfs {} && exec {SERVER} 127.0.0.1:0 2 --rpc-unix {sock}", private.display());
+    let server = Peer::spawn("unshare", &["--mount", "--propagation", "private", "sh", "-c", &script]);
+    server.expect("RPC_UNIX", Duration::from_secs(5));
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    assert!(!std::path::Path::new(&sock).exists(), "the socket must not be visible to the agent");
+    let _healthy = Peer::spawn(&stream_peer(), &["client", &addr, "read"]);
+    server.expect("SEAT taken", Duration::from_secs(5));
+    let _dead = Peer::spawn(&stream_peer(), &["client", &addr, "none"]);
+    let dead_fd = field(&server.expect("SEAT taken", Duration::from_secs(5)), "fd").to_string();
+    let port = addr.rsplit(':').next().unwrap();
+    let a = Agent::start(
+        "2s",
+        &args(&policy(&dir, &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"rpc\", unix = \"{sock}\", path = \"/reap\" }}]\n"))),
+    );
+    let freed = server.expect_where("SEAT freed", GRACE + Duration::from_secs(4), |l| field(l, "fd") == dead_fd);
+    assert!(freed.is_some(), "the RPC did not reach the owner's socket:\n{}", a.log());
+}
+
+/// A stand-in RPC endpoint that answers 200 and counts the requests it got.
+fn counting_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = n.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let _ = s.read(&mut buf);
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (addr, n)
+}
+
+// SIGKILLed in the middle of a ladder and restarted (a rollout): the stage that ran does not run
+// again, the stall is listed at once, and the ladder goes on to its next stage on time.
+#[test]
+fn a_ladder_survives_an_agent_killed_mid_way() {
+    if !privileged("a_ladder_survives_an_agent_killed_mid_way") {
+        return;
+    }
+    let _s = serial();
+    let dir = Scratch::new("midladder");
+    let state = dir.0.join("state.json").display().to_string();
+    let (endpoint, calls) = counting_endpoint();
+    let (server, addr, dead_fd, _h, _clients) = seated(&[]);
+    let port = addr.rsplit(':').next().unwrap();
+    let mut args_v = policy(&dir, &format!(
+        "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port}, reason = \"peer_not_reading\" }}\nactions = [\n  {{ action = \"rpc\", url = \"http://{endpoint}/reap\" }},\n  {{ action = \"destroy\", after = \"4s\" }},\n]\n"
+    ));
+    args_v.extend(["--state-file".into(), state]);
+    let mut first = Agent::start("2s", &args(&args_v));
+    poll(GRACE + Duration::from_secs(3), || (calls.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())).unwrap_or_else(|| panic!("rpc never ran:\n{}", first.log()));
+    first.kill_hard();
+    let second = Agent::start("2s", &args(&args_v));
+    assert!(second.query("stalled").unwrap().as_array().unwrap().iter().any(|e| e["local"] == addr), "not listed at once after the restart:\n{}", second.log());
+    let freed = server.expect_where("SEAT freed", Duration::from_secs(8), |l| field(l, "fd") == dead_fd);
+    assert!(freed.is_some(), "the ladder did not go on to destroy:\n{}", second.log());
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "the rpc stage ran twice:\n{}", second.log());
+}
+
+// The namespace of a tracked stall is deleted (its processes gone): the agent forgets the
+// socket and goes on detecting elsewhere.
+#[test]
+fn a_deleted_namespace_does_not_stop_detection() {
+    if !privileged("a_deleted_namespace_does_not_stop_detection") {
+        return;
+    }
+    let a = Agent::start("2s", &[]);
+    let net = NetnsPair::new();
+    let server = net.peer(&net.a, &stream_peer(), &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let client = net.peer(&net.b, &stream_peer(), &["client", &addr, "none"]);
+    let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
+    poll(GRACE + Duration::from_secs(3), || a.stalled(&local)).unwrap_or_else(|| panic!("not reported:\n{}", a.log()));
+    drop((server, client, net));
+    let gone = poll(Duration::from_secs(5), || a.stalled(&local).is_none().then_some(()));
+    assert!(gone.is_some(), "a socket of a deleted namespace is still listed:\n{}", a.log());
+    let p = pair("stream", "none");
+    poll(GRACE + Duration::from_secs(3), || a.stalled(&p.local)).unwrap_or_else(|| panic!("detection stopped:\n{}", a.log()));
+}
+
+// A kernel map far too small (fallback hooks, 64 entries, 300 sockets filling their buffers):
+// counted, the agent keeps working, and once they are gone every entry is reclaimed.
+#[test]
+fn a_full_kernel_map_is_counted_and_reclaimed() {
+    if !privileged("a_full_kernel_map_is_counted_and_reclaimed") {
+        return;
+    }
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let a = Agent::start("2s", &["--send-hook", "sock-send-length", "--max-sockets", "64", "--metrics-addr", &maddr]);
+    let n = "300";
+    let server = Peer::spawn(&stream_peer(), &["server", "127.0.0.1:0", "fill-idle", n]);
+    let listen = server.expect("LISTEN", Duration::from_secs(5));
+    let client = Peer::spawn(&stream_peer(), &["client", &listen, "none", n]);
+    let full = poll(Duration::from_secs(20), || {
+        let (_, text) = http_get(&maddr, "/metrics");
+        (metric(&text, "detector_kernel_map_full_total").unwrap_or(0.0) > 0.0).then_some(())
+    });
+    assert!(full.is_some(), "the full map was not counted:\n{}", a.log());
+    // Still working: a stall of another server is found (by the reconcile if not by the hook).
+    let p = pair("stream", "none");
+    poll(GRACE + Duration::from_secs(5), || a.stalled(&p.local)).unwrap_or_else(|| panic!("detection stopped with a full map:\n{}", a.log()));
+    drop((server, client, p));
+    let reclaimed = poll(Duration::from_secs(10), || (a.query("status").ok()?["kernel_map_entries"] == 0).then_some(()));
+    assert!(reclaimed.is_some(), "dead entries left: {:?}\n{}", a.query("status").ok().map(|s| s["kernel_map_entries"].clone()), a.log());
+}
+
+// A sweep thread that panics takes the agent down (non-zero), instead of leaving it serving a
+// frozen report.
+#[test]
+fn a_panicking_sweep_stops_the_agent_with_an_error() {
+    if !privileged("a_panicking_sweep_stops_the_agent") {
+        return;
+    }
+    let mut a = AgentBuilder::new("2s").env("DETECTOR_FAULT", "sweep-panic").no_wait().start();
+    let status = poll(Duration::from_secs(15), || a.exited()).unwrap_or_else(|| panic!("still running after its sweep panicked:\n{}", a.log()));
+    assert!(!status.success(), "exited with {status}");
+    assert!(a.log().contains("sweep thread panicked"), "{}", a.log());
+}
+
+// stdout is a pipe nobody reads: once it is full, detection and the API go on, and the audit
+// lines that no longer fit are counted.
+#[test]
+fn a_blocked_stdout_stalls_nothing_and_drops_are_counted() {
+    if !privileged("a_blocked_stdout_stalls_nothing") {
+        return;
+    }
+    let dir = Scratch::new("stdout");
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let n = "150";
+    let server = Peer::spawn(&stream_peer(), &["server", "127.0.0.1:0", "fill-idle", n]);
+    let listen = server.expect("LISTEN", Duration::from_secs(5));
+    let port = listen.rsplit(':').next().unwrap();
+    // Dry run: an audit line per socket and stage (one stage per socket and pass), nothing
+    // done. 40 stages for 150 sockets: 6,000 lines, more than the agent queues (4,096) and the
+    // pipe holds (64 KiB).
+    let stages = vec!["{ action = \"report\" }"; 40].join(", ");
+    let p = policy(&dir, &format!(
+        "dry_run = true\n[limits]\nper_minute = 100000\nper_owner_per_minute = 100000\ncooldown = \"0s\"\n[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{stages}]\n"
+    ));
+    let mut all = args(&p);
+    all.extend(["--metrics-addr", &maddr]);
+    let a = AgentBuilder::new("2s").args(&all).stdout_unread().start();
+    let _client = Peer::spawn(&stream_peer(), &["client", &listen, "none", n]);
+    let dropped = poll(Duration::from_secs(30), || {
+        let (_, text) = http_get(&maddr, "/metrics");
+        (metric(&text, "detector_audit_lines_dropped_total").unwrap_or(0.0) > 0.0).then_some(())
+    });
+    assert!(dropped.is_some(), "no audit line was dropped: is stdout really full?\n{}", a.log());
+    let t0 = Instant::now();
+    let q = pair("stream", "none");
+    poll(GRACE + Duration::from_secs(4), || a.stalled(&q.local)).unwrap_or_else(|| panic!("detection stopped behind a full stdout:\n{}", a.log()));
+    assert!(t0.elapsed() < GRACE + Duration::from_secs(4));
+}
+
+// A process names itself with control characters: tables and log lines print them escaped.
+#[test]
+fn hostile_process_names_print_escaped() {
+    if !privileged("hostile_process_names_print_escaped") {
+        return;
+    }
+    let a = Agent::start("2s", &[]);
+    // `env` sets the name-changing variable and executes the peer (same pid).
+    let sp = stream_peer();
+    let server = Peer::spawn("env", &["STREAM_PEER_COMM=ev\x1b[2Jil\x07", &sp, "server", "127.0.0.1:0", "stream"]);
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let _client = Peer::spawn(&stream_peer(), &["client", &addr, "none"]);
+    let port = addr.rsplit(':').next().unwrap();
+    let e = poll(GRACE + Duration::from_secs(3), || a.query("stalled").ok()?.as_array()?.iter().find(|e| e["local"].as_str().is_some_and(|l| l.ends_with(&format!(":{port}")))).cloned())
+        .unwrap_or_else(|| panic!("not reported:\n{}", a.log()));
+    assert_eq!(e["comm"], "ev\x1b[2Jil\x07", "JSON keeps the name as it is (escaped by JSON)");
+    let table = detector_tests::detector_cmd().args(["stalled", "--api-socket"]).arg(&a.api).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(!table.contains('\x1b') && !table.contains('\x07') && table.contains("ev\\x1b[2Jil\\x07"), "{table:?}");
+    assert!(!a.log().contains('\x1b'), "a raw escape reached the log:\n{:?}", a.log());
+}
+
+// The API socket: root-only from its creation; a file in its place is refused and kept; an
+// oversized or malformed request gets an error without harming other clients.
+#[test]
+fn the_api_socket_refuses_what_it_should() {
+    if !privileged("the_api_socket_refuses_what_it_should") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let a = Agent::start("2s", &[]);
+    let mode = std::fs::metadata(&a.api).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "API socket mode {mode:o}");
+    // Oversized and malformed requests.
+    for req in [vec![b'x'; 1 << 20], b"{\"cmd\":\"nope\"}\n".to_vec(), b"\n".to_vec()] {
+        let mut s = std::os::unix::net::UnixStream::connect(&a.api).unwrap();
+        let _ = s.write_all(&req);
+        let _ = s.write_all(b"\n");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.contains("\"ok\":false"), "{answer:.200}");
+    }
+    assert!(a.query("status").is_ok(), "a normal client was harmed");
+    // A regular file where the socket goes: refused, and left as it was.
+    let dir = Scratch::new("apifile");
+    let path = dir.0.join("api.sock");
+    std::fs::write(&path, "precious").unwrap();
+    let mut run = AgentBuilder::new("2s").args(&["--api-socket", &path.display().to_string()]).no_wait().start();
+    let status = poll(Duration::from_secs(15), || run.exited()).unwrap_or_else(|| panic!("the agent took the path and ran:\n{}", run.log()));
+    assert!(!status.success());
+    assert!(run.log().contains("is not a socket"), "{}", run.log());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+}
