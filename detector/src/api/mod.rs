@@ -26,6 +26,15 @@ pub enum Request {
     Status,
 }
 
+/// One request line as a client sent it: a request, or what was wrong with it (quoted, so a
+/// client sees what the agent read).
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
+    }
+    serde_json::from_slice::<Request>(line).map_err(|e| format!("bad request {:?}: {e}", String::from_utf8_lossy(line).trim()))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,

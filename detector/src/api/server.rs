@@ -78,10 +78,9 @@ async fn handle(stream: UnixStream, api: &Api) -> std::io::Result<()> {
     let resp = match read {
         Err(_) => refuse(format!("no request line within {CLIENT_TIMEOUT:?}")),
         Ok(Err(e)) => return Err(e),
-        Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => refuse(format!("request longer than {MAX_REQUEST_BYTES} bytes")),
-        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+        Ok(Ok(_)) => match super::parse_request(&line) {
             Ok(req) => api.answer(req).await,
-            Err(e) => refuse(format!("bad request {:?}: {e}", String::from_utf8_lossy(&line).trim())),
+            Err(e) => refuse(e),
         },
     };
     let mut out = serde_json::to_vec(&resp).unwrap_or_default();
