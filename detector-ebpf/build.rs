@@ -4,8 +4,6 @@ use which::which;
 fn main() {
     match which("bpf-linker") {
         Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
-        Err(e) => println!(
-            "cargo:warning=bpf-linker not found ({e}); run `cargo xtask setup` to install it"
-        ),
+        Err(e) => println!("cargo:warning=bpf-linker not found ({e}); run `cargo xtask setup` to install it"),
     }
 }

@@ -4,13 +4,11 @@
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
+    // aya-build turns every line the inner cargo prints into a build warning; its progress
+    // lines ("Compiling", "Finished") are not warnings. Compiler messages still come through.
+    // SAFETY: the build script is single-threaded here; nothing reads the environment
+    // concurrently.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../detector-ebpf");
-    aya_build::build_ebpf(
-        [Package {
-            name: "detector-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
-        Toolchain::default(),
-    )
+    aya_build::build_ebpf([Package { name: "detector-ebpf", root_dir: root, ..Default::default() }], Toolchain::default())
 }

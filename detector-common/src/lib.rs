@@ -50,13 +50,7 @@ pub enum SendHook {
 }
 
 impl SendHook {
-    pub const ALL: [SendHook; 5] = [
-        Self::TcpSendmsgLocked,
-        Self::FentryTcpSendmsg,
-        Self::SockSendLengthBtf,
-        Self::SockSendLength,
-        Self::KprobeTcpSendmsg,
-    ];
+    pub const ALL: [SendHook; 5] = [Self::TcpSendmsgLocked, Self::FentryTcpSendmsg, Self::SockSendLengthBtf, Self::SockSendLength, Self::KprobeTcpSendmsg];
 
     /// Whether this hook keeps its state in socket storage (else in the `SOCKS` hash map).
     pub const fn socket_storage(self) -> bool {

@@ -43,10 +43,10 @@ pub fn tcp_retransmit_skb_btf(ctx: BtfTracePointContext) -> i32 {
 /// With the fallback send hooks (hash map).
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-    if let Ok(sk) = field::<u64>(&ctx, conf!(retrans_skaddr)) {
-        if let Some(st) = Hash(sk).get() {
-            note(st);
-        }
+    if let Ok(sk) = field::<u64>(&ctx, conf!(retrans_skaddr))
+        && let Some(st) = Hash(sk).get()
+    {
+        note(st);
     }
     0
 }

@@ -38,8 +38,7 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i64> {
 #[inline(always)]
 pub fn field<T: Copy>(ctx: &TracePointContext, offset: u32) -> Result<T, i64> {
     // SAFETY: bpf_probe_read_kernel copes with any address.
-    unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u8).add(offset as usize) as *const T) }
-        .map_err(|e| e as i64)
+    unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u8).add(offset as usize) as *const T) }.map_err(|e| e as i64)
 }
 
 /// The socket pointer at `a` and the protocol at `b`, with one copy when `b` lies within the

@@ -31,12 +31,12 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let sk: u64 = field(ctx, conf!(state_skaddr))?;
-    let Some(st) = SOCKS.get_ptr_mut(&sk) else {
+    let Some(st) = SOCKS.get_ptr_mut(sk) else {
         return Ok(());
     };
     // SAFETY: a value pointer from the map, valid for this program run.
     let ev = event(sk, unsafe { &*st }, EventKind::Closed, TCP_CLOSE);
-    if SOCKS.remove(&sk).is_ok() {
+    if SOCKS.remove(sk).is_ok() {
         // (Another CPU that removed it first announced it.)
         emit(&ev);
     }

@@ -114,10 +114,7 @@ pub fn read_at<T>(base: u64, off: u32) -> Result<T, i64> {
 #[inline(always)]
 pub fn tuple(sk: u64) -> Result<SockTuple, i64> {
     let family: u16 = read_at(sk, conf!(sk_family))?;
-    let mut t = SockTuple {
-        family,
-        ..SockTuple::default()
-    };
+    let mut t = SockTuple { family, ..SockTuple::default() };
     if family == AF_INET {
         let s: [u8; 4] = read_at(sk, conf!(sk_rcv_saddr))?;
         let d: [u8; 4] = read_at(sk, conf!(sk_daddr))?;

@@ -6,13 +6,8 @@
 //! bytes of earlier sends still waiting (the only way a send queue can wedge) looks up the
 //! socket's record: a tracked socket whose owner did not change costs one lookup and one
 //! compare, no store; an untracked one starts being tracked.
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-};
-use detector_common::{
-    Counter, EventKind, SendHook, SockEvent, SockState, TASK_COMM_LEN, TCP_CLOSE_WAIT,
-    TCP_ESTABLISHED,
-};
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use detector_common::{Counter, EventKind, SendHook, SockEvent, SockState, TASK_COMM_LEN, TCP_CLOSE_WAIT, TCP_ESTABLISHED};
 
 use crate::{
     config::conf,
@@ -46,10 +41,7 @@ impl Storage {
         let map = core::ptr::from_ref(&SK_STATE).cast_mut().cast();
         // SAFETY: the map pointer is the map definition (the loader patches in its fd) and the
         // socket a BTF pointer, as the helper requires.
-        unsafe {
-            aya_ebpf::helpers::generated::bpf_sk_storage_get(map, self.0.as_ptr(), init.cast_mut().cast(), flags)
-        }
-        .cast()
+        unsafe { aya_ebpf::helpers::generated::bpf_sk_storage_get(map, self.0.as_ptr(), init.cast_mut().cast(), flags) }.cast()
     }
 }
 
@@ -90,12 +82,12 @@ impl Store for Hash {
 
     #[inline(always)]
     fn get(self) -> Option<*mut SockState> {
-        SOCKS.get_ptr_mut(&self.0)
+        SOCKS.get_ptr_mut(self.0)
     }
 
     #[inline(always)]
     fn create(self, st: &SockState) -> bool {
-        match SOCKS.insert(&self.0, st, BPF_NOEXIST) {
+        match SOCKS.insert(self.0, st, BPF_NOEXIST) {
             Ok(()) => true,
             Err(EEXIST) => false,
             Err(_) => {

@@ -21,23 +21,13 @@ fn check(name: impl Into<String>, required: bool, r: Result<String, String>) -> 
         Ok(d) => (true, d),
         Err(d) => (false, d),
     };
-    Check {
-        name: name.into(),
-        ok,
-        required,
-        detail,
-        send_hook: None,
-    }
+    Check { name: name.into(), ok, required, detail, send_hook: None }
 }
 
 pub fn run() -> Vec<Check> {
     let mut out = vec![check("kernel", false, Ok(kernel::kernel_release()))];
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    out.push(check(
-        "capabilities",
-        true,
-        caps::check(caps::parse_cap_eff(&status).unwrap_or(0)).map(|()| "all present".into()).map_err(|e| e.to_string()),
-    ));
+    out.push(check("capabilities", true, caps::check(caps::parse_cap_eff(&status).unwrap_or(0)).map(|()| "all present".into()).map_err(|e| e.to_string())));
     let btf = KernelBtf::load();
     out.push(check(
         "btf",
@@ -48,32 +38,12 @@ pub fn run() -> Vec<Check> {
             .map(|o| format!("{} (struct sock_common: family at {}, ports at {})", kernel::btf::VMLINUX, o.family, o.dport)),
     ));
     let tracefs = Tracefs::find_or_mount();
-    out.push(check(
-        "tracefs",
-        true,
-        tracefs.as_ref().map(|t| t.root().display().to_string()).map_err(|e| e.to_string()),
-    ));
-    let bpffs = std::fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(2) == Some("bpf"));
-    out.push(check(
-        "bpffs",
-        false,
-        if bpffs { Ok("mounted".into()) } else { Err("not mounted (not needed: the agent pins nothing)".into()) },
-    ));
+    out.push(check("tracefs", true, tracefs.as_ref().map(|t| t.root().display().to_string()).map_err(|e| e.to_string())));
+    let bpffs = std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines().any(|l| l.split_whitespace().nth(2) == Some("bpf"));
+    out.push(check("bpffs", false, if bpffs { Ok("mounted".into()) } else { Err("not mounted (not needed: the agent pins nothing)".into()) }));
     if let (Ok(t), Ok(b)) = (&tracefs, &btf) {
         match loader::kernel_config(t, b).map_err(|e| e.to_string()).and_then(|cfg| {
-            loader::load(
-                kernel::object(),
-                &cfg,
-                loader::Sizes {
-                    max_sockets: 1024,
-                    ring_buffer_bytes: 4096 * 4,
-                },
-                None,
-            )
-            .map_err(|e| e.to_string())
+            loader::load(kernel::object(), &cfg, loader::Sizes { max_sockets: 1024, ring_buffer_bytes: 4096 * 4 }, None).map_err(|e| e.to_string())
         }) {
             Ok(loaded) => {
                 for h in &loaded.hooks {

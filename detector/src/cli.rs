@@ -9,11 +9,7 @@ use crate::reaper::Action;
 use crate::api::DEFAULT_SOCKET;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "detector",
-    version,
-    about = "Finds TCP connections whose send queue never drains (dead or frozen peers) and reports them"
-)]
+#[command(name = "detector", version, about = "Finds TCP connections whose send queue never drains (dead or frozen peers) and reports them")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -37,9 +33,7 @@ pub enum Command {
     /// Show the running agent's kernel, hooks and counts.
     Status(QueryArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
     /// One-shot stall scan without the agent (sock_diag sampling over the grace window).
     Scan(ScanArgs),
     /// Preflight: can the agent run here? Tries every hook for real; exits non-zero if not.
@@ -172,9 +166,7 @@ impl SocketsArgs {
         self.pid.is_none_or(|p| row.sender_pid == p)
             && self.port.is_none_or(|p| row.local.port() == p || row.remote.port() == p)
             && self.state.is_none_or(|s| row.state == s)
-            && self.pod.as_ref().is_none_or(|pat| {
-                row.pod.as_deref().is_some_and(|pod| glob::Pattern::new(pat).is_ok_and(|g| g.matches(pod)))
-            })
+            && self.pod.as_ref().is_none_or(|pat| row.pod.as_deref().is_some_and(|pod| glob::Pattern::new(pat).is_ok_and(|g| g.matches(pod))))
     }
 }
 
@@ -226,8 +218,7 @@ pub fn env_vars() -> Vec<String> {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration ({e}); write it like 30s, 500ms or 2m"))?;
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration ({e}); write it like 30s, 500ms or 2m"))?;
     if d.is_zero() {
         return Err(format!("`{s}` must be longer than zero"));
     }
@@ -249,9 +240,7 @@ fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
     if s.eq_ignore_ascii_case("off") || s.is_empty() {
         return Ok(MetricsAddr(None));
     }
-    s.parse()
-        .map(|a| MetricsAddr(Some(a)))
-        .map_err(|e| format!("`{s}` is not an address like 0.0.0.0:9465 or `off` ({e})"))
+    s.parse().map(|a| MetricsAddr(Some(a))).map_err(|e| format!("`{s}` is not an address like 0.0.0.0:9465 or `off` ({e})"))
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {

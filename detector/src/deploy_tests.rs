@@ -10,20 +10,13 @@ const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
 
 fn docs(file: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(format!("{DEPLOY}/{file}")).unwrap_or_else(|e| panic!("{file}: {e}"));
-    serde_norway::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{file}: {e}")))
-        .collect()
+    serde_norway::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{file}: {e}"))).collect()
 }
 
 /// What a running agent exports (the hook series appear when the agent attaches its hooks).
 fn exported_series() -> String {
     let m = Metrics::new();
-    m.hook_attached
-        .get_or_create(&crate::metrics::HookLabel {
-            role: "send".into(),
-            hook: "tracepoint sock:sock_send_length".into(),
-        })
-        .set(1);
+    m.hook_attached.get_or_create(&crate::metrics::HookLabel { role: "send".into(), hook: "tracepoint sock:sock_send_length".into() }).set(1);
     m.render()
 }
 

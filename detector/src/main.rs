@@ -115,7 +115,8 @@ fn options(a: RunArgs) -> anyhow::Result<Options> {
 /// Asks the agent and reads its answer as `T`.
 fn ask<T: DeserializeOwned>(q: &QueryArgs, req: &Request) -> anyhow::Result<T> {
     let data = client::call(&q.api_socket, req)?;
-    serde_json::from_value(data).map_err(|e| anyhow::anyhow!("the agent's answer is not what this CLI expects ({e}); are the agent and the CLI the same version?"))
+    serde_json::from_value(data)
+        .map_err(|e| anyhow::anyhow!("the agent's answer is not what this CLI expects ({e}); are the agent and the CLI the same version?"))
 }
 
 fn render<T: serde::Serialize + ?Sized>(q: &QueryArgs, data: &T, table: impl Fn(&T) -> String) -> anyhow::Result<String> {

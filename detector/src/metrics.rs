@@ -118,24 +118,12 @@ impl Metrics {
         registry.register("kernel_events_dropped", "Kernel events lost to a full ring buffer", m.kernel_events_dropped.clone());
         registry.register("kernel_map_full", "Sockets not tracked because the socket map was full", m.kernel_map_full.clone());
         registry.register("kernel_read_errors", "Failed kernel memory reads in the eBPF programs", m.kernel_read_errors.clone());
-        registry.register(
-            "retransmits",
-            "Retransmits on tracked sockets, as tcp:tcp_retransmit_skb sees them",
-            m.kernel_retransmits.clone(),
-        );
+        registry.register("retransmits", "Retransmits on tracked sockets, as tcp:tcp_retransmit_skb sees them", m.kernel_retransmits.clone());
         registry.register("sample_errors", "Failed sock_diag samples", m.sample_errors.clone());
         registry.register("sweep_duration_seconds", "Time one detection pass takes", m.sweep_duration.clone());
-        registry.register(
-            "stall_duration_seconds",
-            "How long stalls lasted when they ended (recovered, closed or reaped)",
-            m.stall_duration.clone(),
-        );
+        registry.register("stall_duration_seconds", "How long stalls lasted when they ended (recovered, closed or reaped)", m.stall_duration.clone());
         registry.register("hook_attached", "1 for each kernel hook attached", m.hook_attached.clone());
-        registry.register(
-            "reaps",
-            "Reaping decisions, by action, result (ok, failed, dry_run, skipped) and, for skipped, why",
-            m.reaps.clone(),
-        );
+        registry.register("reaps", "Reaping decisions, by action, result (ok, failed, dry_run, skipped) and, for skipped, why", m.reaps.clone());
         registry.register("audit_lines_dropped", "Audit lines dropped because stdout did not keep up", m.audit_lines_dropped.clone());
         registry.register("log_lines_dropped", "Log lines dropped because stderr did not keep up", m.log_lines_dropped.clone());
         registry.register("build_info", "Agent version and kernel release", m.build_info.clone());
@@ -159,12 +147,7 @@ impl Metrics {
                 let _ = m.reaps.get_or_create(&ActionLabel { action: action.as_str().into(), result: "skipped".into(), why: why.as_str().into() });
             }
         }
-        m.build_info
-            .get_or_create(&BuildLabel {
-                version: env!("CARGO_PKG_VERSION").into(),
-                kernel: crate::kernel::kernel_release(),
-            })
-            .set(1);
+        m.build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION").into(), kernel: crate::kernel::kernel_release() }).set(1);
         Self { registry, ..m }
     }
 
@@ -220,43 +203,26 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 async move {
                     let resp = match req.uri().path() {
                         "/metrics" => Response::builder()
-                            .header(
-                                "content-type",
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )
+                            .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
                             .body(Full::new(Bytes::from(metrics.render()))),
                         "/healthz" if metrics.alive() => Response::builder().body(Full::new(Bytes::from("ok\n"))),
-                        "/healthz" => Response::builder()
-                            .status(503)
-                            .body(Full::new(Bytes::from("the detection loop has not run for too long\n"))),
-                        "/readyz" if metrics.ready.load(std::sync::atomic::Ordering::Relaxed) => {
-                            Response::builder().body(Full::new(Bytes::from("ready\n")))
-                        }
-                        "/readyz" => Response::builder()
-                            .status(503)
-                            .body(Full::new(Bytes::from("starting: no detection pass yet\n"))),
-                        _ => Response::builder()
-                            .status(404)
-                            .body(Full::new(Bytes::from("not found; try /metrics\n"))),
+                        "/healthz" => Response::builder().status(503).body(Full::new(Bytes::from("the detection loop has not run for too long\n"))),
+                        "/readyz" if metrics.ready.load(std::sync::atomic::Ordering::Relaxed) => Response::builder().body(Full::new(Bytes::from("ready\n"))),
+                        "/readyz" => Response::builder().status(503).body(Full::new(Bytes::from("starting: no detection pass yet\n"))),
+                        _ => Response::builder().status(404).body(Full::new(Bytes::from("not found; try /metrics\n"))),
                     };
                     Ok::<_, hyper::http::Error>(resp.expect("static response parts are valid"))
                 }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
 
 fn monotonic_ms() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000 + t.tv_nsec() as u64 / 1_000_000)
-        .unwrap_or(0)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() as u64 * 1_000 + t.tv_nsec() as u64 / 1_000_000).unwrap_or(0)
 }
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!("binding --metrics-addr {addr}: {e}; pick a free address or pass --metrics-addr off")
-    })
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding --metrics-addr {addr}: {e}; pick a free address or pass --metrics-addr off"))
 }

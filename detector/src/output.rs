@@ -72,7 +72,9 @@ pub fn explain(e: &Explain) -> String {
     let v = &e.verdict;
     let grace = e.grace_ms as f64 / 1e3;
     match (v.stalled, v.stalled_for_ms, v.stuck_for_ms) {
-        (true, Some(ms), _) => out.push_str(&format!("verdict: STALLED ({}) for {:.1}s (grace {grace:.1}s)\n", v.reason.map_or("", |r| r.as_str()), ms as f64 / 1e3)),
+        (true, Some(ms), _) => {
+            out.push_str(&format!("verdict: STALLED ({}) for {:.1}s (grace {grace:.1}s)\n", v.reason.map_or("", |r| r.as_str()), ms as f64 / 1e3))
+        }
         (false, _, Some(ms)) => out.push_str(&format!("verdict: not stalled yet: stuck for {:.1}s of a {grace:.1}s grace\n", ms as f64 / 1e3)),
         _ => out.push_str(&format!("verdict: healthy (recovered {} times)\n", e.recoveries)),
     }
@@ -145,7 +147,8 @@ pub fn status(s: &Status) -> String {
     out.push_str(&render(&["ROLE", "HOOK", "STATE", "WHY"], &cells));
     if !s.programs.is_empty() {
         out.push_str("\nprograms (kernel accounting, with kernel.bpf_stats_enabled=1):\n");
-        let cells: Vec<[String; 4]> = s.programs.iter().map(|p| [p.name.clone(), p.run_count.to_string(), p.run_time_ns.to_string(), format!("{:.0}", p.avg_ns)]).collect();
+        let cells: Vec<[String; 4]> =
+            s.programs.iter().map(|p| [p.name.clone(), p.run_count.to_string(), p.run_time_ns.to_string(), format!("{:.0}", p.avg_ns)]).collect();
         out.push_str(&render(&["PROGRAM", "RUNS", "NS", "NS/RUN"], &cells));
     }
     out

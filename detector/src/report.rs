@@ -246,14 +246,7 @@ pub fn explain(t: &Tracked, kernel: Option<KernelRecord>, now_ms: u64, grace_ms:
             onset_proof: Some(proof),
             onset: Some(proof.describe().into()),
         },
-        (None, None) => VerdictView {
-            stalled: false,
-            reason: None,
-            stalled_for_ms: None,
-            stuck_for_ms: None,
-            onset_proof: None,
-            onset: None,
-        },
+        (None, None) => VerdictView { stalled: false, reason: None, stalled_for_ms: None, stuck_for_ms: None, onset_proof: None, onset: None },
     };
     let samples = t
         .history

@@ -18,4 +18,3 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     }
     Cow::Owned(out)
 }
-

@@ -74,19 +74,7 @@ impl History {
 
 impl Tracked {
     pub fn new(sk: u64, tuple: SockTuple, sender: Sender, hook: u8, first_send_ns: u64, tcp_state: u8) -> Self {
-        Tracked {
-            sk,
-            tuple,
-            sender,
-            hook,
-            first_send_ns,
-            tcp_state,
-            last: None,
-            verdict: None,
-            recoveries: 0,
-            netns_hint: None,
-            history: History::default(),
-        }
+        Tracked { sk, tuple, sender, hook, first_send_ns, tcp_state, last: None, verdict: None, recoveries: 0, netns_hint: None, history: History::default() }
     }
 
     /// Found by a dump, not announced by a send hook.
@@ -133,11 +121,7 @@ impl Tracked {
 }
 
 pub fn addr(b: &[u8; 16], family: u16) -> IpAddr {
-    if family == AF_INET6 {
-        IpAddr::V6(Ipv6Addr::from(*b))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-    }
+    if family == AF_INET6 { IpAddr::V6(Ipv6Addr::from(*b)) } else { IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])) }
 }
 
 pub fn comm_str(c: &[u8; TASK_COMM_LEN]) -> String {
@@ -244,12 +228,7 @@ impl Tracker {
     /// Applies one kernel event; returns the entry it ended, if any, and why (a closed socket,
     /// or one whose address a new socket now has).
     pub fn apply(&mut self, ev: &SockEvent) -> Option<(Tracked, Forget)> {
-        let sender = || Sender {
-            tgid: ev.tgid,
-            tid: ev.tid,
-            comm: comm_str(&ev.comm),
-            cgroup_id: ev.cgroup_id,
-        };
+        let sender = || Sender { tgid: ev.tgid, tid: ev.tid, comm: comm_str(&ev.comm), cgroup_id: ev.cgroup_id };
         match EventKind::try_from(ev.kind) {
             Ok(EventKind::Tracked) => {
                 // Announced twice (two CPUs raced to start tracking it): keep what we know.
@@ -288,12 +267,7 @@ impl Tracker {
         if self.socks.contains_key(&sk) {
             return;
         }
-        let sender = Sender {
-            tgid: st.tgid,
-            tid: st.tid,
-            comm: comm_str(&st.comm),
-            cgroup_id: st.cgroup_id,
-        };
+        let sender = Sender { tgid: st.tgid, tid: st.tid, comm: comm_str(&st.comm), cgroup_id: st.cgroup_id };
         self.insert(Tracked::new(sk, st.tuple, sender, st.hook, st.first_send_ns, 0));
     }
 }
@@ -347,11 +321,7 @@ mod tests {
     #[test]
     fn history_is_bounded_and_short_when_idle() {
         let mut h = History::default();
-        let mut s = crate::sample::Sample {
-            state: 1,
-            queued: 10,
-            ..Default::default()
-        };
+        let mut s = crate::sample::Sample { state: 1, queued: 10, ..Default::default() };
         for i in 0..100 {
             s.at_ms = i;
             h.push(s);

@@ -59,10 +59,7 @@ impl Reason {
 impl std::str::FromStr for Reason {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("`{s}` is not a reason; use peer_unreachable, peer_not_reading or peer_closed"))
+        Self::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| format!("`{s}` is not a reason; use peer_unreachable, peer_not_reading or peer_closed"))
     }
 }
 
@@ -132,7 +129,9 @@ pub enum Transition {
     /// The socket just crossed the grace window.
     Stalled(Stall),
     /// A stall ended because progress resumed (or nothing is stuck any more).
-    Recovered { stalled_for_ms: u64 },
+    Recovered {
+        stalled_for_ms: u64,
+    },
 }
 
 /// `true` when the 64-bit acknowledged-bytes counter moved forward from `prev` to `now`,
@@ -286,7 +285,13 @@ impl StallTracker {
         let candidate = if self.floor.0 > bound.0 { self.floor } else { bound };
         let new_period = advanced || self.onset.is_none();
         self.onset = Some(match self.onset {
-            Some(o) if !new_period => if candidate.0 < o.0 { candidate } else { o },
+            Some(o) if !new_period => {
+                if candidate.0 < o.0 {
+                    candidate
+                } else {
+                    o
+                }
+            }
             _ => candidate,
         });
         if new_period {
@@ -294,10 +299,8 @@ impl StallTracker {
             (self.retrans_at_onset, self.segs_out_at_onset) =
                 if first { (s.total_retrans.wrapping_sub(u32::from(s.retransmits)), s.segs_out) } else { (retrans_prev, segs_prev) };
         }
-        if advanced {
-            if let Some(st) = self.stall.take() {
-                return Transition::Recovered { stalled_for_ms: s.at_ms.saturating_sub(st.since_ms) };
-            }
+        if advanced && let Some(st) = self.stall.take() {
+            return Transition::Recovered { stalled_for_ms: s.at_ms.saturating_sub(st.since_ms) };
         }
         self.judge(s, grace_ms)
     }
@@ -312,13 +315,7 @@ impl StallTracker {
                 Transition::None
             }
             None if s.at_ms.saturating_sub(since) >= grace_ms => {
-                let stall = Stall {
-                    since_ms: since,
-                    proof,
-                    reason,
-                    retrans_at_onset: self.retrans_at_onset,
-                    segs_out_at_onset: self.segs_out_at_onset,
-                };
+                let stall = Stall { since_ms: since, proof, reason, retrans_at_onset: self.retrans_at_onset, segs_out_at_onset: self.segs_out_at_onset };
                 self.stall = Some(stall);
                 Transition::Stalled(stall)
             }

@@ -23,16 +23,18 @@ fn cases() -> u32 {
 }
 
 fn config() -> Config {
-    Config { cases: cases(), failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"))), ..Config::default() }
+    Config {
+        cases: cases(),
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..Config::default()
+    }
 }
 
 /// The seed files of one target.
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(target);
-    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-        .collect();
+    let mut seeds: Vec<Vec<u8>> =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display())).map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
     assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
     seeds.sort();
     seeds

@@ -18,11 +18,7 @@ use serde_json::Value;
 pub fn privileged(test: &str) -> bool {
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0")))
         .unwrap_or(false);
     if root {
         return true;
@@ -40,14 +36,9 @@ pub fn detector_cmd() -> Command {
 }
 
 pub fn detector_bin() -> PathBuf {
-    let p = std::env::var_os("DETECTOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/detector")));
-    assert!(
-        p.exists(),
-        "agent binary {} not found: run the suite with `cargo xtask test`, which builds it",
-        p.display()
-    );
+    let p =
+        std::env::var_os("DETECTOR_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/detector")));
+    assert!(p.exists(), "agent binary {} not found: run the suite with `cargo xtask test`, which builds it", p.display());
     p
 }
 
@@ -58,11 +49,7 @@ pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "detector-test-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        let p = std::env::temp_dir().join(format!("detector-test-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
         Self(p)
     }
@@ -208,11 +195,7 @@ impl Agent {
 
     /// Runs `detector <cmd> --output json` against this agent.
     pub fn query(&self, cmd: &str) -> Result<Value, String> {
-        let out = Command::new(detector_bin())
-            .args([cmd, "--output", "json", "--api-socket"])
-            .arg(&self.api)
-            .output()
-            .map_err(|e| e.to_string())?;
+        let out = Command::new(detector_bin()).args([cmd, "--output", "json", "--api-socket"]).arg(&self.api).output().map_err(|e| e.to_string())?;
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
@@ -221,26 +204,14 @@ impl Agent {
 
     /// The stalled entry whose local address is `local`, if any.
     pub fn stalled(&self, local: &str) -> Option<Value> {
-        let v = self
-            .query("stalled")
-            .unwrap_or_else(|e| panic!("detector stalled failed: {e}\n{}", self.log()));
-        v.as_array()
-            .expect("stalled answers an array")
-            .iter()
-            .find(|s| s["local"] == local)
-            .cloned()
+        let v = self.query("stalled").unwrap_or_else(|e| panic!("detector stalled failed: {e}\n{}", self.log()));
+        v.as_array().expect("stalled answers an array").iter().find(|s| s["local"] == local).cloned()
     }
 
     /// The tracked entry whose local address is `local`, if any.
     pub fn tracked(&self, local: &str) -> Option<Value> {
-        let v = self
-            .query("sockets")
-            .unwrap_or_else(|e| panic!("detector sockets failed: {e}\n{}", self.log()));
-        v.as_array()
-            .expect("sockets answers an array")
-            .iter()
-            .find(|s| s["local"] == local)
-            .cloned()
+        let v = self.query("sockets").unwrap_or_else(|e| panic!("detector sockets failed: {e}\n{}", self.log()));
+        v.as_array().expect("sockets answers an array").iter().find(|s| s["local"] == local).cloned()
     }
 }
 
@@ -269,12 +240,8 @@ pub struct Peer {
 
 impl Peer {
     pub fn spawn(bin: &str, args: &[&str]) -> Peer {
-        let mut child = Command::new(bin)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {bin} {args:?}: {e}"));
+        let mut child =
+            Command::new(bin).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap_or_else(|e| panic!("spawning {bin} {args:?}: {e}"));
         let out = child.stdout.take().expect("piped stdout");
         let (tx, rx) = channel();
         let history = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -353,9 +320,7 @@ impl Drop for Peer {
 
 /// Parses `key=value` words.
 pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('='))).unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
 /// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
@@ -374,15 +339,8 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
 
 /// Runs a command, panicking with its output when it fails.
 pub fn sh(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd} {args:?}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Two network namespaces joined by a veth pair: `a` (10.213.0.1) and `b` (10.213.0.2).
@@ -400,10 +358,7 @@ pub const NS_B_ADDR6: &str = "fd00:213::2";
 impl NetnsPair {
     pub fn new() -> NetnsPair {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let pair = NetnsPair {
-            a: format!("dtest-{}-{n}-a", std::process::id()),
-            b: format!("dtest-{}-{n}-b", std::process::id()),
-        };
+        let pair = NetnsPair { a: format!("dtest-{}-{n}-a", std::process::id()), b: format!("dtest-{}-{n}-b", std::process::id()) };
         sh("ip", &["netns", "add", &pair.a]);
         sh("ip", &["netns", "add", &pair.b]);
         pair.exec_ok(&pair.a, &["ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", &pair.b]);
@@ -474,13 +429,8 @@ impl TestCgroup {
         let mount = cgroup2_mount()?;
         let top_name = format!("detector-test-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let path = format!("/{top_name}/{rel}");
-        std::fs::create_dir_all(mount.join(path.trim_start_matches('/')))
-            .unwrap_or_else(|e| panic!("creating cgroup {path}: {e}"));
-        Some(TestCgroup {
-            top: mount.join(&top_name),
-            mount,
-            path,
-        })
+        std::fs::create_dir_all(mount.join(path.trim_start_matches('/'))).unwrap_or_else(|e| panic!("creating cgroup {path}: {e}"));
+        Some(TestCgroup { top: mount.join(&top_name), mount, path })
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -488,8 +438,7 @@ impl TestCgroup {
     }
 
     pub fn add(&self, pid: u32) {
-        std::fs::write(self.dir().join("cgroup.procs"), pid.to_string())
-            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.path));
+        std::fs::write(self.dir().join("cgroup.procs"), pid.to_string()).unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.path));
     }
 }
 
@@ -536,10 +485,7 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 /// The value of the first sample line of `metric` (with its labels, e.g.
 /// `detector_stalled_sockets{reason="peer_not_reading"}`) in an OpenMetrics text.
 pub fn metric(text: &str, metric: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(metric).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+    text.lines().find_map(|l| l.strip_prefix(metric).and_then(|r| r.strip_prefix(' '))).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -590,9 +536,8 @@ pub fn wait_tracked(agent: &Agent, local: &str) -> Value {
 /// Polls `detector stalled` until `local` is listed; returns the entry and the time it took
 /// from `since`.
 pub fn expect_stalled(agent: &Agent, local: &str, since: Instant, within: Duration) -> (Value, Duration) {
-    let e = poll(within, || agent.stalled(local)).unwrap_or_else(|| {
-        panic!("{local} not reported within {within:?}; tracked: {:?}\n{}", agent.tracked(local), agent.log())
-    });
+    let e = poll(within, || agent.stalled(local))
+        .unwrap_or_else(|| panic!("{local} not reported within {within:?}; tracked: {:?}\n{}", agent.tracked(local), agent.log()));
     (e, since.elapsed())
 }
 

@@ -14,10 +14,7 @@ fn pod_container_cgroup_and_netns_of_a_stalled_socket() {
     }
     let uid = format!("{:08x}-5f60-4a1b-9c8d-7e6f5a4b3c2d", std::process::id());
     let container = format!("{:0>64}", format!("{:x}", std::process::id()));
-    let rel = format!(
-        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container}.scope",
-        uid.replace('-', "_")
-    );
+    let rel = format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container}.scope", uid.replace('-', "_"));
     let Some(cg) = TestCgroup::new(&rel) else {
         eprintln!("skipped: no cgroup v2 mount on this kernel");
         return;

@@ -10,11 +10,7 @@ fn detector() -> Command {
 #[test]
 fn query_without_a_running_agent_says_so() {
     let dir = Scratch::new("noagent");
-    let out = detector()
-        .args(["stalled", "--api-socket"])
-        .arg(dir.0.join("none.sock"))
-        .output()
-        .expect("running detector");
+    let out = detector().args(["stalled", "--api-socket"]).arg(dir.0.join("none.sock")).output().expect("running detector");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("agent is not running") && err.contains("detector run"), "{err}");
@@ -87,11 +83,7 @@ fn forced_fentry_either_attaches_or_fails_clearly() {
             return;
         }
         if dir.0.join("api.sock").exists() {
-            let out = detector()
-                .args(["status", "-o", "json", "--api-socket"])
-                .arg(dir.0.join("api.sock"))
-                .output()
-                .unwrap();
+            let out = detector().args(["status", "-o", "json", "--api-socket"]).arg(dir.0.join("api.sock")).output().unwrap();
             if out.status.success() {
                 let _ = child.kill();
                 let _ = child.wait();

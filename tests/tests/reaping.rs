@@ -138,10 +138,8 @@ fn rpc_lets_the_server_tear_the_session_down() {
     let dead = Peer::spawn(PEER, &["client", &s.addr, "none"]);
     let fd = field(&s.server.expect("SEAT taken", Duration::from_secs(5)), "fd").to_string();
     let _ = &dead;
-    let freed = s
-        .server
-        .expect_where("SEAT freed", GRACE + Duration::from_secs(4), |l| field(l, "fd") == fd)
-        .unwrap_or_else(|| panic!("not freed:\n{}", a.log()));
+    let freed =
+        s.server.expect_where("SEAT freed", GRACE + Duration::from_secs(4), |l| field(l, "fd") == fd).unwrap_or_else(|| panic!("not freed:\n{}", a.log()));
     eprintln!("{freed}");
     assert!(s.server.saw("REAP via=rpc", |l| field(l, "fd") == fd));
     let answered = (0..30).any(|_| {
@@ -196,9 +194,7 @@ fn protected_processes_are_never_acted_on() {
         return;
     }
     let _serial = serial();
-    let (a, _d) = policy_agent(
-        "[protect]\ncomms = [\"wedged-server\"]\n[[selector]]\nname = \"all\"\nactions = [{ action = \"destroy\" }]\n",
-    );
+    let (a, _d) = policy_agent("[protect]\ncomms = [\"wedged-server\"]\n[[selector]]\nname = \"all\"\nactions = [{ action = \"destroy\" }]\n");
     let s = setup(1, 2);
     let freed = s.server.expect_where("SEAT freed", GRACE + Duration::from_secs(3), |_| true);
     assert!(freed.is_none(), "a protected process was acted on: {freed:?}");

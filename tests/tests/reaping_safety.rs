@@ -88,7 +88,10 @@ fn an_unknown_owner_is_acted_on_only_where_allowed() {
     let _s = serial();
     let dir = Scratch::new("unknown");
     let selector = |port: &str, allow: bool| {
-        policy(&dir, &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nallow_unknown_owner = {allow}\nactions = [{{ action = \"destroy\" }}]\n"))
+        policy(
+            &dir,
+            &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nallow_unknown_owner = {allow}\nactions = [{{ action = \"destroy\" }}]\n"),
+        )
     };
     // The agent runs first, so its send hook sees the socket's file before it goes in flight
     // (a socket first found by a dump, held by nobody, may be the kernel's own: never acted on).
@@ -126,7 +129,12 @@ fn nothing_is_sent_to_an_owner_that_executed_another_image() {
     let port = p.local.rsplit(':').next().unwrap().to_string();
     let a = Agent::start(
         "2s",
-        &args(&policy(&dir, &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"signal\", signal = \"SIGUSR2\", after = \"2s\" }}]\n"))),
+        &args(&policy(
+            &dir,
+            &format!(
+                "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"signal\", signal = \"SIGUSR2\", after = \"2s\" }}]\n"
+            ),
+        )),
     );
     poll(GRACE + Duration::from_secs(2), || a.stalled(&p.local)).unwrap_or_else(|| panic!("not reported:\n{}", a.log()));
     p.server.expect("HOLDING", Duration::from_secs(5));
@@ -155,7 +163,10 @@ fn rpc_reaches_the_owner_in_its_own_network_namespace() {
     // Nothing listens on that port in the agent's namespace.
     let a = Agent::start(
         "2s",
-        &args(&policy(&dir, &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"rpc\", url = \"http://{rpc}/reap\" }}]\n"))),
+        &args(&policy(
+            &dir,
+            &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"rpc\", url = \"http://{rpc}/reap\" }}]\n"),
+        )),
     );
     let freed = server.expect_where("SEAT freed", GRACE + Duration::from_secs(4), |l| field(l, "fd") == dead_fd);
     assert!(freed.is_some(), "the RPC did not reach the owner:\n{}", a.log());
@@ -188,7 +199,12 @@ fn rpc_finds_a_unix_socket_in_the_owners_mount_namespace() {
     let port = addr.rsplit(':').next().unwrap();
     let a = Agent::start(
         "2s",
-        &args(&policy(&dir, &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"rpc\", unix = \"{sock}\", path = \"/reap\" }}]\n"))),
+        &args(&policy(
+            &dir,
+            &format!(
+                "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"rpc\", unix = \"{sock}\", path = \"/reap\" }}]\n"
+            ),
+        )),
     );
     let freed = server.expect_where("SEAT freed", GRACE + Duration::from_secs(4), |l| field(l, "fd") == dead_fd);
     assert!(freed.is_some(), "the RPC did not reach the owner's socket:\n{}", a.log());
@@ -225,12 +241,16 @@ fn a_ladder_survives_an_agent_killed_mid_way() {
     let (endpoint, calls) = counting_endpoint();
     let (server, addr, dead_fd, _h, _clients) = seated(&[]);
     let port = addr.rsplit(':').next().unwrap();
-    let mut args_v = policy(&dir, &format!(
-        "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port}, reason = \"peer_not_reading\" }}\nactions = [\n  {{ action = \"rpc\", url = \"http://{endpoint}/reap\" }},\n  {{ action = \"destroy\", after = \"4s\" }},\n]\n"
-    ));
+    let mut args_v = policy(
+        &dir,
+        &format!(
+            "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port}, reason = \"peer_not_reading\" }}\nactions = [\n  {{ action = \"rpc\", url = \"http://{endpoint}/reap\" }},\n  {{ action = \"destroy\", after = \"4s\" }},\n]\n"
+        ),
+    );
     args_v.extend(["--state-file".into(), state]);
     let mut first = Agent::start("2s", &args(&args_v));
-    poll(GRACE + Duration::from_secs(3), || (calls.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())).unwrap_or_else(|| panic!("rpc never ran:\n{}", first.log()));
+    poll(GRACE + Duration::from_secs(3), || (calls.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(()))
+        .unwrap_or_else(|| panic!("rpc never ran:\n{}", first.log()));
     first.kill_hard();
     let second = Agent::start("2s", &args(&args_v));
     assert!(second.query("stalled").unwrap().as_array().unwrap().iter().any(|e| e["local"] == addr), "not listed at once after the restart:\n{}", second.log());
@@ -316,9 +336,12 @@ fn a_blocked_stdout_stalls_nothing_and_drops_are_counted() {
     // done. 40 stages for 150 sockets: 6,000 lines, more than the agent queues (4,096) and the
     // pipe holds (64 KiB).
     let stages = vec!["{ action = \"report\" }"; 40].join(", ");
-    let p = policy(&dir, &format!(
-        "dry_run = true\n[limits]\nper_minute = 100000\nper_owner_per_minute = 100000\ncooldown = \"0s\"\n[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{stages}]\n"
-    ));
+    let p = policy(
+        &dir,
+        &format!(
+            "dry_run = true\n[limits]\nper_minute = 100000\nper_owner_per_minute = 100000\ncooldown = \"0s\"\n[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{stages}]\n"
+        ),
+    );
     let mut all = args(&p);
     all.extend(["--metrics-addr", &maddr]);
     let a = AgentBuilder::new("2s").args(&all).stdout_unread().start();
@@ -347,8 +370,10 @@ fn hostile_process_names_print_escaped() {
     let addr = server.expect("LISTEN", Duration::from_secs(5));
     let _client = Peer::spawn(&stream_peer(), &["client", &addr, "none"]);
     let port = addr.rsplit(':').next().unwrap();
-    let e = poll(GRACE + Duration::from_secs(3), || a.query("stalled").ok()?.as_array()?.iter().find(|e| e["local"].as_str().is_some_and(|l| l.ends_with(&format!(":{port}")))).cloned())
-        .unwrap_or_else(|| panic!("not reported:\n{}", a.log()));
+    let e = poll(GRACE + Duration::from_secs(3), || {
+        a.query("stalled").ok()?.as_array()?.iter().find(|e| e["local"].as_str().is_some_and(|l| l.ends_with(&format!(":{port}")))).cloned()
+    })
+    .unwrap_or_else(|| panic!("not reported:\n{}", a.log()));
     assert_eq!(e["comm"], "ev\x1b[2Jil\x07", "JSON keeps the name as it is (escaped by JSON)");
     let table = detector_tests::detector_cmd().args(["stalled", "--api-socket"]).arg(&a.api).output().unwrap();
     let table = String::from_utf8_lossy(&table.stdout);

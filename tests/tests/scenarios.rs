@@ -123,7 +123,9 @@ fn s06_fast_reader_never() {
     let p = pair("stream", "read");
     let a0 = wait_tracked(&agent, &p.local)["bytes_acked"].as_u64().unwrap();
     expect_never(&agent, &[&p.local], GRACE * 2 + SLACK);
-    let a1 = agent.tracked(&p.local).unwrap_or_else(|| panic!("no longer tracked: {}\n{}", agent.query("sockets").unwrap(), agent.log()))["bytes_acked"].as_u64().unwrap();
+    let a1 = agent.tracked(&p.local).unwrap_or_else(|| panic!("no longer tracked: {}\n{}", agent.query("sockets").unwrap(), agent.log()))["bytes_acked"]
+        .as_u64()
+        .unwrap();
     assert!(a1 > a0, "the stream did not move");
 }
 
@@ -177,11 +179,7 @@ fn s08b_long_pause_reported_then_recovered() {
     latency_line("peer_not_reading (long pause)", took, GRACE);
     assert_eq!(e["reason"], "peer_not_reading", "{e}");
     p.client.signal(libc::SIGCONT);
-    let recovered = poll(Duration::from_secs(3), || {
-        agent
-            .tracked(&p.local)
-            .filter(|t| t["stalled"] == false && t["recoveries"].as_u64() >= Some(1))
-    });
+    let recovered = poll(Duration::from_secs(3), || agent.tracked(&p.local).filter(|t| t["stalled"] == false && t["recoveries"].as_u64() >= Some(1)));
     assert!(recovered.is_some(), "no recovery: {:?}\n{}", agent.tracked(&p.local), agent.log());
     assert!(agent.stalled(&p.local).is_none());
 }
@@ -296,29 +294,16 @@ fn s12_mixed_100_healthy_10_dead() {
     let remotes = (0..3).map(|_| conn_key(&server.expect("ACCEPTED", Duration::from_secs(10)))).collect();
     groups.push(Group { name: "unreachable", _server: server, client, remotes, expect: Some("peer_unreachable") });
     let healthy: HashSet<String> = groups.iter().filter(|g| g.expect.is_none()).flat_map(|g| g.remotes.clone()).collect();
-    let dead: HashMap<String, (&str, &str)> = groups
-        .iter()
-        .filter_map(|g| g.expect.map(|r| (g, r)))
-        .flat_map(|(g, r)| g.remotes.iter().map(move |l| (l.clone(), (g.name, r))))
-        .collect();
+    let dead: HashMap<String, (&str, &str)> =
+        groups.iter().filter_map(|g| g.expect.map(|r| (g, r))).flat_map(|(g, r)| g.remotes.iter().map(move |l| (l.clone(), (g.name, r)))).collect();
     assert_eq!((healthy.len(), dead.len()), (100, 10));
     // Connections whose bytes wait (slow readers, non-readers) must be tracked before the deaths,
     // or "never reported" would prove nothing for them. (Fast and idle ones need not be: a send
     // with nothing waiting costs the agent nothing and tells it nothing.)
-    let queueing: HashSet<String> = groups
-        .iter()
-        .filter(|g| g.name == "slow" || g.name == "never-reads")
-        .flat_map(|g| g.remotes.clone())
-        .collect();
+    let queueing: HashSet<String> = groups.iter().filter(|g| g.name == "slow" || g.name == "never-reads").flat_map(|g| g.remotes.clone()).collect();
     let tracked = poll(Duration::from_secs(5), || {
         let all = agent.query("sockets").expect("sockets");
-        let seen: HashSet<String> = all
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| !t["bytes_acked"].is_null())
-            .map(entry_key)
-            .collect();
+        let seen: HashSet<String> = all.as_array().unwrap().iter().filter(|t| !t["bytes_acked"].is_null()).map(entry_key).collect();
         queueing.iter().all(|r| seen.contains(r)).then_some(())
     });
     assert!(tracked.is_some(), "not all {} queueing connections tracked:\n{}", queueing.len(), agent.log());
@@ -345,9 +330,7 @@ fn s12_mixed_100_healthy_10_dead() {
     }
     groups.iter().find(|g| g.name == "frozen").unwrap().client.signal(libc::SIGCONT);
     for (remote, (group, reason)) in &dead {
-        let (got, took) = found
-            .get(remote)
-            .unwrap_or_else(|| panic!("missed dead {group} connection to {remote}\n{}", agent.log()));
+        let (got, took) = found.get(remote).unwrap_or_else(|| panic!("missed dead {group} connection to {remote}\n{}", agent.log()));
         assert_eq!(got, reason, "{group} {remote}");
         // Only these two died at `onset`; the others were dead from the start.
         if *group == "frozen" || *group == "unreachable" {

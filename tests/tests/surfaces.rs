@@ -48,8 +48,7 @@ fn metrics_during_a_real_stall() {
     client.signal(libc::SIGKILL);
     let ended = poll(Duration::from_secs(5), || {
         let (_, t) = http_get(&addr, "/metrics");
-        (metric(&t, &format!("detector_stalled_sockets{nr}")) == Some(0.0)
-            && metric(&t, "detector_stall_duration_seconds_count").unwrap_or(0.0) >= 1.0)
+        (metric(&t, &format!("detector_stalled_sockets{nr}")) == Some(0.0) && metric(&t, "detector_stall_duration_seconds_count").unwrap_or(0.0) >= 1.0)
             .then_some(t)
     });
     assert!(ended.is_some(), "gauge or duration not updated after the stall ended");
@@ -61,8 +60,7 @@ fn check_reports_every_hook_and_passes_here() {
         return;
     }
     let out = detector().args(["check", "--output", "json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     assert!(out.status.success(), "check failed: {v}");
     let names: Vec<&str> = v.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     for want in [
@@ -145,8 +143,12 @@ fn sockets_filters_explain_and_watch_against_the_agent() {
     let out = detector().args(["sockets", "-o", "json", "--port", &port, "--api-socket", &api]).output().unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = rows.as_array().unwrap();
-    assert!(!rows.is_empty() && rows.iter().all(|r| r["local"].as_str().unwrap().ends_with(&format!(":{port}")) || r["remote"].as_str().unwrap().ends_with(&format!(":{port}"))), "{rows:?}");
-    assert!(rows.iter().any(|r| r["id"].to_string() == id && r["stalled"] == true), "{rows:?}");
+    assert!(
+        !rows.is_empty()
+            && rows.iter().all(|r| r["local"].as_str().unwrap().ends_with(&format!(":{port}")) || r["remote"].as_str().unwrap().ends_with(&format!(":{port}"))),
+        "{rows:?}"
+    );
+    assert!(rows.iter().any(|r| r["id"] == id && r["stalled"] == true), "{rows:?}");
     let out = detector().args(["sockets", "-o", "json", "--pid", "1", "--port", &port, "--api-socket", &api]).output().unwrap();
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), serde_json::json!([]));
 
@@ -165,11 +167,7 @@ fn sockets_filters_explain_and_watch_against_the_agent() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no tracked socket has id 1"));
 
     // --watch redraws until stopped.
-    let mut w = detector()
-        .args(["stalled", "--watch", "300ms", "--api-socket", &api])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut w = detector().args(["stalled", "--watch", "300ms", "--api-socket", &api]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     let _ = w.kill();
     let out = w.wait_with_output().unwrap();

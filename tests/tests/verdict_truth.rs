@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use detector_tests::{
-    Agent, NS_A_ADDR, NS_A_ADDR6, NetnsPair, Peer, Scratch, expect_never, expect_stalled, field, free_port, http_get,
-    latency_line, metric, pair, pair_on, poll, privileged, stream_peer, wait_tracked,
+    Agent, NS_A_ADDR, NS_A_ADDR6, NetnsPair, Peer, Scratch, expect_never, expect_stalled, field, free_port, http_get, latency_line, metric, pair, pair_on,
+    poll, privileged, stream_peer, wait_tracked,
 };
 use serde_json::Value;
 
@@ -124,7 +124,8 @@ fn a_half_closed_peer_that_still_downloads_is_never_reported_nor_touched() {
     let port = listen.rsplit(':').next().unwrap();
     let dir = Scratch::new("halfclose");
     let policy = dir.0.join("policy.toml");
-    std::fs::write(&policy, format!("[[selector]]\nname = \"this-test\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"destroy\" }}]\n")).unwrap();
+    std::fs::write(&policy, format!("[[selector]]\nname = \"this-test\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"destroy\" }}]\n"))
+        .unwrap();
     let agent = Agent::start(GRACE_ARG, &["--policy", policy.to_str().unwrap()]);
     let client = Peer::spawn(&peer, &["client", &listen, "half-close:1048576"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
@@ -242,10 +243,7 @@ fn closes_lost_with_dropped_events_are_reconciled_and_counted() {
         return;
     }
     let addr = format!("127.0.0.1:{}", free_port());
-    let agent = Agent::start(
-        GRACE_ARG,
-        &["--send-hook", "sock-send-length", "--ring-buffer-bytes", "4096", "--metrics-addr", &addr],
-    );
+    let agent = Agent::start(GRACE_ARG, &["--send-hook", "sock-send-length", "--ring-buffer-bytes", "4096", "--metrics-addr", &addr]);
     let peer = stream_peer();
     let n = 60;
     let server = Peer::spawn(&peer, &["server", "127.0.0.1:0", "fill-close", &n.to_string()]);

@@ -41,13 +41,8 @@ fn non_reading_client_reported(agent_args: &[&str]) {
     let local = field(&accepted, "local").to_string();
     let fd: i64 = field(&accepted, "fd").parse().unwrap();
 
-    let entry = poll(GRACE + Duration::from_secs(2), || agent.stalled(&local)).unwrap_or_else(|| {
-        panic!(
-            "server socket {local} not reported within grace + 2 s\ntracked: {:?}\n{}",
-            agent.tracked(&local),
-            agent.log()
-        )
-    });
+    let entry = poll(GRACE + Duration::from_secs(2), || agent.stalled(&local))
+        .unwrap_or_else(|| panic!("server socket {local} not reported within grace + 2 s\ntracked: {:?}\n{}", agent.tracked(&local), agent.log()));
     eprintln!("reported {:.2} s after the connection opened: {entry}", t0.elapsed().as_secs_f64());
     assert_eq!(entry["pid"], server.pid(), "{entry}");
     assert_eq!(entry["comm"], "stream-peer", "{entry}");
@@ -63,9 +58,7 @@ fn non_reading_client_reported(agent_args: &[&str]) {
     client.signal(libc::SIGKILL);
     server.expect("SEND_ERROR", Duration::from_secs(5));
     assert!(server.wait_exit(Duration::from_secs(5)), "server did not exit after the reset");
-    let gone = poll(Duration::from_secs(3), || {
-        (agent.stalled(&local).is_none() && agent.tracked(&local).is_none()).then_some(())
-    });
+    let gone = poll(Duration::from_secs(3), || (agent.stalled(&local).is_none() && agent.tracked(&local).is_none()).then_some(()));
     assert!(gone.is_some(), "closed socket {local} still listed:\n{}", agent.log());
 }
 

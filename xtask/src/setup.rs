@@ -13,6 +13,22 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_bpf_linker(&sysroot)
 }
 
+/// The lint tools the suite runs: rustfmt and clippy on the default toolchain, clippy on nightly
+/// (for the eBPF crate).
+pub fn ensure_lint_tools() -> anyhow::Result<()> {
+    for (toolchain, component) in [("stable", "rustfmt"), ("stable", "clippy"), ("nightly", "clippy")] {
+        let out = Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]).output().context("running `rustup component list`")?;
+        if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with(component)) {
+            continue;
+        }
+        eprintln!("xtask: installing {component} for {toolchain}");
+        if !run_ok(Command::new("rustup").args(["component", "add", component, "--toolchain", toolchain])) {
+            bail!("`rustup component add {component} --toolchain {toolchain}` failed");
+        }
+    }
+    Ok(())
+}
+
 /// The static (musl) target the shipped image is built for; the test suite runs that build too
 /// (its libc numbers real-time signals differently from glibc).
 pub const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -30,10 +46,7 @@ pub fn ensure_musl_target() -> anyhow::Result<()> {
 }
 
 fn run_ok(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
@@ -68,11 +81,7 @@ fn nightly_llvm(sysroot: &std::path::Path) -> anyhow::Result<(PathBuf, String, u
     for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if let Some(ver) = name.strip_prefix("libLLVM.so.") {
-            let major: u32 = ver
-                .split('.')
-                .next()
-                .and_then(|m| m.parse().ok())
-                .with_context(|| format!("cannot read the LLVM version from {name}"))?;
+            let major: u32 = ver.split('.').next().and_then(|m| m.parse().ok()).with_context(|| format!("cannot read the LLVM version from {name}"))?;
             return Ok((lib.join(&name), name, major));
         }
     }
@@ -95,20 +104,11 @@ fn ensure_bpf_linker(sysroot: &std::path::Path) -> anyhow::Result<()> {
     for link in ["libLLVM.so".to_string(), name] {
         let p = lib.join(link);
         let _ = std::fs::remove_file(&p);
-        std::os::unix::fs::symlink(&llvm, &p)
-            .with_context(|| format!("linking {} to {}", p.display(), llvm.display()))?;
+        std::os::unix::fs::symlink(&llvm, &p).with_context(|| format!("linking {} to {}", p.display(), llvm.display()))?;
     }
     eprintln!("xtask: building bpf-linker against nightly's LLVM {major} (about a minute)");
     let status = Command::new("cargo")
-        .args([
-            "+nightly",
-            "install",
-            "bpf-linker",
-            "--locked",
-            "--no-default-features",
-            "--features",
-            &format!("llvm-{major}"),
-        ])
+        .args(["+nightly", "install", "bpf-linker", "--locked", "--no-default-features", "--features", &format!("llvm-{major}")])
         .env("LLVM_PREFIX", &prefix)
         .env_remove("RUSTC")
         .env_remove("CARGO")

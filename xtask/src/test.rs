@@ -12,6 +12,9 @@ use crate::cargo;
 const PER_HOOK: [&str; 3] = ["scenarios", "verdict_truth", "walking_skeleton"];
 
 pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    if args.is_empty() {
+        lint(root)?;
+    }
     // The integration tests start the real agent binary and the peer helpers.
     cargo(root, &["build", "--package", "detector", "--package", "detector-tests", "--bins"])?;
     // The shipped image's build (static musl): reaping_safety signals a glibc server with it.
@@ -33,6 +36,24 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
             t.extend(["--test", f]);
         }
         cargo_test(root, &t, Some(&hook))?;
+    }
+    Ok(())
+}
+
+/// Formatting and clippy (warnings are errors) on the host crates and the eBPF crate.
+fn lint(root: &Path) -> anyhow::Result<()> {
+    crate::setup::ensure_lint_tools()?;
+    cargo(root, &["fmt", "--all", "--check"]).context("code not formatted: run `cargo fmt --all`")?;
+    cargo(root, &["clippy", "--workspace", "--exclude", "detector-ebpf", "--all-targets", "--", "-D", "warnings"])?;
+    let status = Command::new("cargo")
+        .current_dir(root.join("detector-ebpf"))
+        .env_remove("RUSTC")
+        .env_remove("CARGO")
+        .args(["+nightly", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings"])
+        .status()
+        .context("running clippy on the eBPF crate")?;
+    if !status.success() {
+        bail!("clippy found problems in detector-ebpf");
     }
     Ok(())
 }
@@ -59,8 +80,8 @@ fn cargo_test(root: &Path, args: &[&str], hook: Option<&str>) -> anyhow::Result<
 /// picks by itself.
 fn other_send_hooks(bin: &Path) -> anyhow::Result<Vec<String>> {
     let out = Command::new(bin).args(["check", "--output", "json"]).output().context("running detector check")?;
-    let checks: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("detector check printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let checks: serde_json::Value =
+        serde_json::from_slice(&out.stdout).with_context(|| format!("detector check printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
     Ok(checks
         .as_array()
         .into_iter()

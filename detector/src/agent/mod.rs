@@ -190,8 +190,7 @@ fn kernel_side(loaded: &mut loader::Loaded) -> anyhow::Result<kernel_side::Kerne
     let mut take = |name: &str| loaded.ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"));
     let ring = RingBuf::try_from(take("EVENTS")?)?;
     // The hash map holds state only with the fallback send hooks.
-    let socks: Option<BpfHashMap<_, u64, SockState>> =
-        if loaded.send_hook.socket_storage() { None } else { Some(BpfHashMap::try_from(take("SOCKS")?)?) };
+    let socks: Option<BpfHashMap<_, u64, SockState>> = if loaded.send_hook.socket_storage() { None } else { Some(BpfHashMap::try_from(take("SOCKS")?)?) };
     let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take("COUNTERS")?)?;
     Ok(kernel_side::KernelSide::new(ring, socks, counters))
 }

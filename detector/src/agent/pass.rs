@@ -88,7 +88,7 @@ impl Sweep {
         let live: HashSet<u64> = stalled.into_iter().collect();
         self.holders.retain(|sk, _| live.contains(sk));
         self.unknown_until.retain(|sk, _| live.contains(sk));
-        out.sort_by(|a, b| b.stalled_for_ms.cmp(&a.stalled_for_ms));
+        out.sort_by_key(|s| std::cmp::Reverse(s.stalled_for_ms));
         out
     }
 }
@@ -102,7 +102,10 @@ fn observe(t: &mut Tracked, d: DiagSocket, grace_ms: u64, m: &Metrics) {
     match t.verdict.get_or_insert_with(StallTracker::new).observe(&d.sample, grace_ms) {
         Transition::Stalled(stall) => {
             let age = now.saturating_sub(stall.since_ms);
-            t.history.note(now, format!("stalled ({}): stuck for {age} ms with {} queued, since {}", stall.reason.as_str(), d.sample.queued, stall.proof.describe()));
+            t.history.note(
+                now,
+                format!("stalled ({}): stuck for {age} ms with {} queued, since {}", stall.reason.as_str(), d.sample.queued, stall.proof.describe()),
+            );
             m.stalls_detected.get_or_create(&ReasonLabel::of(stall.reason)).inc();
             log::info!(
                 "stalled: {} -> {} sender {} ({}) reason {} queued {}",

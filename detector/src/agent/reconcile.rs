@@ -29,14 +29,8 @@ impl Sweep {
                 }
             };
             for d in dumped.into_iter().filter(|d| d.send_queue > 0 || d.state == TCP_CLOSE_WAIT) {
-                let mut tuple = SockTuple {
-                    family: d.family,
-                    sport: d.local_port,
-                    dport: d.remote_port,
-                    netns: inum,
-                    bound_dev_if: d.ifindex,
-                    ..SockTuple::default()
-                };
+                let mut tuple =
+                    SockTuple { family: d.family, sport: d.local_port, dport: d.remote_port, netns: inum, bound_dev_if: d.ifindex, ..SockTuple::default() };
                 put_addr(&mut tuple.saddr, d.local);
                 put_addr(&mut tuple.daddr, d.remote);
                 seeded += usize::from(self.tracker.seed(d.cookie, tuple, d.state, pid));

@@ -188,4 +188,3 @@ impl Drop for SocketFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
-

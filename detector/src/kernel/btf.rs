@@ -6,9 +6,7 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum BtfError {
-    #[error(
-        "reading kernel BTF from {path}: {err}; the kernel must be built with CONFIG_DEBUG_INFO_BTF=y"
-    )]
+    #[error("reading kernel BTF from {path}: {err}; the kernel must be built with CONFIG_DEBUG_INFO_BTF=y")]
     Read { path: String, err: String },
     #[error("kernel BTF has no {0}")]
     Missing(String),
@@ -49,12 +47,7 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn load() -> Result<Self, BtfError> {
-        Btf::from_file(VMLINUX)
-            .map(|btf| Self { btf })
-            .map_err(|e| BtfError::Read {
-                path: VMLINUX.into(),
-                err: e.to_string(),
-            })
+        Btf::from_file(VMLINUX).map(|btf| Self { btf }).map_err(|e| BtfError::Read { path: VMLINUX.into(), err: e.to_string() })
     }
 
     /// Byte offset of member `name` in the struct named `strukt`, searching through anonymous
@@ -77,15 +70,15 @@ impl KernelBtf {
             let mname = self.btf.resolve_name(m).unwrap_or_default();
             if mname == name {
                 let bitfield = m.bitfield_size().is_some_and(|b| b != 0);
-                return (!bitfield && bits % 8 == 0).then_some(bits / 8);
+                return (!bitfield && bits.is_multiple_of(8)).then_some(bits / 8);
             }
             if mname.is_empty() {
                 // Anonymous struct/union: its members are ours.
                 let inner = self.resolve(m)?;
-                if let Type::Struct(i) | Type::Union(i) = &inner {
-                    if let Some(off) = self.find_in(i, name, bits, depth + 1) {
-                        return Some(off);
-                    }
+                if let Type::Struct(i) | Type::Union(i) = &inner
+                    && let Some(off) = self.find_in(i, name, bits, depth + 1)
+                {
+                    return Some(off);
                 }
             }
         }
@@ -98,9 +91,7 @@ impl KernelBtf {
         for _ in 0..8 {
             match &t {
                 Type::Typedef(x) => t = self.btf.resolve_chained_type(x).ok()?,
-                Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => {
-                    t = self.btf.resolve_chained_type(x).ok()?
-                }
+                Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => t = self.btf.resolve_chained_type(x).ok()?,
                 _ => break,
             }
         }
@@ -108,10 +99,7 @@ impl KernelBtf {
     }
 
     pub fn sock_offsets(&self) -> Result<SockOffsets, BtfError> {
-        let need = |s: &str, f: &str| {
-            self.member_offset(s, f)
-                .ok_or_else(|| BtfError::Missing(format!("{s}.{f}")))
-        };
+        let need = |s: &str, f: &str| self.member_offset(s, f).ok_or_else(|| BtfError::Missing(format!("{s}.{f}")));
         let net = need("sock_common", "skc_net")?;
         // possible_net_t wraps a single `struct net *net`, at offset 0.
         let net_ns = need("net", "ns")?;
@@ -138,10 +126,7 @@ impl KernelBtf {
 
     /// Whether the kernel has a function of this name (an fentry/kprobe target).
     pub fn has_function(&self, name: &str) -> bool {
-        self.btf
-            .resolve_types_by_name(name)
-            .map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
-            .unwrap_or(false)
+        self.btf.resolve_types_by_name(name).map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_)))).unwrap_or(false)
     }
 }
 

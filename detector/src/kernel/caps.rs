@@ -15,9 +15,7 @@ pub const CAP_PERFMON: Cap = Cap { name: "CAP_PERFMON", bit: 38, why: "attaching
 pub const CAP_BPF: Cap = Cap { name: "CAP_BPF", bit: 39, why: "loading eBPF programs and maps" };
 
 #[derive(Debug, Error)]
-#[error(
-    "missing capabilities: {missing}. Run the agent as root (sudo detector run) or, in a container, grant {all} (or privileged: true)"
-)]
+#[error("missing capabilities: {missing}. Run the agent as root (sudo detector run) or, in a container, grant {all} (or privileged: true)")]
 pub struct MissingCaps {
     pub missing: String,
     pub all: String,
@@ -25,28 +23,18 @@ pub struct MissingCaps {
 
 /// Parses the `CapEff:` line of /proc/self/status.
 pub fn parse_cap_eff(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 /// Checks the capabilities the agent needs; `effective` is the CapEff mask.
 pub fn check(effective: u64) -> Result<(), MissingCaps> {
     let has = |c: Cap| effective & (1u64 << c.bit) != 0;
     let required = [CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN];
-    let missing: Vec<String> = required
-        .iter()
-        .filter(|&&c| !has(c))
-        .map(|c| format!("{} ({})", c.name, c.why))
-        .collect();
+    let missing: Vec<String> = required.iter().filter(|&&c| !has(c)).map(|c| format!("{} ({})", c.name, c.why)).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    Err(MissingCaps {
-        missing: missing.join(", "),
-        all: required.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
-    })
+    Err(MissingCaps { missing: missing.join(", "), all: required.iter().map(|c| c.name).collect::<Vec<_>>().join(", ") })
 }
 
 pub fn check_self() -> Result<(), MissingCaps> {

@@ -93,14 +93,7 @@ pub struct HookSpec {
 }
 
 const fn send(hook: SendHook, flag: &'static str, label: &'static str, program: &'static str, attach: Attach) -> HookSpec {
-    HookSpec {
-        id: HookId::Send(hook),
-        role: Role::Send,
-        label,
-        program,
-        flag: Some(flag),
-        attach,
-    }
+    HookSpec { id: HookId::Send(hook), role: Role::Send, label, program, flag: Some(flag), attach }
 }
 
 /// Every hook: send hooks in order of preference, then lifetime hooks.
@@ -264,11 +257,7 @@ pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes, forced: Option<Send
         hooks.push(HookStatus { id: spec.id, role: spec.role, hook: spec.label, state });
     }
     let Some(send_hook) = chosen else {
-        let tried = hooks
-            .iter()
-            .map(|h| format!("  - {}: {}", h.hook, describe(&h.state)))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let tried = hooks.iter().map(|h| format!("  - {}: {}", h.hook, describe(&h.state))).collect::<Vec<_>>().join("\n");
         return Err(LoadError::NoSendHook(tried));
     };
     for (id, required) in lifetime_hooks(send_hook) {
@@ -292,9 +281,7 @@ pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes, forced: Option<Send
 /// What the programs of `hook` read that this kernel must have.
 fn precondition(hook: SendHook, cfg: &KernelConfig) -> Result<(), String> {
     match hook {
-        SendHook::SockSendLength if cfg.send_len_sk == OFFSET_ABSENT => {
-            Err("tracepoint sock:sock_send_length not present on this kernel".into())
-        }
+        SendHook::SockSendLength if cfg.send_len_sk == OFFSET_ABSENT => Err("tracepoint sock:sock_send_length not present on this kernel".into()),
         SendHook::SockSendLengthBtf if cfg.sk_protocol == OFFSET_ABSENT => {
             Err("struct sock has no byte-addressable sk_protocol on this kernel (before 5.6)".into())
         }
@@ -319,11 +306,7 @@ pub fn attach_control(object: &[u8], cfg: &KernelConfig, hook: SendHook) -> Resu
 
 /// The lifetime hooks a send hook needs, and whether each is required.
 fn lifetime_hooks(send: SendHook) -> Vec<(HookId, bool)> {
-    if send.socket_storage() {
-        vec![(HookId::RetransmitBtf, false)]
-    } else {
-        vec![(HookId::SetState, true), (HookId::Retransmit, false)]
-    }
+    if send.socket_storage() { vec![(HookId::RetransmitBtf, false)] } else { vec![(HookId::SetState, true), (HookId::Retransmit, false)] }
 }
 
 /// One line about a hook's state, for people.
@@ -392,10 +375,7 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    ebpf.program_mut(name)
-        .ok_or_else(|| format!("program {name} missing from the eBPF object"))?
-        .try_into()
-        .map_err(err)
+    ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the eBPF object"))?.try_into().map_err(err)
 }
 
 #[cfg(test)]

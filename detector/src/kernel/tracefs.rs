@@ -11,9 +11,7 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum TracefsError {
-    #[error(
-        "tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0}; mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"
-    )]
+    #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0}; mount it with `mount -t tracefs tracefs /sys/kernel/tracing`")]
     Mount(std::io::Error),
     #[error("tracepoint {0} does not exist on this kernel ({1})")]
     Missing(String, std::io::Error),
@@ -39,10 +37,7 @@ impl Format {
             let Some(rest) = line.strip_prefix("field:") else {
                 continue;
             };
-            let malformed = || TracefsError::Malformed {
-                tracepoint: name.to_string(),
-                line: line.to_string(),
-            };
+            let malformed = || TracefsError::Malformed { tracepoint: name.to_string(), line: line.to_string() };
             // "field:__u8 saddr[4];\toffset:34;\tsize:4;\tsigned:0;"
             let mut parts = rest.split(';').map(str::trim);
             let decl = parts.next().ok_or_else(malformed)?;
@@ -66,20 +61,14 @@ impl Format {
             }
             fields.insert(field.to_string(), (offset, size));
         }
-        Ok(Self {
-            name: name.to_string(),
-            fields,
-        })
+        Ok(Self { name: name.to_string(), fields })
     }
 
     /// Offset of `field`, checking that it has the size the program reads.
     pub fn offset(&self, field: &str, size: u32) -> Result<u32, TracefsError> {
         match self.fields.get(field) {
             Some(&(off, sz)) if sz == size => Ok(off),
-            _ => Err(TracefsError::NoField {
-                tracepoint: self.name.clone(),
-                field: format!("{field} (size {size})"),
-            }),
+            _ => Err(TracefsError::NoField { tracepoint: self.name.clone(), field: format!("{field} (size {size})") }),
         }
     }
 }
@@ -98,14 +87,7 @@ impl Tracefs {
             }
         }
         let root = PathBuf::from("/sys/kernel/tracing");
-        nix::mount::mount(
-            Some("tracefs"),
-            &root,
-            Some("tracefs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|e| TracefsError::Mount(e.into()))?;
+        nix::mount::mount(Some("tracefs"), &root, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>).map_err(|e| TracefsError::Mount(e.into()))?;
         Ok(Self { root })
     }
 

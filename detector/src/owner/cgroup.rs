@@ -28,11 +28,7 @@ pub fn primary_path(proc_cgroup: &str) -> Option<String> {
             v1 = Some(path.to_string());
         }
     }
-    v1.or_else(|| {
-        proc_cgroup
-            .lines()
-            .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-    })
+    v1.or_else(|| proc_cgroup.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)))
 }
 
 fn is_hex_id(s: &str) -> bool {
@@ -46,10 +42,7 @@ pub fn container_id(path: &str) -> Option<String> {
         if base.starts_with("crio-conmon-") {
             continue;
         }
-        let id = ["cri-containerd-", "crio-", "docker-", "libpod-", "containerd-"]
-            .iter()
-            .find_map(|p| base.strip_prefix(p))
-            .unwrap_or(base);
+        let id = ["cri-containerd-", "crio-", "docker-", "libpod-", "containerd-"].iter().find_map(|p| base.strip_prefix(p)).unwrap_or(base);
         if is_hex_id(id) {
             return Some(id.to_string());
         }
@@ -76,8 +69,7 @@ pub fn pod_uid(path: &str) -> Option<String> {
 
 fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+    groups.len() == 5 && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -90,9 +82,7 @@ mod tests {
     #[test]
     fn containerd_systemd_driver_v2() {
         let uid_ = UID.replace('-', "_");
-        let p = format!(
-            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope"
-        );
+        let p = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope");
         assert_eq!(container_id(&p).as_deref(), Some(ID));
         assert_eq!(pod_uid(&p).as_deref(), Some(UID));
         assert_eq!(primary_path(&format!("0::{p}\n")).as_deref(), Some(p.as_str()));

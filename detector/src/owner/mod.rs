@@ -45,12 +45,7 @@ pub fn holder(pid: u32, inode: u32) -> Option<Holder> {
 
 fn socket_fds(p: &Process, inode: u32) -> Vec<i32> {
     p.fd()
-        .map(|it| {
-            it.filter_map(Result::ok)
-                .filter(|fd| matches!(fd.target, FDTarget::Socket(i) if i == inode as u64))
-                .map(|fd| fd.fd)
-                .collect()
-        })
+        .map(|it| it.filter_map(Result::ok).filter(|fd| matches!(fd.target, FDTarget::Socket(i) if i == inode as u64)).map(|fd| fd.fd).collect())
         .unwrap_or_default()
 }
 
@@ -95,13 +90,11 @@ pub fn cgroup_of(pid: u32) -> Option<String> {
 
 /// Still the same process, still holding the socket through its first fd (two small reads).
 pub fn still_holds(h: &Holder, inode: u32) -> bool {
-    let same = Process::new(h.pid as i32)
-        .and_then(|p| p.stat())
-        .is_ok_and(|s| s.starttime == h.start_time);
-    same && h.fds.first().is_some_and(|fd| {
-        std::fs::read_link(format!("/proc/{}/fd/{fd}", h.pid))
-            .is_ok_and(|l| l.to_string_lossy() == format!("socket:[{inode}]"))
-    })
+    let same = Process::new(h.pid as i32).and_then(|p| p.stat()).is_ok_and(|s| s.starttime == h.start_time);
+    same && h
+        .fds
+        .first()
+        .is_some_and(|fd| std::fs::read_link(format!("/proc/{}/fd/{fd}", h.pid)).is_ok_and(|l| l.to_string_lossy() == format!("socket:[{inode}]")))
 }
 
 /// One pass over /proc: every process holding any of `inodes`.
@@ -117,10 +110,10 @@ pub fn scan_holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
         let Ok(fds) = p.fd() else { continue };
         let mut mine: HashMap<u32, Vec<i32>> = HashMap::new();
         for fd in fds.filter_map(Result::ok) {
-            if let FDTarget::Socket(i) = fd.target {
-                if inodes.contains(&(i as u32)) {
-                    mine.entry(i as u32).or_default().push(fd.fd);
-                }
+            if let FDTarget::Socket(i) = fd.target
+                && inodes.contains(&(i as u32))
+            {
+                mine.entry(i as u32).or_default().push(fd.fd);
             }
         }
         for (inode, fds) in mine {

@@ -16,24 +16,12 @@ pub fn parse_dir(name: &str) -> Option<(String, PodName)> {
     if ns.is_empty() || pod.is_empty() || uid.is_empty() {
         return None;
     }
-    Some((
-        uid.to_string(),
-        PodName {
-            namespace: ns.to_string(),
-            name: pod.to_string(),
-        },
-    ))
+    Some((uid.to_string(), PodName { namespace: ns.to_string(), name: pod.to_string() }))
 }
 
 /// Reads the directory: uid → name. Missing directory = no pods (not a Kubernetes node).
 pub fn scan(dir: &Path) -> HashMap<String, PodName> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter_map(|e| parse_dir(&e.file_name().to_string_lossy()))
-                .collect()
-        })
-        .unwrap_or_default()
+    std::fs::read_dir(dir).map(|rd| rd.filter_map(Result::ok).filter_map(|e| parse_dir(&e.file_name().to_string_lossy())).collect()).unwrap_or_default()
 }
 
 /// Cached uid → name map, re-read when an unknown uid shows up (at most every 10 s).
@@ -45,11 +33,7 @@ pub struct PodNames {
 
 impl PodNames {
     pub fn new(dir: std::path::PathBuf) -> Self {
-        Self {
-            dir,
-            map: HashMap::new(),
-            scanned: None,
-        }
+        Self { dir, map: HashMap::new(), scanned: None }
     }
 
     pub fn get(&mut self, uid: &str) -> Option<&PodName> {

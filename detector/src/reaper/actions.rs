@@ -205,7 +205,8 @@ async fn connect_in_netns(pidfd: RawFd, authority: &str, timeout: Duration) -> R
                 if unsafe { libc::setns(pidfd, libc::CLONE_NEWNET) } != 0 {
                     return Err(format!("entering the owner's network namespace: {}", std::io::Error::last_os_error()));
                 }
-                let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&authority).map_err(|e| format!("resolving {authority}: {e}"))?.collect();
+                let addrs: Vec<std::net::SocketAddr> =
+                    std::net::ToSocketAddrs::to_socket_addrs(&authority).map_err(|e| format!("resolving {authority}: {e}"))?.collect();
                 let mut last = format!("{authority} resolved to no address");
                 for a in addrs {
                     match std::net::TcpStream::connect_timeout(&a, timeout) {
@@ -237,7 +238,8 @@ async fn post_once(target: &RpcTarget, owner: &VerifiedOwner, body: &[u8], timeo
         .map_err(|e| e.to_string())?;
     macro_rules! send {
         ($stream:expr) => {{
-            let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new($stream)).await.map_err(|e| format!("HTTP handshake: {e}"))?;
+            let (mut tx, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new($stream)).await.map_err(|e| format!("HTTP handshake: {e}"))?;
             tokio::spawn(conn);
             tx.send_request(req).await.map_err(|e| format!("HTTP request: {e}"))?
         }};

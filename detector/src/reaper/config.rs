@@ -31,8 +31,7 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let v = humantime::parse_duration(&s)
-            .map_err(|e| de::Error::custom(format!("`{s}` is not a duration ({e}); write it like 30s, 500ms or 2m")))?;
+        let v = humantime::parse_duration(&s).map_err(|e| de::Error::custom(format!("`{s}` is not a duration ({e}); write it like 30s, 500ms or 2m")))?;
         if v > MAX_DURATION {
             return Err(de::Error::custom(format!("`{s}` is longer than a week; write it like 30s, 500ms or 2m")));
         }
@@ -90,10 +89,12 @@ impl FromStr for Sig {
         let n = if let Ok(n) = name.parse::<i32>() {
             n
         } else if let Some(off) = name.strip_prefix("RTMIN") {
-            let off: i32 = if off.is_empty() { 0 } else { off.strip_prefix('+').and_then(|o| o.parse().ok()).ok_or_else(|| format!("`{s}` is not a signal"))? };
+            let off: i32 =
+                if off.is_empty() { 0 } else { off.strip_prefix('+').and_then(|o| o.parse().ok()).ok_or_else(|| format!("`{s}` is not a signal"))? };
             SIGRTMIN + off
         } else if let Some(off) = name.strip_prefix("RTMAX") {
-            let off: i32 = if off.is_empty() { 0 } else { off.strip_prefix('-').and_then(|o| o.parse().ok()).ok_or_else(|| format!("`{s}` is not a signal"))? };
+            let off: i32 =
+                if off.is_empty() { 0 } else { off.strip_prefix('-').and_then(|o| o.parse().ok()).ok_or_else(|| format!("`{s}` is not a signal"))? };
             SIGRTMAX - off
         } else {
             match name {
@@ -370,10 +371,13 @@ impl Policy {
             if s.actions.is_empty() {
                 return Err(format!("{at}: `actions` is empty; give at least one, e.g. {{ action = \"report\" }}"));
             }
-            if let Some(g) = s.grace {
-                if g.0 < agent_grace {
-                    return Err(format!("{at}: grace {:?} is shorter than the agent's --grace {:?}; a socket is only known stalled after --grace", g.0, agent_grace));
-                }
+            if let Some(g) = s.grace
+                && g.0 < agent_grace
+            {
+                return Err(format!(
+                    "{at}: grace {:?} is shorter than the agent's --grace {:?}; a socket is only known stalled after --grace",
+                    g.0, agent_grace
+                ));
             }
             for (j, st) in s.actions.iter_mut().enumerate() {
                 st.check().map_err(|e| format!("{at}, action #{}: {e}", j + 1))?;

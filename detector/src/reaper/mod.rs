@@ -147,10 +147,8 @@ impl Reaper {
                 }
             }
         }
-        if acted {
-            if let Some(f) = &self.state_file {
-                state::save(f, &self.engine.state);
-            }
+        if acted && let Some(f) = &self.state_file {
+            state::save(f, &self.engine.state);
         }
     }
 

@@ -22,9 +22,18 @@ use crate::report::StalledSocket;
 /// What to do with one stalled socket on this pass.
 #[derive(Debug, Clone)]
 pub enum Decision {
-    Act { selector: String, stage_index: usize, stage: Stage, dry_run: bool },
+    Act {
+        selector: String,
+        stage_index: usize,
+        stage: Stage,
+        dry_run: bool,
+    },
     /// Not acted on, for `why`; reported once per socket and reason.
-    Skip { selector: String, action: Action, why: SkipWhy },
+    Skip {
+        selector: String,
+        action: Action,
+        why: SkipWhy,
+    },
 }
 
 /// A process, named so that a reused pid is another process: (pid, start time).
@@ -126,11 +135,11 @@ impl Engine {
             self.state.settled.insert(cookie);
             return self.skip(cookie, &sel.name, action, SkipWhy::Protected);
         }
-        if action != Action::Report {
-            if let Some(why) = no_file(s) {
-                self.state.settled.insert(cookie);
-                return self.skip(cookie, &sel.name, action, why);
-            }
+        if action != Action::Report
+            && let Some(why) = no_file(s)
+        {
+            self.state.settled.insert(cookie);
+            return self.skip(cookie, &sel.name, action, why);
         }
         let owner = s.pid.zip(s.start_time).filter(|_| s.fd.is_some());
         if owner.is_none() && action != Action::Report {
@@ -161,10 +170,11 @@ impl Engine {
     /// Cooldown and rate limits.
     fn limited(&mut self, owner: Option<OwnerKey>, k: usize, now_ms: u64) -> Option<SkipWhy> {
         let st = &mut self.state;
-        if let Some(o) = owner {
-            if k == 0 && st.cooldown_until.get(&owner_id(o)).is_some_and(|&u| now_ms < u) {
-                return Some(SkipWhy::Cooldown);
-            }
+        if let Some(o) = owner
+            && k == 0
+            && st.cooldown_until.get(&owner_id(o)).is_some_and(|&u| now_ms < u)
+        {
+            return Some(SkipWhy::Cooldown);
         }
         while st.global.front().is_some_and(|&t| now_ms.saturating_sub(t) >= MINUTE_MS) {
             st.global.pop_front();

@@ -18,9 +18,7 @@ pub mod tcp_info;
 
 use std::{io, net::IpAddr};
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
@@ -117,11 +115,7 @@ impl DiagConn {
         let mut sock = Socket::new(NETLINK_SOCK_DIAG).map_err(SampleError::Socket)?;
         sock.bind_auto().map_err(SampleError::Socket)?;
         sock.connect(&SocketAddr::new(0, 0)).map_err(SampleError::Socket)?;
-        Ok(Self {
-            sock,
-            buf: vec![0; 16 * 1024],
-            seq: 0,
-        })
+        Ok(Self { sock, buf: vec![0; 16 * 1024], seq: 0 })
     }
 
     /// Every TCP socket of this namespace in a state that can be stuck (ESTABLISHED,
@@ -139,11 +133,7 @@ impl DiagConn {
                     family,
                     protocol: IPPROTO_TCP,
                     extensions: ExtensionFlags::empty(),
-                    states: StateFlags::ESTABLISHED
-                        | StateFlags::CLOSE_WAIT
-                        | StateFlags::FIN_WAIT1
-                        | StateFlags::CLOSING
-                        | StateFlags::LAST_ACK,
+                    states: StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT | StateFlags::FIN_WAIT1 | StateFlags::CLOSING | StateFlags::LAST_ACK,
                     socket_id: if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() },
                 })
                 .into(),
@@ -223,11 +213,7 @@ impl DiagConn {
     }
 
     fn request(&mut self, l: &Lookup, ext: ExtensionFlags) -> NetlinkMessage<SockDiagMessage> {
-        let mut id = if l.family == AF_INET6 as u16 {
-            SocketId::new_v6()
-        } else {
-            SocketId::new_v4()
-        };
+        let mut id = if l.family == AF_INET6 as u16 { SocketId::new_v6() } else { SocketId::new_v4() };
         id.source_port = l.local_port;
         id.destination_port = l.remote_port;
         id.source_address = l.local;

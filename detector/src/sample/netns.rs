@@ -2,11 +2,7 @@
 //! socket was created in, so the sampler enters each namespace (by a process that lives there)
 //! just long enough to open a socket, then returns. Sockets are dropped when their namespace
 //! has no tracked sockets left, so the agent never keeps a deleted namespace alive.
-use std::{
-    collections::HashMap,
-    fs::File,
-    os::unix::fs::MetadataExt,
-};
+use std::{collections::HashMap, fs::File, os::unix::fs::MetadataExt};
 
 use nix::sched::{CloneFlags, setns};
 use thiserror::Error;
@@ -25,9 +21,7 @@ pub enum NetnsError {
 
 /// Inode number of a process's network namespace.
 pub fn netns_of(pid: u32) -> Option<u32> {
-    std::fs::metadata(format!("/proc/{pid}/ns/net"))
-        .ok()
-        .map(|m| m.ino() as u32)
+    std::fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|m| m.ino() as u32)
 }
 
 pub struct NetnsPool {
@@ -38,19 +32,11 @@ pub struct NetnsPool {
 
 impl NetnsPool {
     pub fn new() -> Result<Self, NetnsError> {
-        let own_file = File::open("/proc/thread-self/ns/net")
-            .map_err(|e| NetnsError::Diag(SampleError::Socket(e)))?;
-        let own = own_file
-            .metadata()
-            .map(|m| m.ino() as u32)
-            .map_err(|e| NetnsError::Diag(SampleError::Socket(e)))?;
+        let own_file = File::open("/proc/thread-self/ns/net").map_err(|e| NetnsError::Diag(SampleError::Socket(e)))?;
+        let own = own_file.metadata().map(|m| m.ino() as u32).map_err(|e| NetnsError::Diag(SampleError::Socket(e)))?;
         let mut conns = HashMap::new();
         conns.insert(own, DiagConn::open()?);
-        Ok(Self {
-            own,
-            own_file,
-            conns,
-        })
+        Ok(Self { own, own_file, conns })
     }
 
     pub fn own(&self) -> u32 {
@@ -65,8 +51,7 @@ impl NetnsPool {
             setns(&file, CloneFlags::CLONE_NEWNET).map_err(|err| NetnsError::Enter { inum, err })?;
             let conn = DiagConn::open();
             // Always return to our own namespace, whatever happened.
-            setns(&self.own_file, CloneFlags::CLONE_NEWNET)
-                .map_err(|err| NetnsError::Enter { inum: self.own, err })?;
+            setns(&self.own_file, CloneFlags::CLONE_NEWNET).map_err(|err| NetnsError::Enter { inum: self.own, err })?;
             self.conns.insert(inum, conn?);
         }
         Ok(self.conns.get_mut(&inum).expect("inserted above"))

@@ -5,16 +5,7 @@ const GRACE: u64 = 3_000;
 /// A sample at `at_ms` with `queued` bytes and `acked` acknowledged, a peer that answers (its
 /// last ACK just now), the window open and something in flight.
 fn sample(at_ms: u64, queued: u32, acked: u64) -> Sample {
-    Sample {
-        at_ms,
-        state: TCP_ESTABLISHED,
-        queued,
-        bytes_acked: acked,
-        unacked: 1,
-        snd_wnd: Some(65_535),
-        rto_ms: 204,
-        ..Default::default()
-    }
+    Sample { at_ms, state: TCP_ESTABLISHED, queued, bytes_acked: acked, unacked: 1, snd_wnd: Some(65_535), rto_ms: 204, ..Default::default() }
 }
 
 /// The window closed, nothing in flight, probes answered; the last data went out `data_ago`.

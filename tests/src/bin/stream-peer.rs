@@ -69,9 +69,7 @@ fn say(line: String) {
 }
 
 fn arg_num(mode: &str) -> u64 {
-    mode.split_once(':')
-        .and_then(|(_, n)| n.parse().ok())
-        .unwrap_or_else(|| panic!("mode {mode:?} needs a number after ':'"))
+    mode.split_once(':').and_then(|(_, n)| n.parse().ok()).unwrap_or_else(|| panic!("mode {mode:?} needs a number after ':'"))
 }
 
 fn main() {
@@ -237,11 +235,7 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
         }
     } else if mode == "fill-handoff" || mode == "fill-inflight" {
         fill(&mut s)?;
-        if mode == "fill-handoff" {
-            handoff(s)
-        } else {
-            inflight(s)
-        }
+        if mode == "fill-handoff" { handoff(s) } else { inflight(s) }
     } else if mode.starts_with("burst-close:") {
         let mut left = arg_num(mode) as usize;
         while left > 0 {

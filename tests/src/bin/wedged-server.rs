@@ -8,6 +8,7 @@
 //! - an RPC endpoint (`--rpc ADDR`): `POST /reap` with the agent's JSON (`fd`, `remote`, ...)
 //!   shuts that session's socket down, so the blocked send fails and the session ends;
 //! - a signal handler for SIGRTMIN+1: the agent queues the signal with the fd as its value.
+//!
 //! The agent's `destroy` and `shutdown` actions need no cooperation at all.
 //!
 //!   wedged-server <listen-addr> <seats> [--rpc <addr>] [--rpc-unix <path>]
@@ -115,9 +116,7 @@ fn serve_rpc<S: Read + Write>(stream: S, seats: &Seats) {
     let mut body = vec![0u8; len];
     let _ = r.read_exact(&mut body);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let released = v["fd"]
-        .as_i64()
-        .is_some_and(|fd| reap(seats, fd as RawFd, v["remote"].as_str(), "rpc"));
+    let released = v["fd"].as_i64().is_some_and(|fd| reap(seats, fd as RawFd, v["remote"].as_str(), "rpc"));
     let (status, answer) = if released { ("200 OK", "{\"released\":true}") } else { ("404 Not Found", "{\"released\":false}") };
     let mut s = r.into_inner();
     let _ = write!(s, "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}", answer.len());

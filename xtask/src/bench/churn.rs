@@ -20,10 +20,8 @@ const REQUESTS: u64 = 40_000;
 const CONCURRENCY: &str = "20";
 
 /// The agent configurations measured against "off".
-const CONFIGS: [(&str, &[&str]); 2] = [
-    ("default hook", &[]),
-    ("fallback hook (tracepoint sock:sock_send_length, hash map)", &["--send-hook", "sock-send-length"]),
-];
+const CONFIGS: [(&str, &[&str]); 2] =
+    [("default hook", &[]), ("fallback hook (tracepoint sock:sock_send_length, hash map)", &["--send-hook", "sock-send-length"])];
 
 pub struct Churn {
     pub rounds: usize,
@@ -103,17 +101,9 @@ fn nginx_bin() -> PathBuf {
 
 /// One `ab` run pinned to CPU 0: requests per second.
 fn ab(url: &str) -> anyhow::Result<f64> {
-    let out = Command::new("taskset")
-        .args(["-c", "0", "ab", "-q", "-n", &REQUESTS.to_string(), "-c", CONCURRENCY, url])
-        .output()
-        .context("running ab")?;
+    let out = Command::new("taskset").args(["-c", "0", "ab", "-q", "-n", &REQUESTS.to_string(), "-c", CONCURRENCY, url]).output().context("running ab")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let num = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-    };
+    let num = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok());
     match (num("Requests per second:"), num("Failed requests:")) {
         (Some(rps), Some(0.0)) => Ok(rps),
         (Some(_), Some(failed)) => bail!("ab: {failed} requests failed"),
@@ -150,7 +140,11 @@ pub fn run(b: &Bins, rounds: usize) -> anyhow::Result<Churn> {
             change[i].push((rps / base - 1.0) * 100.0);
             cpu[i].push(c);
         }
-        eprintln!("bench: churn round {}/{rounds}: off {off_a:.0}/{off_b:.0} req/s, on {:?}", round + 1, change.iter().map(|c| c.last().copied().unwrap_or(0.0)).collect::<Vec<_>>());
+        eprintln!(
+            "bench: churn round {}/{rounds}: off {off_a:.0}/{off_b:.0} req/s, on {:?}",
+            round + 1,
+            change.iter().map(|c| c.last().copied().unwrap_or(0.0)).collect::<Vec<_>>()
+        );
     }
     let mut bpf = Vec::new();
     for (label, args) in CONFIGS {
@@ -163,11 +157,7 @@ pub fn run(b: &Bins, rounds: usize) -> anyhow::Result<Churn> {
         rounds,
         off_rps: Spread::of(&off),
         control: Spread::of(&control),
-        configs: CONFIGS
-            .iter()
-            .enumerate()
-            .map(|(i, (l, _))| (l.to_string(), Spread::of(&change[i]), Spread::of(&cpu[i])))
-            .collect(),
+        configs: CONFIGS.iter().enumerate().map(|(i, (l, _))| (l.to_string(), Spread::of(&change[i]), Spread::of(&cpu[i]))).collect(),
         bpf,
     })
 }
@@ -224,7 +214,10 @@ pub fn report(s: &mut String, c: &Churn) {
     for (label, change, cpu) in &c.configs {
         let _ = writeln!(s, "| {label} | {} | {} | {} |", ShowPct(*change), Show(*cpu, 2), loss_verdict(*change, c.control, 2.0));
     }
-    let _ = writeln!(s, "\nBPF time per connection (one request = one client and one server socket), from a separate run with `kernel.bpf_stats_enabled=1` (which adds its own clock reads to every run):\n");
+    let _ = writeln!(
+        s,
+        "\nBPF time per connection (one request = one client and one server socket), from a separate run with `kernel.bpf_stats_enabled=1` (which adds its own clock reads to every run):\n"
+    );
     let _ = writeln!(s, "| agent | BPF ns per connection | programs (runs per connection × ns per run) | target ≤ 100 ns |");
     let _ = writeln!(s, "| --- | --- | --- | --- |");
     for t in &c.bpf {
@@ -233,4 +226,3 @@ pub fn report(s: &mut String, c: &Churn) {
     }
     let _ = writeln!(s);
 }
-

@@ -63,11 +63,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let a = Agent {
-            proc: Proc(child),
-            api,
-            bins_detector: b.detector.clone(),
-        };
+        let a = Agent { proc: Proc(child), api, bins_detector: b.detector.clone() };
         let deadline = Instant::now() + Duration::from_secs(30);
         while a.status().is_err() {
             if Instant::now() > deadline {
@@ -79,10 +75,7 @@ impl Agent {
     }
 
     fn query(&self, what: &str) -> anyhow::Result<serde_json::Value> {
-        let out = Command::new(&self.bins_detector)
-            .args([what, "-o", "json", "--api-socket"])
-            .arg(&self.api)
-            .output()?;
+        let out = Command::new(&self.bins_detector).args([what, "-o", "json", "--api-socket"]).arg(&self.api).output()?;
         if !out.status.success() {
             bail!("{}", String::from_utf8_lossy(&out.stderr));
         }
@@ -125,11 +118,7 @@ struct Control {
 
 impl Control {
     fn attach(b: &Bins, flag: &str) -> anyhow::Result<Control> {
-        let mut child = Command::new(&b.detector)
-            .args(["bench-control", "--hook", flag])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let mut child = Command::new(&b.detector).args(["bench-control", "--hook", flag]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
         let mut out = BufReader::new(child.stdout.take().context("piped stdout")?);
         let proc = Proc(child);
         let mut line = String::new();
@@ -145,11 +134,7 @@ impl Control {
         unsafe { libc::kill(self.proc.0.id() as i32, libc::SIGTERM) };
         let mut line = String::new();
         self.out.read_line(&mut line)?;
-        let num = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
-                .and_then(|v| v.parse::<f64>().ok())
-        };
+        let num = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k).and_then(|r| r.strip_prefix('='))).and_then(|v| v.parse::<f64>().ok());
         match (num("run_count"), num("run_time_ns")) {
             (Some(c), Some(t)) => Ok((c, t)),
             _ => bail!("detector bench-control printed no statistics: {line:?}"),
@@ -210,10 +195,10 @@ fn bpf_map_mib(pid: u32) -> f64 {
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
         for e in rd.flatten() {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            if text.contains("map_type:") {
-                if let Some(v) = text.lines().find_map(|l| l.strip_prefix("memlock:")) {
-                    total += v.trim().parse::<f64>().unwrap_or(0.0);
-                }
+            if text.contains("map_type:")
+                && let Some(v) = text.lines().find_map(|l| l.strip_prefix("memlock:"))
+            {
+                total += v.trim().parse::<f64>().unwrap_or(0.0);
             }
         }
     }
@@ -245,12 +230,8 @@ struct Overhead {
 
 fn throughput(b: &Bins, msg: usize, secs: u64) -> anyhow::Result<f64> {
     let out = sh(b.loadgen.to_str().unwrap(), &["throughput", "2", &msg.to_string(), &secs.to_string()])?;
-    let field = |k: &str| {
-        out.split_whitespace()
-            .find_map(|w| w.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let field =
+        |k: &str| out.split_whitespace().find_map(|w| w.strip_prefix(k).and_then(|r| r.strip_prefix('='))).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     Ok(field("sends") / field("secs"))
 }
 
@@ -278,10 +259,7 @@ fn overhead(b: &Bins, rounds: usize, secs: u64) -> anyhow::Result<Vec<Overhead>>
             }
         }
         let off = median(rates.get_mut("off").unwrap());
-        let hooks = modes[1..]
-            .iter()
-            .map(|(n, _)| (n.to_string(), median(rates.get_mut(n).unwrap()), median(costs.entry(n).or_default())))
-            .collect();
+        let hooks = modes[1..].iter().map(|(n, _)| (n.to_string(), median(rates.get_mut(n).unwrap()), median(costs.entry(n).or_default()))).collect();
         out.push(Overhead { msg, off, hooks });
     }
     Ok(out)
@@ -328,10 +306,7 @@ fn hold_load(b: &Bins, conns: usize) -> anyhow::Result<Vec<Proc>> {
     let mut left = conns;
     while left > 0 {
         let n = left.min(per);
-        let mut child = Command::new(&b.loadgen)
-            .args(["hold", &n.to_string(), "10", "1"])
-            .stdout(Stdio::piped())
-            .spawn()?;
+        let mut child = Command::new(&b.loadgen).args(["hold", &n.to_string(), "10", "1"]).stdout(Stdio::piped()).spawn()?;
         let out = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(out).read_line(&mut line)?;
@@ -405,11 +380,7 @@ fn parse_ss(out: &str, seen: &mut HashMap<String, (u64, u64)>) {
                 key = Some(format!("{} {}", f[2], f[3]));
             }
         } else if let Some(k) = key.take() {
-            let acked = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("bytes_acked:"))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let acked = line.split_whitespace().find_map(|w| w.strip_prefix("bytes_acked:")).and_then(|v| v.parse().ok()).unwrap_or(0);
             seen.insert(k, (sendq, acked));
         }
     }
@@ -455,10 +426,7 @@ fn expect(rx: &std::sync::mpsc::Receiver<String>, prefix: &str) -> anyhow::Resul
 }
 
 fn field(line: &str, key: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        .unwrap_or_default()
-        .to_string()
+    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('='))).unwrap_or_default().to_string()
 }
 
 struct Netns(Vec<String>);
@@ -499,8 +467,7 @@ fn latency(b: &Bins, grace_s: u64) -> anyhow::Result<Latency> {
     }
     let (ns_server, ns_rx) = spawn_peer(Command::new("ip").args(["netns", "exec", &ns.0[0], peer, "server", "10.214.0.1:0", "stream", "50"]))?;
     let addr = expect(&ns_rx, "LISTEN")?;
-    let (ns_client, _c2) =
-        spawn_peer(Command::new("ip").args(["netns", "exec", &ns.0[1], peer, "client", &addr, "read-rcvbuf:262144", "50"]))?;
+    let (ns_client, _c2) = spawn_peer(Command::new("ip").args(["netns", "exec", &ns.0[1], peer, "client", &addr, "read-rcvbuf:262144", "50"]))?;
     for _ in 0..50 {
         let a = expect(&ns_rx, "ACCEPTED")?;
         keys.insert(format!("{} {}", field(&a, "local"), field(&a, "peer")), "unreachable");
@@ -582,11 +549,8 @@ fn latency(b: &Bins, grace_s: u64) -> anyhow::Result<Latency> {
 // ---------------------------------------------------------------------------------------------
 
 pub fn run(root: &Path, quick: bool, only: Option<&str>) -> anyhow::Result<()> {
-    let b = Bins {
-        detector: root.join("target/release/detector"),
-        loadgen: root.join("target/release/loadgen"),
-        peer: root.join("target/release/stream-peer"),
-    };
+    let b =
+        Bins { detector: root.join("target/release/detector"), loadgen: root.join("target/release/loadgen"), peer: root.join("target/release/stream-peer") };
     let started = Instant::now();
     match only {
         None => {}
@@ -599,7 +563,10 @@ pub fn run(root: &Path, quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         Some("latency") => {
             for _ in 0..if quick { 1 } else { 3 } {
                 let lat = latency(&b, 5)?;
-                println!("p50 {:.2} s, p99 {:.2} s, max {:.2} s (after the proven onset: p99 {:.2} s); {}", lat.p50, lat.p99, lat.max, lat.proven_p99, lat.reasons);
+                println!(
+                    "p50 {:.2} s, p99 {:.2} s, max {:.2} s (after the proven onset: p99 {:.2} s); {}",
+                    lat.p50, lat.p99, lat.max, lat.proven_p99, lat.reasons
+                );
             }
             return Ok(());
         }
@@ -650,7 +617,10 @@ fn report(churn: &churn::Churn, oh: &[Overhead], sc: &[Scale], lat: &Latency, to
     );
     churn::report(&mut s, churn);
     let _ = writeln!(s, "## 1. Send-path overhead\n");
-    let _ = writeln!(s, "Loopback, 2 connections each with a writer and a reader thread, one `send` per message; agent off and on (each send hook forced in turn), interleaved; medians. The per-run cost is the kernel's own accounting (`run_time_ns / run_cnt`, kernel.bpf_stats_enabled).\n");
+    let _ = writeln!(
+        s,
+        "Loopback, 2 connections each with a writer and a reader thread, one `send` per message; agent off and on (each send hook forced in turn), interleaved; medians. The per-run cost is the kernel's own accounting (`run_time_ns / run_cnt`, kernel.bpf_stats_enabled).\n"
+    );
     let _ = writeln!(s, "| message | agent | sends/s | change | ns per hook run | target |");
     let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- |");
     for o in oh {
@@ -667,7 +637,10 @@ fn report(churn: &churn::Churn, oh: &[Overhead], sc: &[Scale], lat: &Latency, to
         }
     }
     let _ = writeln!(s, "\n## 2. Scale (and 4. the userspace baseline)\n");
-    let _ = writeln!(s, "Loopback connections held by `loadgen hold` processes: 10 % send 512 B twice a second, 1 % are stalled (a reader that never reads), the rest idle. Agent: release build, `--interval 1s`. Baseline: what a team writes today, one `ss -tin` dump of every socket per second, parsed for Send-Q and bytes_acked.\n");
+    let _ = writeln!(
+        s,
+        "Loopback connections held by `loadgen hold` processes: 10 % send 512 B twice a second, 1 % are stalled (a reader that never reads), the rest idle. Agent: release build, `--interval 1s`. Baseline: what a team writes today, one `ss -tin` dump of every socket per second, parsed for Send-Q and bytes_acked.\n"
+    );
     let _ = writeln!(s, "| connections | tracked | agent CPU (% of a core) | agent RSS | BPF maps | pass | baseline CPU | baseline pass |");
     let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- |");
     for x in sc {
@@ -687,7 +660,11 @@ fn report(churn: &churn::Churn, oh: &[Overhead], sc: &[Scale], lat: &Latency, to
         );
     }
     let _ = writeln!(s, "\n## 3. Detection latency\n");
-    let _ = writeln!(s, "100 connections streaming as fast as they can, killed at one instant: 50 on loopback whose client process is frozen (SIGSTOP), 50 to a peer in another network namespace whose link goes down. `detector stalled` polled every 50 ms; latency = reported − killed − grace (grace {:.0} s, interval 1 s).\n", lat.grace);
+    let _ = writeln!(
+        s,
+        "100 connections streaming as fast as they can, killed at one instant: 50 on loopback whose client process is frozen (SIGSTOP), 50 to a peer in another network namespace whose link goes down. `detector stalled` polled every 50 ms; latency = reported − killed − grace (grace {:.0} s, interval 1 s).\n",
+        lat.grace
+    );
     let _ = writeln!(s, "| | p50 | p99 | max |");
     let _ = writeln!(s, "| --- | --- | --- | --- |");
     let _ = writeln!(s, "| agent | {:.2} s | {:.2} s | {:.2} s |", lat.p50, lat.p99, lat.max);

@@ -24,7 +24,5 @@ pub fn ensure(command: &str, package: &str) -> anyhow::Result<()> {
 }
 
 pub fn which(command: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).chain(["/usr/sbin".into(), "/sbin".into()]).any(|d| d.join(command).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).chain(["/usr/sbin".into(), "/sbin".into()]).any(|d| d.join(command).is_file())).unwrap_or(false)
 }

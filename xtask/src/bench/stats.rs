@@ -29,13 +29,7 @@ pub struct Spread {
 impl Spread {
     pub fn of(values: &[f64]) -> Spread {
         let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-        Spread {
-            min: pct(&mut v, 0.0),
-            p25: pct(&mut v, 25.0),
-            median: pct(&mut v, 50.0),
-            p75: pct(&mut v, 75.0),
-            max: pct(&mut v, 100.0),
-        }
+        Spread { min: pct(&mut v, 0.0), p25: pct(&mut v, 25.0), median: pct(&mut v, 50.0), p75: pct(&mut v, 75.0), max: pct(&mut v, 100.0) }
     }
 
     /// Half the interquartile range: how far a typical round strays from the median (one
