@@ -53,7 +53,7 @@ fn daemonset_arguments_are_flags_the_agent_accepts() {
     Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("daemonset args {argv:?}: {e}"));
     assert_eq!(ds["spec"]["template"]["spec"]["hostPID"], Value::Bool(true));
     let caps = &c["securityContext"]["capabilities"]["add"];
-    for cap in ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"] {
+    for cap in ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "KILL"] {
         assert!(caps.as_sequence().unwrap().iter().any(|v| v == cap), "missing {cap}");
     }
     for probe in ["livenessProbe", "readinessProbe"] {

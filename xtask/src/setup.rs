@@ -17,7 +17,8 @@ pub fn ensure() -> anyhow::Result<()> {
 /// (for the eBPF crate).
 pub fn ensure_lint_tools() -> anyhow::Result<()> {
     for (toolchain, component) in [("stable", "rustfmt"), ("stable", "clippy"), ("nightly", "clippy")] {
-        let out = Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]).output().context("running `rustup component list`")?;
+        let out =
+            Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]).output().context("running `rustup component list`")?;
         if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with(component)) {
             continue;
         }

@@ -167,110 +167,123 @@ fn server(bind: &str, mode: &str, conns: usize, dev: Option<&str>) {
     }
 }
 
-fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
+/// Never returns: the thread (and its socket) stays as it is until the process is killed.
+fn hold() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Writes `n` bytes.
+fn write_n(s: &mut TcpStream, n: u64) -> std::io::Result<()> {
     let buf = vec![b'x'; 16 * 1024];
-    if mode == "stream" {
-        let big = vec![b'x'; 256 * 1024];
-        loop {
-            s.write_all(&big)?;
+    let mut left = n as usize;
+    while left > 0 {
+        let k = left.min(buf.len());
+        s.write_all(&buf[..k])?;
+        left -= k;
+    }
+    Ok(())
+}
+
+/// Reads until EOF (or an error).
+fn drain(s: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
+    let (name, _) = mode.split_once(':').unwrap_or((mode, ""));
+    match name {
+        "stream" => {
+            let big = vec![b'x'; 256 * 1024];
+            loop {
+                s.write_all(&big)?;
+            }
         }
-    } else if mode == "silent" {
-        loop {
-            std::thread::park();
+        "silent" => hold(),
+        "sendall" => {
+            // One call: a blocking send of more than the socket takes blocks inside the kernel.
+            let n = s.write(&vec![b'x'; arg_num(mode) as usize])?;
+            say(format!("SENT {n}"));
+            hold()
         }
-    } else if mode.starts_with("sendall:") {
-        let big = vec![b'x'; arg_num(mode) as usize];
-        // One call: a blocking send of more than the socket takes blocks inside the kernel.
-        let n = s.write(&big)?;
-        say(format!("SENT {n}"));
-        loop {
-            std::thread::park();
+        "respond-after-eof" => {
+            drain(&mut s);
+            write_n(&mut s, arg_num(mode))?;
+            say(format!("RESPONDED local={}", s.local_addr()?));
+            Ok(())
         }
-    } else if mode.starts_with("respond-after-eof:") {
-        let mut sink = [0u8; 4096];
-        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
-        let mut left = arg_num(mode) as usize;
-        while left > 0 {
-            let n = left.min(buf.len());
-            s.write_all(&buf[..n])?;
-            left -= n;
-        }
-        say(format!("RESPONDED local={}", s.local_addr()?));
-        Ok(())
-    } else if mode == "fill-shut-wr" || mode == "fill-abandon" {
-        fill(&mut s)?;
-        if mode == "fill-abandon" {
+        "fill-abandon" => {
+            fill(&mut s)?;
             say(format!("ABANDONED local={}", s.local_addr()?));
-            return Ok(());
+            Ok(())
         }
-        s.shutdown(std::net::Shutdown::Write)?;
-        say(format!("SHUT_WR local={}", s.local_addr()?));
-        loop {
-            std::thread::park();
+        "fill-shut-wr" => {
+            fill(&mut s)?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            say(format!("SHUT_WR local={}", s.local_addr()?));
+            hold()
         }
-    } else if mode.starts_with("fill-exec:") {
-        fill(&mut s)?;
-        std::thread::sleep(Duration::from_millis(arg_num(mode)));
-        // Keep the socket across exec: clear close-on-exec.
-        // SAFETY: fcntl on our own descriptor.
-        unsafe { libc::fcntl(s.as_raw_fd(), libc::F_SETFD, 0) };
-        let exe = std::ffi::CString::new("/proc/self/exe").unwrap();
-        let (a0, a1) = (std::ffi::CString::new("stream-peer").unwrap(), std::ffi::CString::new("hold").unwrap());
-        let argv = [a0.as_ptr(), a1.as_ptr(), std::ptr::null()];
-        say(format!("EXEC fd={}", s.as_raw_fd()));
-        // SAFETY: valid NUL-terminated strings and a NULL-terminated argv.
-        unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
-        Err(std::io::Error::last_os_error())
-    } else if mode == "fill-idle" || mode == "fill-close" {
-        fill(&mut s)?;
-        s.set_nonblocking(false)?;
-        if mode == "fill-close" {
-            let mut sink = [0u8; 4096];
-            while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        "fill-exec" => fill_exec(s, arg_num(mode)),
+        "fill-idle" => {
+            fill(&mut s)?;
+            hold()
+        }
+        "fill-close" => {
+            fill(&mut s)?;
+            s.set_nonblocking(false)?;
+            drain(&mut s);
             say(format!("CLOSED local={}", s.local_addr()?));
-            return Ok(());
+            Ok(())
         }
-        loop {
-            std::thread::park();
+        "fill-handoff" => {
+            fill(&mut s)?;
+            handoff(s)
         }
-    } else if mode == "fill-handoff" || mode == "fill-inflight" {
-        fill(&mut s)?;
-        if mode == "fill-handoff" { handoff(s) } else { inflight(s) }
-    } else if mode.starts_with("burst-close:") {
-        let mut left = arg_num(mode) as usize;
-        while left > 0 {
-            let n = left.min(buf.len());
-            s.write_all(&buf[..n])?;
-            left -= n;
+        "fill-inflight" => {
+            fill(&mut s)?;
+            inflight(s)
         }
-        let mut sink = [0u8; 4096];
-        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
-        say(format!("CLOSED local={}", s.local_addr()?));
-        Ok(())
-    } else if mode.starts_with("burst:") {
-        let mut left = arg_num(mode) as usize;
-        while left > 0 {
-            let n = left.min(buf.len());
-            s.write_all(&buf[..n])?;
-            left -= n;
+        "burst-close" => {
+            write_n(&mut s, arg_num(mode))?;
+            drain(&mut s);
+            say(format!("CLOSED local={}", s.local_addr()?));
+            Ok(())
         }
         // Hold the socket, idle, and never read: the app that missed the EOF.
-        loop {
-            std::thread::park();
-        }
-    } else if mode.starts_with("paced:") {
-        let chunk = (arg_num(mode) / 10).max(1) as usize;
-        let chunk = vec![b'x'; chunk];
-        let start = Instant::now();
-        for tick in 1u32.. {
-            s.write_all(&chunk)?;
-            let next = start + Duration::from_millis(100) * tick;
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        }
-        Ok(())
-    } else {
-        panic!("unknown server mode {mode:?}");
+        "burst" => write_n(&mut s, arg_num(mode)).map(|()| hold()),
+        "paced" => paced(s, arg_num(mode)),
+        _ => panic!("unknown server mode {mode:?}"),
     }
+}
+
+/// `rate` bytes a second, in ten writes a second.
+fn paced(mut s: TcpStream, rate: u64) -> std::io::Result<()> {
+    let chunk = vec![b'x'; (rate / 10).max(1) as usize];
+    let start = Instant::now();
+    for tick in 1u32.. {
+        s.write_all(&chunk)?;
+        let next = start + Duration::from_millis(100) * tick;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    Ok(())
+}
+
+/// Fills the send path, waits `ms`, then executes `stream-peer hold` keeping the socket.
+fn fill_exec(mut s: TcpStream, ms: u64) -> std::io::Result<()> {
+    fill(&mut s)?;
+    std::thread::sleep(Duration::from_millis(ms));
+    // Keep the socket across exec: clear close-on-exec.
+    // SAFETY: fcntl on our own descriptor.
+    unsafe { libc::fcntl(s.as_raw_fd(), libc::F_SETFD, 0) };
+    let exe = std::ffi::CString::new("/proc/self/exe").unwrap();
+    let (a0, a1) = (std::ffi::CString::new("stream-peer").unwrap(), std::ffi::CString::new("hold").unwrap());
+    let argv = [a0.as_ptr(), a1.as_ptr(), std::ptr::null()];
+    say(format!("EXEC fd={}", s.as_raw_fd()));
+    // SAFETY: valid NUL-terminated strings and a NULL-terminated argv.
+    unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
+    Err(std::io::Error::last_os_error())
 }
 
 fn client(addr: &str, mode: &str, conns: usize) {
@@ -292,96 +305,84 @@ fn client(addr: &str, mode: &str, conns: usize) {
 
 fn read_one(mut s: TcpStream, mode: &str) {
     let mut buf = vec![0u8; 64 * 1024];
-    if mode == "none" {
-        loop {
-            std::thread::park();
+    let (name, _) = mode.split_once(':').unwrap_or((mode, ""));
+    match name {
+        "none" => hold(),
+        "none-rcvbuf" => {
+            set_rcvbuf(&s, arg_num(mode));
+            hold()
         }
-    } else if mode.starts_with("none-rcvbuf:") {
-        set_rcvbuf(&s, arg_num(mode));
-        loop {
-            std::thread::park();
+        "read" => while matches!(s.read(&mut buf), Ok(n) if n > 0) {},
+        "read-rcvbuf" => {
+            set_rcvbuf(&s, arg_num(mode));
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
         }
-    } else if mode.starts_with("read-rcvbuf:") {
-        set_rcvbuf(&s, arg_num(mode));
-        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-    } else if mode.starts_with("half-close:") {
-        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
-        let rate = arg_num(mode);
-        if rate == 0 {
-            loop {
-                std::thread::park();
+        "half-close" => {
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            let rate = arg_num(mode);
+            if rate == 0 {
+                hold()
             }
+            read_at(&mut s, rate);
+            say(format!("EOF local={}", s.local_addr().expect("local addr")));
+            hold()
         }
-        let per_tick = (rate / 10).max(1) as usize;
-        let start = Instant::now();
-        'read: for tick in 1u32.. {
-            let mut left = per_tick;
-            while left > 0 {
-                match s.read(&mut buf[..left.min(64 * 1024)]) {
-                    Ok(0) | Err(_) => break 'read,
-                    Ok(n) => left -= n,
-                }
-            }
-            let next = start + Duration::from_millis(100) * tick;
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        "slow" => read_at(&mut s, arg_num(mode)),
+        "late" => {
+            std::thread::sleep(Duration::from_millis(arg_num(mode)));
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            hold()
         }
-        say(format!("EOF local={}", s.local_addr().expect("local addr")));
-        loop {
-            std::thread::park();
-        }
-    } else if mode == "read" {
-        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-    } else if mode.starts_with("slow:") {
-        let per_tick = (arg_num(mode) / 10).max(1) as usize;
-        let start = Instant::now();
-        for tick in 1u32.. {
-            let mut left = per_tick;
-            while left > 0 {
-                match s.read(&mut buf[..left.min(64 * 1024)]) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => left -= n,
-                }
-            }
-            let next = start + Duration::from_millis(100) * tick;
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        }
-    } else if mode.starts_with("late:") || mode.starts_with("late-close:") {
-        std::thread::sleep(Duration::from_millis(arg_num(mode)));
-        if mode.starts_with("late-close:") {
+        "late-close" => {
+            std::thread::sleep(Duration::from_millis(arg_num(mode)));
             s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
         }
-        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-        if mode.starts_with("late:") {
-            loop {
-                std::thread::park();
+        "close" | "rst" => {
+            read_for(&mut s, Duration::from_millis(arg_num(mode)));
+            if name == "rst" {
+                linger_zero(&s);
             }
         }
-        drop(s);
-    } else if mode.starts_with("close:") || mode.starts_with("rst:") {
-        let until = Instant::now() + Duration::from_millis(arg_num(mode));
-        s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
-        while Instant::now() < until {
-            if matches!(s.read(&mut buf), Ok(0)) {
-                break;
-            }
-        }
-        if mode.starts_with("rst:") {
-            // SO_LINGER {on, 0}: close() sends RST instead of FIN.
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as u32,
-                )
-            };
-        }
-        drop(s);
-    } else {
-        panic!("unknown client mode {mode:?}");
+        _ => panic!("unknown client mode {mode:?}"),
     }
+}
+
+/// Reads `rate` bytes a second, in ten reads a second, until EOF.
+fn read_at(s: &mut TcpStream, rate: u64) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let per_tick = (rate / 10).max(1) as usize;
+    let start = Instant::now();
+    for tick in 1u32.. {
+        let mut left = per_tick;
+        while left > 0 {
+            match s.read(&mut buf[..left.min(64 * 1024)]) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left -= n,
+            }
+        }
+        let next = start + Duration::from_millis(100) * tick;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// Reads for `d` (or until EOF).
+fn read_for(s: &mut TcpStream, d: Duration) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let until = Instant::now() + d;
+    s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+    while Instant::now() < until {
+        if matches!(s.read(&mut buf), Ok(0)) {
+            break;
+        }
+    }
+}
+
+/// SO_LINGER {on, 0}: close() sends RST instead of FIN.
+fn linger_zero(s: &TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket and a linger struct of the size given.
+    unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw const linger).cast(), std::mem::size_of::<libc::linger>() as u32) };
 }
 
 fn set_rcvbuf(s: &TcpStream, bytes: u64) {
