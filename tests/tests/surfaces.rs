@@ -137,7 +137,8 @@ fn sockets_filters_explain_and_watch_against_the_agent() {
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     let port = local.rsplit(':').next().unwrap().to_string();
     let stalled = poll(Duration::from_secs(5), || agent.stalled(&local)).expect("stall reported");
-    let id = stalled["socket_cookie"].as_u64().unwrap().to_string();
+    let cookie = stalled["socket_cookie"].as_u64().unwrap();
+    let id = cookie.to_string();
 
     let api = agent.api.display().to_string();
     let out = detector().args(["sockets", "-o", "json", "--port", &port, "--api-socket", &api]).output().unwrap();
@@ -148,7 +149,7 @@ fn sockets_filters_explain_and_watch_against_the_agent() {
             && rows.iter().all(|r| r["local"].as_str().unwrap().ends_with(&format!(":{port}")) || r["remote"].as_str().unwrap().ends_with(&format!(":{port}"))),
         "{rows:?}"
     );
-    assert!(rows.iter().any(|r| r["id"] == id && r["stalled"] == true), "{rows:?}");
+    assert!(rows.iter().any(|r| r["id"].as_u64() == Some(cookie) && r["stalled"] == true), "{rows:?}");
     let out = detector().args(["sockets", "-o", "json", "--pid", "1", "--port", &port, "--api-socket", &api]).output().unwrap();
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), serde_json::json!([]));
 
