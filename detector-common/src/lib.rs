@@ -78,6 +78,17 @@ pub enum EventKind {
     Closed = 3,
 }
 
+impl TryFrom<u8> for WalkKind {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            1 => Ok(Self::Clock),
+            2 => Ok(Self::Socket),
+            other => Err(other),
+        }
+    }
+}
+
 impl TryFrom<u8> for EventKind {
     type Error = u8;
     fn try_from(v: u8) -> Result<Self, u8> {
@@ -159,7 +170,70 @@ pub struct SockState {
     /// `comm` of that thread.
     pub comm: [u8; TASK_COMM_LEN],
     pub hook: u8,
+    /// `WALK_*` bits, kept by the sampling walk (`walk.rs`).
+    pub walk_flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// [`SockState::walk_flags`]: the last walk told the agent about this socket (bytes were
+/// waiting), so the next one tells it too if they no longer are.
+pub const WALK_TOLD: u8 = 1;
+
+/// What a walk record is; carried as `u8` in [`WalkClock::kind`] and [`WalkRecord::kind`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalkKind {
+    /// The first record of every walk: the kernel's clocks at its start.
+    Clock = 1,
+    /// A socket with bytes waiting (or in CLOSE_WAIT), or that had some at the last walk and
+    /// no longer does.
+    Socket = 2,
+}
+
+/// The first record of a walk of the socket storage map (`iter/bpf_sk_storage_map`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkClock {
+    pub kind: u8,
+    pub _pad: [u8; 7],
+    /// `jiffies` (what the TCP stack's `rcv_tstamp`, `lsndtime` and `icsk_rto` count in).
+    pub jiffies: u64,
+    /// CLOCK_MONOTONIC, nanoseconds: two walks give the jiffies rate (the kernel's HZ).
+    pub ktime_ns: u64,
+}
+
+/// One socket of a walk: what `tcp_info` would say of it (raw: clocks in jiffies), and the
+/// kernel side's own record of it (owner, addresses), so the agent can take up a socket it
+/// has not heard of (an event dropped, or the agent restarted).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WalkRecord {
+    pub kind: u8,
+    pub state: u8,
+    /// `icsk_retransmits`, `icsk_backoff`, `icsk_probes_out`.
+    pub retransmits: u8,
+    pub backoff: u8,
+    pub probes: u8,
     pub _pad: [u8; 3],
+    /// Kernel address of `struct sock`: the key of the agent's table.
+    pub sk: u64,
+    pub cookie: u64,
+    pub bytes_acked: u64,
+    pub snd_una: u32,
+    pub write_seq: u32,
+    pub snd_nxt: u32,
+    pub snd_wnd: u32,
+    /// Jiffies of the last ACK received and the last data segment sent; the RTO in jiffies.
+    pub rcv_tstamp: u32,
+    pub lsndtime: u32,
+    pub rto: u32,
+    pub packets_out: u32,
+    pub total_retrans: u32,
+    pub segs_out: u32,
+    /// Owner uid and inode of the socket (0 without a file), as sock_diag reports them.
+    pub uid: u32,
+    pub inode: u32,
+    pub st: SockState,
 }
 
 /// An event from the kernel side, sent through the `EVENTS` ring buffer.
@@ -217,6 +291,27 @@ pub struct KernelConfig {
     pub sk_wmem_queued: u32,
     /// `struct sock` → `sk_sndbuf`: the send buffer `sk_wmem_queued` fills.
     pub sk_sndbuf: u32,
+    /// `struct tcp_sock` (from the socket's start): what the sampling walk reads, the fields
+    /// `tcp_info` is made of.
+    pub tcp_snd_una: u32,
+    pub tcp_write_seq: u32,
+    pub tcp_snd_nxt: u32,
+    pub tcp_snd_wnd: u32,
+    pub tcp_rcv_tstamp: u32,
+    pub tcp_lsndtime: u32,
+    pub tcp_packets_out: u32,
+    pub tcp_total_retrans: u32,
+    pub tcp_segs_out: u32,
+    pub tcp_bytes_acked: u32,
+    /// `struct inet_connection_sock` (also from the socket's start).
+    pub icsk_rto: u32,
+    pub icsk_retransmits: u32,
+    pub icsk_backoff: u32,
+    pub icsk_probes_out: u32,
+    /// `struct sock` → `sk_uid`.
+    pub sk_uid: u32,
+    /// From a `struct socket` to its inode number: `socket_alloc.vfs_inode` + `inode.i_ino`.
+    pub socket_ino: u32,
     /// Sends from this process are ignored (the agent itself).
     pub agent_tgid: u32,
 }
@@ -246,6 +341,22 @@ impl KernelConfig {
         socket_file: OFFSET_ABSENT,
         sk_wmem_queued: OFFSET_ABSENT,
         sk_sndbuf: OFFSET_ABSENT,
+        tcp_snd_una: OFFSET_ABSENT,
+        tcp_write_seq: OFFSET_ABSENT,
+        tcp_snd_nxt: OFFSET_ABSENT,
+        tcp_snd_wnd: OFFSET_ABSENT,
+        tcp_rcv_tstamp: OFFSET_ABSENT,
+        tcp_lsndtime: OFFSET_ABSENT,
+        tcp_packets_out: OFFSET_ABSENT,
+        tcp_total_retrans: OFFSET_ABSENT,
+        tcp_segs_out: OFFSET_ABSENT,
+        tcp_bytes_acked: OFFSET_ABSENT,
+        icsk_rto: OFFSET_ABSENT,
+        icsk_retransmits: OFFSET_ABSENT,
+        icsk_backoff: OFFSET_ABSENT,
+        icsk_probes_out: OFFSET_ABSENT,
+        sk_uid: OFFSET_ABSENT,
+        socket_ino: OFFSET_ABSENT,
         agent_tgid: 0,
     };
 }
@@ -254,7 +365,9 @@ impl KernelConfig {
 const _: () = assert!(core::mem::size_of::<SockTuple>() == 48);
 const _: () = assert!(core::mem::size_of::<SockState>() == 104);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 104);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 23 * 4);
+const _: () = assert!(core::mem::size_of::<WalkClock>() == 24);
+const _: () = assert!(core::mem::size_of::<WalkRecord>() == 80 + 104);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 39 * 4);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -269,4 +382,8 @@ mod pod {
     unsafe impl aya::Pod for SockEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for WalkClock {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for WalkRecord {}
 }

@@ -5,7 +5,9 @@
 //! send finds bytes of earlier sends still unacknowledged, keeps its owner, and announces it on
 //! `EVENTS`; `retransmit` counts retransmits on tracked sockets. The BTF hooks keep per-socket
 //! state in socket storage, which the kernel frees with the socket; the fallback hooks keep it
-//! in the `SOCKS` hash map, which `set_state` cleans at TCP_CLOSE.
+//! in the `SOCKS` hash map, which `set_state` cleans at TCP_CLOSE. With socket storage, `walk`
+//! samples the tracked sockets in the kernel once per pass and tells the agent about the ones
+//! that look stuck.
 #![no_std]
 #![no_main]
 
@@ -21,6 +23,7 @@ mod send_tcp_sendmsg_locked;
 mod set_state;
 mod sock;
 mod track;
+mod walk;
 
 #[cfg(not(test))]
 #[panic_handler]

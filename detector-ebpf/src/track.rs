@@ -153,7 +153,8 @@ fn start<S: Store>(store: S, hook: SendHook, pid_tgid: u64, state: u8) {
         tid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
         hook: hook as u8,
-        _pad: [0; 3],
+        walk_flags: 0,
+        _pad: [0; 2],
     };
     if store.create(&st) {
         emit(&event(store.key(), &st, EventKind::Tracked, state));

@@ -121,19 +121,21 @@ pub fn explain(e: &Explain) -> String {
 
 /// `detector status` for people.
 pub fn status(s: &Status) -> String {
+    let a = &s.setup;
     let mut out = format!(
-        "detector {} on kernel {}, up {}s\nsend hook: {} ({})\ngrace {:.1}s, interval {:.1}s, max sockets {}\nsocket destroy: {}\npolicy: {} selector(s){}\n",
-        s.version,
-        s.kernel,
+        "detector {} on kernel {}, up {}s\nsend hook: {} ({})\nsampling: {}\ngrace {:.1}s, interval {:.1}s, max sockets {}\nsocket destroy: {}\npolicy: {} selector(s){}\n",
+        a.version,
+        a.kernel,
         s.uptime_s,
-        s.send_hook,
-        s.storage,
-        s.grace_ms as f64 / 1e3,
-        s.interval_ms as f64 / 1e3,
-        s.max_sockets,
-        s.destroy_detail,
-        s.selectors.len(),
-        if s.dry_run { ", dry run" } else { "" }
+        a.send_hook,
+        a.storage,
+        a.sampling,
+        a.grace_ms as f64 / 1e3,
+        a.interval_ms as f64 / 1e3,
+        a.max_sockets,
+        a.destroy_detail,
+        a.selectors.len(),
+        if a.dry_run { ", dry run" } else { "" }
     );
     out.push_str(&format!(
         "sockets: {} tracked, {} stalled{}; {} passes, the last {:.1} ms\n\nhooks:\n",

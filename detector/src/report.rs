@@ -66,6 +66,25 @@ pub struct StalledSocket {
     pub kernel_socket: Option<bool>,
 }
 
+/// What the agent is and runs with, fixed at start-up (part of `detector status`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentSetup {
+    pub version: String,
+    pub kernel: String,
+    /// The send hook in use, and where it keeps per-socket state.
+    pub send_hook: String,
+    pub storage: String,
+    /// How tracked sockets are sampled: the kernel's walk of socket storage, or sock_diag.
+    pub sampling: String,
+    pub grace_ms: u64,
+    pub interval_ms: u64,
+    pub max_sockets: u32,
+    pub destroy_supported: bool,
+    pub destroy_detail: String,
+    pub dry_run: bool,
+    pub selectors: Vec<String>,
+}
+
 /// One tracked socket, as `detector sockets` prints it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrackedSocket {

@@ -19,7 +19,7 @@ pub fn run(grace: Duration, interval: Duration, pod_logs_dir: std::path::PathBuf
     let metrics = Metrics::new();
     let end = Instant::now() + grace + interval;
     loop {
-        let stalled = sweep.pass(&mut pool, &metrics, None);
+        let stalled = sweep.pass(&mut pool, None, &metrics, None);
         if Instant::now() >= end {
             return Ok(stalled);
         }

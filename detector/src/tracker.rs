@@ -39,6 +39,8 @@ pub struct Tracked {
     pub recoveries: u32,
     /// A process in the socket's network namespace, for sockets found at start-up (no sender).
     pub netns_hint: Option<u32>,
+    /// The kernel side's record of it, as the last walk carried it (socket storage).
+    pub kernel_state: Option<SockState>,
     /// Recent samples and verdict changes, for `detector explain`.
     pub history: History,
 }
@@ -74,7 +76,20 @@ impl History {
 
 impl Tracked {
     pub fn new(sk: u64, tuple: SockTuple, sender: Sender, hook: u8, first_send_ns: u64, tcp_state: u8) -> Self {
-        Tracked { sk, tuple, sender, hook, first_send_ns, tcp_state, last: None, verdict: None, recoveries: 0, netns_hint: None, history: History::default() }
+        Tracked {
+            sk,
+            tuple,
+            sender,
+            hook,
+            first_send_ns,
+            tcp_state,
+            last: None,
+            verdict: None,
+            recoveries: 0,
+            netns_hint: None,
+            kernel_state: None,
+            history: History::default(),
+        }
     }
 
     /// Found by a dump, not announced by a send hook.
@@ -187,6 +202,10 @@ impl Tracker {
         self.socks.get(&sk)
     }
 
+    pub fn get_mut(&mut self, sk: u64) -> Option<&mut Tracked> {
+        self.socks.get_mut(&sk)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Tracked> {
         self.socks.values()
     }
@@ -262,13 +281,15 @@ impl Tracker {
         true
     }
 
-    /// Adds a socket found in the kernel map that no event announced (dropped events).
-    pub fn adopt(&mut self, sk: u64, st: &SockState) {
-        if self.socks.contains_key(&sk) {
-            return;
+    /// Adds a socket the kernel side keeps that the table lacks (its event dropped, or the walk
+    /// reports it again after it went idle); an entry of another socket at that address (its
+    /// addresses differ) is replaced and returned.
+    pub fn adopt(&mut self, sk: u64, st: &SockState) -> Option<Tracked> {
+        if self.socks.get(&sk).is_some_and(|t| t.tuple == st.tuple) {
+            return None;
         }
         let sender = Sender { tgid: st.tgid, tid: st.tid, comm: comm_str(&st.comm), cgroup_id: st.cgroup_id };
-        self.insert(Tracked::new(sk, st.tuple, sender, st.hook, st.first_send_ns, 0));
+        self.insert(Tracked::new(sk, st.tuple, sender, st.hook, st.first_send_ns, 0))
     }
 }
 

@@ -53,6 +53,9 @@ fn forced_fallback_send_hook_attaches_and_is_reported() {
     assert_eq!(state("tp_btf tcp_sendmsg_locked"), "not_tried", "{status}");
     assert_eq!(state("tracepoint sock:inet_sock_set_state"), "attached", "{status}");
     assert_eq!(state("tp_btf tcp_retransmit_skb"), "not_tried", "{status}");
+    // The walk reads socket storage: with the hash map, sock_diag samples.
+    assert_eq!(state("iter bpf_sk_storage_map"), "not_tried", "{status}");
+    assert_eq!(status["sampling"], "sock_diag lookups", "{status}");
 }
 
 /// fentry needs BPF trampolines. Where the kernel refuses them (as the CI kernel does), forcing

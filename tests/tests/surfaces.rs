@@ -39,6 +39,10 @@ fn metrics_during_a_real_stall() {
     let status = agent.query("status").expect("status");
     let hook = status["send_hook"].as_str().expect("send_hook").to_string();
     assert_eq!(metric(&text, &format!("detector_hook_attached{{role=\"send\",hook=\"{hook}\"}}")), Some(1.0), "{text}");
+    // With socket storage, the kernel walk samples (sock_diag otherwise).
+    let walks = status["storage"] == "socket storage";
+    assert_eq!(metric(&text, "detector_hook_attached{role=\"sample\",hook=\"iter bpf_sk_storage_map\"}"), Some(walks as u8 as f64), "{text}");
+    assert_eq!(status["sampling"].as_str().unwrap().starts_with("kernel walk"), walks, "{status}");
     assert!(metric(&text, "detector_sweep_duration_seconds_count").unwrap() >= 1.0);
     assert_eq!(metric(&text, "detector_kernel_events_dropped_total"), Some(0.0), "{text}");
     assert!(text.contains("detector_build_info{"), "{text}");
@@ -75,6 +79,7 @@ fn check_reports_every_hook_and_passes_here() {
         "hook tp_btf tcp_retransmit_skb (lifetime)",
         "hook tracepoint sock:inet_sock_set_state (lifetime)",
         "hook tracepoint tcp:tcp_retransmit_skb (lifetime)",
+        "hook iter bpf_sk_storage_map (sample)",
         "send hook",
         "socket destroy",
     ] {

@@ -5,7 +5,12 @@ use std::{
 };
 
 use super::sweep::Sweep;
-use crate::{owner, reaper::Reaper, report::StalledSocket, sample::netns::NetnsPool};
+use crate::{
+    owner,
+    reaper::{Reaper, actions::ActionError},
+    report::StalledSocket,
+    sample::netns::NetnsPool,
+};
 
 impl Sweep {
     /// Finds who holds each stalled socket. Cached holders are re-verified (same start time,
@@ -57,10 +62,11 @@ impl Sweep {
     /// Hands this pass's stalled sockets to the reaper; destroy runs here, in each socket's
     /// own network namespace (the sweep owns the namespace sockets).
     pub(super) fn reap(&self, reaper: &mut Reaper, stalled: &[StalledSocket], pool: &mut NetnsPool) {
-        let mut destroy = |s: &StalledSocket| -> Result<(), String> {
-            let t = self.by_cookie(s.socket_cookie).ok_or("socket no longer tracked")?;
-            let conn = pool.conn(t.tuple.netns, Some(t.netns_hint.unwrap_or(t.sender.tgid))).map_err(|e| e.to_string())?;
-            conn.destroy(&t.lookup()).map_err(|e| e.to_string())
+        let mut destroy = |s: &StalledSocket| -> Result<(), ActionError> {
+            let failed = |e: String| ActionError::Failed(e);
+            let t = self.by_cookie(s.socket_cookie).ok_or_else(|| failed("socket no longer tracked".into()))?;
+            let conn = pool.conn(t.tuple.netns, Some(t.netns_hint.unwrap_or(t.sender.tgid))).map_err(|e| failed(e.to_string()))?;
+            conn.destroy(&t.lookup()).map_err(|e| failed(e.to_string()))
         };
         reaper.tick(stalled, self.now_ms(), &mut destroy);
     }

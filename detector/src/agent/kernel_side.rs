@@ -5,6 +5,7 @@ use detector_common::{COUNTER_SLOTS, Counter, SockState, SockTuple};
 
 use crate::{
     kernel::events,
+    sample::walk::Walker,
     metrics::Metrics,
     report::KernelRecord,
     tracker::{Forget, Tracked, Tracker},
@@ -12,6 +13,8 @@ use crate::{
 
 pub struct KernelSide {
     pub ring: RingBuf<MapData>,
+    /// The sampling walk (socket storage); without it, sock_diag samples every socket.
+    pub walker: Option<Walker>,
     /// The hash map of the fallback hooks (socket storage cannot be read from here).
     pub socks: Option<BpfHashMap<MapData, u64, SockState>>,
     pub counters: PerCpuArray<MapData, u64>,
@@ -20,8 +23,8 @@ pub struct KernelSide {
 }
 
 impl KernelSide {
-    pub fn new(ring: RingBuf<MapData>, socks: Option<BpfHashMap<MapData, u64, SockState>>, counters: PerCpuArray<MapData, u64>) -> Self {
-        Self { ring, socks, counters, seen: [0; COUNTER_SLOTS as usize] }
+    pub fn new(ring: RingBuf<MapData>, socks: Option<BpfHashMap<MapData, u64, SockState>>, counters: PerCpuArray<MapData, u64>, walker: Option<Walker>) -> Self {
+        Self { ring, walker, socks, counters, seen: [0; COUNTER_SLOTS as usize] }
     }
 
     /// Applies every waiting event to the table; `ended` gets each entry an event ended.
@@ -80,7 +83,8 @@ impl KernelSide {
         if t.first_send_ns == 0 {
             return None;
         }
-        let st = self.socks.as_ref().and_then(|m| m.get(&t.sk, 0).ok());
+        // The hash map can be read from here; socket storage only through the walk's records.
+        let st = self.socks.as_ref().and_then(|m| m.get(&t.sk, 0).ok()).or(t.kernel_state);
         Some(KernelRecord {
             tracked_for_ms: now_ns.saturating_sub(t.first_send_ns) / 1_000_000,
             retransmits: st.map(|st| st.retransmits),

@@ -18,13 +18,13 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf};
 use detector_common::{SendHook, SockState};
-use serde::Serialize;
 
 use crate::{
     kernel::{self, btf::KernelBtf, caps, loader, tracefs::Tracefs},
     metrics::{HookLabel, Metrics},
     reaper::{Reaper, config::Policy},
-    report::{Explain, Published, TrackedSocket},
+    report::{AgentSetup, Explain, Published, TrackedSocket},
+    sample::walk::Walker,
 };
 
 #[derive(Debug, Clone)]
@@ -61,21 +61,12 @@ pub enum Answer {
 
 pub type QueryRequest = (Query, tokio::sync::oneshot::Sender<Answer>);
 
-/// What the agent is and runs with, fixed at start-up (`detector status`).
-#[derive(Debug, Clone, Serialize)]
+/// What the agent is and runs with, fixed at start-up (`detector status`), and how each hook
+/// fared.
+#[derive(Debug, Clone)]
 pub struct StatusInfo {
-    pub version: &'static str,
-    pub kernel: String,
-    pub send_hook: &'static str,
-    pub storage: &'static str,
+    pub setup: AgentSetup,
     pub hooks: Vec<loader::HookStatus>,
-    pub grace_ms: u64,
-    pub interval_ms: u64,
-    pub max_sockets: u32,
-    pub destroy_supported: bool,
-    pub destroy_detail: String,
-    pub dry_run: bool,
-    pub selectors: Vec<String>,
 }
 
 /// The surfaces' view of a running agent.
@@ -107,14 +98,16 @@ impl Agent {
         let cfg = loader::kernel_config(&tracefs, &KernelBtf::load()?)?;
         let sizes = loader::Sizes { max_sockets: opts.max_sockets, ring_buffer_bytes: opts.ring_buffer_bytes };
         let mut loaded = loader::load(kernel::object(), &cfg, sizes, opts.send_hook)?;
-        let status = Arc::new(status_info(opts, &loaded));
+        let walker = start_walk(&mut loaded);
+        let sampling = walker.as_ref().map_or("sock_diag lookups".into(), |w| format!("kernel walk of socket storage (HZ {})", w.hz()));
+        let status = Arc::new(status_info(opts, &loaded, sampling));
         log_hooks(&status);
         let metrics = Arc::new(Metrics::new());
         for h in &loaded.hooks {
             metrics.hook_attached.get_or_create(&HookLabel { role: h.role.as_str().into(), hook: h.hook.into() }).set(h.attached() as i64);
         }
         let programs = loaded.ebpf.programs().filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i.id()))).collect();
-        let kernel = kernel_side(&mut loaded)?;
+        let kernel = kernel_side(&mut loaded, walker)?;
         let (query_tx, query_rx) = mpsc::channel();
         let published = Arc::new(RwLock::new(Published::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -155,14 +148,14 @@ impl Agent {
     }
 }
 
-fn status_info(opts: &Options, loaded: &loader::Loaded) -> StatusInfo {
+fn status_info(opts: &Options, loaded: &loader::Loaded, sampling: String) -> StatusInfo {
     let destroy = crate::reaper::probe_destroy();
-    StatusInfo {
-        version: env!("CARGO_PKG_VERSION"),
+    let setup = AgentSetup {
+        version: env!("CARGO_PKG_VERSION").into(),
         kernel: kernel::kernel_release(),
-        send_hook: loaded.send_label(),
-        storage: if loaded.send_hook.socket_storage() { "socket storage" } else { "hash map" },
-        hooks: loaded.hooks.clone(),
+        send_hook: loaded.send_label().into(),
+        storage: if loaded.send_hook.socket_storage() { "socket storage" } else { "hash map" }.into(),
+        sampling,
         grace_ms: opts.grace.as_millis() as u64,
         interval_ms: opts.interval.as_millis() as u64,
         max_sockets: opts.max_sockets,
@@ -170,29 +163,46 @@ fn status_info(opts: &Options, loaded: &loader::Loaded) -> StatusInfo {
         destroy_detail: destroy.err().unwrap_or_else(|| "supported".into()),
         dry_run: opts.policy.dry_run,
         selectors: opts.policy.selectors.iter().map(|s| s.name.clone()).collect(),
-    }
+    };
+    StatusInfo { setup, hooks: loaded.hooks.clone() }
 }
 
-fn log_hooks(s: &StatusInfo) {
+fn log_hooks(info: &StatusInfo) {
+    let s = &info.setup;
     if s.destroy_supported {
         log::info!("socket destroy (sock_diag SOCK_DESTROY): supported");
     } else {
         log::warn!("socket destroy (sock_diag SOCK_DESTROY): not supported: {}", s.destroy_detail);
     }
     log::info!("policy: {} selector(s){}", s.selectors.len(), if s.dry_run { ", dry run" } else { "" });
-    log::info!("kernel {}; send-path hook: {} ({})", s.kernel, s.send_hook, s.storage);
-    for h in &s.hooks {
+    log::info!("kernel {}; send-path hook: {} ({}); sampling: {}", s.kernel, s.send_hook, s.storage, s.sampling);
+    for h in &info.hooks {
         log::info!("hook {} ({}): {}", h.hook, h.role.as_str(), loader::describe(&h.state));
     }
 }
 
-fn kernel_side(loaded: &mut loader::Loaded) -> anyhow::Result<kernel_side::KernelSide> {
+/// The sampling walk, with the kernel's HZ measured; when that fails, the hook table says why
+/// and sock_diag samples instead.
+fn start_walk(loaded: &mut loader::Loaded) -> Option<Walker> {
+    let link = loaded.walk.take()?;
+    match Walker::start(link) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            if let Some(h) = loaded.hooks.iter_mut().find(|h| h.id == loader::HookId::Walk) {
+                h.state = loader::HookState::Refused(format!("{e} (sock_diag samples)"));
+            }
+            None
+        }
+    }
+}
+
+fn kernel_side(loaded: &mut loader::Loaded, walker: Option<Walker>) -> anyhow::Result<kernel_side::KernelSide> {
     let mut take = |name: &str| loaded.ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"));
     let ring = RingBuf::try_from(take("EVENTS")?)?;
     // The hash map holds state only with the fallback send hooks.
     let socks: Option<BpfHashMap<_, u64, SockState>> = if loaded.send_hook.socket_storage() { None } else { Some(BpfHashMap::try_from(take("SOCKS")?)?) };
     let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take("COUNTERS")?)?;
-    Ok(kernel_side::KernelSide::new(ring, socks, counters))
+    Ok(kernel_side::KernelSide::new(ring, socks, counters, walker))
 }
 
 /// For `detector bench-control`: the empty program of `hook`, attached with this kernel's

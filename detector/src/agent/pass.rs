@@ -3,31 +3,83 @@
 use std::collections::{HashMap, HashSet};
 
 use super::sweep::Sweep;
+use detector_common::SockState;
+
 use crate::{
     metrics::{Metrics, ReasonLabel},
     report::{self, StalledSocket},
-    sample::{DiagSocket, netns::NetnsPool},
+    sample::{
+        DiagSocket,
+        netns::NetnsPool,
+        walk::{self, Walker},
+    },
     tracker::{Forget, Tracked},
     verdict::{self, Reason, StallTracker, Transition},
 };
 
 impl Sweep {
     /// Samples, judges and reports; with `only_due`, only sockets whose grace deadline has come
-    /// by then.
-    pub fn pass(&mut self, pool: &mut NetnsPool, m: &Metrics, only_due: Option<u64>) -> Vec<StalledSocket> {
-        let gone = self.sample_all(pool, m, only_due);
+    /// by then. `walker`, when the kernel walks socket storage, samples the sockets it keeps.
+    pub fn pass(&mut self, pool: &mut NetnsPool, walker: Option<&mut Walker>, m: &Metrics, only_due: Option<u64>) -> Vec<StalledSocket> {
+        let mut walked = walker.and_then(|w| self.walk(w, m));
+        let gone = self.sample_all(pool, walked.as_mut(), m, only_due);
         self.forget(gone, m);
+        if let Some(w) = walked {
+            self.take_up(w, m);
+        }
         let used: HashSet<u32> = self.tracker.iter().map(|t| t.tuple.netns).collect();
         pool.retain(|inum| used.contains(&inum));
         self.due = self.next_due();
         self.assemble(m)
     }
 
-    /// Samples and judges; returns the sockets to forget.
-    fn sample_all(&mut self, pool: &mut NetnsPool, m: &Metrics, only_due: Option<u64>) -> Vec<(u64, Forget)> {
+    /// One walk, as samples by socket; `None` (sock_diag samples this pass) when it fails.
+    fn walk(&self, w: &mut Walker, m: &Metrics) -> Option<HashMap<u64, (DiagSocket, SockState)>> {
+        let at = self.now_ms();
+        match w.walk() {
+            Ok(walk) => Some(walk.records.iter().map(|r| (r.sk, (walk::to_diag(r, &walk.clock, w.hz(), at), r.st))).collect()),
+            Err(e) => {
+                log::warn!("sampling walk: {e}; sock_diag samples this pass");
+                m.sample_errors.inc();
+                None
+            }
+        }
+    }
+
+    /// Sockets of the walk the table lacks (an event lost, or bytes waiting again after the
+    /// socket was forgotten as idle): taken up and judged. An entry of another socket they
+    /// displace (same kernel address, or a dump's entry for the same addresses) is replaced.
+    fn take_up(&mut self, walked: HashMap<u64, (DiagSocket, SockState)>, m: &Metrics) {
+        let (now, grace_ms) = (self.now_ms(), self.grace_ms());
+        for (sk, (d, st)) in walked {
+            if !verdict::stuck(&d.sample) {
+                continue;
+            }
+            if let Some(old) = self.tracker.adopt(sk, &st) {
+                m.forgot(Forget::Replaced);
+                if let Some(age) = old.verdict.and_then(|v| v.stalled_for_ms(now)) {
+                    m.stall_duration.observe(age as f64 / 1e3);
+                }
+            }
+            if let Some(t) = self.tracker.get_mut(sk) {
+                t.kernel_state = Some(st);
+                observe(t, d, grace_ms, m);
+            }
+        }
+    }
+
+    /// Samples and judges; returns the sockets to forget. Sockets in socket storage take their
+    /// sample from `walked` (and leave it); the others are looked up through sock_diag.
+    fn sample_all(&mut self, pool: &mut NetnsPool, mut walked: Option<&mut HashMap<u64, (DiagSocket, SockState)>>, m: &Metrics, only_due: Option<u64>) -> Vec<(u64, Forget)> {
         let (now, grace_ms) = (self.now_ms(), self.grace_ms());
         let mut gone = Vec::new();
         for t in self.tracker.iter_mut() {
+            if let Some(w) = walked.as_deref_mut().filter(|_| !t.found_by_dump()) {
+                if let Some(why) = from_walk(t, w.remove(&t.sk), grace_ms, m) {
+                    gone.push((t.sk, why));
+                }
+                continue;
+            }
             if only_due.is_some_and(|by| t.verdict.as_ref().and_then(|v| v.due_at(grace_ms)).is_none_or(|d| d > by)) {
                 continue;
             }
@@ -91,6 +143,20 @@ impl Sweep {
         out.sort_by_key(|s| std::cmp::Reverse(s.stalled_for_ms));
         out
     }
+}
+
+/// A socket in socket storage, as the walk saw it: judged, or why it leaves the table. The
+/// walk reports every socket with bytes waiting, and once more the first time it has none, so
+/// a socket it did not report is idle (never reported: nothing waited at the walk) or gone
+/// (reported before, so it would have said "none waiting"); one reported with none waiting
+/// leaves as idle once judged (bytes waiting again bring it back through `take_up`).
+fn from_walk(t: &mut Tracked, walked: Option<(DiagSocket, SockState)>, grace_ms: u64, m: &Metrics) -> Option<Forget> {
+    let Some((d, st)) = walked else {
+        return Some(if t.last.is_some() { Forget::Gone } else { Forget::Idle });
+    };
+    t.kernel_state = Some(st);
+    observe(t, d, grace_ms, m);
+    (!verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none())).then_some(Forget::Idle)
 }
 
 /// Feeds one sample to a socket's verdict and notes what changed.

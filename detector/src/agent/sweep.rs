@@ -123,7 +123,7 @@ impl Sweep {
         if ctx.kernel.read_counters(&ctx.metrics) {
             ctx.kernel.resync(&mut self.tracker);
         }
-        let stalled = self.pass(pool, &ctx.metrics, None);
+        let stalled = self.pass(pool, ctx.kernel.walker.as_mut(), &ctx.metrics, None);
         self.reap(&mut ctx.reaper, &stalled, pool);
         self.sweeps += 1;
         if let Ok(mut p) = ctx.published.write() {
@@ -175,7 +175,7 @@ impl Sweep {
             let now_ms = self.now_ms();
             if self.due.is_some_and(|d| d <= now_ms) && last_early.elapsed() >= Duration::from_millis(50) {
                 last_early = Instant::now();
-                let stalled = self.pass(pool, &ctx.metrics, Some(now_ms));
+                let stalled = self.pass(pool, ctx.kernel.walker.as_mut(), &ctx.metrics, Some(now_ms));
                 self.reap(&mut ctx.reaper, &stalled, pool);
                 if let Ok(mut p) = ctx.published.write() {
                     p.stalled = stalled;

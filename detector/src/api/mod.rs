@@ -6,7 +6,7 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::report::{Explain, StalledSocket, TrackedSocket};
+pub use crate::report::{AgentSetup, Explain, StalledSocket, TrackedSocket};
 
 pub const DEFAULT_SOCKET: &str = "/run/detector/detector.sock";
 
@@ -67,18 +67,10 @@ pub struct ProgramStats {
 /// `detector status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
-    pub version: String,
-    pub kernel: String,
-    pub send_hook: String,
-    pub storage: String,
+    /// Fixed at start-up; flattened, so its fields sit beside the others in the JSON.
+    #[serde(flatten)]
+    pub setup: AgentSetup,
     pub hooks: Vec<HookLine>,
-    pub grace_ms: u64,
-    pub interval_ms: u64,
-    pub max_sockets: u32,
-    pub destroy_supported: bool,
-    pub destroy_detail: String,
-    pub dry_run: bool,
-    pub selectors: Vec<String>,
     pub uptime_s: u64,
     pub sockets_tracked: usize,
     pub sockets_stalled: usize,

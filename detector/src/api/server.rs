@@ -135,18 +135,8 @@ impl Api {
         let s = &h.status;
         let p = h.published.read().map(|p| p.clone()).unwrap_or_default();
         Status {
-            version: s.version.into(),
-            kernel: s.kernel.clone(),
-            send_hook: s.send_hook.into(),
-            storage: s.storage.into(),
+            setup: s.setup.clone(),
             hooks: s.hooks.iter().map(hook_line).collect(),
-            grace_ms: s.grace_ms,
-            interval_ms: s.interval_ms,
-            max_sockets: s.max_sockets,
-            destroy_supported: s.destroy_supported,
-            destroy_detail: s.destroy_detail.clone(),
-            dry_run: s.dry_run,
-            selectors: s.selectors.clone(),
             uptime_s: h.started.elapsed().as_secs(),
             sockets_tracked: p.tracked,
             sockets_stalled: p.stalled.len(),

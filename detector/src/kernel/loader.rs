@@ -14,9 +14,15 @@
 //! Lifetime: with socket storage, the BTF `tcp_retransmit_skb` only (storage dies with the
 //! socket); with the hash map, `sock:inet_sock_set_state` (required: it empties the map) and
 //! `tcp:tcp_retransmit_skb`.
+//!
+//! Sample: with socket storage, the iterator `walk_sk_storage` samples the tracked sockets in
+//! the kernel (one walk across every namespace); without it (hash map, or a kernel that
+//! refuses it) the agent samples with sock_diag.
+use std::os::fd::{AsFd as _, OwnedFd};
+
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
+    programs::{BtfTracePoint, FEntry, Iter, KProbe, TracePoint},
 };
 use detector_common::{KernelConfig, OFFSET_ABSENT, SendHook};
 use serde::Serialize;
@@ -25,6 +31,7 @@ use thiserror::Error;
 use super::{
     btf::{BtfError, KernelBtf},
     tracefs::{Tracefs, TracefsError},
+    walk::WalkLink,
 };
 
 #[derive(Debug, Error)]
@@ -49,6 +56,7 @@ pub enum LoadError {
 pub enum Role {
     Send,
     Lifetime,
+    Sample,
 }
 
 impl Role {
@@ -56,6 +64,7 @@ impl Role {
         match self {
             Role::Send => "send",
             Role::Lifetime => "lifetime",
+            Role::Sample => "sample",
         }
     }
 }
@@ -67,6 +76,7 @@ pub enum HookId {
     RetransmitBtf,
     Retransmit,
     SetState,
+    Walk,
 }
 
 /// How a hook's program attaches.
@@ -76,6 +86,8 @@ enum Attach {
     Fentry(&'static str),
     Tracepoint(&'static str, &'static str),
     Kprobe(&'static str),
+    /// A map iterator, linked by [`WalkLink`].
+    Iter(&'static str),
 }
 
 /// One row of the hook table.
@@ -96,8 +108,8 @@ const fn send(hook: SendHook, flag: &'static str, label: &'static str, program: 
     HookSpec { id: HookId::Send(hook), role: Role::Send, label, program, flag: Some(flag), attach }
 }
 
-/// Every hook: send hooks in order of preference, then lifetime hooks.
-pub const HOOKS: [HookSpec; 8] = [
+/// Every hook: send hooks in order of preference, then lifetime hooks, then the walk.
+pub const HOOKS: [HookSpec; 9] = [
     send(SendHook::TcpSendmsgLocked, "tcp-sendmsg-locked", "tp_btf tcp_sendmsg_locked", "tcp_sendmsg_locked", Attach::TpBtf("tcp_sendmsg_locked")),
     send(SendHook::FentryTcpSendmsg, "fentry", "fentry tcp_sendmsg", "fentry_tcp_sendmsg", Attach::Fentry("tcp_sendmsg")),
     send(SendHook::SockSendLengthBtf, "sock-send-length-btf", "tp_btf sock_send_length", "sock_send_length_btf", Attach::TpBtf("sock_send_length")),
@@ -126,6 +138,14 @@ pub const HOOKS: [HookSpec; 8] = [
         program: "tcp_retransmit_skb",
         flag: None,
         attach: Attach::Tracepoint("tcp", "tcp_retransmit_skb"),
+    },
+    HookSpec {
+        id: HookId::Walk,
+        role: Role::Sample,
+        label: "iter bpf_sk_storage_map",
+        program: "walk_sk_storage",
+        flag: None,
+        attach: Attach::Iter("bpf_sk_storage_map"),
     },
 ];
 
@@ -176,6 +196,8 @@ pub struct Loaded {
     pub hooks: Vec<HookStatus>,
     /// The send hook in use.
     pub send_hook: SendHook,
+    /// The sampling walk, when the kernel runs it (socket storage only).
+    pub walk: Option<WalkLink>,
 }
 
 impl Loaded {
@@ -222,6 +244,25 @@ pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig,
     c.sk_socket = o.sk_socket;
     c.socket_file = o.socket_file;
     c.sk_sndbuf = o.sndbuf;
+    // Optional: without them, the walk is refused and sock_diag samples.
+    if let Ok(t) = btf.tcp_offsets() {
+        c.tcp_snd_una = t.snd_una;
+        c.tcp_write_seq = t.write_seq;
+        c.tcp_snd_nxt = t.snd_nxt;
+        c.tcp_snd_wnd = t.snd_wnd;
+        c.tcp_rcv_tstamp = t.rcv_tstamp;
+        c.tcp_lsndtime = t.lsndtime;
+        c.tcp_packets_out = t.packets_out;
+        c.tcp_total_retrans = t.total_retrans;
+        c.tcp_segs_out = t.segs_out;
+        c.tcp_bytes_acked = t.bytes_acked;
+        c.icsk_rto = t.rto;
+        c.icsk_retransmits = t.retransmits;
+        c.icsk_backoff = t.backoff;
+        c.icsk_probes_out = t.probes_out;
+        c.sk_uid = t.uid;
+        c.socket_ino = t.socket_ino;
+    }
     c.agent_tgid = std::process::id();
     Ok(c)
 }
@@ -275,7 +316,33 @@ pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes, forced: Option<Send
             hooks.push(HookStatus { id: spec.id, role: spec.role, hook: spec.label, state: HookState::NotTried(why) });
         }
     }
-    Ok(Loaded { ebpf, hooks, send_hook })
+    let (walk, state) = if !send_hook.socket_storage() {
+        (None, HookState::NotTried("the walk reads socket storage; this send hook keeps a hash map (sock_diag samples)"))
+    } else if cfg.tcp_snd_una == OFFSET_ABSENT {
+        (None, HookState::Refused("kernel BTF lacks a tcp_sock field the walk reads (sock_diag samples)".into()))
+    } else {
+        match link_walk(&mut ebpf, &btf) {
+            Ok(link) => (Some(link), HookState::Attached),
+            Err(why) => (None, HookState::Refused(format!("{why} (sock_diag samples)"))),
+        }
+    };
+    hooks.push(HookStatus { id: HookId::Walk, role: Role::Sample, hook: spec(HookId::Walk).label, state });
+    Ok(Loaded { ebpf, hooks, send_hook, walk })
+}
+
+/// Loads the walk and links it to the socket storage map.
+fn link_walk(ebpf: &mut Ebpf, btf: &Result<Btf, String>) -> Result<WalkLink, String> {
+    let spec = spec(HookId::Walk);
+    let Attach::Iter(target) = spec.attach else { unreachable!("the walk is an iterator") };
+    let btf = btf.as_ref().map_err(|e| format!("kernel BTF: {e}"))?;
+    let p: &mut Iter = program(ebpf, spec.program)?;
+    p.load(target, btf).map_err(err)?;
+    let prog: OwnedFd = p.fd().map_err(err)?.as_fd().try_clone_to_owned().map_err(err)?;
+    let map = match ebpf.map("SK_STATE") {
+        Some(aya::maps::Map::SkStorage(m)) => m.fd().as_fd().try_clone_to_owned().map_err(err)?,
+        _ => return Err("map SK_STATE missing from the eBPF object".into()),
+    };
+    WalkLink::create(prog.as_fd(), map.as_fd()).map_err(|e| format!("BPF_LINK_CREATE: {e}"))
 }
 
 /// What the programs of `hook` read that this kernel must have.
@@ -355,6 +422,7 @@ fn try_attach(ebpf: &mut Ebpf, spec: &HookSpec, btf: &Result<Btf, String>, keep:
                 p.unload().map_err(err)?;
             }
         }
+        Attach::Iter(_) => return Err("an iterator is linked by link_walk".into()),
     }
     Ok(())
 }

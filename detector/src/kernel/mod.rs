@@ -5,6 +5,7 @@ pub mod caps;
 pub mod events;
 pub mod loader;
 pub mod tracefs;
+pub mod walk;
 
 /// The eBPF object built by `build.rs` (aya-build) from `detector-ebpf`.
 pub fn object() -> &'static [u8] {

@@ -25,6 +25,9 @@ use crate::{
     sample::{DiagConn, Lookup},
 };
 
+/// Destroys one socket in its own network namespace (the sweep owns the namespace sockets).
+pub type Destroy<'a> = dyn FnMut(&StalledSocket) -> Result<(), ActionError> + 'a;
+
 /// Every action, one spelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -131,7 +134,7 @@ impl Reaper {
 
     /// Decides and acts for this pass's stalled sockets. `destroy` destroys one socket in its
     /// own namespace (the sweep owns the namespace sockets). `now_ms` is CLOCK_MONOTONIC.
-    pub fn tick(&mut self, stalled: &[StalledSocket], now_ms: u64, destroy: &mut dyn FnMut(&StalledSocket) -> Result<(), String>) {
+    pub fn tick(&mut self, stalled: &[StalledSocket], now_ms: u64, destroy: &mut Destroy) {
         let live: HashSet<u64> = stalled.iter().map(|s| s.socket_cookie).collect();
         self.engine.retain(&live);
         let mut acted = false;
@@ -152,7 +155,7 @@ impl Reaper {
         }
     }
 
-    fn act(&self, s: &StalledSocket, selector: &str, k: usize, stage: &Stage, dry_run: bool, destroy: &mut dyn FnMut(&StalledSocket) -> Result<(), String>) {
+    fn act(&self, s: &StalledSocket, selector: &str, k: usize, stage: &Stage, dry_run: bool, destroy: &mut Destroy) {
         let action = stage.action();
         if dry_run {
             self.record(Audit::done(s, action, k, selector, "dry_run", "dry run: nothing done"));
@@ -162,7 +165,7 @@ impl Reaper {
             Stage::Report { .. } => Ok("reported".to_string()),
             Stage::Signal { signal, .. } => actions::signal(s, *signal),
             Stage::Shutdown { .. } => actions::shutdown(s),
-            Stage::Destroy { .. } => destroy(s).map(|()| "destroyed by SOCK_DESTROY".into()).map_err(ActionError::Failed),
+            Stage::Destroy { .. } => destroy(s).map(|()| "destroyed by SOCK_DESTROY".into()),
             Stage::Rpc { target: Some(target), timeout, retries, .. } => match actions::verify_owner(s) {
                 Ok(owner) => {
                     // Runs off the sweep thread; the answer is audited when it comes.

@@ -1,20 +1,16 @@
 //! Reading a tracked socket's kernel state without waiting for an event.
 //!
-//! A dead peer fires no hook, so progress must be checked by polling. The agent asks
-//! sock_diag for each tracked socket by its exact 4-tuple (and, once known, its cookie), in the
-//! socket's own network namespace, with INET_DIAG_INFO for `tcp_info`.
-//!
-//! Why sock_diag exact lookups and not an `iter/tcp` program: an iterator walks every TCP socket
-//! of the namespace on each pass (cost grows with all sockets on the node), while an exact
-//! lookup is one hash-table probe in the kernel per tracked socket, so a pass costs
-//! O(tracked sockets), not O(all sockets). Measured on the CI machine kind (kernel 6.18, 2 vCPU,
-//! release build, 2026-11-24): 5,000 tracked loopback sockets (10,000 in the namespace) take
-//! 25 ms per pass, ~5 µs per exact lookup with tcp_info; one `ss -tni` dump of the same
-//! namespace takes 140 ms. An iterator would pay the dump's walk on every pass, whatever
-//! the number of sockets with data in flight, and needs a loadable BPF_PROG_TYPE_TRACING
-//! program (fentry of that type is refused here).
+//! A dead peer fires no hook, so progress must be checked by polling. Two ways:
+//! - the walk (`walk`, with `kernel::walk`): with socket storage, one iterator pass over the
+//!   tracked sockets of every namespace, in the kernel, reporting only those that look stuck;
+//!   the cost follows the stuck-looking sockets, not all the tracked ones, and needs no setns;
+//! - sock_diag (this module): an exact lookup by 4-tuple (and, once known, cookie) in the
+//!   socket's own network namespace, with INET_DIAG_INFO for `tcp_info`: one hash-table probe
+//!   per socket (~5 µs each, measured on this machine kind). It samples the sockets the walk
+//!   cannot see (found by a dump, or hash-map hooks), destroys, and serves `detector scan`.
 pub mod netns;
 pub mod tcp_info;
+pub mod walk;
 
 use std::{io, net::IpAddr};
 

@@ -1,0 +1,208 @@
+//! What a walk of the kernel's socket storage says, in the agent's terms: the records parsed
+//! and checked, the kernel's jiffies rate (HZ) measured from two walks, and each record turned
+//! into the same sample sock_diag would give (`tcp_info`'s fields and arithmetic). Pure: the
+//! kernel objects are in `kernel::walk`.
+use std::time::Duration;
+
+use detector_common::{WalkClock, WalkKind, WalkRecord};
+use thiserror::Error;
+
+use super::{DiagSocket, Sample};
+use crate::kernel::walk::WalkLink;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WalkError {
+    #[error("reading the walk: {0}")]
+    Read(String),
+    #[error("the kernel's jiffies rate fits no HZ Linux is built with (two walks: {0:?} and {1:?})")]
+    Hz(WalkClock, WalkClock),
+    #[error("walk output of {0} bytes is not a clock record and whole socket records")]
+    Size(usize),
+    #[error("walk record {index} has kind {kind}, expected {expected:?}")]
+    Kind { index: usize, kind: u8, expected: WalkKind },
+}
+
+/// One walk: the kernel's clocks at its start, and the sockets it reported.
+#[derive(Debug, Clone)]
+pub struct Walk {
+    pub clock: WalkClock,
+    pub records: Vec<WalkRecord>,
+}
+
+fn pod<T: Copy + Default>(b: &[u8]) -> T {
+    let mut v = T::default();
+    // SAFETY: `T` is one of the `#[repr(C)]` walk records, valid for any bytes (see the `Pod`
+    // impls in detector-common), and `b` holds exactly `size_of::<T>()` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), (&raw mut v).cast::<u8>(), std::mem::size_of::<T>()) };
+    v
+}
+
+/// Parses the bytes of one walk.
+pub fn parse(b: &[u8]) -> Result<Walk, WalkError> {
+    let (c, r) = (std::mem::size_of::<WalkClock>(), std::mem::size_of::<WalkRecord>());
+    if b.len() < c || !(b.len() - c).is_multiple_of(r) {
+        return Err(WalkError::Size(b.len()));
+    }
+    let clock: WalkClock = pod(&b[..c]);
+    if clock.kind != WalkKind::Clock as u8 {
+        return Err(WalkError::Kind { index: 0, kind: clock.kind, expected: WalkKind::Clock });
+    }
+    let mut records = Vec::with_capacity((b.len() - c) / r);
+    for (i, chunk) in b[c..].chunks_exact(r).enumerate() {
+        let rec: WalkRecord = pod(chunk);
+        if rec.kind != WalkKind::Socket as u8 {
+            return Err(WalkError::Kind { index: i + 1, kind: rec.kind, expected: WalkKind::Socket });
+        }
+        records.push(rec);
+    }
+    Ok(Walk { clock, records })
+}
+
+/// The walk as the sweep uses it: the link, a buffer kept between walks, and the kernel's HZ.
+#[derive(Debug)]
+pub struct Walker {
+    link: WalkLink,
+    buf: Vec<u8>,
+    hz: u32,
+}
+
+impl Walker {
+    /// Two walks 120 ms apart measure the kernel's HZ (the walk reports its clocks in jiffies).
+    pub fn start(link: WalkLink) -> Result<Self, WalkError> {
+        let mut w = Walker { link, buf: Vec::new(), hz: 0 };
+        let a = w.walk()?.clock;
+        std::thread::sleep(Duration::from_millis(120));
+        let b = w.walk()?.clock;
+        w.hz = hz(&a, &b).ok_or(WalkError::Hz(a, b))?;
+        Ok(w)
+    }
+
+    pub fn walk(&mut self) -> Result<Walk, WalkError> {
+        self.link.walk(&mut self.buf).map_err(|e| WalkError::Read(e.to_string()))?;
+        parse(&self.buf)
+    }
+
+    pub fn hz(&self) -> u32 {
+        self.hz
+    }
+}
+
+/// The HZ values Linux is built with.
+const HZ_CHOICES: [u32; 4] = [100, 250, 300, 1000];
+
+/// The kernel's HZ from the clocks of two walks (at least ~100 ms apart), as the nearest
+/// value Linux can be built with; `None` when they are too close or disagree with every one.
+pub fn hz(a: &WalkClock, b: &WalkClock) -> Option<u32> {
+    let dt_ns = b.ktime_ns.checked_sub(a.ktime_ns)?;
+    let dj = b.jiffies.checked_sub(a.jiffies)?;
+    if dt_ns < 80_000_000 {
+        return None;
+    }
+    let rate = dj as f64 / (dt_ns as f64 / 1e9);
+    let best = HZ_CHOICES.into_iter().min_by(|x, y| (rate / *x as f64).ln().abs().total_cmp(&(rate / *y as f64).ln().abs()))?;
+    // Within 10 %: one jiffy of rounding at 100 Hz over 100 ms.
+    ((rate / best as f64).ln().abs() < 0.1).then_some(best)
+}
+
+fn jiffies_to_ms(j: u32, hz: u32) -> u32 {
+    (u64::from(j) * 1000 / u64::from(hz)) as u32
+}
+
+/// A walk record as the sample sock_diag would have given at `at_ms` (agent clock): the same
+/// `tcp_info` arithmetic (`tcp_get_info`, `tcp_diag_get_info`) on the same fields.
+pub fn to_diag(r: &WalkRecord, clock: &WalkClock, hz: u32, at_ms: u64) -> DiagSocket {
+    let now = clock.jiffies as u32;
+    DiagSocket {
+        cookie: r.cookie,
+        inode: r.inode,
+        uid: r.uid,
+        sample: Sample {
+            at_ms,
+            state: r.state,
+            queued: r.write_seq.wrapping_sub(r.snd_una),
+            notsent: (r.write_seq.wrapping_sub(r.snd_nxt) as i32).max(0) as u32,
+            bytes_acked: r.bytes_acked,
+            unacked: r.packets_out,
+            snd_wnd: Some(r.snd_wnd),
+            retransmits: r.retransmits,
+            backoff: r.backoff,
+            probes: r.probes,
+            total_retrans: r.total_retrans,
+            segs_out: r.segs_out,
+            last_ack_recv_ms: jiffies_to_ms(now.wrapping_sub(r.rcv_tstamp), hz),
+            last_data_sent_ms: jiffies_to_ms(now.wrapping_sub(r.lsndtime), hz),
+            // tcpi_rto is jiffies_to_usecs(icsk_rto); the sample rounds it up to milliseconds.
+            rto_ms: (u64::from(r.rto) * 1_000_000 / u64::from(hz)).div_ceil(1000) as u32,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock(jiffies: u64, ms: u64) -> WalkClock {
+        WalkClock { kind: WalkKind::Clock as u8, jiffies, ktime_ns: ms * 1_000_000, ..Default::default() }
+    }
+
+    fn bytes<T>(v: &T) -> &[u8] {
+        // SAFETY: reading the bytes of a plain `#[repr(C)]` value.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+    }
+
+    #[test]
+    fn a_walk_is_a_clock_then_whole_socket_records() {
+        let c = clock(5, 7);
+        let r = WalkRecord { kind: WalkKind::Socket as u8, sk: 0xffff_8880_0000_1000, ..Default::default() };
+        let mut b = bytes(&c).to_vec();
+        b.extend_from_slice(bytes(&r));
+        b.extend_from_slice(bytes(&r));
+        let w = parse(&b).unwrap();
+        assert_eq!((w.clock.jiffies, w.records.len(), w.records[1].sk), (5, 2, r.sk));
+        assert_eq!(parse(bytes(&c)).unwrap().records.len(), 0, "an empty map is a clock alone");
+        assert_eq!(parse(&b[..b.len() - 1]).unwrap_err(), WalkError::Size(b.len() - 1));
+        assert!(matches!(parse(&b[8..]), Err(_)));
+        assert!(matches!(parse(&[]), Err(WalkError::Size(0))));
+    }
+
+    #[test]
+    fn hz_is_the_nearest_value_linux_is_built_with() {
+        assert_eq!(hz(&clock(1000, 0), &clock(1030, 120)), Some(250));
+        assert_eq!(hz(&clock(1000, 0), &clock(1036, 120)), Some(300));
+        assert_eq!(hz(&clock(0, 0), &clock(12, 120)), Some(100));
+        assert_eq!(hz(&clock(0, 0), &clock(1000, 1000)), Some(1000));
+        assert_eq!(hz(&clock(0, 0), &clock(5, 10)), None, "too close together");
+        assert_eq!(hz(&clock(0, 0), &clock(700, 1000)), None, "no HZ fits");
+        assert_eq!(hz(&clock(10, 100), &clock(5, 200)), None, "jiffies went backwards");
+    }
+
+    #[test]
+    fn a_record_reads_as_tcp_info_would() {
+        // HZ 250: a jiffy is 4 ms.
+        let c = clock(10_000, 0);
+        let r = WalkRecord {
+            kind: WalkKind::Socket as u8,
+            state: 1,
+            snd_una: u32::MAX - 99,
+            write_seq: 400,
+            snd_nxt: 300,
+            rcv_tstamp: 10_000 - 50,
+            lsndtime: 10_000 - 2,
+            rto: 51,
+            bytes_acked: 12345,
+            ..Default::default()
+        };
+        let d = to_diag(&r, &c, 250, 77);
+        assert_eq!(d.sample.queued, 500, "write_seq - snd_una across the wrap");
+        assert_eq!(d.sample.notsent, 100);
+        assert_eq!((d.sample.last_ack_recv_ms, d.sample.last_data_sent_ms), (200, 8));
+        assert_eq!(d.sample.rto_ms, 204);
+        assert_eq!((d.sample.at_ms, d.sample.bytes_acked, d.sample.snd_wnd), (77, 12345, Some(0)));
+        // snd_nxt past write_seq (a FIN counts in sequence space): no negative bytes.
+        let fin = WalkRecord { snd_nxt: 401, ..r };
+        assert_eq!(to_diag(&fin, &c, 250, 77).sample.notsent, 0);
+        // A clock that wrapped past u32 keeps the arithmetic of tcp_jiffies32.
+        let wrapped = to_diag(&WalkRecord { rcv_tstamp: u32::MAX, ..r }, &clock(1 << 32, 0), 1000, 0);
+        assert_eq!(wrapped.sample.last_ack_recv_ms, 1);
+    }
+}
