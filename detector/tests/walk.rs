@@ -122,7 +122,11 @@ fn the_walk_reports_what_sock_diag_reports_and_only_sockets_with_bytes_waiting()
         let d = lookup(&mut diag, r);
         let (ws, ds) = (&w.sample, &d.sample);
         assert_eq!((w.cookie, w.inode, w.uid), (d.cookie, d.inode, d.uid));
-        assert_eq!((ws.state, ws.queued, ws.notsent, ws.bytes_acked, ws.unacked), (ds.state, ds.queued, ds.notsent, ds.bytes_acked, ds.unacked), "{w:?}\n{d:?}");
+        assert_eq!(
+            (ws.state, ws.queued, ws.notsent, ws.bytes_acked, ws.unacked),
+            (ds.state, ds.queued, ds.notsent, ds.bytes_acked, ds.unacked),
+            "{w:?}\n{d:?}"
+        );
         assert_eq!((ws.snd_wnd, ws.retransmits, ws.total_retrans, ws.rto_ms), (ds.snd_wnd, ds.retransmits, ds.total_retrans, ds.rto_ms), "{w:?}\n{d:?}");
         // A window probe may go out between the two reads.
         assert!(ws.probes.abs_diff(ds.probes) <= 1 && ws.backoff.abs_diff(ds.backoff) <= 1 && ws.segs_out.abs_diff(ds.segs_out) <= 2, "{w:?}\n{d:?}");

@@ -70,11 +70,18 @@ pub struct AgentBuilder {
     env: Vec<(String, String)>,
     stdout_unread: bool,
     wait_for_api: bool,
+    log_level: &'static str,
 }
 
 impl AgentBuilder {
     pub fn new(grace: &str) -> Self {
-        Self { bin: detector_bin(), grace: grace.into(), extra: vec![], env: vec![], stdout_unread: false, wait_for_api: true }
+        Self { bin: detector_bin(), grace: grace.into(), extra: vec![], env: vec![], stdout_unread: false, wait_for_api: true, log_level: "info" }
+    }
+
+    /// `RUST_LOG` for the agent (`info` by default; the benchmarks use `warn`).
+    pub fn log_level(mut self, level: &'static str) -> Self {
+        self.log_level = level;
+        self
     }
 
     pub fn args(mut self, a: &[&str]) -> Self {
@@ -111,7 +118,10 @@ impl AgentBuilder {
         let logf = std::fs::File::create(&log).expect("agent log file");
         let has = |flag: &str| self.extra.iter().any(|a| a == flag);
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["run", "--grace", &self.grace, "--interval", "250ms"]);
+        cmd.args(["run", "--grace", &self.grace]);
+        if !has("--interval") {
+            cmd.args(["--interval", "250ms"]);
+        }
         // `cargo xtask test` runs the matrix again with each send hook this kernel offers.
         if let Some(hook) = std::env::var_os("DETECTOR_TEST_SEND_HOOK").filter(|_| !has("--send-hook")) {
             cmd.arg("--send-hook").arg(hook);
@@ -126,14 +136,14 @@ impl AgentBuilder {
         if !has("--api-socket") {
             cmd.arg("--api-socket").arg(&api);
         }
-        cmd.args(&self.extra).env("RUST_LOG", "info").envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.args(&self.extra).env("RUST_LOG", self.log_level).envs(self.env.iter().map(|(k, v)| (k, v)));
         if self.stdout_unread {
             cmd.stdout(Stdio::piped());
         } else {
             cmd.stdout(logf.try_clone().expect("log fd"));
         }
-        let child = cmd.stderr(logf).spawn().expect("spawning the agent");
-        let mut a = Agent { child, api, log, _dir: dir };
+        let child = cmd.stderr(logf).spawn().unwrap_or_else(|e| panic!("spawning the agent {}: {e}", self.bin.display()));
+        let mut a = Agent { child, api, log, bin: self.bin, _dir: dir };
         if self.wait_for_api {
             a.wait_for_api();
         }
@@ -146,6 +156,8 @@ pub struct Agent {
     child: Child,
     pub api: PathBuf,
     log: PathBuf,
+    /// The agent's binary, which is also the CLI that queries it.
+    bin: PathBuf,
     _dir: Scratch,
 }
 
@@ -195,7 +207,7 @@ impl Agent {
 
     /// Runs `detector <cmd> --output json` against this agent.
     pub fn query(&self, cmd: &str) -> Result<Value, String> {
-        let out = Command::new(detector_bin()).args([cmd, "--output", "json", "--api-socket"]).arg(&self.api).output().map_err(|e| e.to_string())?;
+        let out = Command::new(&self.bin).args([cmd, "--output", "json", "--api-socket"]).arg(&self.api).output().map_err(|e| e.to_string())?;
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
@@ -263,16 +275,21 @@ impl Peer {
 
     /// Waits for a line starting with `prefix`; returns the rest of it.
     pub fn expect(&self, prefix: &str, timeout: Duration) -> String {
+        self.try_expect(prefix, timeout).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`Peer::expect`], with an error instead of a panic.
+    pub fn try_expect(&self, prefix: &str, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) => {
                     if let Some(rest) = l.strip_prefix(prefix) {
-                        return rest.trim().to_string();
+                        return Ok(rest.trim().to_string());
                     }
                 }
-                Err(e) => panic!("peer {} never printed {prefix:?}: {e}", self.pid()),
+                Err(e) => return Err(format!("process {} never printed {prefix:?}: {e}", self.pid())),
             }
         }
     }
@@ -296,6 +313,7 @@ impl Peer {
     }
 
     pub fn signal(&self, sig: i32) {
+        // SAFETY: a signal to a child this handle owns (reaped only on drop).
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
@@ -339,8 +357,40 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
 
 /// Runs a command, panicking with its output when it fails.
 pub fn sh(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd} {args:?}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    run(cmd, args).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Runs a command; its stdout, or an error with its stderr.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd).args(args).output().map_err(|e| format!("running {cmd} {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Network namespaces with their loopback up, made by a test or benchmark and deleted on drop.
+pub struct Namespaces(pub Vec<String>);
+
+impl Namespaces {
+    pub fn create(tag: &str, n: usize) -> Result<Namespaces, String> {
+        let mut ns = Namespaces(Vec::with_capacity(n));
+        for i in 0..n {
+            let name = format!("d{tag}-{}-{i}", std::process::id());
+            run("ip", &["netns", "add", &name])?;
+            ns.0.push(name.clone());
+            run("ip", &["netns", "exec", &name, "ip", "link", "set", "lo", "up"])?;
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
 }
 
 /// Two network namespaces joined by a veth pair: `a` (10.213.0.1) and `b` (10.213.0.2).

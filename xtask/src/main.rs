@@ -33,12 +33,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the benchmarks (overhead, scale, latency, baseline) and write BENCHMARKS.md. Needs root.
+    /// Run the benchmarks (churn, send path, scale, latency) and write BENCHMARKS.md. Needs root.
     Bench {
-        /// A shorter run (fewer repetitions, 10k connections only), for trying it out.
+        /// A shorter run (two rounds, 10k connections only), for trying it out.
         #[arg(long)]
         quick: bool,
-        /// Run one section only (churn) and print it; BENCHMARKS.md is left alone.
+        /// Run one section only (churn, send, scale or latency) and print it; BENCHMARKS.md is
+        /// left alone.
         #[arg(long)]
         only: Option<String>,
     },

@@ -5,9 +5,9 @@ use detector_common::{COUNTER_SLOTS, Counter, SockState, SockTuple};
 
 use crate::{
     kernel::events,
-    sample::walk::Walker,
     metrics::Metrics,
     report::KernelRecord,
+    sample::walk::Walker,
     tracker::{Forget, Tracked, Tracker},
 };
 
@@ -23,7 +23,12 @@ pub struct KernelSide {
 }
 
 impl KernelSide {
-    pub fn new(ring: RingBuf<MapData>, socks: Option<BpfHashMap<MapData, u64, SockState>>, counters: PerCpuArray<MapData, u64>, walker: Option<Walker>) -> Self {
+    pub fn new(
+        ring: RingBuf<MapData>,
+        socks: Option<BpfHashMap<MapData, u64, SockState>>,
+        counters: PerCpuArray<MapData, u64>,
+        walker: Option<Walker>,
+    ) -> Self {
         Self { ring, walker, socks, counters, seen: [0; COUNTER_SLOTS as usize] }
     }
 

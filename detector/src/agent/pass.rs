@@ -70,7 +70,13 @@ impl Sweep {
 
     /// Samples and judges; returns the sockets to forget. Sockets in socket storage take their
     /// sample from `walked` (and leave it); the others are looked up through sock_diag.
-    fn sample_all(&mut self, pool: &mut NetnsPool, mut walked: Option<&mut HashMap<u64, (DiagSocket, SockState)>>, m: &Metrics, only_due: Option<u64>) -> Vec<(u64, Forget)> {
+    fn sample_all(
+        &mut self,
+        pool: &mut NetnsPool,
+        mut walked: Option<&mut HashMap<u64, (DiagSocket, SockState)>>,
+        m: &Metrics,
+        only_due: Option<u64>,
+    ) -> Vec<(u64, Forget)> {
         let (now, grace_ms) = (self.now_ms(), self.grace_ms());
         let mut gone = Vec::new();
         for t in self.tracker.iter_mut() {

@@ -49,6 +49,8 @@ pub struct Response {
 pub struct HookLine {
     pub role: String,
     pub hook: String,
+    /// The program serving it (its name in `programs` and in bpftool).
+    pub program: String,
     /// attached, available, not_tried or refused.
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -155,7 +155,8 @@ fn hook_line(h: &crate::kernel::loader::HookStatus) -> HookLine {
         HookState::NotTried(w) => ("not_tried", Some(w.to_string())),
         HookState::Refused(w) => ("refused", Some(w.clone())),
     };
-    HookLine { role: h.role.as_str().into(), hook: h.hook.into(), state: state.into(), why }
+    let program = crate::kernel::loader::spec(h.id).program.into();
+    HookLine { role: h.role.as_str().into(), hook: h.hook.into(), program, state: state.into(), why }
 }
 
 /// Kernel accounting per program (counted only while kernel.bpf_stats_enabled=1).

@@ -161,7 +161,7 @@ mod tests {
         assert_eq!((w.clock.jiffies, w.records.len(), w.records[1].sk), (5, 2, r.sk));
         assert_eq!(parse(bytes(&c)).unwrap().records.len(), 0, "an empty map is a clock alone");
         assert_eq!(parse(&b[..b.len() - 1]).unwrap_err(), WalkError::Size(b.len() - 1));
-        assert!(matches!(parse(&b[8..]), Err(_)));
+        assert!(parse(&b[8..]).is_err());
         assert!(matches!(parse(&[]), Err(WalkError::Size(0))));
     }
 

@@ -19,6 +19,7 @@
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -125,7 +126,25 @@ fn sendcost(sends: u64, msg: usize) {
     println!("cpu_ns_per_send={:.1} sends_per_sec={:.0}", cpu as f64 / sends as f64, sends as f64 / wall);
 }
 
+/// Raises this process's open-file limit to its hard limit (2 fds per connection).
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit on a zeroed rlimit of this process.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn set_buf(s: &TcpStream, opt: libc::c_int, bytes: libc::c_int) {
+    // SAFETY: a valid socket and an int option value.
+    unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, opt, (&raw const bytes).cast(), 4) };
+}
+
 fn hold(conns: usize, sending_pct: u64, stalled_pct: u64) {
+    raise_nofile();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let sending = conns * sending_pct as usize / 100;
     let stalled = conns * stalled_pct as usize / 100;
@@ -138,6 +157,9 @@ fn hold(conns: usize, sending_pct: u64, stalled_pct: u64) {
             c.set_nonblocking(true).unwrap();
             active.push((s, c));
         } else if i < sending + stalled {
+            // Small buffers, so 1 % of 200k connections stalled holds ~0.5 GiB, not tcp_mem.
+            set_buf(&s, libc::SO_SNDBUF, 128 * 1024);
+            set_buf(&c, libc::SO_RCVBUF, 64 * 1024);
             s.set_nonblocking(true).unwrap();
             let mut s = s;
             let buf = vec![b'x'; 64 * 1024];

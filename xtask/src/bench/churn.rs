@@ -4,14 +4,16 @@
 use std::{
     fmt::Write as _,
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use detector_tests::{Peer, Scratch, free_port};
 
 use super::{
-    Agent, Bins, Proc, cpu_secs, packages,
+    host::{self, Bins, BpfStats, Control, cpu_secs},
+    packages,
     stats::{Show, ShowPct, Spread, loss_verdict},
 };
 
@@ -44,47 +46,28 @@ pub struct BpfTime {
 }
 
 struct Nginx {
-    _proc: Proc,
+    _proc: Peer,
     url: String,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    _dir: Scratch,
 }
 
 /// nginx as one process (no master) pinned to CPU 1, no access log, no keep-alive.
 fn nginx() -> anyhow::Result<Nginx> {
     packages::ensure("nginx", "nginx-light")?;
-    let dir = TempDir(std::env::temp_dir().join(format!("detector-bench-nginx-{}", std::process::id())));
+    let dir = Scratch::new("nginx");
     std::fs::create_dir_all(dir.0.join("html"))?;
     std::fs::create_dir_all(dir.0.join("logs"))?;
     std::fs::write(dir.0.join("html/1k.txt"), vec![b'x'; 1024])?;
-    let port = free_port()?;
+    let port = free_port();
     let conf = format!(
         "daemon off;\nmaster_process off;\nerror_log {d}/logs/error.log;\npid {d}/nginx.pid;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_timeout 0;\n  client_body_temp_path {d}/tmp;\n  server {{ listen 127.0.0.1:{port} backlog=4096; root {d}/html; }}\n}}\n",
         d = dir.0.display()
     );
     let conf_path = dir.0.join("nginx.conf");
     std::fs::write(&conf_path, conf)?;
-    let child = Command::new("taskset")
-        .args(["-c", "1", nginx_bin().to_str().unwrap_or("nginx"), "-c"])
-        .arg(&conf_path)
-        .arg("-p")
-        .arg(&dir.0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting nginx")?;
-    let n = Nginx { _proc: Proc(child), url: format!("http://127.0.0.1:{port}/1k.txt"), _dir: dir };
+    let (bin, conf_s, prefix) = (nginx_bin(), conf_path.display().to_string(), dir.0.display().to_string());
+    let proc = Peer::spawn("taskset", &["-c", "1", bin.to_str().unwrap_or("nginx"), "-c", &conf_s, "-p", &prefix]);
+    let n = Nginx { _proc: proc, url: format!("http://127.0.0.1:{port}/1k.txt"), _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
@@ -126,7 +109,7 @@ pub fn run(b: &Bins, rounds: usize) -> anyhow::Result<Churn> {
         let mut on = vec![(0.0, 0.0); CONFIGS.len()];
         for k in 0..CONFIGS.len() {
             let i = (k + round) % CONFIGS.len();
-            let agent = Agent::start(b, CONFIGS[i].1)?;
+            let agent = host::agent(b, "30s", CONFIGS[i].1);
             std::thread::sleep(Duration::from_secs(1));
             let (c0, t0) = (cpu_secs(agent.pid()), Instant::now());
             let rps = ab(&ng.url)?;
@@ -150,7 +133,7 @@ pub fn run(b: &Bins, rounds: usize) -> anyhow::Result<Churn> {
     for (label, args) in CONFIGS {
         bpf.push(bpf_time(b, &ng.url, label, args)?);
     }
-    if let Some(flag) = super::default_send_hook(b)? {
+    if let Some(flag) = host::default_send_hook(b)? {
         bpf.push(control_time(b, &ng.url, &flag)?);
     }
     Ok(Churn {
@@ -165,12 +148,12 @@ pub fn run(b: &Bins, rounds: usize) -> anyhow::Result<Churn> {
 /// A separate run with kernel.bpf_stats_enabled (its clock reads cost time of their own, so
 /// the throughput runs keep it off): BPF time per request over every program of the agent.
 fn bpf_time(b: &Bins, url: &str, label: &str, args: &[&str]) -> anyhow::Result<BpfTime> {
-    let _stats = super::BpfStats::enable()?;
-    let agent = Agent::start(b, args)?;
+    let _stats = BpfStats::enable()?;
+    let agent = host::agent(b, "30s", args);
     std::thread::sleep(Duration::from_secs(1));
-    let before = super::program_stats(&agent)?;
+    let before = host::program_stats(&agent)?;
     ab(url)?;
-    let after = super::program_stats(&agent)?;
+    let after = host::program_stats(&agent)?;
     let reqs = REQUESTS as f64;
     let mut total = 0.0;
     let mut progs = Vec::new();
@@ -188,8 +171,8 @@ fn bpf_time(b: &Bins, url: &str, label: &str, args: &[&str]) -> anyhow::Result<B
 /// The same for an empty program on the default send hook: what the kernel's dispatch and its
 /// accounting cost per run on this machine, before any code of ours.
 fn control_time(b: &Bins, url: &str, flag: &str) -> anyhow::Result<BpfTime> {
-    let _stats = super::BpfStats::enable()?;
-    let control = super::Control::attach(b, flag)?;
+    let _stats = BpfStats::enable()?;
+    let control = Control::attach(b, flag)?;
     ab(url)?;
     let (runs, ns) = control.stop()?;
     let reqs = REQUESTS as f64;
@@ -201,7 +184,7 @@ fn control_time(b: &Bins, url: &str, flag: &str) -> anyhow::Result<BpfTime> {
 }
 
 pub fn report(s: &mut String, c: &Churn) {
-    let _ = writeln!(s, "## Connection churn\n");
+    let _ = writeln!(s, "## 0. Connection churn\n");
     let _ = writeln!(
         s,
         "nginx (Debian's nginx-light, one process pinned to CPU 1) serves a 1 KiB file to `ab -n {REQUESTS} -c {CONCURRENCY}` without keep-alive (pinned to CPU 0): every request is a new connection. {} rounds, each: off, every agent configuration (order rotating), off again; a configuration's change is against the mean of its round's two off runs, and the two off runs of a round give the noise floor (off/off). Agent: release build, report only, default flags. Medians, with the range over the rounds in brackets.\n",

@@ -1,0 +1,175 @@
+//! Scale: what the agent costs with many connections on the node, by how many it tracks (bytes
+//! waiting) and reports (stalled), on loopback and spread over many network namespaces; and
+//! the userspace baseline a team writes today (one `ss -tin` dump per second).
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use detector_tests::{Namespaces, Peer};
+
+use super::{
+    host::{self, Bins},
+    stats::{Spread, median},
+};
+
+/// One case: connections, namespaces they are spread over, and whether to run the baseline.
+pub struct Case {
+    pub conns: usize,
+    pub namespaces: usize,
+    pub baseline: bool,
+}
+
+pub struct Scale {
+    pub case_conns: usize,
+    pub namespaces: usize,
+    pub tracked: f64,
+    pub stalled: f64,
+    pub cpu_pct: Spread,
+    pub rss_mib: f64,
+    pub map_mib: f64,
+    pub pass_ms: f64,
+    pub base: Option<(f64, f64)>,
+}
+
+/// `loadgen hold` processes: 10 % of the connections send 512 B twice a second (and are read),
+/// 1 % are stalled (a reader that never reads), the rest idle. At most 25,000 connections per
+/// process (one listener's ephemeral ports), spread over `namespaces` (loopback in each).
+fn hold(b: &Bins, conns: usize, ns: &Namespaces) -> anyhow::Result<Vec<Peer>> {
+    let places = ns.0.len().max(1);
+    let per_place = conns.div_ceil(places);
+    let mut procs = Vec::new();
+    for p in 0..places {
+        let mut left = per_place.min(conns - (p * per_place).min(conns));
+        while left > 0 {
+            let n = left.min(25_000).to_string();
+            let peer = match ns.0.get(p) {
+                Some(name) => Peer::spawn("ip", &["netns", "exec", name, b.loadgen(), "hold", &n, "10", "1"]),
+                None => Peer::spawn(b.loadgen(), &["hold", &n, "10", "1"]),
+            };
+            if let Err(e) = peer.try_expect("READY", Duration::from_secs(120)) {
+                bail!("loadgen hold {n}: {e}");
+            }
+            procs.push(peer);
+            left -= left.min(25_000);
+        }
+    }
+    Ok(procs)
+}
+
+pub fn run(b: &Bins, case: &Case, window: Duration) -> anyhow::Result<Scale> {
+    host::raise_nofile(1 << 20);
+    let ns = Namespaces::create("scale", case.namespaces).map_err(anyhow::Error::msg)?;
+    let load = hold(b, case.conns, &ns)?;
+    let agent = host::agent(b, "30s", &["--interval", "1s", "--max-sockets", "262144"]);
+    // Past the start-up scan, and the first reconcile.
+    std::thread::sleep(Duration::from_secs(12));
+    let pid = agent.pid();
+    let (mut passes, mut cpu, mut tracked, mut stalled) = (Vec::new(), Vec::new(), 0.0, 0.0);
+    let t0 = Instant::now();
+    while t0.elapsed() < window {
+        // 10 s slices: each holds a reconcile (every grace/3 = 10 s) and ten passes.
+        let (c0, s0) = (host::cpu_secs(pid), Instant::now());
+        std::thread::sleep(Duration::from_secs(10));
+        cpu.push((host::cpu_secs(pid) - c0) / s0.elapsed().as_secs_f64() * 100.0);
+        let st = agent.query("status").map_err(anyhow::Error::msg)?;
+        passes.push(st["last_sweep_ms"].as_f64().unwrap_or(f64::NAN));
+        tracked = st["sockets_tracked"].as_f64().unwrap_or(0.0);
+        stalled = st["sockets_stalled"].as_f64().unwrap_or(0.0);
+    }
+    let (rss_mib, map_mib) = (host::rss_mib(pid), host::bpf_map_mib(pid));
+    drop(agent);
+    let base = if case.baseline { Some(baseline(window)?) } else { None };
+    drop(load);
+    Ok(Scale {
+        case_conns: case.conns,
+        namespaces: case.namespaces,
+        tracked,
+        stalled,
+        cpu_pct: Spread::of(&cpu),
+        rss_mib,
+        map_mib,
+        pass_ms: median(&mut passes),
+        base,
+    })
+}
+
+/// What a team writes today: one `ss -tin` dump of every socket per second, parsed for Send-Q
+/// and bytes_acked (host namespace only). Returns (CPU % of a core, ms per dump).
+fn baseline(window: Duration) -> anyhow::Result<(f64, f64)> {
+    let cpu0 = host::own_and_children_cpu_secs();
+    let t0 = Instant::now();
+    let mut pass = Vec::new();
+    let mut seen = HashMap::new();
+    while t0.elapsed() < window {
+        let tick = Instant::now();
+        let out = detector_tests::run("ss", &["-tinH", "state", "established"]).map_err(anyhow::Error::msg)?;
+        parse_ss(&out, &mut seen);
+        pass.push(tick.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(tick.elapsed()));
+    }
+    Ok(((host::own_and_children_cpu_secs() - cpu0) / t0.elapsed().as_secs_f64() * 100.0, median(&mut pass)))
+}
+
+/// `ss -tinH` prints a socket line (state, Recv-Q, Send-Q, local, peer) followed by an info
+/// line with `bytes_acked:N`. Keeps (send_q, bytes_acked) per connection.
+pub fn parse_ss(out: &str, seen: &mut HashMap<String, (u64, u64)>) {
+    let mut key = None;
+    let mut sendq = 0;
+    for line in out.lines() {
+        if !line.starts_with(|c: char| c.is_whitespace()) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 4 {
+                sendq = f[1].parse().unwrap_or(0);
+                key = Some(format!("{} {}", f[2], f[3]));
+            }
+        } else if let Some(k) = key.take() {
+            let acked = line.split_whitespace().find_map(|w| w.strip_prefix("bytes_acked:")).and_then(|v| v.parse().ok()).unwrap_or(0);
+            seen.insert(k, (sendq, acked));
+        }
+    }
+}
+
+pub fn report(s: &mut String, all: &[Scale]) {
+    let _ = writeln!(s, "## 2. Scale (and 4. the userspace baseline)\n");
+    let _ = writeln!(
+        s,
+        "Connections held by `loadgen hold` processes (loopback; in the namespace case, loopback inside each namespace): 10 % send 512 B twice a second and are read, 1 % are stalled (a reader that never reads, small buffers), the rest idle. Agent: release build, `--grace 30s --interval 1s`; CPU over 10 s slices (each holds one reconcile dump and ten passes), median [quartiles]. Tracked: sockets with bytes waiting (the walk's records) and those found by dumps. Baseline: what a team writes today, one `ss -tin` dump of every socket per second, parsed for Send-Q and bytes_acked (it sees one namespace).\n"
+    );
+    let _ =
+        writeln!(s, "| connections | namespaces | tracked | stalled | agent CPU (% of a core) | agent RSS | BPF maps | pass | baseline CPU | baseline dump |");
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for x in all {
+        let (bc, bp) = x.base.map_or(("".into(), "".into()), |(c, p)| (format!("{c:.1} %"), format!("{p:.0} ms")));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.0} | {:.2} [{:.2}…{:.2}] % | {:.1} MiB | {:.1} MiB | {:.1} ms | {bc} | {bp} |",
+            x.case_conns,
+            x.namespaces.max(1),
+            x.tracked,
+            x.stalled,
+            x.cpu_pct.median,
+            x.cpu_pct.p25,
+            x.cpu_pct.p75,
+            x.rss_mib,
+            x.map_mib,
+            x.pass_ms
+        );
+    }
+    let _ = writeln!(s, "\nTargets:\n");
+    let verdict = |ok: bool| if ok { "met" } else { "not met" };
+    for x in all {
+        let target = if x.case_conns >= 200_000 { 1.0 } else { 0.3 };
+        let _ = writeln!(
+            s,
+            "- {} connections in {} namespace(s): CPU ≤ {target} %: {}; RSS ≤ 48 MiB: {}",
+            x.case_conns,
+            x.namespaces.max(1),
+            verdict(x.cpu_pct.median <= target),
+            verdict(x.rss_mib <= 48.0)
+        );
+    }
+    let _ = writeln!(s);
+}
