@@ -255,6 +255,26 @@ pub struct SockEvent {
     pub _pad: [u8; 5],
 }
 
+/// One stuck socket from the reconcile's pass over a network namespace's TCP sockets
+/// (`iter/tcp`): bytes waiting, or CLOSE_WAIT. The pass reports nothing else.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScanRecord {
+    pub cookie: u64,
+    /// Addresses in network byte order (IPv4 in the first 4 bytes).
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Local port in host order, remote port in host order.
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub state: u8,
+    pub _pad: u8,
+    pub bound_dev_if: u32,
+    /// `write_seq - snd_una`.
+    pub queued: u32,
+}
+
 /// Offsets the programs need, read at start-up from tracefs `format` files and kernel BTF,
 /// and handed over as the read-only global `CONFIG` (frozen `.rodata`: the verifier sees each
 /// field as a constant). Rust eBPF has no CO-RE, so nothing about kernel layout is compiled in.
@@ -366,6 +386,7 @@ const _: () = assert!(core::mem::size_of::<SockTuple>() == 48);
 const _: () = assert!(core::mem::size_of::<SockState>() == 104);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<WalkClock>() == 24);
+const _: () = assert!(core::mem::size_of::<ScanRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<WalkRecord>() == 80 + 104);
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 39 * 4);
 
@@ -386,4 +407,6 @@ mod pod {
     unsafe impl aya::Pod for WalkClock {}
     // SAFETY: as above.
     unsafe impl aya::Pod for WalkRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ScanRecord {}
 }

@@ -7,7 +7,7 @@
 //! state in socket storage, which the kernel frees with the socket; the fallback hooks keep it
 //! in the `SOCKS` hash map, which `set_state` cleans at TCP_CLOSE. With socket storage, `walk`
 //! samples the tracked sockets in the kernel once per pass and tells the agent about the ones
-//! that look stuck.
+//! that look stuck; `scan` is the reconcile's pass over each namespace's TCP sockets.
 #![no_std]
 #![no_main]
 
@@ -15,6 +15,7 @@ mod config;
 mod control;
 mod maps;
 mod retransmit;
+mod scan;
 mod send_fentry;
 mod send_kprobe;
 mod send_sock_send_length;

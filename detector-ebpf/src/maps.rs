@@ -6,6 +6,9 @@ use aya_ebpf::{
 };
 use detector_common::{COUNTER_SLOTS, Counter, SockState};
 
+/// `BPF_F_NO_PREALLOC`: a hash map that allocates entries as they are inserted.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
 /// Per-socket state of the BTF hooks (tp_btf, fentry), in the socket itself: no key hashing, no
 /// lock, no capacity to fill, and freed by the kernel when the socket is, so nothing is sent
 /// when a socket closes and no entry can go stale. Bounded by the sockets that exist.
@@ -16,9 +19,10 @@ pub static SK_STATE: SkStorage<SockState> = SkStorage::new();
 /// address. 65,536 by default (the 50k-connection scale target with headroom); the agent
 /// resizes it with `--max-sockets`. Only sockets that had bytes waiting are here, and they
 /// leave on TCP_CLOSE. A failed insert is counted in `Counter::MapFull`. A plain (not LRU)
-/// hash: an LRU map would evict silently.
+/// hash: an LRU map would evict silently. Not preallocated: its memory follows the sockets in
+/// it (an insert allocates, once per tracked socket), and with socket storage it stays empty.
 #[map]
-pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65_536, 0);
+pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
 
 /// New-socket, owner-change and (hash map only) close events. 256 KiB holds ~2,500 events of
 /// 104 bytes; events are written without waking the agent, which drains the buffer at least

@@ -35,12 +35,9 @@ impl BtfSock {
         self.0 as *mut _
     }
 
-    /// A field at `off` bytes into the object `base` points to.
     #[inline(always)]
     fn load<T: Copy>(base: *const u8, off: u32) -> T {
-        // SAFETY: `base` is a BTF pointer and `off` a frozen constant, so the verifier checks
-        // this access against the kernel's type (and turns faults into zeroes).
-        unsafe { core::ptr::read_volatile(base.add(off as usize) as *const T) }
+        btf_load(base, off)
     }
 
     #[inline(always)]
@@ -64,6 +61,15 @@ impl BtfSock {
     pub fn backlogged(self) -> bool {
         backlogged(Self::load(self.0, conf!(sk_wmem_queued)), Self::load(self.0, conf!(sk_sndbuf)))
     }
+}
+
+/// A field at `off` bytes into the kernel object a BTF-typed pointer `base` points to (a
+/// program argument, or what a helper such as `bpf_skc_to_tcp_sock` returned).
+#[inline(always)]
+pub fn btf_load<T: Copy>(base: *const u8, off: u32) -> T {
+    // SAFETY: `base` is a BTF pointer and `off` a frozen constant, so the verifier checks this
+    // access against the kernel's type (and turns faults into zeroes).
+    unsafe { core::ptr::read_volatile(base.add(off as usize) as *const T) }
 }
 
 /// A socket known by its address only.

@@ -13,7 +13,10 @@
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns, bpf_seq_write, bpf_skc_to_tcp_sock};
 use detector_common::{SockState, TCP_CLOSE_WAIT, WALK_TOLD, WalkClock, WalkKind, WalkRecord};
 
-use crate::{config::conf, sock::read_at};
+use crate::{
+    config::conf,
+    sock::{btf_load as load, read_at},
+};
 
 /// `struct bpf_iter__bpf_sk_storage_map`: four pointers.
 #[repr(C)]
@@ -26,10 +29,10 @@ struct IterCtx {
 
 /// `struct bpf_iter_meta`: the seq_file, the session and the record number.
 #[repr(C)]
-struct IterMeta {
-    seq: *mut u8,
-    session_id: u64,
-    seq_num: u64,
+pub struct IterMeta {
+    pub seq: *mut u8,
+    pub session_id: u64,
+    pub seq_num: u64,
 }
 
 /// The program. A thin entry point: [`try_walk`] does the work.
@@ -108,17 +111,9 @@ fn record(sk: *const u8, tp: *const u8, st: &SockState, una: u32, write_seq: u32
     }
 }
 
-/// A field at `off` bytes into the `struct tcp_sock` that `tp` points to.
+/// One record into an iterator's output.
 #[inline(always)]
-fn load<T: Copy>(tp: *const u8, off: u32) -> T {
-    // SAFETY: `tp` is a BTF pointer (from bpf_skc_to_tcp_sock) and `off` a frozen constant,
-    // so the verifier checks this access against the kernel's `struct tcp_sock`.
-    unsafe { core::ptr::read_volatile(tp.add(off as usize) as *const T) }
-}
-
-/// One record into the walk's output.
-#[inline(always)]
-fn write<T>(seq: *mut u8, v: &T) -> Result<(), i64> {
+pub fn write<T>(seq: *mut u8, v: &T) -> Result<(), i64> {
     // SAFETY: `seq` is the walk's seq_file and `v` a stack value of `size_of::<T>()` bytes.
     let r = unsafe { bpf_seq_write(seq as *mut _, v as *const T as *const _, core::mem::size_of::<T>() as u32) };
     if r == 0 { Ok(()) } else { Err(r) }

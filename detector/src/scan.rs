@@ -14,7 +14,7 @@ use crate::{
 pub fn run(grace: Duration, interval: Duration, pod_logs_dir: std::path::PathBuf) -> anyhow::Result<Vec<StalledSocket>> {
     let mut pool = NetnsPool::new()?;
     let mut sweep = Sweep::new(Config { grace, interval, pod_logs_dir });
-    sweep.reconcile(&mut pool);
+    sweep.reconcile(&mut pool, None);
     // Counted nowhere: a scan exports no metrics.
     let metrics = Metrics::new();
     let end = Instant::now() + grace + interval;

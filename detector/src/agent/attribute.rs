@@ -14,11 +14,13 @@ use crate::{
 
 impl Sweep {
     /// Finds who holds each stalled socket. Cached holders are re-verified (same start time,
-    /// fd still the socket); else the last sender is checked; only sockets it no longer holds
-    /// go into one /proc scan, and a socket nobody holds is not scanned for again for 30 s.
+    /// fd still the socket); else each last sender's fds are read once for all its sockets;
+    /// only sockets their sender no longer holds go into one /proc scan, and a socket nobody
+    /// holds is not scanned for again for 30 s.
     pub(super) fn attribute(&mut self, stalled: &[u64]) {
         let now = Instant::now();
-        let mut scan: HashMap<u32, u64> = HashMap::new();
+        // Sender → (inode → socket) of the sockets whose holders must be found again.
+        let mut by_sender: HashMap<u32, HashMap<u32, u64>> = HashMap::new();
         for &sk in stalled {
             let Some(t) = self.tracker.get(sk) else { continue };
             let Some(inode) = t.last.map(|d| d.inode).filter(|&i| i != 0) else {
@@ -29,18 +31,30 @@ impl Sweep {
             if self.holders.get(&sk).is_some_and(|hs| !hs.is_empty() && hs.iter().all(|h| owner::still_holds(h, inode))) {
                 continue;
             }
-            match owner::holder(t.sender.tgid, inode) {
-                Some(h) if !h.fds.is_empty() => {
-                    self.holders.insert(sk, vec![h]);
-                }
-                _ => {
-                    self.holders.remove(&sk);
-                    if self.unknown_until.get(&sk).is_none_or(|&u| now >= u) {
+            self.holders.remove(&sk);
+            by_sender.entry(t.sender.tgid).or_default().insert(inode, sk);
+        }
+        let mut scan: HashMap<u32, u64> = HashMap::new();
+        for (pid, socks) in by_sender {
+            let inodes: HashSet<u32> = socks.keys().copied().collect();
+            let mut found = if pid == 0 { HashMap::new() } else { owner::holders_in(pid, &inodes) };
+            for (inode, sk) in socks {
+                match found.remove(&inode) {
+                    Some(h) => {
+                        self.holders.insert(sk, vec![h]);
+                    }
+                    None if self.unknown_until.get(&sk).is_none_or(|&u| now >= u) => {
                         scan.insert(inode, sk);
                     }
+                    None => {}
                 }
             }
         }
+        self.scan_for(scan, now);
+    }
+
+    /// One /proc pass for the sockets their sender does not hold.
+    fn scan_for(&mut self, scan: HashMap<u32, u64>, now: Instant) {
         if scan.is_empty() {
             return;
         }

@@ -7,7 +7,7 @@ use crate::{
     kernel::events,
     metrics::Metrics,
     report::KernelRecord,
-    sample::walk::Walker,
+    sample::{scan::Scanner, walk::Walker},
     tracker::{Forget, Tracked, Tracker},
 };
 
@@ -15,6 +15,8 @@ pub struct KernelSide {
     pub ring: RingBuf<MapData>,
     /// The sampling walk (socket storage); without it, sock_diag samples every socket.
     pub walker: Option<Walker>,
+    /// The reconcile's pass over TCP sockets; without it, sock_diag dumps.
+    pub scanner: Option<Scanner>,
     /// The hash map of the fallback hooks (socket storage cannot be read from here).
     pub socks: Option<BpfHashMap<MapData, u64, SockState>>,
     pub counters: PerCpuArray<MapData, u64>,
@@ -23,13 +25,9 @@ pub struct KernelSide {
 }
 
 impl KernelSide {
-    pub fn new(
-        ring: RingBuf<MapData>,
-        socks: Option<BpfHashMap<MapData, u64, SockState>>,
-        counters: PerCpuArray<MapData, u64>,
-        walker: Option<Walker>,
-    ) -> Self {
-        Self { ring, walker, socks, counters, seen: [0; COUNTER_SLOTS as usize] }
+    /// The programs' maps; the iterators (`walker`, `scanner`) are set when the kernel runs them.
+    pub fn new(ring: RingBuf<MapData>, socks: Option<BpfHashMap<MapData, u64, SockState>>, counters: PerCpuArray<MapData, u64>) -> Self {
+        Self { ring, walker: None, scanner: None, socks, counters, seen: [0; COUNTER_SLOTS as usize] }
     }
 
     /// Applies every waiting event to the table; `ended` gets each entry an event ended.

@@ -24,7 +24,7 @@ use crate::{
     metrics::{HookLabel, Metrics},
     reaper::{Reaper, config::Policy},
     report::{AgentSetup, Explain, Published, TrackedSocket},
-    sample::walk::Walker,
+    sample::{scan::Scanner, walk::Walker},
 };
 
 #[derive(Debug, Clone)]
@@ -202,7 +202,10 @@ fn kernel_side(loaded: &mut loader::Loaded, walker: Option<Walker>) -> anyhow::R
     // The hash map holds state only with the fallback send hooks.
     let socks: Option<BpfHashMap<_, u64, SockState>> = if loaded.send_hook.socket_storage() { None } else { Some(BpfHashMap::try_from(take("SOCKS")?)?) };
     let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take("COUNTERS")?)?;
-    Ok(kernel_side::KernelSide::new(ring, socks, counters, walker))
+    let mut side = kernel_side::KernelSide::new(ring, socks, counters);
+    side.walker = walker;
+    side.scanner = loaded.scan.take().map(Scanner::new);
+    Ok(side)
 }
 
 /// For `detector bench-control`: the empty program of `hook`, attached with this kernel's

@@ -1,10 +1,14 @@
-//! The reconcile: one sock_diag dump per network namespace adds what no send hook announced.
+//! The reconcile: one pass per network namespace (the kernel's TCP iterator, or a sock_diag
+//! dump) adds what no send hook announced.
 use std::{collections::HashSet, time::Duration, time::Instant};
 
 use detector_common::{SockTuple, TCP_CLOSE_WAIT};
 
 use super::sweep::Sweep;
-use crate::sample::netns::{self, NetnsPool};
+use crate::sample::{
+    netns::{self, NetnsPool},
+    scan::Scanner,
+};
 
 impl Sweep {
     /// How often: often enough that a socket found only by a dump (its wedged send began before
@@ -17,11 +21,15 @@ impl Sweep {
     /// Adds every socket that is stuck (bytes queued, or CLOSE_WAIT) and not tracked: sockets
     /// wedged before the agent started, CLOSE_WAIT sockets that never sent, sends that block on
     /// their first call, owners that closed with data queued. Returns how many it added.
-    pub fn reconcile(&mut self, pool: &mut NetnsPool) -> usize {
+    pub fn reconcile(&mut self, pool: &mut NetnsPool, mut scanner: Option<&mut Scanner>) -> usize {
         self.last_reconcile = Instant::now();
         let mut seeded = 0;
         for (inum, pid) in netns::all_netns() {
-            let dumped = match pool.conn(inum, Some(pid)).and_then(|c| Ok(c.dump_judged()?)) {
+            let found = match scanner.as_deref_mut() {
+                Some(s) => s.stuck(pool, inum, Some(pid)),
+                None => pool.conn(inum, Some(pid)).and_then(|c| Ok(c.dump_judged()?)),
+            };
+            let dumped = match found {
                 Ok(d) => d,
                 Err(e) => {
                     log::warn!("dump of network namespace {inum}: {e}");

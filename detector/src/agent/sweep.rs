@@ -67,7 +67,7 @@ pub fn run(cfg: Config, mut ctx: Context) -> anyhow::Result<()> {
     let mut s = Sweep::new(cfg);
     // Sockets wedged before the agent started (a send blocked since then fires no hook) are
     // found by one dump per network namespace.
-    let found = s.reconcile(&mut pool);
+    let found = s.reconcile(&mut pool, ctx.kernel.scanner.as_mut());
     log::info!("start-up scan: {found} sockets stuck (bytes queued, or in CLOSE_WAIT)");
     ctx.kernel.resync(&mut s.tracker);
     // Fault injection for the tests: the agent must exit, not serve a frozen report.
@@ -114,7 +114,7 @@ impl Sweep {
     fn full_pass(&mut self, ctx: &mut Context, pool: &mut NetnsPool) {
         self.drain(ctx);
         if self.last_reconcile.elapsed() >= self.reconcile_every() {
-            let found = self.reconcile(pool);
+            let found = self.reconcile(pool, ctx.kernel.scanner.as_mut());
             if found > 0 {
                 log::debug!("reconcile: {found} sockets no hook announced");
             }

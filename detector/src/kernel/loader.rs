@@ -18,6 +18,9 @@
 //! Sample: with socket storage, the iterator `walk_sk_storage` samples the tracked sockets in
 //! the kernel (one walk across every namespace); without it (hash map, or a kernel that
 //! refuses it) the agent samples with sock_diag.
+//!
+//! Reconcile: the iterator `scan_tcp` passes over each namespace's TCP sockets in the kernel
+//! and reports the stuck ones; without it, a sock_diag dump per namespace.
 use std::os::fd::{AsFd as _, OwnedFd};
 
 use aya::{
@@ -30,8 +33,8 @@ use thiserror::Error;
 
 use super::{
     btf::{BtfError, KernelBtf},
+    iter::IterLink,
     tracefs::{Tracefs, TracefsError},
-    walk::WalkLink,
 };
 
 #[derive(Debug, Error)]
@@ -57,6 +60,7 @@ pub enum Role {
     Send,
     Lifetime,
     Sample,
+    Reconcile,
 }
 
 impl Role {
@@ -65,6 +69,7 @@ impl Role {
             Role::Send => "send",
             Role::Lifetime => "lifetime",
             Role::Sample => "sample",
+            Role::Reconcile => "reconcile",
         }
     }
 }
@@ -77,6 +82,7 @@ pub enum HookId {
     Retransmit,
     SetState,
     Walk,
+    Scan,
 }
 
 /// How a hook's program attaches.
@@ -86,7 +92,7 @@ enum Attach {
     Fentry(&'static str),
     Tracepoint(&'static str, &'static str),
     Kprobe(&'static str),
-    /// A map iterator, linked by [`WalkLink`].
+    /// A map iterator, linked by [`IterLink`].
     Iter(&'static str),
 }
 
@@ -108,8 +114,8 @@ const fn send(hook: SendHook, flag: &'static str, label: &'static str, program: 
     HookSpec { id: HookId::Send(hook), role: Role::Send, label, program, flag: Some(flag), attach }
 }
 
-/// Every hook: send hooks in order of preference, then lifetime hooks, then the walk.
-pub const HOOKS: [HookSpec; 9] = [
+/// Every hook: send hooks in order of preference, lifetime hooks, then the two iterators.
+pub const HOOKS: [HookSpec; 10] = [
     send(SendHook::TcpSendmsgLocked, "tcp-sendmsg-locked", "tp_btf tcp_sendmsg_locked", "tcp_sendmsg_locked", Attach::TpBtf("tcp_sendmsg_locked")),
     send(SendHook::FentryTcpSendmsg, "fentry", "fentry tcp_sendmsg", "fentry_tcp_sendmsg", Attach::Fentry("tcp_sendmsg")),
     send(SendHook::SockSendLengthBtf, "sock-send-length-btf", "tp_btf sock_send_length", "sock_send_length_btf", Attach::TpBtf("sock_send_length")),
@@ -147,6 +153,7 @@ pub const HOOKS: [HookSpec; 9] = [
         flag: None,
         attach: Attach::Iter("bpf_sk_storage_map"),
     },
+    HookSpec { id: HookId::Scan, role: Role::Reconcile, label: "iter tcp", program: "scan_tcp", flag: None, attach: Attach::Iter("tcp") },
 ];
 
 pub fn spec(id: HookId) -> &'static HookSpec {
@@ -197,7 +204,9 @@ pub struct Loaded {
     /// The send hook in use.
     pub send_hook: SendHook,
     /// The sampling walk, when the kernel runs it (socket storage only).
-    pub walk: Option<WalkLink>,
+    pub walk: Option<IterLink>,
+    /// The reconcile's pass over TCP sockets, when the kernel runs it.
+    pub scan: Option<IterLink>,
 }
 
 impl Loaded {
@@ -318,31 +327,41 @@ pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes, forced: Option<Send
     }
     let (walk, state) = if !send_hook.socket_storage() {
         (None, HookState::NotTried("the walk reads socket storage; this send hook keeps a hash map (sock_diag samples)"))
-    } else if cfg.tcp_snd_una == OFFSET_ABSENT {
-        (None, HookState::Refused("kernel BTF lacks a tcp_sock field the walk reads (sock_diag samples)".into()))
     } else {
-        match link_walk(&mut ebpf, &btf) {
-            Ok(link) => (Some(link), HookState::Attached),
-            Err(why) => (None, HookState::Refused(format!("{why} (sock_diag samples)"))),
-        }
+        iter_state(link_iter(&mut ebpf, &btf, cfg, HookId::Walk, Some("SK_STATE")), "sock_diag samples")
     };
     hooks.push(HookStatus { id: HookId::Walk, role: Role::Sample, hook: spec(HookId::Walk).label, state });
-    Ok(Loaded { ebpf, hooks, send_hook, walk })
+    let (scan, state) = iter_state(link_iter(&mut ebpf, &btf, cfg, HookId::Scan, None), "sock_diag dumps reconcile");
+    hooks.push(HookStatus { id: HookId::Scan, role: Role::Reconcile, hook: spec(HookId::Scan).label, state });
+    Ok(Loaded { ebpf, hooks, send_hook, walk, scan })
 }
 
-/// Loads the walk and links it to the socket storage map.
-fn link_walk(ebpf: &mut Ebpf, btf: &Result<Btf, String>) -> Result<WalkLink, String> {
-    let spec = spec(HookId::Walk);
-    let Attach::Iter(target) = spec.attach else { unreachable!("the walk is an iterator") };
+fn iter_state(r: Result<IterLink, String>, instead: &str) -> (Option<IterLink>, HookState) {
+    match r {
+        Ok(link) => (Some(link), HookState::Attached),
+        Err(why) => (None, HookState::Refused(format!("{why} ({instead})"))),
+    }
+}
+
+/// Loads the iterator program of `id` and links it (to the map `map`, for a map iterator).
+fn link_iter(ebpf: &mut Ebpf, btf: &Result<Btf, String>, cfg: &KernelConfig, id: HookId, map: Option<&str>) -> Result<IterLink, String> {
+    if cfg.tcp_snd_una == OFFSET_ABSENT {
+        return Err("kernel BTF lacks a tcp_sock field the iterators read".into());
+    }
+    let spec = spec(id);
+    let Attach::Iter(target) = spec.attach else { return Err(format!("{} is not an iterator", spec.label)) };
     let btf = btf.as_ref().map_err(|e| format!("kernel BTF: {e}"))?;
     let p: &mut Iter = program(ebpf, spec.program)?;
     p.load(target, btf).map_err(err)?;
     let prog: OwnedFd = p.fd().map_err(err)?.as_fd().try_clone_to_owned().map_err(err)?;
-    let map = match ebpf.map("SK_STATE") {
-        Some(aya::maps::Map::SkStorage(m)) => m.fd().as_fd().try_clone_to_owned().map_err(err)?,
-        _ => return Err("map SK_STATE missing from the eBPF object".into()),
+    let map = match map {
+        None => None,
+        Some(name) => match ebpf.map(name) {
+            Some(aya::maps::Map::SkStorage(m)) => Some(m.fd().as_fd().try_clone_to_owned().map_err(err)?),
+            _ => return Err(format!("socket storage map {name} missing from the eBPF object")),
+        },
     };
-    WalkLink::create(prog.as_fd(), map.as_fd()).map_err(|e| format!("BPF_LINK_CREATE: {e}"))
+    IterLink::create(prog.as_fd(), map.as_ref().map(|m| m.as_fd())).map_err(|e| format!("BPF_LINK_CREATE: {e}"))
 }
 
 /// What the programs of `hook` read that this kernel must have.
@@ -422,7 +441,7 @@ fn try_attach(ebpf: &mut Ebpf, spec: &HookSpec, btf: &Result<Btf, String>, keep:
                 p.unload().map_err(err)?;
             }
         }
-        Attach::Iter(_) => return Err("an iterator is linked by link_walk".into()),
+        Attach::Iter(_) => return Err("an iterator is linked by link_iter".into()),
     }
     Ok(())
 }

@@ -3,9 +3,9 @@
 pub mod btf;
 pub mod caps;
 pub mod events;
+pub mod iter;
 pub mod loader;
 pub mod tracefs;
-pub mod walk;
 
 /// The eBPF object built by `build.rs` (aya-build) from `detector-ebpf`.
 pub fn object() -> &'static [u8] {

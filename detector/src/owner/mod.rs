@@ -36,17 +36,24 @@ pub struct Holder {
 
 const CMDLINE_MAX: usize = 160;
 
-/// Process `pid` with its fds for socket `inode`; `None` if the process is gone.
-pub fn holder(pid: u32, inode: u32) -> Option<Holder> {
-    let p = Process::new(pid as i32).ok()?;
-    let fds = socket_fds(&p, inode);
-    describe(&p, fds)
+/// Process `pid` as the holder of each of `inodes` it holds, from one pass over its fds (a
+/// server with 10,000 connections is read once, not once per socket).
+pub fn holders_in(pid: u32, inodes: &HashSet<u32>) -> HashMap<u32, Holder> {
+    let Ok(p) = Process::new(pid as i32) else { return HashMap::new() };
+    socket_fds(&p, inodes).into_iter().filter_map(|(inode, fds)| Some((inode, describe(&p, fds)?))).collect()
 }
 
-fn socket_fds(p: &Process, inode: u32) -> Vec<i32> {
-    p.fd()
-        .map(|it| it.filter_map(Result::ok).filter(|fd| matches!(fd.target, FDTarget::Socket(i) if i == inode as u64)).map(|fd| fd.fd).collect())
-        .unwrap_or_default()
+/// The fds of `p` that are any of `inodes`, by inode.
+fn socket_fds(p: &Process, inodes: &HashSet<u32>) -> HashMap<u32, Vec<i32>> {
+    let mut mine: HashMap<u32, Vec<i32>> = HashMap::new();
+    for fd in p.fd().into_iter().flatten().filter_map(Result::ok) {
+        if let FDTarget::Socket(i) = fd.target
+            && inodes.contains(&(i as u32))
+        {
+            mine.entry(i as u32).or_default().push(fd.fd);
+        }
+    }
+    mine
 }
 
 /// See [`Holder::image`].
@@ -107,16 +114,7 @@ pub fn scan_holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
         return found;
     };
     for p in all.filter_map(Result::ok) {
-        let Ok(fds) = p.fd() else { continue };
-        let mut mine: HashMap<u32, Vec<i32>> = HashMap::new();
-        for fd in fds.filter_map(Result::ok) {
-            if let FDTarget::Socket(i) = fd.target
-                && inodes.contains(&(i as u32))
-            {
-                mine.entry(i as u32).or_default().push(fd.fd);
-            }
-        }
-        for (inode, fds) in mine {
+        for (inode, fds) in socket_fds(&p, inodes) {
             if let Some(h) = describe(&p, fds) {
                 found.entry(inode).or_default().push(h);
             }

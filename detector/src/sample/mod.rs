@@ -1,7 +1,7 @@
 //! Reading a tracked socket's kernel state without waiting for an event.
 //!
 //! A dead peer fires no hook, so progress must be checked by polling. Two ways:
-//! - the walk (`walk`, with `kernel::walk`): with socket storage, one iterator pass over the
+//! - the walk (`walk`, with `kernel::iter`): with socket storage, one iterator pass over the
 //!   tracked sockets of every namespace, in the kernel, reporting only those that look stuck;
 //!   the cost follows the stuck-looking sockets, not all the tracked ones, and needs no setns;
 //! - sock_diag (this module): an exact lookup by 4-tuple (and, once known, cookie) in the
@@ -9,6 +9,7 @@
 //!   per socket (~5 µs each, measured on this machine kind). It samples the sockets the walk
 //!   cannot see (found by a dump, or hash-map hooks), destroys, and serves `detector scan`.
 pub mod netns;
+pub mod scan;
 pub mod tcp_info;
 pub mod walk;
 

@@ -17,6 +17,8 @@ pub enum NetnsError {
     Enter { inum: u32, err: nix::Error },
     #[error(transparent)]
     Diag(#[from] SampleError),
+    #[error("TCP iterator: {0}")]
+    Iter(String),
 }
 
 /// Inode number of a process's network namespace.
@@ -47,14 +49,23 @@ impl NetnsPool {
     pub fn conn(&mut self, inum: u32, hint: Option<u32>) -> Result<&mut DiagConn, NetnsError> {
         let inum = if inum == 0 { self.own } else { inum };
         if !self.conns.contains_key(&inum) {
-            let file = find_netns(inum, hint).ok_or(NetnsError::NotFound(inum))?;
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|err| NetnsError::Enter { inum, err })?;
-            let conn = DiagConn::open();
-            // Always return to our own namespace, whatever happened.
-            setns(&self.own_file, CloneFlags::CLONE_NEWNET).map_err(|err| NetnsError::Enter { inum: self.own, err })?;
-            self.conns.insert(inum, conn?);
+            let conn = self.within(inum, hint, DiagConn::open)??;
+            self.conns.insert(inum, conn);
         }
         Ok(self.conns.get_mut(&inum).expect("inserted above"))
+    }
+
+    /// Runs `f` in namespace `inum` (this thread enters it, then always returns to its own).
+    pub fn within<T>(&self, inum: u32, hint: Option<u32>, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
+        let inum = if inum == 0 { self.own } else { inum };
+        if inum == self.own {
+            return Ok(f());
+        }
+        let file = find_netns(inum, hint).ok_or(NetnsError::NotFound(inum))?;
+        setns(&file, CloneFlags::CLONE_NEWNET).map_err(|err| NetnsError::Enter { inum, err })?;
+        let out = f();
+        setns(&self.own_file, CloneFlags::CLONE_NEWNET).map_err(|err| NetnsError::Enter { inum: self.own, err })?;
+        Ok(out)
     }
 
     /// Drops sockets of namespaces no tracked socket lives in any more.

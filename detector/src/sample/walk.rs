@@ -1,14 +1,14 @@
 //! What a walk of the kernel's socket storage says, in the agent's terms: the records parsed
 //! and checked, the kernel's jiffies rate (HZ) measured from two walks, and each record turned
 //! into the same sample sock_diag would give (`tcp_info`'s fields and arithmetic). Pure: the
-//! kernel objects are in `kernel::walk`.
+//! kernel objects are in `kernel::iter`.
 use std::time::Duration;
 
 use detector_common::{WalkClock, WalkKind, WalkRecord};
 use thiserror::Error;
 
 use super::{DiagSocket, Sample};
-use crate::kernel::walk::WalkLink;
+use crate::kernel::iter::IterLink;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum WalkError {
@@ -61,14 +61,14 @@ pub fn parse(b: &[u8]) -> Result<Walk, WalkError> {
 /// The walk as the sweep uses it: the link, a buffer kept between walks, and the kernel's HZ.
 #[derive(Debug)]
 pub struct Walker {
-    link: WalkLink,
+    link: IterLink,
     buf: Vec<u8>,
     hz: u32,
 }
 
 impl Walker {
     /// Two walks 120 ms apart measure the kernel's HZ (the walk reports its clocks in jiffies).
-    pub fn start(link: WalkLink) -> Result<Self, WalkError> {
+    pub fn start(link: IterLink) -> Result<Self, WalkError> {
         let mut w = Walker { link, buf: Vec::new(), hz: 0 };
         let a = w.walk()?.clock;
         std::thread::sleep(Duration::from_millis(120));
@@ -78,7 +78,7 @@ impl Walker {
     }
 
     pub fn walk(&mut self) -> Result<Walk, WalkError> {
-        self.link.walk(&mut self.buf).map_err(|e| WalkError::Read(e.to_string()))?;
+        self.link.read(&mut self.buf).map_err(|e| WalkError::Read(e.to_string()))?;
         parse(&self.buf)
     }
 

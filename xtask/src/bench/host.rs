@@ -180,13 +180,17 @@ pub fn own_and_children_cpu_secs() -> f64 {
     t(libc::RUSAGE_SELF) + t(libc::RUSAGE_CHILDREN)
 }
 
-/// Raises this process's open-file limit (its children inherit it): the scale runs hold
-/// hundreds of thousands of sockets.
-pub fn raise_nofile(n: u64) {
-    // SAFETY: setrlimit with a valid struct; root may raise the hard limit up to fs.nr_open.
+/// Raises this process's open-file limit as far as it may (its children inherit it; raising
+/// the hard limit needs CAP_SYS_RESOURCE, which a sandbox may not grant) and returns the hard
+/// limit in force: each `loadgen` holds two fds per connection.
+pub fn raise_nofile(want: u64) -> u64 {
+    // SAFETY: getrlimit/setrlimit on valid structs of this process.
     unsafe {
-        let r = libc::rlimit { rlim_cur: n, rlim_max: n };
+        let r = libc::rlimit { rlim_cur: want, rlim_max: want };
         libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        let mut now: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut now);
+        now.rlim_max
     }
 }
 

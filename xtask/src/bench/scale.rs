@@ -35,16 +35,18 @@ pub struct Scale {
 }
 
 /// `loadgen hold` processes: 10 % of the connections send 512 B twice a second (and are read),
-/// 1 % are stalled (a reader that never reads), the rest idle. At most 25,000 connections per
-/// process (one listener's ephemeral ports), spread over `namespaces` (loopback in each).
+/// 1 % are stalled (a reader that never reads), the rest idle. Per process, as many as its fd
+/// limit holds (two per connection) and at most 25,000 (one listener's ephemeral ports),
+/// spread over `namespaces` (loopback in each).
 fn hold(b: &Bins, conns: usize, ns: &Namespaces) -> anyhow::Result<Vec<Peer>> {
+    let most = ((host::raise_nofile(1 << 20) as usize).saturating_sub(200) / 2).clamp(1000, 25_000);
     let places = ns.0.len().max(1);
     let per_place = conns.div_ceil(places);
     let mut procs = Vec::new();
     for p in 0..places {
         let mut left = per_place.min(conns - (p * per_place).min(conns));
         while left > 0 {
-            let n = left.min(25_000).to_string();
+            let n = left.min(most).to_string();
             let peer = match ns.0.get(p) {
                 Some(name) => Peer::spawn("ip", &["netns", "exec", name, b.loadgen(), "hold", &n, "10", "1"]),
                 None => Peer::spawn(b.loadgen(), &["hold", &n, "10", "1"]),
@@ -53,14 +55,13 @@ fn hold(b: &Bins, conns: usize, ns: &Namespaces) -> anyhow::Result<Vec<Peer>> {
                 bail!("loadgen hold {n}: {e}");
             }
             procs.push(peer);
-            left -= left.min(25_000);
+            left -= left.min(most);
         }
     }
     Ok(procs)
 }
 
 pub fn run(b: &Bins, case: &Case, window: Duration) -> anyhow::Result<Scale> {
-    host::raise_nofile(1 << 20);
     let ns = Namespaces::create("scale", case.namespaces).map_err(anyhow::Error::msg)?;
     let load = hold(b, case.conns, &ns)?;
     let agent = host::agent(b, "30s", &["--interval", "1s", "--max-sockets", "262144"]);

@@ -134,7 +134,7 @@ fn servers() -> anyhow::Result<Servers> {
     packages::ensure("redis-server", "redis-server")?;
     packages::ensure("redis-benchmark", "redis-tools")?;
     let (iperf_port, redis_port) = (free_port(), free_port());
-    let iperf = Peer::spawn("taskset", &["-c", "1", "iperf3", "-s", "-p", &iperf_port.to_string()]);
+    let iperf = Peer::spawn("taskset", &["-c", "1", "iperf3", "-s", "-p", &iperf_port.to_string(), "--logfile", "/dev/null"]);
     let redis =
         Peer::spawn("taskset", &["-c", "1", "redis-server", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]);
     for port in [iperf_port, redis_port] {

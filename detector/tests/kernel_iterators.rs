@@ -1,7 +1,11 @@
-//! The kernel-side sampling walk against sock_diag, on real sockets of this kernel: the walk
-//! reports exactly the tracked sockets with bytes waiting (and once more a socket whose bytes
-//! drained), and what it reports of each is what sock_diag's `tcp_info` says of it. Needs root
-//! (it loads the programs); `cargo xtask test` makes that a requirement.
+//! The kernel iterators against sock_diag, on real sockets of this kernel:
+//! - the sampling walk reports exactly the tracked sockets with bytes waiting (and once more a
+//!   socket whose bytes drained), and what it reports of each is what sock_diag's `tcp_info`
+//!   says of it;
+//! - the reconcile's TCP pass finds, in this namespace and in another, exactly the stuck
+//!   sockets a sock_diag dump finds, with the same addresses, state and cookie.
+//!
+//! Needs root (it loads the programs); `cargo xtask test` makes that a requirement.
 use std::{
     io::{ErrorKind, Read, Write},
     net::{TcpListener, TcpStream},
@@ -10,7 +14,12 @@ use std::{
 
 use detector::{
     kernel::{self, btf::KernelBtf, loader, tracefs::Tracefs},
-    sample::{DiagConn, DiagSocket, Lookup, walk::Walker},
+    sample::{
+        DiagConn, DiagSocket, Dumped, Lookup,
+        netns::{NetnsPool, netns_of},
+        scan::Scanner,
+        walk::Walker,
+    },
     tracker::addr,
 };
 use detector_common::WalkRecord;
@@ -72,16 +81,25 @@ fn lookup(diag: &mut DiagConn, r: &WalkRecord) -> DiagSocket {
     diag.lookup(&l, 0).unwrap().expect("sock_diag finds the walked socket by its cookie")
 }
 
+/// The programs, loaded as the agent loads them, but tracking this process's own sends.
+fn load() -> loader::Loaded {
+    let mut cfg = loader::kernel_config(&Tracefs::find_or_mount().unwrap(), &KernelBtf::load().unwrap()).unwrap();
+    // This process sends: do not ignore it as the agent would ignore itself.
+    cfg.agent_tgid = 0;
+    let sizes = loader::Sizes { max_sockets: 1024, ring_buffer_bytes: 64 * 1024 };
+    loader::load(kernel::object(), &cfg, sizes, None).unwrap()
+}
+
+/// The programs are loaded once per process: the tests run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn the_walk_reports_what_sock_diag_reports_and_only_sockets_with_bytes_waiting() {
     if !privileged() {
         return;
     }
-    let mut cfg = loader::kernel_config(&Tracefs::find_or_mount().unwrap(), &KernelBtf::load().unwrap()).unwrap();
-    // This process sends: do not ignore it as the agent would ignore itself.
-    cfg.agent_tgid = 0;
-    let sizes = loader::Sizes { max_sockets: 1024, ring_buffer_bytes: 64 * 1024 };
-    let mut loaded = loader::load(kernel::object(), &cfg, sizes, None).unwrap();
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut loaded = load();
     let Some(link) = loaded.walk.take() else {
         let h = loaded.hooks.iter().find(|h| h.id == loader::HookId::Walk).unwrap();
         assert!(!loaded.send_hook.socket_storage(), "the walk was refused with socket storage: {:?}", h.state);
@@ -135,4 +153,86 @@ fn the_walk_reports_what_sock_diag_reports_and_only_sockets_with_bytes_waiting()
         }
     }
     drop((stuck, drains));
+}
+
+/// Sockets of every stuck kind, and one healthy, made in the calling thread's namespace: a full
+/// send buffer to a peer that does not read, a CLOSE_WAIT the owner holds, an idle connection.
+struct Kinds {
+    stuck: Filled,
+    close_wait: TcpStream,
+    idle: (TcpStream, TcpStream),
+    _peer_gone: TcpStream,
+}
+
+fn kinds(l: &TcpListener) -> Kinds {
+    let stuck = filled(l);
+    let gone = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (close_wait, _) = l.accept().unwrap();
+    gone.shutdown(std::net::Shutdown::Write).unwrap();
+    let idle_c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (idle_s, _) = l.accept().unwrap();
+    Kinds { stuck, close_wait, idle: (idle_s, idle_c), _peer_gone: gone }
+}
+
+impl Kinds {
+    /// (local port, remote port) of the sockets that must be found, and of the one that must not.
+    fn ports(&self) -> (Vec<(u16, u16)>, (u16, u16)) {
+        let p = |s: &TcpStream| (s.local_addr().unwrap().port(), s.peer_addr().unwrap().port());
+        (vec![p(&self.stuck.server), p(&self.close_wait)], p(&self.idle.0))
+    }
+}
+
+fn keyed(rows: &[Dumped], ports: &[(u16, u16)]) -> Vec<(u16, u16, u8, u64, String)> {
+    let mut v: Vec<_> = rows
+        .iter()
+        .filter(|d| ports.contains(&(d.local_port, d.remote_port)))
+        .filter(|d| d.send_queue > 0 || d.state == detector_common::TCP_CLOSE_WAIT)
+        .map(|d| (d.local_port, d.remote_port, d.state, d.cookie, format!("{} {}", d.local, d.remote)))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_tcp_pass_finds_what_a_dump_finds_in_every_namespace() {
+    if !privileged() {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut loaded = load();
+    let mut scanner = Scanner::new(loaded.scan.take().expect("the TCP iterator runs on this kernel"));
+    let pool = NetnsPool::new().unwrap();
+    // Here.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let here = kinds(&l);
+    std::thread::sleep(Duration::from_millis(100));
+    check(&mut scanner, &pool, pool.own(), None, &here);
+    // In a namespace of its own (a process lives there, so the agent can find it).
+    let ns = detector_tests::Namespaces::create("iter", 1).unwrap();
+    let holder = detector_tests::Peer::spawn("ip", &["netns", "exec", &ns.0[0], "sleep", "60"]);
+    let file = std::fs::File::open(format!("/run/netns/{}", ns.0[0])).unwrap();
+    let there = std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = kinds(&l);
+            (l, k)
+        })
+        .join()
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let inum = detector_tests::poll(Duration::from_secs(5), || netns_of(holder.pid()).filter(|&i| i != pool.own())).expect("the holder entered the namespace");
+    check(&mut scanner, &pool, inum, Some(holder.pid()), &there.1);
+}
+
+/// The pass against a sock_diag dump of the same namespace.
+fn check(scanner: &mut Scanner, pool: &NetnsPool, inum: u32, hint: Option<u32>, k: &Kinds) {
+    let (want, idle) = k.ports();
+    let scanned = scanner.stuck(pool, inum, hint).unwrap();
+    let dumped = pool.within(inum, hint, || DiagConn::open().unwrap().dump_judged().unwrap()).unwrap();
+    let (s, d) = (keyed(&scanned, &want), keyed(&dumped, &want));
+    assert_eq!(s.len(), 2, "the stuck and the CLOSE_WAIT socket: {s:?}");
+    assert_eq!(s, d, "the pass and the dump disagree");
+    assert!(!scanned.iter().any(|r| (r.local_port, r.remote_port) == idle), "an idle socket was reported");
 }

@@ -1,0 +1,80 @@
+//! The reconcile's pass over one network namespace's TCP sockets (the namespace of the agent
+//! thread that opens it), in place of a sock_diag dump: every socket is looked at in the
+//! kernel, and only those stuck (bytes waiting, or the peer's FIN with the owner holding on)
+//! are written out, so the agent reads a few records instead of every socket of the node.
+//!
+//! Kernel: `DEFINE_BPF_ITER_FUNC(tcp, struct bpf_iter_meta *meta, struct sock_common
+//! *sk_common, uid_t uid)` (net/ipv4/tcp_ipv4.c): called once per socket of the namespace's
+//! TCP hash tables (listening, established, time-wait and request sockets alike), then once
+//! with `sk_common` null.
+use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
+use detector_common::{AF_INET, AF_INET6, ScanRecord, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK};
+
+use crate::{
+    config::conf,
+    sock::btf_load as load,
+    walk::{IterMeta, write},
+};
+
+/// `struct bpf_iter__tcp`: meta, the socket, its owner's uid.
+#[repr(C)]
+struct IterCtx {
+    meta: *const IterMeta,
+    sk_common: *const u8,
+    uid: u32,
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub extern "C" fn scan_tcp(ctx: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: the kernel passes this iterator's context, valid for the call.
+    let _ = unsafe { try_scan(&*(ctx as *const IterCtx)) };
+    0
+}
+
+/// # Safety
+/// `ctx` is the context the kernel passed: `meta` valid, `sk_common` null or valid.
+unsafe fn try_scan(ctx: &IterCtx) -> Result<(), i64> {
+    let sk = ctx.sk_common;
+    if sk.is_null() {
+        return Ok(());
+    }
+    // Only states in which a socket can be stuck; this also skips time-wait and request
+    // sockets, which are not full sockets.
+    let state: u8 = load(sk, conf!(sk_state));
+    if !matches!(state, TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_FIN_WAIT1 | TCP_CLOSING | TCP_LAST_ACK) {
+        return Ok(());
+    }
+    // SAFETY: a socket of the namespace, held for the call; its tcp_sock view.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as *const u8;
+    if tp.is_null() {
+        return Ok(());
+    }
+    let queued = load::<u32>(tp, conf!(tcp_write_seq)).wrapping_sub(load::<u32>(tp, conf!(tcp_snd_una)));
+    if queued == 0 && state != TCP_CLOSE_WAIT {
+        return Ok(());
+    }
+    let family: u16 = load(sk, conf!(sk_family));
+    let mut r = ScanRecord {
+        // SAFETY: a valid socket; the cookie is made on first use, as sock_diag would.
+        cookie: unsafe { bpf_get_socket_cookie(sk as *mut _) },
+        sport: load(sk, conf!(sk_num)),
+        dport: u16::from_be(load(sk, conf!(sk_dport))),
+        family,
+        state,
+        bound_dev_if: load(sk, conf!(sk_bound_dev_if)),
+        queued,
+        ..ScanRecord::default()
+    };
+    if family == AF_INET {
+        r.saddr[..4].copy_from_slice(&load::<[u8; 4]>(sk, conf!(sk_rcv_saddr)));
+        r.daddr[..4].copy_from_slice(&load::<[u8; 4]>(sk, conf!(sk_daddr)));
+    } else if family == AF_INET6 && conf!(sk_v6_daddr) != detector_common::OFFSET_ABSENT {
+        r.saddr = load(sk, conf!(sk_v6_rcv_saddr));
+        r.daddr = load(sk, conf!(sk_v6_daddr));
+    } else {
+        return Ok(());
+    }
+    // SAFETY: `meta` is never null.
+    write(unsafe { (*ctx.meta).seq }, &r)
+}
