@@ -236,3 +236,44 @@ fn check(scanner: &mut Scanner, pool: &NetnsPool, inum: u32, hint: Option<u32>, 
     assert_eq!(s, d, "the pass and the dump disagree");
     assert!(!scanned.iter().any(|r| (r.local_port, r.remote_port) == idle), "an idle socket was reported");
 }
+
+fn lookup_of(s: &TcpStream, cookie: Option<u64>) -> Lookup {
+    let (l, r) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+    Lookup { family: libc::AF_INET as u16, local: l.ip(), local_port: l.port(), remote: r.ip(), remote_port: r.port(), ifindex: 0, cookie }
+}
+
+/// The fallback sampler sends many lookups per `sendmsg`: every answer must land on its own
+/// lookup, across batches, with missing sockets and a reused tuple (wrong cookie) in between.
+#[test]
+fn batched_lookups_answer_each_socket_as_a_single_lookup_does() {
+    if !privileged() {
+        return;
+    }
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pairs: Vec<(TcpStream, TcpStream)> = (0..150)
+        .map(|_| {
+            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            (l.accept().unwrap().0, c)
+        })
+        .collect();
+    let mut ls: Vec<Lookup> = pairs.iter().map(|(s, _)| lookup_of(s, None)).collect();
+    // A socket that is gone (its client end, closed) and one whose cookie is not the tuple's.
+    let gone = {
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let s = l.accept().unwrap().0;
+        let lk = lookup_of(&s, None);
+        drop((c, s));
+        std::thread::sleep(Duration::from_millis(50));
+        lk
+    };
+    ls.insert(70, gone);
+    ls.insert(3, lookup_of(&pairs[3].0, Some(1)));
+    let mut diag = DiagConn::open().unwrap();
+    let single: Vec<Option<(u64, u32, u8)>> = ls.iter().map(|l| diag.lookup(l, 0).unwrap().map(|d| (d.cookie, d.inode, d.sample.state))).collect();
+    let batched: Vec<Option<(u64, u32, u8)>> = diag.lookup_many(&ls, 0).into_iter().map(|a| a.unwrap().map(|d| (d.cookie, d.inode, d.sample.state))).collect();
+    assert_eq!(batched, single);
+    assert_eq!((single[3], single[71]), (None, None), "the wrong cookie and the closed socket find nothing: {single:?}");
+    let inodes: std::collections::HashSet<u32> = batched.iter().flatten().map(|a| a.1).collect();
+    assert_eq!(inodes.len(), 150, "each answer is a different socket");
+    drop(pairs);
+}

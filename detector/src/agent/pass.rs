@@ -9,7 +9,7 @@ use crate::{
     metrics::{Metrics, ReasonLabel},
     report::{self, StalledSocket},
     sample::{
-        DiagSocket,
+        DiagSocket, Lookup,
         netns::NetnsPool,
         walk::{self, Walker},
     },
@@ -69,7 +69,8 @@ impl Sweep {
     }
 
     /// Samples and judges; returns the sockets to forget. Sockets in socket storage take their
-    /// sample from `walked` (and leave it); the others are looked up through sock_diag.
+    /// sample from `walked` (and leave it); the others are looked up through sock_diag, in
+    /// batches per network namespace.
     fn sample_all(
         &mut self,
         pool: &mut NetnsPool,
@@ -79,6 +80,8 @@ impl Sweep {
     ) -> Vec<(u64, Forget)> {
         let (now, grace_ms) = (self.now_ms(), self.grace_ms());
         let mut gone = Vec::new();
+        // Namespace → (its sockets to look up, a pid likely to live there).
+        let mut diag: HashMap<u32, (Vec<(u64, Lookup)>, u32)> = HashMap::new();
         for t in self.tracker.iter_mut() {
             if let Some(w) = walked.as_deref_mut().filter(|_| !t.found_by_dump()) {
                 if let Some(why) = from_walk(t, w.remove(&t.sk), grace_ms, m) {
@@ -96,21 +99,19 @@ impl Sweep {
                 }
                 continue;
             }
-            let sampled = pool
-                .conn(t.tuple.netns, Some(t.netns_hint.unwrap_or(t.sender.tgid)))
-                .map_err(|e| e.to_string())
-                .and_then(|c| c.lookup(&t.lookup(), now).map_err(|e| e.to_string()));
-            match sampled {
-                // Found by a dump and nothing stuck any more, no stall open: forget it (a later
-                // dump finds it again if it gets stuck again).
-                Ok(Some(d)) if t.found_by_dump() && !verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none()) => {
-                    gone.push((t.sk, Forget::Idle))
-                }
-                Ok(Some(d)) => observe(t, d, grace_ms, m),
-                Ok(None) => gone.push((t.sk, Forget::Gone)),
-                Err(e) => {
-                    log::debug!("socket {:#x}: {e}", t.sk);
-                    m.sample_errors.inc();
+            let e = diag.entry(t.tuple.netns).or_insert_with(|| (Vec::new(), t.netns_hint.unwrap_or(t.sender.tgid)));
+            e.0.push((t.sk, t.lookup()));
+        }
+        for (netns, (socks, hint)) in diag {
+            let lookups: Vec<Lookup> = socks.iter().map(|(_, l)| *l).collect();
+            let answers = match pool.conn(netns, Some(hint)) {
+                Ok(c) => c.lookup_many(&lookups, now).into_iter().map(|a| a.map_err(|e| e.to_string())).collect(),
+                Err(e) => vec![Err(e.to_string()); lookups.len()],
+            };
+            for ((sk, _), answer) in socks.into_iter().zip(answers) {
+                let Some(t) = self.tracker.get_mut(sk) else { continue };
+                if let Some(why) = from_diag(t, answer, grace_ms, m) {
+                    gone.push((sk, why));
                 }
             }
         }
@@ -163,6 +164,24 @@ fn from_walk(t: &mut Tracked, walked: Option<(DiagSocket, SockState)>, grace_ms:
     t.kernel_state = Some(st);
     observe(t, d, grace_ms, m);
     (!verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none())).then_some(Forget::Idle)
+}
+
+/// A socket sampled through sock_diag: judged, or why it leaves the table (gone; or found by a
+/// dump, nothing stuck any more and no stall open: a later dump finds it again if needed).
+fn from_diag(t: &mut Tracked, answer: Result<Option<DiagSocket>, String>, grace_ms: u64, m: &Metrics) -> Option<Forget> {
+    match answer {
+        Ok(Some(d)) if t.found_by_dump() && !verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none()) => Some(Forget::Idle),
+        Ok(Some(d)) => {
+            observe(t, d, grace_ms, m);
+            None
+        }
+        Ok(None) => Some(Forget::Gone),
+        Err(e) => {
+            log::debug!("socket {:#x}: {e}", t.sk);
+            m.sample_errors.inc();
+            None
+        }
+    }
 }
 
 /// Feeds one sample to a socket's verdict and notes what changed.

@@ -102,8 +102,23 @@ pub struct Dumped {
 /// A sock_diag netlink socket bound to one network namespace.
 pub struct DiagConn {
     sock: Socket,
+    /// Receive buffer, and the requests of a batch, reused from pass to pass.
     buf: Vec<u8>,
+    out: Vec<u8>,
     seq: u32,
+}
+
+/// Lookups sent in one `sendmsg`, their answers read back by sequence number.
+const BATCH: usize = 64;
+
+fn set_opt<T>(sock: &Socket, opt: libc::c_int, v: &T) -> Result<(), SampleError> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a socket we own and an option value of the size passed.
+    let r = unsafe { libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, opt, (v as *const T).cast(), std::mem::size_of::<T>() as libc::socklen_t) };
+    if r != 0 {
+        return Err(SampleError::Socket(io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 impl DiagConn {
@@ -112,7 +127,11 @@ impl DiagConn {
         let mut sock = Socket::new(NETLINK_SOCK_DIAG).map_err(SampleError::Socket)?;
         sock.bind_auto().map_err(SampleError::Socket)?;
         sock.connect(&SocketAddr::new(0, 0)).map_err(SampleError::Socket)?;
-        Ok(Self { sock, buf: vec![0; 16 * 1024], seq: 0 })
+        // Room for a whole batch of answers (`BATCH` × ~400 bytes), and never a sweep blocked
+        // forever on an answer that does not come.
+        set_opt(&sock, libc::SO_RCVBUF, &(1i32 << 20))?;
+        set_opt(&sock, libc::SO_RCVTIMEO, &libc::timeval { tv_sec: 2, tv_usec: 0 })?;
+        Ok(Self { sock, buf: vec![0; 16 * 1024], out: Vec::new(), seq: 0 })
     }
 
     /// Every TCP socket of this namespace in a state that can be stuck (ESTABLISHED,
@@ -242,6 +261,65 @@ impl DiagConn {
         let msg = self.request(l, ExtensionFlags::INFO);
         lookup_answer(self.roundtrip(&msg)?, at_ms)
     }
+
+    /// Exact lookups of many sockets, `BATCH` requests per `sendmsg`; one answer per lookup, in
+    /// order.
+    pub fn lookup_many(&mut self, ls: &[Lookup], at_ms: u64) -> Vec<Result<Option<DiagSocket>, SampleError>> {
+        let mut out = Vec::with_capacity(ls.len());
+        for chunk in ls.chunks(BATCH) {
+            out.extend(self.batch(chunk, at_ms));
+        }
+        out
+    }
+
+    fn batch(&mut self, ls: &[Lookup], at_ms: u64) -> Vec<Result<Option<DiagSocket>, SampleError>> {
+        let first = self.seq.wrapping_add(1);
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        for l in ls {
+            let m = self.request(l, ExtensionFlags::INFO);
+            let start = out.len();
+            out.resize(start + m.buffer_len(), 0);
+            m.serialize(&mut out[start..]);
+        }
+        let sent = self.sock.send(&out, 0);
+        self.out = out;
+        let mut answers: Vec<Option<Result<Option<DiagSocket>, SampleError>>> = std::iter::repeat_with(|| None).take(ls.len()).collect();
+        match sent {
+            Ok(_) => self.collect(first, at_ms, &mut answers),
+            Err(e) => answers.iter_mut().for_each(|a| *a = Some(Err(SampleError::Io(io::Error::new(e.kind(), e.to_string()))))),
+        }
+        answers.into_iter().map(|a| a.unwrap_or_else(|| Err(SampleError::Decode("no answer".into())))).collect()
+    }
+
+    /// Reads answers until every request from sequence number `first` has one (a timeout or
+    /// an error ends it: the rest stay unanswered, errors, never "no progress").
+    fn collect(&mut self, first: u32, at_ms: u64, answers: &mut [Option<Result<Option<DiagSocket>, SampleError>>]) {
+        let mut left = answers.len();
+        while left > 0 {
+            let n = match self.sock.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::debug!("sock_diag batch: {e}; {left} lookups unanswered");
+                    return;
+                }
+            };
+            let mut off = 0;
+            while off < n {
+                let Ok(m) = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[off..n]) else { break };
+                let len = m.header.length as usize;
+                let i = m.header.sequence_number.wrapping_sub(first) as usize;
+                if let Some(slot) = answers.get_mut(i).filter(|a| a.is_none()) {
+                    *slot = Some(lookup_answer(m, at_ms));
+                    left -= 1;
+                }
+                if len == 0 {
+                    break;
+                }
+                off += len.next_multiple_of(4);
+            }
+        }
+    }
 }
 
 /// The first message in `buf` whose sequence number is `seq`; `None` if there is none.
@@ -272,6 +350,12 @@ pub fn lookup_answer(m: NetlinkMessage<SockDiagMessage>, at_ms: u64) -> Result<O
         NetlinkPayload::Error(e) => return Err(SampleError::Io(e.to_io())),
         other => return Err(SampleError::Decode(format!("unexpected answer {other:?}"))),
     };
+    // An exact lookup falls back to the listener on the local port when the connection is
+    // gone (before the first answer gives a cookie to check): that is not the socket asked
+    // for, and a listener's "send queue" is its backlog limit.
+    if r.header.state == detector_common::TCP_LISTEN {
+        return Ok(None);
+    }
     let info = r.nlas.iter().find_map(|nla| match nla {
         Nla::TcpInfo(bytes) => TcpInfo::parse(bytes),
         _ => None,
