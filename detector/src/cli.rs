@@ -71,6 +71,11 @@ pub struct RunArgs {
     /// pod a stalled socket belongs to without asking the API server.
     #[arg(long, env = "DETECTOR_POD_LOGS_DIR", default_value = "/var/log/pods")]
     pub pod_logs_dir: PathBuf,
+    /// Export `detector_pod_stalled_sockets{namespace,pod,reason}`, at most this many series
+    /// (the rest are counted in `detector_pod_stalled_sockets_overflow`); 0 leaves the family
+    /// out, so the default exposition has no pod or socket in it.
+    #[arg(long, env = "DETECTOR_POD_METRICS_MAX_SERIES", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub pod_metrics_max_series: u32,
     /// Reaping policy file (TOML; see deploy/policy.example.toml). Without it, --action applies
     /// to every stalled socket.
     #[arg(long, env = "DETECTOR_POLICY")]

@@ -13,9 +13,13 @@ fn docs(file: &str) -> Vec<Value> {
     serde_norway::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{file}: {e}"))).collect()
 }
 
-/// What a running agent exports (the hook series appear when the agent attaches its hooks).
+/// What a running agent exports (the hook series appear when the agent attaches its hooks;
+/// the pod family when it is asked for and a pod holds a stall).
 fn exported_series() -> String {
-    let m = Metrics::new();
+    let m = Metrics::new().with_pod_series(10);
+    let mut s = crate::report::StalledSocket::example();
+    (s.pod_namespace, s.pod_name) = (Some("shop".into()), Some("ws-1".into()));
+    m.set_pod_stalls(&[s]);
     m.hook_attached.get_or_create(&crate::metrics::HookLabel { role: "send".into(), hook: "tracepoint sock:sock_send_length".into() }).set(1);
     m.render()
 }
@@ -92,15 +96,17 @@ fn service_and_servicemonitor_point_at_the_metrics_port() {
 fn alert_rules_query_exported_metrics() {
     let series = exported_series();
     let all = docs("prometheus-rules.yaml");
-    let rules = all[0]["spec"]["groups"][0]["rules"].as_sequence().unwrap();
-    let names: Vec<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
-    for want in ["DetectorStalledSocketsRising", "DetectorReapsFailing", "DetectorEventsDropped", "DetectorAgentDown"] {
+    let groups = all[0]["spec"]["groups"].as_sequence().unwrap();
+    let rules: Vec<&Value> = groups.iter().flat_map(|g| g["rules"].as_sequence().unwrap()).collect();
+    let names: Vec<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
+    for want in ["DetectorStalledSocketsRising", "DetectorReapsFailing", "DetectorEventsDropped", "DetectorPodStalledSockets", "DetectorAgentDown"] {
         assert!(names.contains(&want), "no alert {want}");
     }
     for r in rules {
         let expr = r["expr"].as_str().unwrap();
-        assert!(r["annotations"]["summary"].as_str().is_some(), "{expr}");
-        assert_exported(expr, &series, r["alert"].as_str().unwrap());
+        let name = r["alert"].as_str().or(r["record"].as_str()).expect("an alert or a recording rule");
+        assert!(r["alert"].is_null() || r["annotations"]["summary"].as_str().is_some(), "{expr}");
+        assert_exported(expr, &series, name);
     }
 }
 

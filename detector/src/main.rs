@@ -107,6 +107,7 @@ fn options(a: RunArgs) -> anyhow::Result<Options> {
         ring_buffer_bytes: a.ring_buffer_bytes,
         send_hook: a.send_hook.hook(),
         pod_logs_dir: a.pod_logs_dir,
+        pod_metrics_max_series: a.pod_metrics_max_series as usize,
         state_file: (a.state_file.as_os_str() != "off").then_some(a.state_file),
         policy,
     })

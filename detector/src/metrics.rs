@@ -47,6 +47,39 @@ pub struct ActionLabel {
     pub why: String,
 }
 
+/// A pod's stalled sockets by reason (opt-in, capped: see `pod_series`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct PodLabel {
+    pub namespace: String,
+    pub pod: String,
+    pub reason: String,
+}
+
+/// The pod series of a report: stalled sockets per (namespace, pod, reason) for sockets whose
+/// pod is named, at most `max` series (the pods with the most stalls first, then by name, so
+/// the same series stay while nothing changes), and how many stalled sockets did not fit.
+pub fn pod_series(report: &[crate::report::StalledSocket], max: usize) -> (Vec<(PodLabel, i64)>, i64) {
+    let mut by: std::collections::BTreeMap<PodLabel, i64> = std::collections::BTreeMap::new();
+    for s in report {
+        if let (Some(ns), Some(pod)) = (&s.pod_namespace, &s.pod_name) {
+            *by.entry(PodLabel { namespace: ns.clone(), pod: pod.clone(), reason: s.reason.as_str().into() }).or_default() += 1;
+        }
+    }
+    let mut series: Vec<(PodLabel, i64)> = by.into_iter().collect();
+    series.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let overflow = series.iter().skip(max).map(|(_, n)| n).sum();
+    series.truncate(max);
+    (series, overflow)
+}
+
+/// The opt-in pod family and what it exported last (to remove series whose stalls ended).
+struct PodSeries {
+    max: usize,
+    stalled: Family<PodLabel, Gauge>,
+    overflow: Gauge,
+    shown: std::sync::Mutex<Vec<PodLabel>>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabel {
     pub version: String,
@@ -78,6 +111,7 @@ pub struct Metrics {
     pub audit_lines_dropped: Counter,
     pub log_lines_dropped: Counter,
     pub build_info: Family<BuildLabel, Gauge>,
+    pods: Option<PodSeries>,
 }
 
 impl Metrics {
@@ -101,6 +135,7 @@ impl Metrics {
             audit_lines_dropped: Counter::default(),
             log_lines_dropped: Counter::default(),
             build_info: Family::default(),
+            pods: None,
             registry: Registry::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
             heartbeat_ms: std::sync::atomic::AtomicU64::new(0),
@@ -149,6 +184,37 @@ impl Metrics {
         }
         m.build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION").into(), kernel: crate::kernel::kernel_release() }).set(1);
         Self { registry, ..m }
+    }
+
+    /// Adds the pod family, capped at `max` series (0: no pod family).
+    pub fn with_pod_series(mut self, max: usize) -> Self {
+        if max == 0 {
+            return self;
+        }
+        let p = PodSeries { max, stalled: Family::default(), overflow: Gauge::default(), shown: Default::default() };
+        self.registry.register("pod_stalled_sockets", "Sockets stalled now, by the pod that holds them and reason (opt-in, capped)", p.stalled.clone());
+        self.registry.register(
+            "pod_stalled_sockets_overflow",
+            "Stalled sockets of pods left out of detector_pod_stalled_sockets by its series cap",
+            p.overflow.clone(),
+        );
+        self.pods = Some(p);
+        self
+    }
+
+    /// Sets the pod family from a pass's report; series whose stalls ended are removed.
+    pub fn set_pod_stalls(&self, report: &[crate::report::StalledSocket]) {
+        let Some(p) = &self.pods else { return };
+        let (series, overflow) = pod_series(report, p.max);
+        let mut shown = p.shown.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in shown.iter().filter(|l| !series.iter().any(|(s, _)| s == *l)) {
+            p.stalled.remove(gone);
+        }
+        for (l, n) in &series {
+            p.stalled.get_or_create(l).set(*n);
+        }
+        p.overflow.set(overflow);
+        *shown = series.into_iter().map(|(l, _)| l).collect();
     }
 
     /// Counts one reaping decision (the audit line goes out separately).
@@ -201,10 +267,15 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move {
+                    let openmetrics =
+                        req.headers().get_all(hyper::header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
                     let resp = match req.uri().path() {
-                        "/metrics" => Response::builder()
+                        "/metrics" if openmetrics => Response::builder()
                             .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
                             .body(Full::new(Bytes::from(metrics.render()))),
+                        "/metrics" => Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                            .body(Full::new(Bytes::from(prometheus_text(&metrics.render())))),
                         "/healthz" if metrics.alive() => Response::builder().body(Full::new(Bytes::from("ok\n"))),
                         "/healthz" => Response::builder().status(503).body(Full::new(Bytes::from("the detection loop has not run for too long\n"))),
                         "/readyz" if metrics.ready.load(std::sync::atomic::Ordering::Relaxed) => Response::builder().body(Full::new(Bytes::from("ready\n"))),
@@ -219,10 +290,105 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition, for scrapers and tools
+/// that do not ask for OpenMetrics (`curl`, `promtool check metrics`): a counter's HELP and
+/// TYPE name its `_total` samples, `info`/`unknown` types become `gauge`/`untyped`, and the
+/// OpenMetrics-only lines (`# UNIT`, `# EOF`, `_created` samples) are left out.
+pub fn prometheus_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    // The HELP line waits for its TYPE line, which says whether the name gains `_total`.
+    let mut help: Option<(&str, &str)> = None;
+    let mut counters: Vec<&str> = Vec::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = rest.split_once(' ').or(Some((rest, "")));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => {
+                    counters.push(name);
+                    (format!("{name}_total"), "counter")
+                }
+                "info" => (format!("{name}_info"), "gauge"),
+                "unknown" => (name.to_string(), "untyped"),
+                k => (name.to_string(), k),
+            };
+            if let Some((_, text)) = help.take().filter(|(h, _)| *h == rest.split(' ').next().unwrap_or_default()) {
+                out.push_str(&format!("# HELP {name} {}\n", text.replace("\\\"", "\"")));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+        } else {
+            let openmetrics_only =
+                line.starts_with("# UNIT ") || line == "# EOF" || counters.iter().any(|c| line.strip_prefix(c).is_some_and(|r| r.starts_with("_created")));
+            if !openmetrics_only {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 fn monotonic_ms() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() as u64 * 1_000 + t.tv_nsec() as u64 / 1_000_000).unwrap_or(0)
 }
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding --metrics-addr {addr}: {e}; pick a free address or pass --metrics-addr off"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every sample of the text format belongs to a family declared with HELP and TYPE under
+    /// its own name (what `promtool check metrics` asks; the integration tests run promtool).
+    #[test]
+    fn the_text_format_declares_every_sample_under_its_own_name() {
+        let m = Metrics::new();
+        m.reaped(crate::reaper::Action::Destroy, "ok", None);
+        m.sweep_duration.observe(0.01);
+        let text = prometheus_text(&m.render());
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+        let typed: std::collections::HashMap<&str, &str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' ')).collect();
+        let helped: std::collections::HashSet<&str> = text.lines().filter_map(|l| l.strip_prefix("# HELP ")?.split(' ').next()).collect();
+        assert_eq!(typed["detector_reaps_total"], "counter");
+        assert_eq!(typed["detector_sweep_duration_seconds"], "histogram");
+        for sample in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s).filter(|f| typed.get(f) == Some(&"histogram"))).unwrap_or(name);
+            assert!(typed.contains_key(family) && helped.contains(family), "{sample}: no TYPE/HELP for {family}");
+        }
+        assert!(text.contains("detector_reaps_total{action=\"destroy\",result=\"ok\",why=\"none\"} 1"));
+    }
+
+    fn stalled_in(ns: &str, pod: &str) -> crate::report::StalledSocket {
+        let mut s = crate::report::StalledSocket::example();
+        (s.pod_namespace, s.pod_name) = (Some(ns.into()), Some(pod.into()));
+        s
+    }
+
+    #[test]
+    fn pod_series_are_capped_busiest_first_and_count_what_did_not_fit() {
+        let mut report = vec![stalled_in("shop", "b"), stalled_in("shop", "a"), stalled_in("shop", "b"), stalled_in("web", "c")];
+        report.push(crate::report::StalledSocket { pod_name: None, pod_namespace: None, ..crate::report::StalledSocket::example() });
+        let (series, overflow) = pod_series(&report, 2);
+        let names: Vec<(&str, i64)> = series.iter().map(|(l, n)| (l.pod.as_str(), *n)).collect();
+        assert_eq!(names, [("b", 2), ("a", 1)]);
+        assert_eq!(overflow, 1, "web/c did not fit; a socket with no pod is no pod's");
+    }
+
+    #[test]
+    fn pod_family_is_absent_by_default_and_its_series_leave_when_stalls_end() {
+        assert!(!Metrics::new().render().contains("pod_stalled"), "opt-in");
+        let m = Metrics::new().with_pod_series(200);
+        m.set_pod_stalls(&[stalled_in("shop", "a"), stalled_in("web", "c")]);
+        let text = m.render();
+        assert!(text.contains("detector_pod_stalled_sockets{namespace=\"shop\",pod=\"a\",reason="), "{text}");
+        m.set_pod_stalls(&[stalled_in("web", "c")]);
+        let text = m.render();
+        assert!(!text.contains("pod=\"a\""), "{text}");
+        assert!(text.contains("pod=\"c\""), "{text}");
+        assert!(text.contains("detector_pod_stalled_sockets_overflow 0"), "{text}");
+    }
 }

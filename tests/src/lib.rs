@@ -522,9 +522,14 @@ pub fn free_port() -> u16 {
 
 /// `GET path` over plain HTTP/1.1; returns (status code, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http_get_with(addr, path, "")
+}
+
+/// `http_get` with extra header lines (each ending in `\r\n`).
+pub fn http_get_with(addr: &str, path: &str, headers: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting {addr}: {e}"));
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);

@@ -3,6 +3,7 @@
 //! `run` and `test` install what they need first (nightly's rust-src and a bpf-linker built
 //! against nightly's own LLVM), so each is one command on a fresh machine.
 mod bench;
+mod packages;
 mod setup;
 mod test;
 

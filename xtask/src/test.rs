@@ -17,6 +17,9 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     }
     // The integration tests start the real agent binary and the peer helpers.
     cargo(root, &["build", "--package", "detector", "--package", "detector-tests", "--bins"])?;
+    // The real Prometheus and promtool the fleet-surface tests drive.
+    crate::packages::ensure("prometheus", "prometheus")?;
+    crate::packages::ensure("promtool", "prometheus")?;
     // The shipped image's build (static musl): reaping_safety signals a glibc server with it.
     crate::setup::ensure_musl_target()?;
     cargo(root, &["build", "--package", "detector", "--target", crate::setup::MUSL])?;

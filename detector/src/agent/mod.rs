@@ -37,6 +37,8 @@ pub struct Options {
     pub ring_buffer_bytes: u32,
     pub send_hook: Option<SendHook>,
     pub pod_logs_dir: PathBuf,
+    /// The pod metric family's series cap (0: no pod family).
+    pub pod_metrics_max_series: usize,
     /// Where the reaper keeps its ladders across restarts.
     pub state_file: Option<PathBuf>,
     pub policy: Policy,
@@ -102,7 +104,7 @@ impl Agent {
         let sampling = walker.as_ref().map_or("sock_diag lookups".into(), |w| format!("kernel walk of socket storage (HZ {})", w.hz()));
         let status = Arc::new(status_info(opts, &loaded, sampling));
         log_hooks(&status);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().with_pod_series(opts.pod_metrics_max_series));
         for h in &loaded.hooks {
             metrics.hook_attached.get_or_create(&HookLabel { role: h.role.as_str().into(), hook: h.hook.into() }).set(h.attached() as i64);
         }

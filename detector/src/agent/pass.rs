@@ -148,6 +148,7 @@ impl Sweep {
         self.holders.retain(|sk, _| live.contains(sk));
         self.unknown_until.retain(|sk, _| live.contains(sk));
         out.sort_by_key(|s| std::cmp::Reverse(s.stalled_for_ms));
+        m.set_pod_stalls(&out);
         out
     }
 }

@@ -11,9 +11,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use detector_tests::{Peer, Scratch, free_port};
 
+use crate::packages;
+
 use super::{
     host::{self, Bins, BpfStats, Control, cpu_secs},
-    packages,
     stats::{Show, ShowPct, Spread, loss_verdict},
 };
 

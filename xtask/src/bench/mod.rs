@@ -5,7 +5,6 @@
 mod churn;
 mod host;
 mod latency;
-mod packages;
 mod report;
 mod scale;
 mod send;

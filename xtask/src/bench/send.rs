@@ -14,9 +14,10 @@ use std::{fmt::Write as _, process::Command, time::Duration};
 use anyhow::{Context as _, bail};
 use detector_tests::{Peer, free_port};
 
+use crate::packages;
+
 use super::{
     host::{self, Bins, BpfStats, Control},
-    packages,
     stats::{Show, ShowPct, Spread, loss_verdict},
 };
 

@@ -1,5 +1,6 @@
-//! Debian packages the benchmarks drive (nginx, ab, iperf3, …): installed when missing, the
-//! way `cargo xtask setup` installs bpf-linker, so `cargo xtask bench` is one command.
+//! Debian packages the benchmarks and tests drive (nginx, ab, iperf3, prometheus, …): installed
+//! when missing, the way `cargo xtask setup` installs bpf-linker, so `cargo xtask bench` and
+//! `cargo xtask test` are one command each.
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -9,7 +10,7 @@ pub fn ensure(command: &str, package: &str) -> anyhow::Result<()> {
     if which(command) {
         return Ok(());
     }
-    eprintln!("bench: installing {package} (for {command})");
+    eprintln!("xtask: installing {package} (for {command})");
     // A fresh machine's package lists may be stale or empty.
     let _ = Command::new("apt-get").args(["update", "-qq"]).status();
     let status = Command::new("apt-get")
