@@ -13,6 +13,16 @@ use crate::api::DEFAULT_SOCKET;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr: `text`, or `json` (one object per line: ts, level, target, msg)
+    /// for log pipelines. Audit lines on stdout are JSON either way.
+    #[arg(long, global = true, env = "DETECTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -93,8 +93,14 @@ impl std::io::Write for NonBlockingStderr {
     }
 }
 
+/// One log record as a JSON line (`--log-format json`): every field escaped by serde_json.
+pub fn json_line(ts: &str, level: log::Level, target: &str, msg: &str) -> String {
+    let line = serde_json::json!({ "ts": ts, "level": level.as_str(), "target": target, "msg": msg });
+    format!("{line}\n")
+}
+
 /// Logging (`RUST_LOG`, default info) to stderr, never blocking the caller.
-pub fn init_logging() {
+pub fn init_logging(format: crate::cli::LogFormat) {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4096);
     let _ = std::thread::Builder::new().name("log".into()).spawn(move || {
         use std::io::Write as _;
@@ -105,7 +111,25 @@ pub fn init_logging() {
             }
         }
     });
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .target(env_logger::Target::Pipe(Box::new(NonBlockingStderr(tx))))
-        .init();
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    b.target(env_logger::Target::Pipe(Box::new(NonBlockingStderr(tx))));
+    if format == crate::cli::LogFormat::Json {
+        b.format(|buf, r| {
+            use std::io::Write as _;
+            let ts = buf.timestamp_millis().to_string();
+            buf.write_all(json_line(&ts, r.level(), r.target(), &r.args().to_string()).as_bytes())
+        });
+    }
+    b.init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_json_log_line_is_one_escaped_object() {
+        let l = super::json_line("2026-11-26T04:00:00.000Z", log::Level::Warn, "detector::agent", "comm \"evil\nname\" refused");
+        assert_eq!(l.matches('\n').count(), 1, "one line: {l}");
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!((v["level"].as_str(), v["msg"].as_str()), (Some("WARN"), Some("comm \"evil\nname\" refused")));
+    }
 }

@@ -71,6 +71,54 @@ fn daemonset_arguments_are_flags_the_agent_accepts() {
     }
 }
 
+/// `Key=value` lines of a systemd unit (the last one of a key wins, as in systemd).
+fn unit_value(unit: &str, key: &str) -> String {
+    unit.lines().filter_map(|l| l.strip_prefix(key)?.strip_prefix('=')).last().unwrap_or_else(|| panic!("no {key}=")).to_string()
+}
+
+/// The systemd unit runs the agent with flags it accepts, with the DaemonSet's capabilities and
+/// nothing more, on a read-only filesystem, and keeps the reaper's state across restarts.
+#[test]
+fn systemd_unit_matches_the_daemonset() {
+    let unit = std::fs::read_to_string(format!("{DEPLOY}/detector.service")).unwrap();
+    let exec = unit_value(&unit, "ExecStart");
+    let argv: Vec<&str> = exec.split_whitespace().collect();
+    assert_eq!(argv[0], "/usr/local/bin/detector");
+    Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("ExecStart {argv:?}: {e}"));
+    let ds = docs("daemonset.yaml");
+    let c = &ds.iter().find(|d| d["kind"] == "DaemonSet").unwrap()["spec"]["template"]["spec"]["containers"][0];
+    let mut want: Vec<String> =
+        c["securityContext"]["capabilities"]["add"].as_sequence().unwrap().iter().map(|v| format!("CAP_{}", v.as_str().unwrap())).collect();
+    let mut got: Vec<String> = unit_value(&unit, "CapabilityBoundingSet").split_whitespace().map(String::from).collect();
+    (want.sort(), got.sort());
+    assert_eq!(got, want, "the unit's capabilities are the DaemonSet's");
+    assert_eq!(unit_value(&unit, "ProtectSystem"), "strict");
+    assert_eq!(unit_value(&unit, "NoNewPrivileges"), "yes");
+    assert_eq!(unit_value(&unit, "RuntimeDirectory"), "detector", "the CLI socket and state file live in /run/detector");
+    assert_eq!(unit_value(&unit, "RuntimeDirectoryPreserve"), "yes", "the reaper's state survives a restart");
+}
+
+/// `systemd-analyze verify` reads the unit without a warning (it only needs ExecStart to be
+/// an executable, so it points at this test's own binary).
+#[test]
+fn systemd_analyze_verifies_the_unit() {
+    let found = std::process::Command::new("systemd-analyze").arg("--version").output().is_ok();
+    assert!(found || std::env::var_os("DETECTOR_REQUIRE_PRIVILEGED").is_none(), "systemd-analyze not found (Debian's systemd package)");
+    if !found {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("detector-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let unit = std::fs::read_to_string(format!("{DEPLOY}/detector.service")).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let path = dir.join("detector.service");
+    std::fs::write(&path, unit.replace("ExecStart=/usr/local/bin/detector", &format!("ExecStart={}", exe.display()))).unwrap();
+    let out = std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !said.contains("detector.service"), "systemd-analyze verify:\n{said}");
+}
+
 #[test]
 fn dockerfile_entrypoint_runs_the_agent_with_valid_flags() {
     let text = std::fs::read_to_string(format!("{DEPLOY}/Dockerfile")).unwrap();

@@ -14,8 +14,8 @@ use detector::{
 };
 
 fn main() -> ExitCode {
-    detector::daemon::init_logging();
     let cli = Cli::parse();
+    detector::daemon::init_logging(cli.log_format);
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -195,3 +195,26 @@ fn shell_completions_and_help_name_every_command() {
         assert!(help.contains(flag), "run --help lacks {flag}");
     }
 }
+
+/// `--log-format json`: everything the agent writes (log lines on stderr, audit lines on
+/// stdout) is one JSON object per line, a hostile process name included.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    if !privileged("json_logs_are_one_object_per_line") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = Agent::start("1s", &["--log-format", "json"]);
+    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "stream"]);
+    let listen = server.expect("LISTEN", Duration::from_secs(5));
+    let _client = Peer::spawn(PEER, &["client", &listen, "none"]);
+    let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
+    poll(Duration::from_secs(5), || agent.stalled(&local)).expect("stall reported");
+    let log = poll(Duration::from_secs(5), || Some(agent.log()).filter(|l| l.contains("\"action\":\"report\""))).expect("an audit line");
+    let mut levels = 0;
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        levels += v["level"].is_string() as usize;
+    }
+    assert!(levels >= 1, "no log line at info level:\n{log}");
+}
