@@ -73,7 +73,7 @@ fn daemonset_arguments_are_flags_the_agent_accepts() {
 
 /// `Key=value` lines of a systemd unit (the last one of a key wins, as in systemd).
 fn unit_value(unit: &str, key: &str) -> String {
-    unit.lines().filter_map(|l| l.strip_prefix(key)?.strip_prefix('=')).last().unwrap_or_else(|| panic!("no {key}=")).to_string()
+    unit.lines().filter_map(|l| l.strip_prefix(key)?.strip_prefix('=')).next_back().unwrap_or_else(|| panic!("no {key}=")).to_string()
 }
 
 /// The systemd unit runs the agent with flags it accepts, with the DaemonSet's capabilities and
@@ -90,7 +90,8 @@ fn systemd_unit_matches_the_daemonset() {
     let mut want: Vec<String> =
         c["securityContext"]["capabilities"]["add"].as_sequence().unwrap().iter().map(|v| format!("CAP_{}", v.as_str().unwrap())).collect();
     let mut got: Vec<String> = unit_value(&unit, "CapabilityBoundingSet").split_whitespace().map(String::from).collect();
-    (want.sort(), got.sort());
+    want.sort();
+    got.sort();
     assert_eq!(got, want, "the unit's capabilities are the DaemonSet's");
     assert_eq!(unit_value(&unit, "ProtectSystem"), "strict");
     assert_eq!(unit_value(&unit, "NoNewPrivileges"), "yes");
