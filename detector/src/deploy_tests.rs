@@ -120,6 +120,18 @@ fn systemd_analyze_verifies_the_unit() {
     assert!(out.status.success() && !said.contains("detector.service"), "systemd-analyze verify:\n{said}");
 }
 
+/// The offline build (deploy/Containerfile, `cargo xtask image`) and the registry build
+/// (deploy/Dockerfile) end in the same image layout: the same final stage, line for line.
+#[test]
+fn containerfile_and_dockerfile_make_the_same_image() {
+    let last_stage = |file: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(format!("{DEPLOY}/{file}")).unwrap();
+        let stage = text.rsplit_once("FROM scratch").unwrap_or_else(|| panic!("{file}: no FROM scratch stage")).1.to_string();
+        stage.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).map(|l| l.replace("--from=build /detector", "detector")).collect()
+    };
+    assert_eq!(last_stage("Containerfile"), last_stage("Dockerfile"));
+}
+
 #[test]
 fn dockerfile_entrypoint_runs_the_agent_with_valid_flags() {
     let text = std::fs::read_to_string(format!("{DEPLOY}/Dockerfile")).unwrap();

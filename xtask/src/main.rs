@@ -3,6 +3,7 @@
 //! `run` and `test` install what they need first (nightly's rust-src and a bpf-linker built
 //! against nightly's own LLVM), so each is one command on a fresh machine.
 mod bench;
+mod image;
 mod packages;
 mod setup;
 mod test;
@@ -50,6 +51,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the agent's OCI image (static binary, `FROM scratch`) without a registry pull.
+    Image {
+        /// The image's name and tag.
+        #[arg(long, default_value = concat!("localhost/detector:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +64,7 @@ fn main() -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.cmd {
         Cmd::Setup => setup::ensure(),
+        Cmd::Image { tag } => image::build(&root, &tag),
         Cmd::Build => {
             setup::ensure()?;
             cargo(&root, &["build", "--release", "--package", "detector"])

@@ -20,6 +20,9 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     // The real Prometheus and promtool the fleet-surface tests drive.
     crate::packages::ensure("prometheus", "prometheus")?;
     crate::packages::ensure("promtool", "prometheus")?;
+    // The image test builds deploy/Containerfile as `cargo xtask image` does.
+    crate::packages::ensure("podman", "podman")?;
+    crate::packages::ensure("systemd-analyze", "systemd")?;
     // The shipped image's build (static musl): reaping_safety signals a glibc server with it.
     crate::setup::ensure_musl_target()?;
     cargo(root, &["build", "--package", "detector", "--target", crate::setup::MUSL])?;
