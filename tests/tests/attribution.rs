@@ -2,7 +2,7 @@
 //! hold it, or is honestly marked unknown.
 use std::{os::unix::fs::MetadataExt, time::Duration};
 
-use detector_tests::{Agent, NS_A_ADDR, NetnsPair, Peer, Scratch, TestCgroup, field, poll, privileged};
+use detector_tests::{Agent, NS_A_ADDR, NetnsPair, Peer, Scratch, TestCgroup, field, free_port, http_get, metric, poll, privileged};
 
 const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
 const WITHIN: Duration = Duration::from_secs(6);
@@ -23,7 +23,8 @@ fn pod_container_cgroup_and_netns_of_a_stalled_socket() {
     std::fs::create_dir_all(pods.0.join(format!("shop_checkout-7d9f_{uid}"))).unwrap();
     let net = NetnsPair::new();
     let pods_dir = pods.0.display().to_string();
-    let agent = Agent::start("2s", &["--pod-logs-dir", &pods_dir]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::start("2s", &["--pod-logs-dir", &pods_dir, "--metrics-addr", &metrics, "--pod-metrics-max-series", "5"]);
 
     let server = net.peer(&net.a, PEER, &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
@@ -52,7 +53,12 @@ fn pod_container_cgroup_and_netns_of_a_stalled_socket() {
     assert_eq!(e["pod_name"], "checkout-7d9f", "{e}");
     assert_eq!(e["netns"], netns, "{e}");
     assert_eq!(e["local"], local, "{e}");
+    // The opt-in pod family names the pod; its series leaves when the stall ends.
+    let series = "detector_pod_stalled_sockets{namespace=\"shop\",pod=\"checkout-7d9f\",reason=\"peer_not_reading\"}";
+    assert_eq!(metric(&http_get(&metrics, "/metrics").1, series), Some(1.0), "{}", http_get(&metrics, "/metrics").1);
     drop(server);
+    let gone = poll(WITHIN, || (!http_get(&metrics, "/metrics").1.contains("checkout-7d9f")).then_some(()));
+    assert!(gone.is_some(), "the pod's series stayed after its stall ended");
 }
 
 #[test]
