@@ -280,6 +280,34 @@ fn a_deleted_namespace_does_not_stop_detection() {
     poll(GRACE + Duration::from_secs(3), || a.stalled(&p.local)).unwrap_or_else(|| panic!("detection stopped:\n{}", a.log()));
 }
 
+// sock_diag answers that fail mid-pass (a netlink error, injected) never read as "no
+// progress": nothing is judged on samples it did not get, the errors are counted, the agent
+// keeps answering, and once the answers come back the dead peer is found.
+#[test]
+fn failing_netlink_samples_never_read_as_no_progress() {
+    if !privileged("failing_netlink_samples_never_read_as_no_progress") {
+        return;
+    }
+    let dir = Scratch::new("fault");
+    let fault = dir.0.join("failing");
+    std::fs::write(&fault, "").unwrap();
+    let maddr = format!("127.0.0.1:{}", free_port());
+    // The hash-map hook: its sockets are sampled through sock_diag.
+    let a = AgentBuilder::new("1s")
+        .args(&["--send-hook", "sock-send-length", "--metrics-addr", &maddr])
+        .env("DETECTOR_FAULT", &format!("diag-error:{}", fault.display()))
+        .start();
+    let (dead, healthy) = (pair("stream", "none"), pair("stream", "read"));
+    poll(Duration::from_secs(5), || a.tracked(&dead.local)).unwrap_or_else(|| panic!("not tracked:\n{}", a.log()));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(a.stalled(&dead.local).is_none() && a.stalled(&healthy.local).is_none(), "judged without samples:\n{}", a.log());
+    let errors = metric(&http_get(&maddr, "/metrics").1, "detector_sample_errors_total").unwrap_or(0.0);
+    assert!(errors > 0.0, "failed samples not counted");
+    std::fs::remove_file(&fault).unwrap();
+    poll(Duration::from_secs(6), || a.stalled(&dead.local)).unwrap_or_else(|| panic!("not found once answers came back:\n{}", a.log()));
+    assert!(a.stalled(&healthy.local).is_none());
+}
+
 // A kernel map far too small (fallback hooks, 64 entries, 300 sockets filling their buffers):
 // counted, the agent keeps working, and once they are gone every entry is reclaimed.
 #[test]

@@ -108,6 +108,13 @@ pub struct DiagConn {
     seq: u32,
 }
 
+/// Fault injection for the tests: with `DETECTOR_FAULT=diag-error:<path>`, every sock_diag
+/// lookup fails as a netlink error would, for as long as `<path>` exists.
+fn injected_diag_error() -> bool {
+    static PATH: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| std::env::var("DETECTOR_FAULT").ok()?.strip_prefix("diag-error:").map(Into::into)).as_ref().is_some_and(|p| p.exists())
+}
+
 /// Lookups sent in one `sendmsg`, their answers read back by sequence number.
 const BATCH: usize = 64;
 
@@ -273,6 +280,9 @@ impl DiagConn {
     }
 
     fn batch(&mut self, ls: &[Lookup], at_ms: u64) -> Vec<Result<Option<DiagSocket>, SampleError>> {
+        if injected_diag_error() {
+            return ls.iter().map(|_| Err(SampleError::Io(io::Error::other("DETECTOR_FAULT=diag-error: injected netlink error")))).collect();
+        }
         let first = self.seq.wrapping_add(1);
         let mut out = std::mem::take(&mut self.out);
         out.clear();
