@@ -21,6 +21,7 @@ impl Sweep {
         let now = Instant::now();
         // Sender → (inode → socket) of the sockets whose holders must be found again.
         let mut by_sender: HashMap<u32, HashMap<u32, u64>> = HashMap::new();
+        let mut starts = owner::StartTimes::default();
         for &sk in stalled {
             let Some(t) = self.tracker.get(sk) else { continue };
             let Some(inode) = t.last.map(|d| d.inode).filter(|&i| i != 0) else {
@@ -28,7 +29,7 @@ impl Sweep {
                 self.holders.remove(&sk);
                 continue;
             };
-            if self.holders.get(&sk).is_some_and(|hs| !hs.is_empty() && hs.iter().all(|h| owner::still_holds(h, inode))) {
+            if self.holders.get(&sk).is_some_and(|hs| !hs.is_empty() && hs.iter().all(|h| owner::still_holds(h, inode, &mut starts))) {
                 continue;
             }
             self.holders.remove(&sk);

@@ -100,7 +100,7 @@ impl Agent {
         let cfg = loader::kernel_config(&tracefs, &KernelBtf::load()?)?;
         let sizes = loader::Sizes { max_sockets: opts.max_sockets, ring_buffer_bytes: opts.ring_buffer_bytes };
         let mut loaded = loader::load(kernel::object(), &cfg, sizes, opts.send_hook)?;
-        let walker = start_walk(&mut loaded);
+        let walker = start_walk(&mut loaded)?;
         let sampling = walker.as_ref().map_or("sock_diag lookups".into(), |w| format!("kernel walk of socket storage (HZ {})", w.hz()));
         let status = Arc::new(status_info(opts, &loaded, sampling));
         log_hooks(&status);
@@ -185,15 +185,27 @@ fn log_hooks(info: &StatusInfo) {
 
 /// The sampling walk, with the kernel's HZ measured; when that fails, the hook table says why
 /// and sock_diag samples instead.
-fn start_walk(loaded: &mut loader::Loaded) -> Option<Walker> {
-    let link = loaded.walk.take()?;
+/// The kernel walk, which sampling needs with socket storage: there its sockets reach the
+/// agent only through the walk, so an agent without one would be blind and must not start.
+fn start_walk(loaded: &mut loader::Loaded) -> anyhow::Result<Option<Walker>> {
+    let storage = loaded.send_hook.socket_storage();
+    let Some(link) = loaded.walk.take() else {
+        anyhow::ensure!(
+            !storage,
+            "the kernel walk of socket storage (iter bpf_sk_storage_map) did not attach, and the send hook keeps its sockets there; pass --send-hook sock-send-length to use the hash map instead"
+        );
+        return Ok(None);
+    };
     match Walker::start(link) {
-        Ok(w) => Some(w),
+        Ok(w) => Ok(Some(w)),
+        Err(e) if storage => {
+            anyhow::bail!("the kernel walk of socket storage cannot start: {e}; pass --send-hook sock-send-length to use the hash map instead")
+        }
         Err(e) => {
             if let Some(h) = loaded.hooks.iter_mut().find(|h| h.id == loader::HookId::Walk) {
                 h.state = loader::HookState::Refused(format!("{e} (sock_diag samples)"));
             }
-            None
+            Ok(None)
         }
     }
 }

@@ -95,13 +95,24 @@ pub fn cgroup_of(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok().and_then(|s| cgroup::primary_path(&s))
 }
 
-/// Still the same process, still holding the socket through its first fd (two small reads).
-pub fn still_holds(h: &Holder, inode: u32) -> bool {
-    let same = Process::new(h.pid as i32).and_then(|p| p.stat()).is_ok_and(|s| s.starttime == h.start_time);
-    same && h
-        .fds
-        .first()
-        .is_some_and(|fd| std::fs::read_link(format!("/proc/{}/fd/{fd}", h.pid)).is_ok_and(|l| l.to_string_lossy() == format!("socket:[{inode}]")))
+/// Processes' start times, each read at most once (per pass: a holder of many stalled
+/// sockets is checked once, not once per socket).
+#[derive(Default)]
+pub struct StartTimes(HashMap<u32, Option<u64>>);
+
+impl StartTimes {
+    pub fn of(&mut self, pid: u32) -> Option<u64> {
+        *self.0.entry(pid).or_insert_with(|| Process::new(pid as i32).and_then(|p| p.stat()).ok().map(|s| s.starttime))
+    }
+}
+
+/// Still the same process (its start time, read once per pass through `starts`), still holding
+/// the socket through its first fd (one readlink).
+pub fn still_holds(h: &Holder, inode: u32, starts: &mut StartTimes) -> bool {
+    starts.of(h.pid) == Some(h.start_time)
+        && h.fds
+            .first()
+            .is_some_and(|fd| std::fs::read_link(format!("/proc/{}/fd/{fd}", h.pid)).is_ok_and(|l| l.to_string_lossy() == format!("socket:[{inode}]")))
 }
 
 /// One pass over /proc: every process holding any of `inodes`.

@@ -160,6 +160,11 @@ impl Engine {
                 return self.skip(cookie, &sel.name, action, SkipWhy::OwnerUnknown);
             }
         }
+        if action == Action::Report {
+            // Touches nothing: no limit holds it back, none counts it.
+            self.state.next_stage.insert(cookie, k + 1);
+            return Some(Decision::Act { selector: sel.name.clone(), stage_index: k, stage, dry_run: self.policy.dry_run });
+        }
         if let Some(why) = self.limited(owner, k, now_ms) {
             return self.skip(cookie, &sel.name, action, why);
         }

@@ -40,20 +40,28 @@ fn pod<T: Copy + Default>(b: &[u8]) -> T {
 /// Parses the bytes of one walk.
 pub fn parse(b: &[u8]) -> Result<Walk, WalkError> {
     let (c, r) = (std::mem::size_of::<WalkClock>(), std::mem::size_of::<WalkRecord>());
-    if b.len() < c || !(b.len() - c).is_multiple_of(r) {
+    if b.len() < c {
         return Err(WalkError::Size(b.len()));
     }
     let clock: WalkClock = pod(&b[..c]);
     if clock.kind != WalkKind::Clock as u8 {
         return Err(WalkError::Kind { index: 0, kind: clock.kind, expected: WalkKind::Clock });
     }
+    // Records are read by their kind. The kernel may run the program once more with sequence
+    // number 0 (seen here under load: a second clock after the records); a later clock says
+    // nothing new and is skipped.
     let mut records = Vec::with_capacity((b.len() - c) / r);
-    for (i, chunk) in b[c..].chunks_exact(r).enumerate() {
-        let rec: WalkRecord = pod(chunk);
-        if rec.kind != WalkKind::Socket as u8 {
-            return Err(WalkError::Kind { index: i + 1, kind: rec.kind, expected: WalkKind::Socket });
+    let mut off = c;
+    while off < b.len() {
+        let kind = b[off];
+        let len = if kind == WalkKind::Clock as u8 { c } else { r };
+        let chunk = b.get(off..off + len).ok_or(WalkError::Size(b.len()))?;
+        match kind {
+            k if k == WalkKind::Clock as u8 => {}
+            k if k == WalkKind::Socket as u8 => records.push(pod::<WalkRecord>(chunk)),
+            k => return Err(WalkError::Kind { index: records.len() + 1, kind: k, expected: WalkKind::Socket }),
         }
-        records.push(rec);
+        off += len;
     }
     Ok(Walk { clock, records })
 }
@@ -68,13 +76,24 @@ pub struct Walker {
 
 impl Walker {
     /// Two walks 120 ms apart measure the kernel's HZ (the walk reports its clocks in jiffies).
+    /// Starts walking once the kernel's HZ is known. A busy machine can delay the timer tick
+    /// (jiffies then lag the clock for a moment), so a disagreeing estimate is taken again
+    /// over longer windows (about 4 s in all) before giving up.
     pub fn start(link: IterLink) -> Result<Self, WalkError> {
         let mut w = Walker { link, buf: Vec::new(), hz: 0 };
-        let a = w.walk()?.clock;
-        std::thread::sleep(Duration::from_millis(120));
-        let b = w.walk()?.clock;
-        w.hz = hz(&a, &b).ok_or(WalkError::Hz(a, b))?;
-        Ok(w)
+        let mut last = None;
+        for wait_ms in [120, 250, 500, 1_000, 2_000] {
+            let a = w.walk()?.clock;
+            std::thread::sleep(Duration::from_millis(wait_ms));
+            let b = w.walk()?.clock;
+            if let Some(hz) = hz(&a, &b) {
+                w.hz = hz;
+                return Ok(w);
+            }
+            last = Some((a, b));
+        }
+        let (a, b) = last.unwrap_or_default();
+        Err(WalkError::Hz(a, b))
     }
 
     pub fn walk(&mut self) -> Result<Walk, WalkError> {
@@ -163,6 +182,11 @@ mod tests {
         assert_eq!(parse(&b[..b.len() - 1]).unwrap_err(), WalkError::Size(b.len() - 1));
         assert!(parse(&b[8..]).is_err());
         assert!(matches!(parse(&[]), Err(WalkError::Size(0))));
+        // A second clock (the program run again at sequence number 0) is skipped.
+        let mut twice = b.clone();
+        twice.extend_from_slice(bytes(&clock(9, 9)));
+        let w = parse(&twice).unwrap();
+        assert_eq!((w.clock.jiffies, w.records.len()), (5, 2));
     }
 
     #[test]

@@ -190,3 +190,16 @@ fn a_restarted_engine_with_the_saved_state_runs_no_stage_twice() {
     assert_eq!(act_name(again.decide(&stalled(2, 10, 31_000), T + 1_000)), "skip:cooldown", "the owner's cooldown survives too");
     assert_eq!(act_name(again.decide(&stalled(1, 10, 40_000), T + MINUTE)), "destroy");
 }
+
+/// A report touches nothing: it is never held back by the rate limits or a cooldown, and it
+/// neither counts toward them nor starts one (500 stalls appearing at once are all reported
+/// at once, and the engine does not re-judge them every pass while a limit holds them).
+#[test]
+fn reports_are_not_rate_limited_and_do_not_count_as_actions() {
+    let text = "[limits]\nper_minute = 2\nper_owner_per_minute = 1\ncooldown = \"20s\"\n[[selector]]\nname = \"all\"\nactions = [{ action = \"report\" }, { action = \"destroy\", after = \"1s\" }]\n";
+    let mut e = Engine::new(Policy::parse(text, "t", Duration::from_secs(30)).unwrap(), Duration::from_secs(30), 999, LadderState::default());
+    for cookie in 1..=50 {
+        assert_eq!(act_name(e.decide(&stalled(cookie, 10, 30_000), T)), "report", "socket {cookie}");
+    }
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 31_000), T)), "destroy", "no cooldown or owner limit from the reports");
+}
