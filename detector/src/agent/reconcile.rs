@@ -10,19 +10,32 @@ use crate::sample::{
     scan::Scanner,
 };
 
+/// The reconcile may take at most 1/200 of the time (0.5 % of a core).
+const RECONCILE_BUDGET: u32 = 200;
+
 impl Sweep {
     /// How often: often enough that a socket found only by a dump (its wedged send began before
     /// the agent, or it never filled its send buffer) is judged well within a grace window;
-    /// rarely enough that the dump (every socket of the node) stays cheap.
+    /// rarely enough that the dump stays cheap. Each namespace's pass walks the kernel's whole
+    /// established hash table (it is shared by all namespaces), so with many namespaces a
+    /// pass can take a second: the interval then stretches to keep reconciling under
+    /// `1 / RECONCILE_BUDGET` of a core (a socket found late is still listed with the age its
+    /// kernel clocks prove).
     pub fn reconcile_every(&self) -> Duration {
-        (self.cfg.grace / 3).clamp(Duration::from_millis(250), Duration::from_secs(10))
+        (self.cfg.grace / 3).clamp(Duration::from_millis(250), Duration::from_secs(10)).max(self.reconcile_took * RECONCILE_BUDGET)
     }
 
     /// Adds every socket that is stuck (bytes queued, or CLOSE_WAIT) and not tracked: sockets
     /// wedged before the agent started, CLOSE_WAIT sockets that never sent, sends that block on
     /// their first call, owners that closed with data queued. Returns how many it added.
-    pub fn reconcile(&mut self, pool: &mut NetnsPool, mut scanner: Option<&mut Scanner>) -> usize {
+    pub fn reconcile(&mut self, pool: &mut NetnsPool, scanner: Option<&mut Scanner>) -> usize {
         self.last_reconcile = Instant::now();
+        let seeded = self.reconcile_all(pool, scanner);
+        self.reconcile_took = self.last_reconcile.elapsed();
+        seeded
+    }
+
+    fn reconcile_all(&mut self, pool: &mut NetnsPool, mut scanner: Option<&mut Scanner>) -> usize {
         let mut seeded = 0;
         for (inum, pid) in netns::all_netns() {
             let found = match scanner.as_deref_mut() {
@@ -54,5 +67,24 @@ fn put_addr(out: &mut [u8; 16], a: std::net::IpAddr) {
     match a {
         std::net::IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
         std::net::IpAddr::V6(v6) => *out = v6.octets(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::sweep::{Config, Sweep};
+
+    #[test]
+    fn reconcile_runs_a_third_of_grace_apart_unless_it_costs_more_than_its_budget() {
+        let mut s = Sweep::new(Config { grace: Duration::from_secs(30), interval: Duration::from_secs(1), pod_logs_dir: "/nonexistent".into() });
+        assert_eq!(s.reconcile_every(), Duration::from_secs(10));
+        s.reconcile_took = Duration::from_millis(20);
+        assert_eq!(s.reconcile_every(), Duration::from_secs(10), "a cheap reconcile keeps its pace");
+        s.reconcile_took = Duration::from_millis(1_500);
+        assert_eq!(s.reconcile_every(), Duration::from_secs(300), "100 namespaces: at most 0.5 % of a core");
+        let s = Sweep::new(Config { grace: Duration::from_millis(600), interval: Duration::from_millis(100), pod_logs_dir: "/nonexistent".into() });
+        assert_eq!(s.reconcile_every(), Duration::from_millis(250));
     }
 }

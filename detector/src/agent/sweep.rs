@@ -55,6 +55,8 @@ pub struct Sweep {
     /// The earliest grace deadline, as of the last pass (see `next_due`).
     pub(super) due: Option<u64>,
     pub(super) last_reconcile: Instant,
+    /// How long the last reconcile took (it sets how soon the next one may run).
+    pub(super) reconcile_took: Duration,
     /// Sockets announced by a send hook that samples found gone since the last reconcile.
     pub(super) gone_hooked: Vec<(u64, SockTuple)>,
     kernel_map_entries: Option<usize>,
@@ -96,6 +98,7 @@ impl Sweep {
             pod_of: HashMap::new(),
             due: None,
             last_reconcile: Instant::now(),
+            reconcile_took: Duration::ZERO,
             gone_hooked: Vec::new(),
             kernel_map_entries: None,
             sweeps: 0,
@@ -115,6 +118,7 @@ impl Sweep {
         self.drain(ctx);
         if self.last_reconcile.elapsed() >= self.reconcile_every() {
             let found = self.reconcile(pool, ctx.kernel.scanner.as_mut());
+            ctx.metrics.reconcile_duration.observe(self.reconcile_took.as_secs_f64());
             if found > 0 {
                 log::debug!("reconcile: {found} sockets no hook announced");
             }
