@@ -82,7 +82,9 @@ fn reading_client_is_tracked_but_never_reported() {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let acked1 = agent.tracked(&local).expect("still tracked")["bytes_acked"].as_u64().unwrap();
+    // A fast reader can empty the queue at the instant of a walk: the socket then leaves the
+    // table as idle and comes back with the next bytes waiting.
+    let acked1 = poll(Duration::from_secs(3), || agent.tracked(&local)).expect("tracked again")["bytes_acked"].as_u64().unwrap();
     assert!(acked1 > acked0, "the healthy stream did not progress ({acked0} -> {acked1})");
 }
 
