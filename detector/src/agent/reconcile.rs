@@ -10,8 +10,15 @@ use crate::sample::{
     scan::Scanner,
 };
 
-/// The reconcile may take at most 1/200 of the time (0.5 % of a core).
+/// The reconcile may take at most 1/200 of the time (0.5 % of a core)...
 const RECONCILE_BUDGET: u32 = 200;
+/// ...but runs at least every 5 minutes (a socket found late is listed with its proven age).
+const RECONCILE_LONGEST: Duration = Duration::from_secs(300);
+
+/// This thread's CPU time so far.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).map(Duration::from).unwrap_or_default()
+}
 
 impl Sweep {
     /// How often: often enough that a socket found only by a dump (its wedged send began before
@@ -19,10 +26,11 @@ impl Sweep {
     /// rarely enough that the dump stays cheap. Each namespace's pass walks the kernel's whole
     /// established hash table (it is shared by all namespaces), so with many namespaces a
     /// pass can take a second: the interval then stretches to keep reconciling under
-    /// `1 / RECONCILE_BUDGET` of a core (a socket found late is still listed with the age its
-    /// kernel clocks prove).
+    /// `1 / RECONCILE_BUDGET` of a core in CPU time, up to `RECONCILE_LONGEST` (a socket found
+    /// late is still listed with the age its kernel clocks prove).
     pub fn reconcile_every(&self) -> Duration {
-        (self.cfg.grace / 3).clamp(Duration::from_millis(250), Duration::from_secs(10)).max(self.reconcile_took * RECONCILE_BUDGET)
+        let base = (self.cfg.grace / 3).clamp(Duration::from_millis(250), Duration::from_secs(10));
+        base.max((self.reconcile_took * RECONCILE_BUDGET).min(RECONCILE_LONGEST))
     }
 
     /// Adds every socket that is stuck (bytes queued, or CLOSE_WAIT) and not tracked: sockets
@@ -30,8 +38,10 @@ impl Sweep {
     /// their first call, owners that closed with data queued. Returns how many it added.
     pub fn reconcile(&mut self, pool: &mut NetnsPool, scanner: Option<&mut Scanner>) -> usize {
         self.last_reconcile = Instant::now();
+        // CPU time, not wall time: a busy machine that delays the thread costs it nothing.
+        let cpu = thread_cpu();
         let seeded = self.reconcile_all(pool, scanner);
-        self.reconcile_took = self.last_reconcile.elapsed();
+        self.reconcile_took = thread_cpu().saturating_sub(cpu);
         seeded
     }
 
@@ -82,8 +92,10 @@ mod tests {
         assert_eq!(s.reconcile_every(), Duration::from_secs(10));
         s.reconcile_took = Duration::from_millis(20);
         assert_eq!(s.reconcile_every(), Duration::from_secs(10), "a cheap reconcile keeps its pace");
-        s.reconcile_took = Duration::from_millis(1_500);
-        assert_eq!(s.reconcile_every(), Duration::from_secs(300), "100 namespaces: at most 0.5 % of a core");
+        s.reconcile_took = Duration::from_millis(1_000);
+        assert_eq!(s.reconcile_every(), Duration::from_secs(200), "100 namespaces: at most 0.5 % of a core");
+        s.reconcile_took = Duration::from_secs(4);
+        assert_eq!(s.reconcile_every(), Duration::from_secs(300), "and at least every 5 minutes");
         let s = Sweep::new(Config { grace: Duration::from_millis(600), interval: Duration::from_millis(100), pod_logs_dir: "/nonexistent".into() });
         assert_eq!(s.reconcile_every(), Duration::from_millis(250));
     }

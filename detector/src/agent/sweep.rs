@@ -118,7 +118,7 @@ impl Sweep {
         self.drain(ctx);
         if self.last_reconcile.elapsed() >= self.reconcile_every() {
             let found = self.reconcile(pool, ctx.kernel.scanner.as_mut());
-            ctx.metrics.reconcile_duration.observe(self.reconcile_took.as_secs_f64());
+            ctx.metrics.reconcile_cpu.observe(self.reconcile_took.as_secs_f64());
             if found > 0 {
                 log::debug!("reconcile: {found} sockets no hook announced");
             }
