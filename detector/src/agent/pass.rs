@@ -162,6 +162,11 @@ fn from_walk(t: &mut Tracked, walked: Option<(DiagSocket, SockState)>, grace_ms:
     let Some((d, st)) = walked else {
         return Some(if t.last.is_some() { Forget::Gone } else { Forget::Idle });
     };
+    // Closed (aborted, e.g. destroyed) but its file still held somewhere (an fd in flight):
+    // gone, as sock_diag would say; its write_seq and snd_una keep the old gap.
+    if d.sample.state == detector_common::TCP_CLOSE {
+        return Some(Forget::Gone);
+    }
     t.kernel_state = Some(st);
     observe(t, d, grace_ms, m);
     (!verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none())).then_some(Forget::Idle)
