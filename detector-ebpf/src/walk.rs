@@ -11,7 +11,7 @@
 //! the iterator link with the map's fd (`BPF_LINK_CREATE`) and reads one walk per
 //! `BPF_ITER_CREATE` file.
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns, bpf_seq_write, bpf_skc_to_tcp_sock};
-use detector_common::{SockState, TCP_CLOSE_WAIT, WALK_TOLD, WalkClock, WalkKind, WalkRecord};
+use detector_common::{SockState, TCP_CLOSE, TCP_CLOSE_WAIT, WALK_TOLD, WalkClock, WalkKind, WalkRecord};
 
 use crate::{
     config::conf,
@@ -67,7 +67,9 @@ unsafe fn try_walk(ctx: &IterCtx) -> Result<(), i64> {
     let st = unsafe { &mut *ctx.value };
     let (una, write_seq) = (load::<u32>(tp, conf!(tcp_snd_una)), load::<u32>(tp, conf!(tcp_write_seq)));
     let state: u8 = load(tp, conf!(sk_state));
-    let waiting = write_seq != una || state == TCP_CLOSE_WAIT;
+    // A closed socket (aborted or destroyed, its file still held) keeps the old gap between
+    // write_seq and snd_una, but its queue is purged: nothing waits.
+    let waiting = (write_seq != una && state != TCP_CLOSE) || state == TCP_CLOSE_WAIT;
     // Bytes waiting: a record. None since the last walk, which told the agent of some: one
     // record so it sees them gone. Nothing waiting and nothing told: no record.
     let told = st.walk_flags & WALK_TOLD != 0;

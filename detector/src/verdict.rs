@@ -28,8 +28,8 @@ use serde::Serialize;
 
 use crate::sample::Sample;
 
+use detector_common::{TCP_CLOSE, TCP_CLOSING, TCP_FIN_WAIT1, TCP_LAST_ACK};
 pub use detector_common::{TCP_CLOSE_WAIT, TCP_ESTABLISHED};
-use detector_common::{TCP_CLOSING, TCP_FIN_WAIT1, TCP_LAST_ACK};
 
 /// Why a socket is stalled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -150,7 +150,8 @@ pub fn judged_state(state: u8) -> bool {
 
 /// Bytes queued, or the peer gone and the owner holding on.
 pub fn stuck(s: &Sample) -> bool {
-    s.queued > 0 || s.state == TCP_CLOSE_WAIT
+    // A closed socket's queue is purged, whatever gap its sequence numbers still show.
+    (s.queued > 0 && s.state != TCP_CLOSE) || s.state == TCP_CLOSE_WAIT
 }
 
 /// The kernel's minimum RTO (`TCP_RTO_MIN`), a floor for the RTO a sample reports.

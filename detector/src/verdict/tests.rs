@@ -298,3 +298,16 @@ fn judged_states_and_reason_names() {
     }
     assert!("peer_gone".parse::<Reason>().unwrap_err().contains("peer_unreachable"));
 }
+
+/// A socket destroyed (or aborted) while its file is still held keeps the old gap between its
+/// sequence numbers, but the kernel purged its queue: nothing is stuck, nothing to report.
+#[test]
+fn a_closed_socket_is_never_stuck_whatever_its_sequence_gap() {
+    let mut s = sample(1_000, 4096, 0);
+    assert!(stuck(&s));
+    s.state = TCP_CLOSE;
+    assert!(!stuck(&s));
+    s.state = TCP_CLOSE_WAIT;
+    s.queued = 0;
+    assert!(stuck(&s), "CLOSE_WAIT held by its owner is, even with nothing queued");
+}
