@@ -1,10 +1,11 @@
 //! Every map the programs use, with its bound and why.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use detector_common::{COUNTER_SLOTS, Counter, SockState};
+use detector_common::{COUNTER_SLOTS, Counter, EventKind, SockEvent, SockState};
 
 /// `BPF_F_NO_PREALLOC`: a hash map that allocates entries as they are inserted.
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -47,10 +48,41 @@ pub fn count(counter: Counter) {
 /// `bpf_ringbuf_output` flag: do not wake the reader (the agent polls; see `EVENTS`).
 const BPF_RB_NO_WAKEUP: u64 = 1;
 
-/// Sends one event to the agent, counting a drop.
+/// Sends one event about the socket `sk` and its record `st` to the agent, counting a drop.
+/// The event is written straight into the ring buffer: built on the stack first, it pushed
+/// `track::start` over the 512-byte stack that 6.1's verifier counts.
 #[inline(always)]
-pub fn emit(ev: &detector_common::SockEvent) {
-    if EVENTS.output::<detector_common::SockEvent>(ev, BPF_RB_NO_WAKEUP).is_err() {
+pub fn emit(sk: u64, st: &SockState, kind: EventKind, state: u8) {
+    emit_if(sk, st, kind, state, || true);
+}
+
+/// As [`emit`], but the event is sent only if `commit` (run once the event is written) says so,
+/// and discarded otherwise.
+#[inline(always)]
+pub fn emit_if(sk: u64, st: &SockState, kind: EventKind, state: u8, commit: impl FnOnce() -> bool) {
+    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count(Counter::EventsDropped);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a reserved, writable `SockEvent`; every field is plain data and
+    // all of them are written (no drop, no read of uninitialised memory).
+    unsafe {
+        (*ev).sk = sk;
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).cgroup_id = st.cgroup_id;
+        (*ev).tuple = st.tuple;
+        (*ev).tgid = st.tgid;
+        (*ev).tid = st.tid;
+        (*ev).comm = st.comm;
+        (*ev).kind = kind as u8;
+        (*ev).state = state;
+        (*ev).hook = st.hook;
+        (*ev)._pad = [0; 5];
+    }
+    if commit() {
+        entry.submit(BPF_RB_NO_WAKEUP);
+    } else {
+        entry.discard(BPF_RB_NO_WAKEUP);
     }
 }

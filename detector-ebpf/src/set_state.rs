@@ -10,9 +10,8 @@ use detector_common::{EventKind, IPPROTO_TCP, TCP_CLOSE};
 
 use crate::{
     config::conf,
-    maps::{SOCKS, emit},
+    maps::{SOCKS, emit_if},
     send_sock_send_length::field,
-    track::event,
 };
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
@@ -34,11 +33,9 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(st) = SOCKS.get_ptr_mut(sk) else {
         return Ok(());
     };
+    // The event is written before the entry goes (from the value it still points to) and sent
+    // only if this CPU removed it: another CPU that removed it first announced it.
     // SAFETY: a value pointer from the map, valid for this program run.
-    let ev = event(sk, unsafe { &*st }, EventKind::Closed, TCP_CLOSE);
-    if SOCKS.remove(sk).is_ok() {
-        // (Another CPU that removed it first announced it.)
-        emit(&ev);
-    }
+    emit_if(sk, unsafe { &*st }, EventKind::Closed, TCP_CLOSE, || SOCKS.remove(sk).is_ok());
     Ok(())
 }

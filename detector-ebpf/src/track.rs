@@ -7,12 +7,12 @@
 //! socket's record: a tracked socket whose owner did not change costs one lookup and one
 //! compare, no store; an untracked one starts being tracked.
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use detector_common::{Counter, EventKind, SendHook, SockEvent, SockState, TASK_COMM_LEN, TCP_CLOSE_WAIT, TCP_ESTABLISHED};
+use detector_common::{Counter, EventKind, SendHook, SockState, TASK_COMM_LEN, TCP_CLOSE_WAIT, TCP_ESTABLISHED};
 
 use crate::{
     config::conf,
     maps::{SK_STATE, SOCKS, count, emit},
-    sock::{BtfSock, tuple},
+    sock::{BtfSock, read_tuple},
 };
 
 /// `BPF_NOEXIST` for map inserts, and the `-EEXIST` it answers when the key is there.
@@ -132,49 +132,27 @@ fn owner_changed(sk: u64, st: &mut SockState, pid_tgid: u64) {
     st.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
     // SAFETY: no preconditions.
     st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    emit(&event(sk, st, EventKind::OwnerChanged, 0));
+    emit(sk, st, EventKind::OwnerChanged, 0);
 }
 
 #[inline(never)]
 fn start<S: Store>(store: S, hook: SendHook, pid_tgid: u64, state: u8) {
-    let Ok(tuple) = tuple(store.key()) else {
-        count(Counter::ReadErrors);
-        return;
-    };
-    let st = SockState {
+    let mut st = SockState {
         // SAFETY: no preconditions.
         first_send_ns: unsafe { bpf_ktime_get_ns() },
-        last_retrans_ns: 0,
         // SAFETY: no preconditions.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        tuple,
-        retransmits: 0,
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
         hook: hook as u8,
-        walk_flags: 0,
-        _pad: [0; 2],
+        ..SockState::default()
     };
-    if store.create(&st) {
-        emit(&event(store.key(), &st, EventKind::Tracked, state));
+    if read_tuple(store.key(), &mut st.tuple).is_err() {
+        count(Counter::ReadErrors);
+        return;
     }
-}
-
-#[inline(always)]
-pub fn event(sk: u64, st: &SockState, kind: EventKind, state: u8) -> SockEvent {
-    SockEvent {
-        sk,
-        // SAFETY: no preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        cgroup_id: st.cgroup_id,
-        tuple: st.tuple,
-        tgid: st.tgid,
-        tid: st.tid,
-        comm: st.comm,
-        kind: kind as u8,
-        state,
-        hook: st.hook,
-        _pad: [0; 5],
+    if store.create(&st) {
+        emit(store.key(), &st, EventKind::Tracked, state);
     }
 }
