@@ -30,6 +30,23 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// How many times longer than on a real machine a test may wait for something to happen:
+/// `DETECTOR_TEST_SLACK` (default 1). `cargo xtask vmtest` sets it for kernels booted under
+/// software emulation, which run everything several times slower. It stretches only the time
+/// a test waits (for a peer, the agent's API, a report), never what the agent is given (grace,
+/// interval) nor how long a healthy connection must stay unreported.
+pub fn slack() -> u32 {
+    match std::env::var("DETECTOR_TEST_SLACK") {
+        Err(_) => 1,
+        Ok(v) => v.parse().ok().filter(|&n| n >= 1).unwrap_or_else(|| panic!("DETECTOR_TEST_SLACK={v:?}: expected a whole number, 1 or more")),
+    }
+}
+
+/// `d` stretched by [`slack`]: how long to wait for what should happen within `d`.
+pub fn patient(d: Duration) -> Duration {
+    d * slack()
+}
+
 /// A `Command` for the agent binary (`detector ...`).
 pub fn detector_cmd() -> Command {
     Command::new(detector_bin())
@@ -174,7 +191,7 @@ impl Agent {
     }
 
     fn wait_for_api(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + patient(Duration::from_secs(30));
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("agent exited with {status} during start-up:\n{}", self.log());
@@ -280,7 +297,7 @@ impl Peer {
 
     /// As [`Peer::expect`], with an error instead of a panic.
     pub fn try_expect(&self, prefix: &str, timeout: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + patient(timeout);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
@@ -296,7 +313,7 @@ impl Peer {
 
     /// Waits for a line starting with `prefix` for which `pred` holds; returns it whole.
     pub fn expect_where(&self, prefix: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + patient(timeout);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
@@ -318,7 +335,7 @@ impl Peer {
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + patient(timeout);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return true;
@@ -341,9 +358,9 @@ pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('='))).unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
-/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
+/// Polls `f` every 100 ms until it returns `Some` or `timeout` (stretched by [`slack`]) passes.
 pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + patient(timeout);
     loop {
         if let Some(v) = f() {
             return Some(v);

@@ -7,6 +7,7 @@ mod image;
 mod packages;
 mod setup;
 mod test;
+mod vmtest;
 
 use std::{
     path::{Path, PathBuf},
@@ -51,6 +52,19 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the privileged integration tests on Debian's 6.1 and 6.12 kernels (booted under qemu
+    /// with virtme-ng) and on this one, with every send hook each kernel offers. Installs qemu,
+    /// the kernels and virtme-ng when missing. Needs root.
+    Vmtest {
+        #[arg(long, value_enum, default_value = "all")]
+        kernel: vmtest::Kernel,
+        /// Only the subset `cargo xtask test` runs.
+        #[arg(long)]
+        subset: bool,
+    },
+    /// The half of `vmtest` that runs inside a VM: the plan in DIR, results into DIR.
+    #[command(hide = true)]
+    VmGuest { dir: PathBuf },
     /// Build the agent's OCI image (static binary, `FROM scratch`) without a registry pull.
     Image {
         /// The image's name and tag.
@@ -93,6 +107,11 @@ fn main() -> anyhow::Result<()> {
             cargo(&root, &["build", "--release", "--package", "detector", "--package", "detector-tests", "--bins"])?;
             bench::run(&root, quick, only.as_deref())
         }
+        Cmd::Vmtest { kernel, subset } => {
+            setup::ensure()?;
+            vmtest::run(&root, kernel, if subset { vmtest::Selection::Subset } else { vmtest::Selection::Full })
+        }
+        Cmd::VmGuest { dir } => vmtest::guest(&dir),
         Cmd::Test { args } => {
             setup::ensure()?;
             test::run(&root, &args)

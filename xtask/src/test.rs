@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use crate::cargo;
 
 /// Integration test files re-run per send hook.
-const PER_HOOK: [&str; 3] = ["scenarios", "verdict_truth", "walking_skeleton"];
+const PER_HOOK: [&str; 4] = ["scenarios", "verdict_truth", "walking_skeleton", "kernel_matrix"];
 
 pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     if args.is_empty() {

@@ -4,8 +4,8 @@
 //!
 //!   stream-peer server <bind-addr> [<mode>] [<conns>]
 //!     Accepts <conns> clients (default 1), one thread each. Modes:
-//!       stream        write 256 KiB per send as fast as the socket takes it, until an error
-//!                     (default)
+//!       stream        write 256 KiB per send as fast as the socket takes it, until an error,
+//!                     then once more (default)
 //!       burst:<n>     write n bytes, then hold the socket open and idle, never reading
 //!       burst-close:<n>  write n bytes, then read until the client's EOF and close (clean close)
 //!       paced:<r>     write r bytes per second, in 10 chunks a second
@@ -197,9 +197,15 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
     match name {
         "stream" => {
             let big = vec![b'x'; 256 * 1024];
-            loop {
-                s.write_all(&big)?;
-            }
+            let err = loop {
+                if let Err(e) = s.write_all(&big) {
+                    break e;
+                }
+            };
+            // As an application that does not stop at its first error: one more send on the
+            // failed socket (a hook on the entry of a send sees the socket closed only now).
+            let _ = s.write(&big);
+            Err(err)
         }
         "silent" => hold(),
         "sendall" => {

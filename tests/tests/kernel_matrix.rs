@@ -1,0 +1,83 @@
+//! What every send hook must keep on every kernel, beyond the matrix: run with the hook
+//! `DETECTOR_TEST_SEND_HOOK` forces (`cargo xtask test` runs it per hook here, `cargo xtask
+//! vmtest` per hook on Debian's 6.1 and 6.12 kernels, where fentry and kprobe run).
+use std::time::Duration;
+
+use detector_tests::{Agent, NS_A_ADDR, NetnsPair, Peer, free_port, http_get, metric, poll, privileged, stream_peer};
+
+const ROUNDS: usize = 10;
+const CONNS: usize = 100;
+/// Connections that time out (retransmissions to a peer cut off run out).
+const TIMED_OUT: usize = 20;
+
+// Sends on sockets that are already closed must not start tracking them: with the hash map
+// (classic tracepoint, kprobe) nothing would ever remove such an entry (its close event has
+// passed), so the map would fill with dead entries. Two ways a socket is closed under a sender
+// that keeps sending (`stream-peer`'s stream mode sends once more after an error):
+// - 1,000 connections reset by their peer (the reset also empties the send queue);
+// - 20 connections whose retransmissions to a cut-off peer run out (`tcp_retries2` = 1 in the
+//   server's namespace): TCP_CLOSE with the send queue still full, the case the state guard of
+//   every send hook exists for.
+// Afterwards none of them is tracked, the kernel map holds nothing the agent does not track, and
+// (hash map) every entry left through its close event, none was found gone later.
+#[test]
+fn closed_sockets_that_are_sent_on_leave_nothing_tracked() {
+    if !privileged("closed_sockets_that_are_sent_on_leave_nothing_tracked") {
+        return;
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::start("3s", &["--metrics-addr", &addr]);
+    let hash_map = !agent.query("status").expect("status")["kernel_map_entries"].is_null();
+    let forgotten = |why: &str| {
+        let (_, text) = http_get(&addr, "/metrics");
+        metric(&text, &format!("detector_sockets_forgotten_total{{why=\"{why}\"}}")).unwrap_or(0.0)
+    };
+    let gone_before = forgotten("gone");
+    let peer = stream_peer();
+    let mut ports = vec![];
+    for _ in 0..ROUNDS {
+        let server = Peer::spawn(&peer, &["server", "127.0.0.1:0", "stream", &CONNS.to_string()]);
+        let listen = server.expect("LISTEN", Duration::from_secs(5));
+        ports.push(format!(":{}", listen.rsplit(':').next().unwrap()));
+        let _client = Peer::spawn(&peer, &["client", &listen, "rst:200", &CONNS.to_string()]);
+        expect_errors(&server, CONNS, &agent);
+    }
+    let ns = NetnsPair::new();
+    ns.exec_ok(&ns.a, &["sysctl", "-q", "-w", "net.ipv4.tcp_retries2=1"]);
+    let server = ns.peer(&ns.a, &peer, &["server", &format!("{NS_A_ADDR}:0"), "stream", &TIMED_OUT.to_string()]);
+    let listen = server.expect("LISTEN", Duration::from_secs(5));
+    ports.push(format!(":{}", listen.rsplit(':').next().unwrap()));
+    let _client = ns.peer(&ns.b, &peer, &["client", &listen, "read", &TIMED_OUT.to_string()]);
+    for _ in 0..TIMED_OUT {
+        server.expect("ACCEPTED", Duration::from_secs(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    ns.cut_b();
+    expect_errors(&server, TIMED_OUT, &agent);
+
+    let ours = || {
+        let all = agent.query("sockets").expect("sockets");
+        all.as_array().unwrap().iter().filter(|t| ports.iter().any(|p| t["local"].as_str().unwrap_or("").ends_with(p.as_str()))).count()
+    };
+    let left = poll(Duration::from_secs(5), || (ours() == 0).then_some(()));
+    assert!(left.is_some(), "{} closed sockets still tracked\n{}", ours(), agent.log());
+    let clean = poll(Duration::from_secs(5), || {
+        let s = agent.query("status").expect("status");
+        (s["kernel_map_entries"].as_u64().unwrap_or(0) <= s["sockets_tracked"].as_u64().unwrap_or(0)).then_some(())
+    });
+    assert!(clean.is_some(), "dead entries in the kernel map: {}", agent.query("status").unwrap());
+    if hash_map {
+        assert!(forgotten("closed") > 0.0, "no socket was ever tracked: the test proves nothing\n{}", agent.log());
+        let gone = forgotten("gone") - gone_before;
+        assert!(gone == 0.0, "{gone} entries outlived their close event (tracked again after it)\n{}", agent.log());
+    }
+}
+
+/// Waits for `n` failed sends (`SEND_ERROR`) from `server`.
+fn expect_errors(server: &Peer, n: usize, agent: &Agent) {
+    for i in 0..n {
+        if server.expect_where("SEND_ERROR", Duration::from_secs(30), |_| true).is_none() {
+            panic!("connection {i} of {n} never failed a send\n{}", agent.log());
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! `cargo xtask vmtest`: the privileged integration tests on the kernels nodes run, each booted
+//! under qemu by virtme-ng (`vng`) over this machine's root file system (read-only, with
+//! writable overlays), against the binaries just built here.
+//!
+//! In each kernel the guest half (`xtask vm-guest`, [`guest`]) asks `detector check` which send
+//! hooks the kernel offers and runs the selected tests once per hook, forcing it with
+//! `DETECTOR_TEST_SEND_HOOK`. It writes one JSON line per test result into a directory shared
+//! with the host, so a guest that crashes or hangs still leaves what it proved.
+//!
+//! Debian's kernel packages (the generic flavour: it has the 9p modules the guest's root needs),
+//! qemu, busybox (virtme-ng's initramfs) and virtme-ng (PyPI) are installed when missing.
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+/// A kernel the matrix runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kernel {
+    /// Debian 12's 6.1 LTS (`linux-image-6.1.0-N-amd64-unsigned`).
+    #[value(name = "6.1")]
+    V6_1,
+    /// Debian 12's backported 6.12 LTS (`linux-image-6.12.N+deb12-amd64-unsigned`).
+    #[value(name = "6.12")]
+    V6_12,
+    /// The kernel this machine runs, without a VM.
+    Host,
+    /// All of the above.
+    All,
+}
+
+impl Kernel {
+    fn each(self) -> Vec<Kernel> {
+        match self {
+            Kernel::All => vec![Kernel::V6_1, Kernel::V6_12, Kernel::Host],
+            k => vec![k],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::V6_1 => "6.1",
+            Kernel::V6_12 => "6.12",
+            Kernel::Host => "host",
+            Kernel::All => "all",
+        }
+    }
+
+    /// Debian's package names for this series (newest wins) and the `/boot/vmlinuz-*` names
+    /// they install: `(prefix, suffix)` around the version.
+    fn debian(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Kernel::V6_1 => Some(("6.1.0-", "-amd64")),
+            Kernel::V6_12 => Some(("6.12.", "+deb12-amd64")),
+            _ => None,
+        }
+    }
+}
+
+/// Which tests run, and how many times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// What `cargo xtask test` runs in each VM: the walking skeleton, an unreachable peer and
+    /// the EPIPE leak check with every send hook, one reap.
+    Subset,
+    /// The whole matrix of the kernel-matrix issue.
+    Full,
+}
+
+/// One test binary and the test names in it to run (exact names).
+struct Case {
+    binary: &'static str,
+    tests: &'static [&'static str],
+    /// Run once per send hook (`true`) or once with the hook the agent picks.
+    per_hook: bool,
+}
+
+/// The walking skeleton's tests that run with any hook (the fallback-hook one forces the
+/// classic tracepoint, which 6.1 lacks: the per-hook runs cover it where it exists).
+const WALKING: &[&str] = &[
+    "non_reading_client_is_reported_with_owner_and_forgotten_on_close",
+    "reading_client_is_tracked_but_never_reported",
+    "socket_wedged_before_the_agent_started_is_found",
+];
+
+fn plan(sel: Selection) -> Vec<Case> {
+    let mut cases = vec![
+        Case { binary: "walking_skeleton", tests: WALKING, per_hook: true },
+        Case { binary: "kernel_matrix", tests: &["closed_sockets_that_are_sent_on_leave_nothing_tracked"], per_hook: true },
+    ];
+    match sel {
+        Selection::Subset => {
+            cases.push(Case { binary: "scenarios", tests: &["s01_peer_unreachable_mid_stream"], per_hook: true });
+            cases.push(Case { binary: "reaping", tests: &["destroy_frees_the_seat_of_a_dead_client"], per_hook: false });
+        }
+        Selection::Full => {
+            cases.push(Case {
+                binary: "scenarios",
+                tests: &[
+                    "s01_peer_unreachable_mid_stream",
+                    "s02_frozen_peer_is_not_reading",
+                    "s03_peer_never_reads",
+                    "s04_peer_closed_while_owner_holds_it",
+                    "s05_clean_close_is_never_reported_and_forgotten",
+                    "s10_idle_connection_never",
+                ],
+                per_hook: true,
+            });
+            cases.push(Case {
+                binary: "verdict_truth",
+                tests: &[
+                    "a_non_reading_stall_older_than_the_agent_is_listed_at_once_with_its_age",
+                    "a_restarted_agent_lists_an_existing_stall_at_once_and_keeps_its_age",
+                    "a_close_wait_socket_that_never_sent_is_peer_closed",
+                    "a_first_send_that_blocks_forever_is_found",
+                ],
+                per_hook: true,
+            });
+            cases.push(Case {
+                binary: "attribution",
+                tests: &[
+                    "pod_container_cgroup_and_netns_of_a_stalled_socket",
+                    "a_socket_handed_to_a_child_is_attributed_to_the_child",
+                    "a_socket_no_process_holds_is_owner_unknown_never_a_wrong_pid",
+                    "a_reused_sender_pid_is_never_reported_as_owner",
+                ],
+                per_hook: true,
+            });
+            cases.push(Case {
+                binary: "reaping",
+                tests: &[
+                    "destroy_frees_the_seat_of_a_dead_client",
+                    "destroy_frees_a_seat_held_by_an_unreachable_peer_in_another_namespace",
+                    "shutdown_through_the_owners_fd_frees_the_seat",
+                ],
+                per_hook: true,
+            });
+        }
+    }
+    cases
+}
+
+/// How many times slower than this machine the tests may be in a guest (`DETECTOR_TEST_SLACK`):
+/// software emulation runs the guest several times slower.
+const SLACK_TCG: u32 = 4;
+const SLACK_KVM: u32 = 2;
+
+/// The longest one kernel's run may take before its VM is killed.
+const VM_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+pub fn run(root: &Path, kernel: Kernel, sel: Selection) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let binaries = build(root)?;
+    let out_root = root.join("target/vmtest");
+    let kernels = kernel.each();
+    let vm = if kernels.iter().any(|k| *k != Kernel::Host) { Some(Vm::ensure()?) } else { None };
+    let mut summaries = vec![];
+    for k in kernels {
+        let out = out_root.join(k.name());
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        let t = Instant::now();
+        let slack = match (&vm, k) {
+            (_, Kernel::Host) => 1,
+            (Some(vm), _) if vm.kvm => SLACK_KVM,
+            _ => SLACK_TCG,
+        };
+        write_plan(&out, root, &binaries, sel, slack)?;
+        let ran = match (&vm, k.debian()) {
+            (Some(vm), Some(series)) => vm.boot(root, &ensure_kernel(series)?, &out),
+            _ => guest(&out),
+        };
+        let summary = Summary::read(k, &out, t.elapsed(), ran.err())?;
+        eprintln!("{}", summary.line());
+        summaries.push(summary);
+    }
+    let table = table(&summaries);
+    std::fs::write(out_root.join("kernels.md"), &table).context("writing target/vmtest/kernels.md")?;
+    println!("{table}");
+    eprintln!("xtask vmtest: {:.0} s in all; logs in {}", started.elapsed().as_secs_f64(), out_root.display());
+    let failed: Vec<_> = summaries.iter().filter(|s| !s.passed()).map(|s| s.kernel.name()).collect();
+    if !failed.is_empty() {
+        bail!("the kernel matrix failed on {}: see target/vmtest/<kernel>/", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Builds the agent, the peer helpers and the integration test binaries; returns the test
+/// binaries by name.
+fn build(root: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    crate::cargo(root, &["build", "--package", "detector", "--package", "detector-tests", "--bins"])?;
+    // The agent as nodes run it: a debug build starts several times slower, which emulation
+    // multiplies again.
+    crate::cargo(root, &["build", "--release", "--package", "detector"])?;
+    crate::cargo(root, &["build", "--package", "xtask"])?;
+    let out = Command::new(env!("CARGO"))
+        .current_dir(root)
+        .args(["test", "--package", "detector-tests", "--no-run", "--message-format=json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the integration tests")?;
+    if !out.status.success() {
+        bail!("building the integration tests failed");
+    }
+    let mut bins = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        if v["reason"] == "compiler-artifact"
+            && v["target"]["kind"][0] == "test"
+            && let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str())
+        {
+            bins.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    Ok(bins)
+}
+
+fn write_plan(out: &Path, root: &Path, binaries: &BTreeMap<String, PathBuf>, sel: Selection, slack: u32) -> anyhow::Result<()> {
+    let mut cases = vec![];
+    for c in plan(sel) {
+        let bin = binaries.get(c.binary).with_context(|| format!("no integration test binary named {}", c.binary))?;
+        cases.push(json!({"binary": c.binary, "path": bin, "tests": c.tests, "per_hook": c.per_hook}));
+    }
+    let plan = json!({
+        "detector": root.join("target/release/detector"),
+        "slack": slack,
+        "cases": cases,
+    });
+    std::fs::write(out.join("plan.json"), serde_json::to_vec_pretty(&plan)?).context("writing the VM plan")
+}
+
+/// qemu through virtme-ng, with KVM when a guest boots with it, software emulation otherwise.
+struct Vm {
+    vng: PathBuf,
+    kvm: bool,
+}
+
+impl Vm {
+    fn ensure() -> anyhow::Result<Vm> {
+        crate::packages::ensure("qemu-system-x86_64", "qemu-system-x86")?;
+        crate::packages::ensure("busybox", "busybox-static")?;
+        let vng = ensure_vng()?;
+        let mut vm = Vm { vng, kvm: false };
+        vm.kvm = match std::env::var("DETECTOR_VM_ACCEL").as_deref() {
+            Ok("kvm") => true,
+            Ok("tcg") => false,
+            Ok(other) => bail!("DETECTOR_VM_ACCEL={other:?}: expected kvm or tcg"),
+            Err(_) => vm.kvm_boots()?,
+        };
+        eprintln!("xtask vmtest: guests run under {}", if vm.kvm { "KVM" } else { "software emulation (TCG)" });
+        Ok(vm)
+    }
+
+    /// Whether a KVM guest boots within 30 s (on some hosts one hangs early in boot).
+    fn kvm_boots(&self) -> anyhow::Result<bool> {
+        if !Path::new("/dev/kvm").exists() {
+            return Ok(false);
+        }
+        let Some(kernel) = installed_kernel(Kernel::V6_12.debian().expect("a Debian kernel")).or_else(|| installed_kernel(Kernel::V6_1.debian().unwrap()))
+        else {
+            return Ok(false);
+        };
+        let mut cmd = Command::new(&self.vng);
+        cmd.args(["--memory", "512M", "-r"]).arg(&kernel).args(["--", "true"]).stdout(Stdio::null()).stderr(Stdio::null());
+        Ok(matches!(run_for(cmd, Duration::from_secs(30))?, Some(true)))
+    }
+
+    /// Boots `kernel` and runs the guest half in it, the results going to `out`.
+    fn boot(&self, root: &Path, kernel: &Path, out: &Path) -> anyhow::Result<()> {
+        let console = std::fs::File::create(out.join("console.log")).context("creating console.log")?;
+        let mut cmd = Command::new(&self.vng);
+        if !self.kvm {
+            cmd.arg("--disable-kvm");
+        }
+        cmd.args(["--memory", "2G", "--cpus", "2"])
+            .arg(format!("--rwdir={}", out.display()))
+            .arg("-r")
+            .arg(kernel)
+            .arg("--")
+            .arg(format!("{} vm-guest {}", root.join("target/debug/xtask").display(), out.display()))
+            .stdin(Stdio::null())
+            .stdout(console.try_clone()?)
+            .stderr(console);
+        eprintln!("xtask vmtest: booting {} (console: {})", kernel.display(), out.join("console.log").display());
+        match run_for(cmd, VM_TIMEOUT)? {
+            Some(true) => Ok(()),
+            Some(false) => bail!("vng exited with an error (see console.log)"),
+            None => bail!("the VM did not finish within {} min and was killed", VM_TIMEOUT.as_secs() / 60),
+        }
+    }
+}
+
+/// Runs `cmd` in its own process group for at most `limit`: `Some(success)`, or `None` when
+/// it was killed (with everything it started) at the limit.
+fn run_for(mut cmd: Command, limit: Duration) -> anyhow::Result<Option<bool>> {
+    let mut child = cmd.process_group(0).spawn().context("starting vng")?;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status.success()));
+        }
+        if Instant::now() > deadline {
+            // SAFETY: signals the process group this function created.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// virtme-ng from PyPI; its `vng` script's path (pip may put it outside `PATH`).
+fn ensure_vng() -> anyhow::Result<PathBuf> {
+    let scripts = Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"]).output().context("running python3")?;
+    let vng = PathBuf::from(String::from_utf8_lossy(&scripts.stdout).trim()).join("vng");
+    if vng.is_file() {
+        return Ok(vng);
+    }
+    eprintln!("xtask: installing virtme-ng (pip)");
+    let ok = Command::new("python3").args(["-m", "pip", "install", "-q", "virtme-ng"]).status().context("running pip")?.success();
+    if !ok || !vng.is_file() {
+        bail!("installing virtme-ng failed; install it by hand (python3 -m pip install virtme-ng) and re-run");
+    }
+    Ok(vng)
+}
+
+/// The newest installed `/boot/vmlinuz-<prefix>N<suffix>`.
+fn installed_kernel((prefix, suffix): (&str, &str)) -> Option<PathBuf> {
+    let mut found: Vec<(Vec<u64>, PathBuf)> = std::fs::read_dir("/boot")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let v = name.strip_prefix("vmlinuz-")?.strip_prefix(prefix)?.strip_suffix(suffix)?.to_string();
+            v.bytes().all(|b| b.is_ascii_digit()).then(|| (version_key(&format!("{prefix}{v}")), e.path()))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
+}
+
+/// `6.12.117` → `[6, 12, 117]`, for ordering versions.
+fn version_key(v: &str) -> Vec<u64> {
+    v.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect()
+}
+
+/// The installed kernel of a series, installing Debian's newest when there is none.
+fn ensure_kernel(series: (&str, &str)) -> anyhow::Result<PathBuf> {
+    if let Some(k) = installed_kernel(series) {
+        return Ok(k);
+    }
+    let (prefix, suffix) = series;
+    let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+    let pattern = format!("^linux-image-{}[0-9]+{}-unsigned$", prefix.replace('.', "\\.").replace('+', "\\+"), suffix.replace('+', "\\+"));
+    let out = Command::new("apt-cache").args(["search", "--names-only", &pattern]).output().context("running apt-cache")?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect();
+    names.sort_by_key(|n| version_key(n.trim_start_matches("linux-image-")));
+    let Some(pkg) = names.pop() else { bail!("no Debian package matches {pattern}: is the bookworm archive in the apt sources?") };
+    eprintln!("xtask: installing {pkg} (a kernel for the VM matrix)");
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends", &pkg])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?
+        .success();
+    match installed_kernel(series) {
+        Some(k) if ok => Ok(k),
+        _ => bail!("installing {pkg} failed; install it by hand (apt-get install {pkg}) and re-run"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The guest half: runs inside the VM (or on the host for `--kernel host`).
+
+/// Runs the plan in `dir`: `detector check`, then each case with each send hook it needs.
+/// Results are appended to `dir/results.jsonl` as they come.
+pub fn guest(dir: &Path) -> anyhow::Result<()> {
+    let plan: Value = serde_json::from_slice(&std::fs::read(dir.join("plan.json")).context("reading plan.json")?).context("parsing plan.json")?;
+    let detector = PathBuf::from(plan["detector"].as_str().context("plan: detector")?);
+    let slack = plan["slack"].as_u64().unwrap_or(1);
+    let check = Command::new(&detector).args(["check", "--output", "json"]).output().context("running detector check")?;
+    std::fs::write(dir.join("check.json"), &check.stdout)?;
+    let checks: Value = serde_json::from_slice(&check.stdout).context("detector check printed no JSON")?;
+    let (hooks, picked) = send_hooks(&checks);
+    let mut results = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("results.jsonl"))?;
+    for case in plan["cases"].as_array().context("plan: cases")? {
+        let per_hook = case["per_hook"].as_bool().unwrap_or(false);
+        let run_with: Vec<&str> = if per_hook { hooks.iter().map(String::as_str).collect() } else { picked.iter().map(String::as_str).collect() };
+        for hook in run_with {
+            for (test, outcome, secs) in run_case(dir, &detector, case, hook, slack)? {
+                let line = json!({"binary": case["binary"], "test": test, "hook": hook, "outcome": outcome, "secs": secs});
+                writeln!(results, "{line}")?;
+                eprintln!("vm-guest: {hook} {}::{test} {outcome}", case["binary"].as_str().unwrap_or("?"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `--send-hook` values of every send hook this kernel can run, and the one the agent picks.
+fn send_hooks(checks: &Value) -> (Vec<String>, Option<String>) {
+    let mut all = vec![];
+    let mut picked = None;
+    for c in checks.as_array().into_iter().flatten() {
+        let Some(h) = c["send_hook"].as_str() else { continue };
+        if c["ok"] == true {
+            all.push(h.to_string());
+            if c["detail"] == "attached" {
+                picked = Some(h.to_string());
+            }
+        }
+    }
+    (all, picked)
+}
+
+/// Runs one case's tests with `hook` forced; each test's name, `ok`/`FAILED`, and the seconds
+/// the whole binary took. A test that never printed a result (the binary crashed) is `FAILED`.
+fn run_case(dir: &Path, detector: &Path, case: &Value, hook: &str, slack: u64) -> anyhow::Result<Vec<(String, String, f64)>> {
+    let binary = case["binary"].as_str().context("plan: binary")?;
+    let tests: Vec<&str> = case["tests"].as_array().context("plan: tests")?.iter().filter_map(Value::as_str).collect();
+    let log = dir.join(format!("{binary}-{hook}.log"));
+    let t = Instant::now();
+    let out = Command::new(case["path"].as_str().context("plan: path")?)
+        .args(["--exact", "--test-threads=1"])
+        .args(&tests)
+        .env("DETECTOR_BIN", detector)
+        .env("DETECTOR_REQUIRE_PRIVILEGED", "1")
+        .env("DETECTOR_TEST_SEND_HOOK", hook)
+        .env("DETECTOR_TEST_SLACK", slack.to_string())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .with_context(|| format!("running {binary}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    let mut text = out.stdout.clone();
+    text.extend_from_slice(&out.stderr);
+    std::fs::write(&log, &text)?;
+    let text = String::from_utf8_lossy(&text);
+    Ok(tests
+        .iter()
+        .map(|name| {
+            let ok = text.lines().any(|l| l.trim_end() == format!("test {name} ... ok"));
+            (name.to_string(), if ok { "ok" } else { "FAILED" }.to_string(), secs)
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results.
+
+struct Summary {
+    kernel: Kernel,
+    release: String,
+    picked: Option<String>,
+    /// Per send hook: (passed, failed).
+    hooks: BTreeMap<String, (usize, usize)>,
+    destroy: String,
+    took: Duration,
+    error: Option<String>,
+}
+
+impl Summary {
+    fn read(kernel: Kernel, out: &Path, took: Duration, error: Option<anyhow::Error>) -> anyhow::Result<Summary> {
+        let checks: Value = std::fs::read(out.join("check.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
+        let detail =
+            |name: &str| checks.as_array().into_iter().flatten().find(|c| c["name"] == name).and_then(|c| c["detail"].as_str()).unwrap_or("?").to_string();
+        let mut hooks = BTreeMap::new();
+        let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap_or_default();
+        for v in results.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+            let e: &mut (usize, usize) = hooks.entry(v["hook"].as_str().unwrap_or("?").to_string()).or_default();
+            if v["outcome"] == "ok" {
+                e.0 += 1;
+            } else {
+                e.1 += 1;
+            }
+        }
+        let error = error.map(|e| format!("{e:#}")).or_else(|| hooks.is_empty().then(|| "no test ran (see console.log)".to_string()));
+        Ok(Summary { kernel, release: detail("kernel"), picked: send_hooks(&checks).1, hooks, destroy: detail("socket destroy"), took, error })
+    }
+
+    fn passed(&self) -> bool {
+        self.error.is_none() && self.hooks.values().all(|(_, f)| *f == 0)
+    }
+
+    fn line(&self) -> String {
+        let hooks: Vec<String> = self.hooks.iter().map(|(h, (p, f))| format!("{h} {p} passed {f} failed")).collect();
+        format!(
+            "xtask vmtest: {} ({}) in {:.0} s: {}; the agent picks {}{}",
+            self.kernel.name(),
+            self.release,
+            self.took.as_secs_f64(),
+            hooks.join(", "),
+            self.picked.as_deref().unwrap_or("no hook"),
+            self.error.as_deref().map(|e| format!("; ERROR: {e}")).unwrap_or_default()
+        )
+    }
+}
+
+/// The README's "supported kernels" table.
+fn table(summaries: &[Summary]) -> String {
+    let mut t = String::from("| Kernel | Send hooks proven (tests passed) | The agent picks | Socket destroy |\n|---|---|---|---|\n");
+    for s in summaries {
+        let hooks: Vec<String> =
+            s.hooks.iter().map(|(h, (p, f))| if *f == 0 { format!("`{h}` ({p})") } else { format!("`{h}` ({p}, **{f} failed**)") }).collect();
+        let hooks = if s.error.is_some() && hooks.is_empty() { "did not run".to_string() } else { hooks.join(", ") };
+        t += &format!("| {} | {} | `{}` | {} |\n", s.release, hooks, s.picked.as_deref().unwrap_or("none"), s.destroy);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_order_numerically() {
+        assert!(version_key("6.12.117+deb12-amd64") > version_key("6.12.99+deb12-amd64"));
+        assert!(version_key("6.1.0-56-amd64") > version_key("6.1.0-9-amd64"));
+    }
+
+    #[test]
+    fn the_picked_hook_is_the_attached_one() {
+        let checks = json!([
+            {"name": "hook fentry tcp_sendmsg (send)", "ok": true, "detail": "attached", "send_hook": "fentry"},
+            {"name": "hook kprobe tcp_sendmsg (send)", "ok": true, "detail": "available; not used", "send_hook": "kprobe"},
+            {"name": "hook tracepoint sock:sock_send_length (send)", "ok": false, "detail": "absent", "send_hook": "sock-send-length"},
+        ]);
+        assert_eq!(send_hooks(&checks), (vec!["fentry".to_string(), "kprobe".to_string()], Some("fentry".to_string())));
+    }
+}
