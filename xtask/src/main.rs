@@ -109,7 +109,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Vmtest { kernel, subset } => {
             setup::ensure()?;
-            vmtest::run(&root, kernel, if subset { vmtest::Selection::Subset } else { vmtest::Selection::Full })
+            vmtest::run(&root, &kernel.each(), if subset { vmtest::Selection::Subset } else { vmtest::Selection::Full })
         }
         Cmd::VmGuest { dir } => vmtest::guest(&dir),
         Cmd::Test { args } => {
