@@ -231,6 +231,15 @@ impl Agent {
         serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// `detector explain <id> --output json` against this agent.
+    pub fn explain(&self, id: &str) -> Result<Value, String> {
+        let out = Command::new(&self.bin).args(["explain", id, "--output", "json", "--api-socket"]).arg(&self.api).output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
     /// The stalled entry whose local address is `local`, if any.
     pub fn stalled(&self, local: &str) -> Option<Value> {
         let v = self.query("stalled").unwrap_or_else(|e| panic!("detector stalled failed: {e}\n{}", self.log()));

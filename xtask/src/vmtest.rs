@@ -162,7 +162,10 @@ const VM_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 pub fn run(root: &Path, kernels: &[Kernel], sel: Selection) -> anyhow::Result<()> {
     let started = Instant::now();
     let binaries = build(root)?;
-    let out_root = root.join("target/vmtest");
+    let out_root = root.join("target/vmtest").join(match sel {
+        Selection::Subset => "subset",
+        Selection::Full => "full",
+    });
     // The subset leaves out, in VMs, the hooks the host's suite proves (on a newer kernel)
     // unless the VM's kernel picks one of them.
     let skip = match sel {
@@ -186,20 +189,28 @@ pub fn run(root: &Path, kernels: &[Kernel], sel: Selection) -> anyhow::Result<()
             (Some(vm), Some(series)) => vm.boot(root, &ensure_kernel(series)?, &out),
             _ => guest(&out),
         };
-        let summary = Summary::read(k, &out, t.elapsed(), ran.err())?;
+        if let Err(e) = &ran {
+            std::fs::write(out.join("error.txt"), format!("{e:#}"))?;
+        }
+        let summary = Summary::read(k, &out, t.elapsed())?;
         eprintln!("{}", summary.line());
         summaries.push(summary);
     }
-    let table = table(&summaries);
-    std::fs::write(out_root.join("kernels.md"), &table).context("writing target/vmtest/kernels.md")?;
-    if sel == Selection::Full && kernels.len() == Kernel::All.each().len() {
-        update_readme(&root.join("README.md"), &table)?;
+    println!("{}", table(&summaries));
+    if sel == Selection::Full {
+        // The README's table: the last full run on each kernel.
+        let last: Vec<Summary> = Kernel::All
+            .each()
+            .into_iter()
+            .filter(|k| out_root.join(k.name()).join("results.jsonl").exists())
+            .map(|k| Summary::read(k, &out_root.join(k.name()), Duration::ZERO))
+            .collect::<anyhow::Result<_>>()?;
+        update_readme(&root.join("README.md"), &table(&last))?;
     }
-    println!("{table}");
     eprintln!("xtask vmtest: {:.0} s in all; logs in {}", started.elapsed().as_secs_f64(), out_root.display());
     let failed: Vec<_> = summaries.iter().filter(|s| !s.passed()).map(|s| s.kernel.name()).collect();
     if !failed.is_empty() {
-        bail!("the kernel matrix failed on {}: see target/vmtest/<kernel>/", failed.join(", "));
+        bail!("the kernel matrix failed on {}: see {}/<kernel>/", failed.join(", "), out_root.display());
     }
     Ok(())
 }
@@ -488,7 +499,7 @@ struct Summary {
 }
 
 impl Summary {
-    fn read(kernel: Kernel, out: &Path, took: Duration, error: Option<anyhow::Error>) -> anyhow::Result<Summary> {
+    fn read(kernel: Kernel, out: &Path, took: Duration) -> anyhow::Result<Summary> {
         let checks: Value = std::fs::read(out.join("check.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
         let detail =
             |name: &str| checks.as_array().into_iter().flatten().find(|c| c["name"] == name).and_then(|c| c["detail"].as_str()).unwrap_or("?").to_string();
@@ -502,7 +513,7 @@ impl Summary {
                 e.1 += 1;
             }
         }
-        let error = error.map(|e| format!("{e:#}")).or_else(|| hooks.is_empty().then(|| "no test ran (see console.log)".to_string()));
+        let error = std::fs::read_to_string(out.join("error.txt")).ok().or_else(|| hooks.is_empty().then(|| "no test ran (see console.log)".to_string()));
         Ok(Summary { kernel, release: detail("kernel"), picked: send_hooks(&checks).1, hooks, destroy: detail("socket destroy"), took, error })
     }
 

@@ -53,6 +53,15 @@ impl Watch {
         for e in st.as_array().into_iter().flatten() {
             let k = format!("{} {}", e["local"].as_str().unwrap_or(""), e["remote"].as_str().unwrap_or(""));
             if keys.contains_key(&k) && !self.reported.contains_key(&k) {
+                if killed.elapsed().as_secs_f64() < grace {
+                    // Listed before a full grace window passed since the kill: no progress since
+                    // a sample before it (seen: a backpressured stream over the veth whose
+                    // window stayed closed for 0.5 s before the cut). Printed with its samples,
+                    // to be looked at every time: a live connection must never be listed.
+                    let id = e["socket_cookie"].to_string();
+                    let why = a.explain(&id).unwrap_or_else(serde_json::Value::String);
+                    eprintln!("bench: EARLY {:.2} s after the kill: {e}\n{why}", killed.elapsed().as_secs_f64());
+                }
                 self.proven.push(e["stalled_for_ms"].as_f64().unwrap_or(0.0) / 1e3 - grace);
                 self.reported.insert(k, (killed.elapsed().as_secs_f64(), e["reason"].as_str().unwrap_or("").to_string()));
             }
