@@ -172,7 +172,10 @@ pub fn run(root: &Path, kernels: &[Kernel], sel: Selection) -> anyhow::Result<()
         Selection::Subset => host_send_hooks(root)?,
         Selection::Full => vec![],
     };
-    let vm = if kernels.iter().any(|k| *k != Kernel::Host) { Some(Vm::ensure()?) } else { None };
+    // Kernel images first: the KVM probe boots one.
+    let images: BTreeMap<&str, PathBuf> =
+        kernels.iter().filter_map(|k| k.debian().map(|d| (k, d))).map(|(k, d)| Ok((k.name(), ensure_kernel(d)?))).collect::<anyhow::Result<_>>()?;
+    let vm = if images.is_empty() { None } else { Some(Vm::ensure(images.values().next().expect("one image"))?) };
     let mut summaries = vec![];
     for &k in kernels {
         let out = out_root.join(k.name());
@@ -185,8 +188,8 @@ pub fn run(root: &Path, kernels: &[Kernel], sel: Selection) -> anyhow::Result<()
             _ => SLACK_TCG,
         };
         write_plan(&out, root, &binaries, sel, slack, &skip)?;
-        let ran = match (&vm, k.debian()) {
-            (Some(vm), Some(series)) => vm.boot(root, &ensure_kernel(series)?, &out),
+        let ran = match (&vm, images.get(k.name())) {
+            (Some(vm), Some(image)) => vm.boot(root, image, &out),
             _ => guest(&out),
         };
         if let Err(e) = &ran {
@@ -274,7 +277,7 @@ struct Vm {
 }
 
 impl Vm {
-    fn ensure() -> anyhow::Result<Vm> {
+    fn ensure(image: &Path) -> anyhow::Result<Vm> {
         crate::packages::ensure("qemu-system-x86_64", "qemu-system-x86")?;
         crate::packages::ensure("busybox", "busybox-static")?;
         let vng = ensure_vng()?;
@@ -283,23 +286,19 @@ impl Vm {
             Ok("kvm") => true,
             Ok("tcg") => false,
             Ok(other) => bail!("DETECTOR_VM_ACCEL={other:?}: expected kvm or tcg"),
-            Err(_) => vm.kvm_boots()?,
+            Err(_) => vm.kvm_boots(image)?,
         };
         eprintln!("xtask vmtest: guests run under {}", if vm.kvm { "KVM" } else { "software emulation (TCG)" });
         Ok(vm)
     }
 
-    /// Whether a KVM guest boots within 30 s (on some hosts one hangs early in boot).
-    fn kvm_boots(&self) -> anyhow::Result<bool> {
+    /// Whether a KVM guest of `kernel` boots within 30 s (on some hosts one hangs early in boot).
+    fn kvm_boots(&self, kernel: &Path) -> anyhow::Result<bool> {
         if !Path::new("/dev/kvm").exists() {
             return Ok(false);
         }
-        let Some(kernel) = installed_kernel(Kernel::V6_12.debian().expect("a Debian kernel")).or_else(|| installed_kernel(Kernel::V6_1.debian().unwrap()))
-        else {
-            return Ok(false);
-        };
         let mut cmd = Command::new(&self.vng);
-        cmd.args(["--memory", "512M", "-r"]).arg(&kernel).args(["--", "true"]).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.args(["--memory", "512M", "-r"]).arg(kernel).args(["--", "true"]).stdout(Stdio::null()).stderr(Stdio::null());
         Ok(matches!(run_for(cmd, Duration::from_secs(30))?, Some(true)))
     }
 
