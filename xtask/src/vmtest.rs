@@ -156,8 +156,16 @@ fn plan(sel: Selection) -> Vec<Case> {
 const SLACK_TCG: u32 = 4;
 const SLACK_KVM: u32 = 2;
 
-/// The longest one kernel's run may take before its VM is killed.
-const VM_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// The longest one kernel's run may take before its VM is killed, per selection.
+fn vm_timeout(sel: Selection) -> Duration {
+    match sel {
+        Selection::Subset => Duration::from_secs(30 * 60),
+        Selection::Full => Duration::from_secs(120 * 60),
+    }
+}
+
+/// The longest one test may take in a guest before it is killed and counted failed.
+const TEST_LIMIT: Duration = Duration::from_secs(5 * 60);
 
 pub fn run(root: &Path, kernels: &[Kernel], sel: Selection) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -189,7 +197,7 @@ pub fn run(root: &Path, kernels: &[Kernel], sel: Selection) -> anyhow::Result<()
         };
         write_plan(&out, root, &binaries, sel, slack, &skip)?;
         let ran = match (&vm, images.get(k.name())) {
-            (Some(vm), Some(image)) => vm.boot(root, image, &out),
+            (Some(vm), Some(image)) => vm.boot(root, image, &out, vm_timeout(sel)),
             _ => guest(&out),
         };
         if let Err(e) = &ran {
@@ -303,7 +311,7 @@ impl Vm {
     }
 
     /// Boots `kernel` and runs the guest half in it, the results going to `out`.
-    fn boot(&self, root: &Path, kernel: &Path, out: &Path) -> anyhow::Result<()> {
+    fn boot(&self, root: &Path, kernel: &Path, out: &Path, limit: Duration) -> anyhow::Result<()> {
         let console = std::fs::File::create(out.join("console.log")).context("creating console.log")?;
         let mut cmd = Command::new(&self.vng);
         if !self.kvm {
@@ -319,10 +327,10 @@ impl Vm {
             .stdout(console.try_clone()?)
             .stderr(console);
         eprintln!("xtask vmtest: booting {} (console: {})", kernel.display(), out.join("console.log").display());
-        match run_for(cmd, VM_TIMEOUT)? {
+        match run_for(cmd, limit)? {
             Some(true) => Ok(()),
             Some(false) => bail!("vng exited with an error (see console.log)"),
-            None => bail!("the VM did not finish within {} min and was killed", VM_TIMEOUT.as_secs() / 60),
+            None => bail!("the VM did not finish within {} min and was killed", limit.as_secs() / 60),
         }
     }
 }
@@ -330,7 +338,7 @@ impl Vm {
 /// Runs `cmd` in its own process group for at most `limit`: `Some(success)`, or `None` when
 /// it was killed (with everything it started) at the limit.
 fn run_for(mut cmd: Command, limit: Duration) -> anyhow::Result<Option<bool>> {
-    let mut child = cmd.process_group(0).spawn().context("starting vng")?;
+    let mut child = cmd.process_group(0).spawn().context("starting it")?;
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -458,21 +466,27 @@ fn run_case(dir: &Path, detector: &Path, case: &Value, hook: &str, slack: u64) -
     let binary = case["binary"].as_str().context("plan: binary")?;
     let tests: Vec<&str> = case["tests"].as_array().context("plan: tests")?.iter().filter_map(Value::as_str).collect();
     let log = dir.join(format!("{binary}-{hook}.log"));
+    let logf = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let t = Instant::now();
-    let out = Command::new(case["path"].as_str().context("plan: path")?)
-        .args(["--exact", "--test-threads=1"])
+    let mut cmd = Command::new(case["path"].as_str().context("plan: path")?);
+    cmd.args(["--exact", "--test-threads=1"])
         .args(&tests)
         .env("DETECTOR_BIN", detector)
         .env("DETECTOR_REQUIRE_PRIVILEGED", "1")
         .env("DETECTOR_TEST_SEND_HOOK", hook)
         .env("DETECTOR_TEST_SLACK", slack.to_string())
         .env("RUST_BACKTRACE", "0")
-        .output()
-        .with_context(|| format!("running {binary}"))?;
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf);
+    // A test that hangs fails alone (killed with what it started), not the whole VM run.
+    let limit = TEST_LIMIT * tests.len() as u32;
+    if run_for(cmd, limit).with_context(|| format!("running {binary}"))?.is_none() {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
+        writeln!(f, "vm-guest: killed after {} s", limit.as_secs())?;
+    }
     let secs = t.elapsed().as_secs_f64();
-    let mut text = out.stdout.clone();
-    text.extend_from_slice(&out.stderr);
-    std::fs::write(&log, &text)?;
+    let text = std::fs::read(&log)?;
     let text = String::from_utf8_lossy(&text);
     Ok(tests
         .iter()
