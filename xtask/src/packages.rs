@@ -11,6 +11,15 @@ pub fn ensure(command: &str, package: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing {package} (for {command})");
+    install(package)?;
+    if !which(command) {
+        bail!("installing {package} did not give {command}; install it by hand (apt-get install {package}) and re-run");
+    }
+    Ok(())
+}
+
+/// Installs Debian `package` (apt-get, non-interactive, no recommends).
+pub fn install(package: &str) -> anyhow::Result<()> {
     // A fresh machine's package lists may be stale or empty.
     let _ = Command::new("apt-get").args(["update", "-qq"]).status();
     let status = Command::new("apt-get")
@@ -18,12 +27,18 @@ pub fn ensure(command: &str, package: &str) -> anyhow::Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .context("running apt-get")?;
-    if !status.success() || !which(command) {
+    if !status.success() {
         bail!("installing {package} failed; install it by hand (apt-get install {package}) and re-run");
     }
     Ok(())
 }
 
 pub fn which(command: &str) -> bool {
-    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).chain(["/usr/sbin".into(), "/sbin".into()]).any(|d| d.join(command).is_file())).unwrap_or(false)
+    find(command).is_some()
+}
+
+/// Where `command` is: on PATH, or in the sbin directories a non-login PATH may lack.
+pub fn find(command: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]).map(|d| d.join(command)).find(|p| p.is_file())
 }

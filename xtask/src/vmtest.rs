@@ -354,17 +354,34 @@ fn run_for(mut cmd: Command, limit: Duration) -> anyhow::Result<Option<bool>> {
     }
 }
 
-/// virtme-ng from PyPI; its `vng` script's path (pip may put it outside `PATH`).
+/// virtme-ng's `vng`: on PATH or where this python's pip put it; otherwise installed from PyPI
+/// into a virtualenv of its own (Debian's python refuses a system-wide pip install, PEP 668).
 fn ensure_vng() -> anyhow::Result<PathBuf> {
+    if let Some(vng) = crate::packages::find("vng") {
+        return Ok(vng);
+    }
     let scripts = Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"]).output().context("running python3")?;
     let vng = PathBuf::from(String::from_utf8_lossy(&scripts.stdout).trim()).join("vng");
     if vng.is_file() {
         return Ok(vng);
     }
-    eprintln!("xtask: installing virtme-ng (pip)");
-    let ok = Command::new("python3").args(["-m", "pip", "install", "-q", "virtme-ng"]).status().context("running pip")?.success();
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let venv = home.join(".cache/detector/virtme-ng");
+    let vng = venv.join("bin/vng");
+    if vng.is_file() {
+        return Ok(vng);
+    }
+    eprintln!("xtask: installing virtme-ng (pip, in a virtualenv at {})", venv.display());
+    let make_venv = || Command::new("python3").arg("-m").arg("venv").arg(&venv).status().is_ok_and(|s| s.success());
+    if !make_venv() {
+        crate::packages::install("python3-venv")?;
+        if !make_venv() {
+            bail!("`python3 -m venv {}` failed; install python3-venv and re-run", venv.display());
+        }
+    }
+    let ok = Command::new(venv.join("bin/pip")).args(["install", "-q", "virtme-ng"]).status().context("running pip")?.success();
     if !ok || !vng.is_file() {
-        bail!("installing virtme-ng failed; install it by hand (python3 -m pip install virtme-ng) and re-run");
+        bail!("installing virtme-ng failed; install it by hand ({}/bin/pip install virtme-ng) and re-run", venv.display());
     }
     Ok(vng)
 }
@@ -389,29 +406,28 @@ fn version_key(v: &str) -> Vec<u64> {
     v.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect()
 }
 
+/// `apt-cache search --names-only` pattern of Debian's generic unsigned images of a series.
+fn package_pattern((prefix, suffix): (&str, &str)) -> String {
+    let esc = |s: &str| s.replace('.', "\\.").replace('+', "\\+");
+    format!("^linux-image-{}[0-9]+{}-unsigned$", esc(prefix), esc(suffix))
+}
+
 /// The installed kernel of a series, installing Debian's newest when there is none.
 fn ensure_kernel(series: (&str, &str)) -> anyhow::Result<PathBuf> {
     if let Some(k) = installed_kernel(series) {
         return Ok(k);
     }
     let (prefix, suffix) = series;
+    // A fresh machine's package lists may be stale or empty.
     let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-    let pattern = format!("^linux-image-{}[0-9]+{}-unsigned$", prefix.replace('.', "\\.").replace('+', "\\+"), suffix.replace('+', "\\+"));
+    let pattern = package_pattern(series);
     let out = Command::new("apt-cache").args(["search", "--names-only", &pattern]).output().context("running apt-cache")?;
     let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect();
     names.sort_by_key(|n| version_key(n.trim_start_matches("linux-image-")));
     let Some(pkg) = names.pop() else { bail!("no Debian package matches {pattern}: is the bookworm archive in the apt sources?") };
     eprintln!("xtask: installing {pkg} (a kernel for the VM matrix)");
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends", &pkg])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("running apt-get")?
-        .success();
-    match installed_kernel(series) {
-        Some(k) if ok => Ok(k),
-        _ => bail!("installing {pkg} failed; install it by hand (apt-get install {pkg}) and re-run"),
-    }
+    crate::packages::install(&pkg)?;
+    installed_kernel(series).with_context(|| format!("{pkg} is installed but no /boot/vmlinuz-{prefix}N{suffix} appeared"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -581,6 +597,12 @@ mod tests {
     fn versions_order_numerically() {
         assert!(version_key("6.12.117+deb12-amd64") > version_key("6.12.99+deb12-amd64"));
         assert!(version_key("6.1.0-56-amd64") > version_key("6.1.0-9-amd64"));
+    }
+
+    #[test]
+    fn package_patterns_name_the_generic_unsigned_images() {
+        assert_eq!(package_pattern(Kernel::V6_1.debian().unwrap()), "^linux-image-6\\.1\\.0-[0-9]+-amd64-unsigned$");
+        assert_eq!(package_pattern(Kernel::V6_12.debian().unwrap()), "^linux-image-6\\.12\\.[0-9]+\\+deb12-amd64-unsigned$");
     }
 
     #[test]
