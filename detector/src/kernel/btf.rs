@@ -2,6 +2,7 @@
 //! BTF (/sys/kernel/btf/vmlinux) at start-up. Rust eBPF has no CO-RE, so this is how the same
 //! object runs on every kernel.
 use btf_rs::{Btf, Type};
+use detector_common::KernelConfig;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -39,30 +40,6 @@ pub struct SockOffsets {
     /// `struct sock` → `sk_wmem_queued` and `sk_sndbuf`.
     pub wmem_queued: u32,
     pub sndbuf: u32,
-}
-
-/// Byte offsets, from the start of the socket, of what the sampling walk reads: the
-/// `struct tcp_sock` and `struct inet_connection_sock` fields `tcp_info` is made of, the
-/// owner's uid, and the path from a `struct socket` to its inode number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpOffsets {
-    pub snd_una: u32,
-    pub write_seq: u32,
-    pub snd_nxt: u32,
-    pub snd_wnd: u32,
-    pub rcv_tstamp: u32,
-    pub lsndtime: u32,
-    pub packets_out: u32,
-    pub total_retrans: u32,
-    pub segs_out: u32,
-    pub bytes_acked: u32,
-    pub rto: u32,
-    pub retransmits: u32,
-    pub backoff: u32,
-    pub probes_out: u32,
-    pub uid: u32,
-    /// `socket_alloc.vfs_inode` + `inode.i_ino`.
-    pub socket_ino: u32,
 }
 
 pub struct KernelBtf {
@@ -149,26 +126,31 @@ impl KernelBtf {
     }
 
     /// What the sampling walk reads; an error names the first field this kernel lacks.
-    pub fn tcp_offsets(&self) -> Result<TcpOffsets, BtfError> {
+    /// Fills in `c` the byte offsets, from the start of the socket, of what the sampling walk
+    /// reads: the `struct tcp_sock` and `struct inet_connection_sock` fields `tcp_info` is made
+    /// of, the owner's uid, and the path from a `struct socket` to its inode number. All or
+    /// none: on an error `c` is left as it was.
+    pub fn tcp_offsets(&self, c: &mut KernelConfig) -> Result<(), BtfError> {
         let need = |s: &str, f: &str| self.member_offset(s, f).ok_or_else(|| BtfError::Missing(format!("{s}.{f}")));
-        Ok(TcpOffsets {
-            snd_una: need("tcp_sock", "snd_una")?,
-            write_seq: need("tcp_sock", "write_seq")?,
-            snd_nxt: need("tcp_sock", "snd_nxt")?,
-            snd_wnd: need("tcp_sock", "snd_wnd")?,
-            rcv_tstamp: need("tcp_sock", "rcv_tstamp")?,
-            lsndtime: need("tcp_sock", "lsndtime")?,
-            packets_out: need("tcp_sock", "packets_out")?,
-            total_retrans: need("tcp_sock", "total_retrans")?,
-            segs_out: need("tcp_sock", "segs_out")?,
-            bytes_acked: need("tcp_sock", "bytes_acked")?,
-            rto: need("inet_connection_sock", "icsk_rto")?,
-            retransmits: need("inet_connection_sock", "icsk_retransmits")?,
-            backoff: need("inet_connection_sock", "icsk_backoff")?,
-            probes_out: need("inet_connection_sock", "icsk_probes_out")?,
-            uid: need("sock", "sk_uid")?,
-            socket_ino: need("socket_alloc", "vfs_inode")? + need("inode", "i_ino")?,
-        })
+        let mut t = *c;
+        t.tcp_snd_una = need("tcp_sock", "snd_una")?;
+        t.tcp_write_seq = need("tcp_sock", "write_seq")?;
+        t.tcp_snd_nxt = need("tcp_sock", "snd_nxt")?;
+        t.tcp_snd_wnd = need("tcp_sock", "snd_wnd")?;
+        t.tcp_rcv_tstamp = need("tcp_sock", "rcv_tstamp")?;
+        t.tcp_lsndtime = need("tcp_sock", "lsndtime")?;
+        t.tcp_packets_out = need("tcp_sock", "packets_out")?;
+        t.tcp_total_retrans = need("tcp_sock", "total_retrans")?;
+        t.tcp_segs_out = need("tcp_sock", "segs_out")?;
+        t.tcp_bytes_acked = need("tcp_sock", "bytes_acked")?;
+        t.icsk_rto = need("inet_connection_sock", "icsk_rto")?;
+        t.icsk_retransmits = need("inet_connection_sock", "icsk_retransmits")?;
+        t.icsk_backoff = need("inet_connection_sock", "icsk_backoff")?;
+        t.icsk_probes_out = need("inet_connection_sock", "icsk_probes_out")?;
+        t.sk_uid = need("sock", "sk_uid")?;
+        t.socket_ino = need("socket_alloc", "vfs_inode")? + need("inode", "i_ino")?;
+        *c = t;
+        Ok(())
     }
 
     /// Whether the kernel has a function of this name (an fentry/kprobe target).
@@ -202,8 +184,9 @@ mod tests {
         assert!(o.bound_dev_if > o.state && o.bound_dev_if < o.net, "skc_bound_dev_if is in sock_common: {o:?}");
         assert!(btf.has_function("tcp_sendmsg"));
         // tcp_sock begins with inet_connection_sock, which begins with struct sock.
-        let t = btf.tcp_offsets().expect("tcp_sock offsets");
-        assert!(t.rto > o.sndbuf && t.snd_una > t.rto && t.bytes_acked % 8 == 0, "{t:?}");
+        let mut t = KernelConfig::EMPTY;
+        btf.tcp_offsets(&mut t).expect("tcp_sock offsets");
+        assert!(t.icsk_rto > o.sndbuf && t.tcp_snd_una > t.icsk_rto && t.tcp_bytes_acked.is_multiple_of(8), "{t:?}");
         assert!(t.socket_ino > 0, "{t:?}");
         assert!(!btf.has_function("no_such_function_here"));
     }

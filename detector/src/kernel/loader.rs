@@ -254,24 +254,7 @@ pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig,
     c.socket_file = o.socket_file;
     c.sk_sndbuf = o.sndbuf;
     // Optional: without them, the walk is refused and sock_diag samples.
-    if let Ok(t) = btf.tcp_offsets() {
-        c.tcp_snd_una = t.snd_una;
-        c.tcp_write_seq = t.write_seq;
-        c.tcp_snd_nxt = t.snd_nxt;
-        c.tcp_snd_wnd = t.snd_wnd;
-        c.tcp_rcv_tstamp = t.rcv_tstamp;
-        c.tcp_lsndtime = t.lsndtime;
-        c.tcp_packets_out = t.packets_out;
-        c.tcp_total_retrans = t.total_retrans;
-        c.tcp_segs_out = t.segs_out;
-        c.tcp_bytes_acked = t.bytes_acked;
-        c.icsk_rto = t.rto;
-        c.icsk_retransmits = t.retransmits;
-        c.icsk_backoff = t.backoff;
-        c.icsk_probes_out = t.probes_out;
-        c.sk_uid = t.uid;
-        c.socket_ino = t.socket_ino;
-    }
+    let _ = btf.tcp_offsets(&mut c);
     c.agent_tgid = std::process::id();
     Ok(c)
 }
