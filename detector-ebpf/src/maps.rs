@@ -56,12 +56,16 @@ pub fn emit(sk: u64, st: &SockState, kind: EventKind, state: u8) {
     emit_if(sk, st, kind, state, || true);
 }
 
-/// As [`emit`], but the event is sent only if `commit` (run once the event is written) says so,
-/// and discarded otherwise.
+/// As [`emit`], but the event is sent only if `commit` (run once the event is written, or at
+/// once when the ring buffer is full) says so, and discarded otherwise.
 #[inline(always)]
 pub fn emit_if(sk: u64, st: &SockState, kind: EventKind, state: u8, commit: impl FnOnce() -> bool) {
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
-        count(Counter::EventsDropped);
+        // No room: what the event announces still happens (a closed socket still leaves the
+        // map); only the announcement is lost, and counted.
+        if commit() {
+            count(Counter::EventsDropped);
+        }
         return;
     };
     let ev = entry.as_mut_ptr();
