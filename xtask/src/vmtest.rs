@@ -285,6 +285,17 @@ struct Vm {
 }
 
 impl Vm {
+    /// `vng` with its own directory first on PATH: it runs its helpers (`virtme-run`) by name,
+    /// and in a virtualenv they are only there.
+    fn vng(&self) -> Command {
+        let mut cmd = Command::new(&self.vng);
+        let dir = self.vng.parent().unwrap_or(Path::new("/"));
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let joined = std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path))).unwrap_or(path);
+        cmd.env("PATH", joined);
+        cmd
+    }
+
     fn ensure(image: &Path) -> anyhow::Result<Vm> {
         crate::packages::ensure("qemu-system-x86_64", "qemu-system-x86")?;
         crate::packages::ensure("busybox", "busybox-static")?;
@@ -305,7 +316,7 @@ impl Vm {
         if !Path::new("/dev/kvm").exists() {
             return Ok(false);
         }
-        let mut cmd = Command::new(&self.vng);
+        let mut cmd = self.vng();
         cmd.args(["--memory", "512M", "-r"]).arg(kernel).args(["--", "true"]).stdout(Stdio::null()).stderr(Stdio::null());
         Ok(matches!(run_for(cmd, Duration::from_secs(30))?, Some(true)))
     }
@@ -313,7 +324,7 @@ impl Vm {
     /// Boots `kernel` and runs the guest half in it, the results going to `out`.
     fn boot(&self, root: &Path, kernel: &Path, out: &Path, limit: Duration) -> anyhow::Result<()> {
         let console = std::fs::File::create(out.join("console.log")).context("creating console.log")?;
-        let mut cmd = Command::new(&self.vng);
+        let mut cmd = self.vng();
         if !self.kvm {
             cmd.arg("--disable-kvm");
         }
