@@ -204,6 +204,9 @@ pub fn run(root: &Path, kernels: &[Kernel], sel: Selection) -> anyhow::Result<()
             std::fs::write(out.join("error.txt"), format!("{e:#}"))?;
         }
         let summary = Summary::read(k, &out, t.elapsed())?;
+        // This kernel's run ended (passed or not): a run cut short leaves no marker and never
+        // reaches the README's table.
+        std::fs::write(out.join("finished"), summary.line())?;
         eprintln!("{}", summary.line());
         summaries.push(summary);
     }
@@ -213,7 +216,7 @@ pub fn run(root: &Path, kernels: &[Kernel], sel: Selection) -> anyhow::Result<()
         let last: Vec<Summary> = Kernel::All
             .each()
             .into_iter()
-            .filter(|k| out_root.join(k.name()).join("results.jsonl").exists())
+            .filter(|k| out_root.join(k.name()).join("finished").exists())
             .map(|k| Summary::read(k, &out_root.join(k.name()), Duration::ZERO))
             .collect::<anyhow::Result<_>>()?;
         update_readme(&root.join("README.md"), &table(&last))?;
