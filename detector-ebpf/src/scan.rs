@@ -7,12 +7,19 @@
 //! *sk_common, uid_t uid)` (net/ipv4/tcp_ipv4.c): called once per socket of the namespace's
 //! TCP hash tables (listening, established, time-wait and request sockets alike), then once
 //! with `sk_common` null.
-use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
-use detector_common::{AF_INET, AF_INET6, ScanRecord, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK};
+//!
+//! Two programs, one per kind of send-hook storage. With socket storage (`scan_tcp_adopt`), a
+//! stuck socket is given a record in `SK_STATE` (sender unknown) and written out only if it
+//! could not be: from then on the sampling walk samples it with the others, so a socket wedged
+//! before the agent started costs no sock_diag lookup per pass. With the hash map
+//! (`scan_tcp`), every stuck socket is written out and the agent samples it with sock_diag.
+use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock};
+use detector_common::{AF_INET, AF_INET6, ScanRecord, SockState, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK};
 
 use crate::{
     config::conf,
-    sock::btf_load as load,
+    sock::{BtfSock, btf_load as load, read_tuple},
+    track::{Storage, Store},
     walk::{IterMeta, write},
 };
 
@@ -28,13 +35,22 @@ struct IterCtx {
 #[unsafe(link_section = "iter/tcp")]
 pub extern "C" fn scan_tcp(ctx: *mut core::ffi::c_void) -> i32 {
     // SAFETY: the kernel passes this iterator's context, valid for the call.
-    let _ = unsafe { try_scan(&*(ctx as *const IterCtx)) };
+    let _ = unsafe { try_scan(&*(ctx as *const IterCtx), false) };
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub extern "C" fn scan_tcp_adopt(ctx: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: as in `scan_tcp`.
+    let _ = unsafe { try_scan(&*(ctx as *const IterCtx), true) };
     0
 }
 
 /// # Safety
 /// `ctx` is the context the kernel passed: `meta` valid, `sk_common` null or valid.
-unsafe fn try_scan(ctx: &IterCtx) -> Result<(), i64> {
+#[inline(always)]
+unsafe fn try_scan(ctx: &IterCtx, adopt: bool) -> Result<(), i64> {
     let sk = ctx.sk_common;
     if sk.is_null() {
         return Ok(());
@@ -52,6 +68,10 @@ unsafe fn try_scan(ctx: &IterCtx) -> Result<(), i64> {
     }
     let queued = load::<u32>(tp, conf!(tcp_write_seq)).wrapping_sub(load::<u32>(tp, conf!(tcp_snd_una)));
     if queued == 0 && state != TCP_CLOSE_WAIT {
+        return Ok(());
+    }
+    // SAFETY: a full socket (its tcp_sock view), held for the call: a BTF pointer.
+    if adopt && in_storage(unsafe { BtfSock::new(tp) }) {
         return Ok(());
     }
     let family: u16 = load(sk, conf!(sk_family));
@@ -77,4 +97,25 @@ unsafe fn try_scan(ctx: &IterCtx) -> Result<(), i64> {
     }
     // SAFETY: `meta` is never null.
     write(unsafe { (*ctx.meta).seq }, &r)
+}
+
+/// Whether the socket is in socket storage, where the sampling walk finds it: it was already
+/// (a send hook tracks it, or an earlier pass put it there), or it is now, with its addresses
+/// and no sender (`tgid` 0: the agent finds its holders in /proc).
+#[inline(always)]
+fn in_storage(sk: BtfSock) -> bool {
+    let store = Storage(sk);
+    if store.get().is_some() {
+        return true;
+    }
+    let mut st = SockState {
+        // SAFETY: no preconditions.
+        first_send_ns: unsafe { bpf_ktime_get_ns() },
+        ..SockState::default()
+    };
+    if read_tuple(store.key(), &mut st.tuple).is_err() {
+        return false;
+    }
+    // `false`: another CPU's send hook created it meanwhile (then it is there), or no memory.
+    store.create(&st) || store.get().is_some()
 }

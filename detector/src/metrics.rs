@@ -104,6 +104,9 @@ pub struct Metrics {
     pub kernel_read_errors: Counter,
     pub kernel_retransmits: Counter,
     pub sample_errors: Counter,
+    /// Samples taken with a sock_diag lookup (with socket storage, only of sockets the kernel
+    /// walk does not reach): the per-socket cost the walk exists to avoid.
+    pub sock_diag_lookups: Counter,
     pub sweep_duration: Histogram,
     pub reconcile_cpu: Histogram,
     pub stall_duration: Histogram,
@@ -129,6 +132,7 @@ impl Metrics {
             kernel_read_errors: Counter::default(),
             kernel_retransmits: Counter::default(),
             sample_errors: Counter::default(),
+            sock_diag_lookups: Counter::default(),
             sweep_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
             reconcile_cpu: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             stall_duration: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -157,6 +161,11 @@ impl Metrics {
         registry.register("kernel_read_errors", "Failed kernel memory reads in the eBPF programs", m.kernel_read_errors.clone());
         registry.register("retransmits", "Retransmits on tracked sockets, as tcp:tcp_retransmit_skb sees them", m.kernel_retransmits.clone());
         registry.register("sample_errors", "Failed sock_diag samples", m.sample_errors.clone());
+        registry.register(
+            "sock_diag_lookups",
+            "Sockets sampled with a sock_diag lookup (with socket storage, only those the kernel walk does not reach)",
+            m.sock_diag_lookups.clone(),
+        );
         registry.register("sweep_duration_seconds", "Time one detection pass takes", m.sweep_duration.clone());
         registry.register(
             "reconcile_cpu_seconds",

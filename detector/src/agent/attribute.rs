@@ -7,16 +7,49 @@ use std::{
 use super::sweep::Sweep;
 use crate::{
     owner,
-    reaper::{Reaper, actions::ActionError},
+    reaper::{Reaper, SkipWhy, actions::ActionError},
     report::StalledSocket,
     sample::netns::NetnsPool,
 };
 
+/// How long a stalled socket's holders are trusted without reading their fd again. Whether
+/// each holder is still the same process (its start time, read once per pass for all its
+/// sockets) is checked every pass; the readlink of its fd, one per socket, only this often.
+/// Actions do not rely on it: each one proves its target right before acting (see
+/// `reaper::actions` and [`Sweep::reap`]).
+pub const HOLDERS_RECHECK: Duration = Duration::from_secs(10);
+
+/// The processes found holding a stalled socket, and when their fds were last read.
+#[derive(Debug, Clone)]
+pub struct Holders {
+    pub list: Vec<owner::Holder>,
+    pub checked: Instant,
+}
+
+impl Holders {
+    fn new(list: Vec<owner::Holder>, now: Instant) -> Self {
+        Holders { list, checked: now }
+    }
+
+    /// Still the same processes; and, when their fds were last read `HOLDERS_RECHECK` ago or
+    /// more, still holding the socket through them (then `checked` moves to `now`).
+    fn still_valid(&mut self, inode: u32, starts: &mut owner::StartTimes, now: Instant) -> bool {
+        if self.list.is_empty() || !self.list.iter().all(|h| starts.of(h.pid) == Some(h.start_time)) {
+            return false;
+        }
+        if now.duration_since(self.checked) < HOLDERS_RECHECK {
+            return true;
+        }
+        self.checked = now;
+        self.list.iter().all(|h| owner::still_holds(h, inode, starts))
+    }
+}
+
 impl Sweep {
-    /// Finds who holds each stalled socket. Cached holders are re-verified (same start time,
-    /// fd still the socket); else each last sender's fds are read once for all its sockets;
-    /// only sockets their sender no longer holds go into one /proc scan, and a socket nobody
-    /// holds is not scanned for again for 30 s.
+    /// Finds who holds each stalled socket. Cached holders are re-verified (see
+    /// [`Holders::still_valid`]); else each last sender's fds are read once for all its
+    /// sockets; only sockets their sender no longer holds go into one /proc scan, and a socket
+    /// nobody holds is not scanned for again for 30 s.
     pub(super) fn attribute(&mut self, stalled: &[u64]) {
         let now = Instant::now();
         // Sender → (inode → socket) of the sockets whose holders must be found again.
@@ -29,7 +62,7 @@ impl Sweep {
                 self.holders.remove(&sk);
                 continue;
             };
-            if self.holders.get(&sk).is_some_and(|hs| !hs.is_empty() && hs.iter().all(|h| owner::still_holds(h, inode, &mut starts))) {
+            if self.holders.get_mut(&sk).is_some_and(|hs| hs.still_valid(inode, &mut starts, now)) {
                 continue;
             }
             self.holders.remove(&sk);
@@ -42,7 +75,7 @@ impl Sweep {
             for (inode, sk) in socks {
                 match found.remove(&inode) {
                     Some(h) => {
-                        self.holders.insert(sk, vec![h]);
+                        self.holders.insert(sk, Holders::new(vec![h], now));
                     }
                     None if self.unknown_until.get(&sk).is_none_or(|&u| now >= u) => {
                         scan.insert(inode, sk);
@@ -52,6 +85,19 @@ impl Sweep {
             }
         }
         self.scan_for(scan, now);
+    }
+
+    /// Whether every holder of the stalled socket `sk` holds it right now (one readlink each,
+    /// whatever `HOLDERS_RECHECK` says): what a destroy proves before it runs, since its
+    /// selector may have matched on them. A socket held by nobody known has nothing to prove.
+    fn holders_hold_now(&self, sk: u64, inode: u32) -> Result<(), String> {
+        let mut starts = owner::StartTimes::default();
+        match self.holders.get(&sk) {
+            Some(hs) if !hs.list.iter().all(|h| owner::still_holds(h, inode, &mut starts)) => {
+                Err(format!("its holders changed since detection (pid {:?}); attributed again next pass", hs.list.iter().map(|h| h.pid).collect::<Vec<_>>()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// One /proc pass for the sockets their sender does not hold.
@@ -65,7 +111,7 @@ impl Sweep {
             match found.remove(&inode) {
                 Some(hs) if !hs.is_empty() => {
                     self.unknown_until.remove(&sk);
-                    self.holders.insert(sk, hs);
+                    self.holders.insert(sk, Holders::new(hs, now));
                 }
                 _ => {
                     self.unknown_until.insert(sk, now + Duration::from_secs(30));
@@ -80,9 +126,67 @@ impl Sweep {
         let mut destroy = |s: &StalledSocket| -> Result<(), ActionError> {
             let failed = |e: String| ActionError::Failed(e);
             let t = self.by_cookie(s.socket_cookie).ok_or_else(|| failed("socket no longer tracked".into()))?;
-            let conn = pool.conn(t.tuple.netns, Some(t.netns_hint.unwrap_or(t.sender.tgid))).map_err(|e| failed(e.to_string()))?;
+            self.holders_hold_now(t.sk, s.inode).map_err(|why| ActionError::Skip(SkipWhy::OwnerChanged, why))?;
+            // A process in the socket's namespace: the one that found it, its owner, its sender.
+            let hint = t.netns_hint.or(s.pid).unwrap_or(t.sender.tgid);
+            let conn = pool.conn(t.tuple.netns, Some(hint)).map_err(|e| failed(e.to_string()))?;
             conn.destroy(&t.lookup()).map_err(|e| failed(e.to_string()))
         };
         reaper.tick(stalled, self.now_ms(), &mut destroy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::HashSet,
+        os::{fd::AsRawFd, unix::fs::MetadataExt},
+        time::{Duration, Instant},
+    };
+
+    use super::{HOLDERS_RECHECK, Holders};
+    use crate::owner::{self, StartTimes};
+
+    /// This process as the holder of a fresh socket, found the way attribution finds holders.
+    fn me_holding() -> (std::net::UdpSocket, u32, Holders) {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", sock.as_raw_fd())).unwrap().ino() as u32;
+        let mut found = owner::holders_in(std::process::id(), &HashSet::from([inode]));
+        let h = found.remove(&inode).expect("this process holds its own socket");
+        (sock, inode, Holders::new(vec![h], Instant::now()))
+    }
+
+    #[test]
+    fn holders_are_trusted_between_fd_reads_and_dropped_once_a_read_finds_the_fd_gone() {
+        let (sock, inode, mut hs) = me_holding();
+        let now = Instant::now();
+        assert!(hs.still_valid(inode, &mut StartTimes::default(), now));
+        drop(sock);
+        assert!(hs.still_valid(inode, &mut StartTimes::default(), now), "within the recheck window the fd is not read again");
+        let later = now + HOLDERS_RECHECK;
+        assert!(!hs.still_valid(inode, &mut StartTimes::default(), later), "the fd is read again and found closed");
+    }
+
+    #[test]
+    fn a_holder_that_is_another_process_now_is_dropped_at_once() {
+        let (_sock, inode, mut hs) = me_holding();
+        hs.list[0].start_time += 1;
+        assert!(!hs.still_valid(inode, &mut StartTimes::default(), Instant::now()), "a pid reused by another process is seen every pass");
+        let (_sock, inode, mut hs) = me_holding();
+        hs.list.clear();
+        assert!(!hs.still_valid(inode, &mut StartTimes::default(), Instant::now() + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_destroy_proves_the_holders_again_whatever_the_recheck_window_says() {
+        use super::super::sweep::{Config, Sweep};
+        let mut s = Sweep::new(Config { grace: Duration::from_secs(3), interval: Duration::from_secs(1), pod_logs_dir: "/nonexistent".into() });
+        let (sock, inode, hs) = me_holding();
+        s.holders.insert(7, hs);
+        assert!(s.holders_hold_now(7, inode).is_ok());
+        assert!(s.holders_hold_now(8, inode).is_ok(), "held by nobody known: nothing to prove");
+        drop(sock);
+        let err = s.holders_hold_now(7, inode).unwrap_err();
+        assert!(err.contains("holders changed"), "{err}");
     }
 }

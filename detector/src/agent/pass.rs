@@ -104,6 +104,7 @@ impl Sweep {
         }
         for (netns, (socks, hint)) in diag {
             let lookups: Vec<Lookup> = socks.iter().map(|(_, l)| *l).collect();
+            m.sock_diag_lookups.inc_by(lookups.len() as u64);
             let answers = match pool.conn(netns, Some(hint)) {
                 Ok(c) => c.lookup_many(&lookups, now).into_iter().map(|a| a.map_err(|e| e.to_string())).collect(),
                 Err(e) => vec![Err(e.to_string()); lookups.len()],
@@ -134,7 +135,7 @@ impl Sweep {
         let mut out = Vec::with_capacity(stalled.len());
         for sk in &stalled {
             let Some(t) = self.tracker.get(*sk) else { continue };
-            let holders = self.holders.get(sk).map(Vec::as_slice).unwrap_or_default();
+            let holders = self.holders.get(sk).map(|h| h.list.as_slice()).unwrap_or_default();
             let pod = holders.first().and_then(|h| h.pod_uid.as_deref()).and_then(|u| self.pods.get(u));
             if let Some(line) = report::stalled(t, holders, pod) {
                 *open.entry(line.reason).or_default() += 1;

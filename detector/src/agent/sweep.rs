@@ -15,10 +15,10 @@ use std::{
 use anyhow::Context as _;
 use detector_common::SockTuple;
 
-use super::{Answer, Query, QueryRequest, kernel_side::KernelSide};
+use super::{Answer, Query, QueryRequest, attribute::Holders, kernel_side::KernelSide};
 use crate::{
     metrics::Metrics,
-    owner::{self, Holder, pods::PodNames},
+    owner::{self, pods::PodNames},
     reaper::Reaper,
     report::{self, Published},
     sample::netns::NetnsPool,
@@ -45,8 +45,8 @@ pub struct Context {
 pub struct Sweep {
     pub(super) cfg: Config,
     pub(super) tracker: Tracker,
-    /// Stalled socket → its holders, re-verified (start time, one readlink) before each use.
-    pub(super) holders: HashMap<u64, Vec<Holder>>,
+    /// Stalled socket → its holders (see `attribute` for how often they are re-verified).
+    pub(super) holders: HashMap<u64, Holders>,
     /// Stalled sockets no process was found to hold: not scanned for again before this time.
     pub(super) unknown_until: HashMap<u64, Instant>,
     pub(super) pods: PodNames,

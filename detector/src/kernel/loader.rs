@@ -20,7 +20,10 @@
 //! refuses it) the agent samples with sock_diag.
 //!
 //! Reconcile: the iterator `scan_tcp` passes over each namespace's TCP sockets in the kernel
-//! and reports the stuck ones; without it, a sock_diag dump per namespace.
+//! and reports the stuck ones; without it, a sock_diag dump per namespace. With socket
+//! storage, its variant `scan_tcp_adopt` puts each stuck socket into socket storage instead, so
+//! the walk samples it (no sock_diag lookup per pass); where the kernel refuses that variant,
+//! the plain one serves.
 use std::os::fd::{AsFd as _, OwnedFd};
 
 use aya::{
@@ -314,7 +317,7 @@ pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes, forced: Option<Send
         iter_state(link_iter(&mut ebpf, &btf, cfg, HookId::Walk, Some("SK_STATE")), "sock_diag samples")
     };
     hooks.push(HookStatus { id: HookId::Walk, role: Role::Sample, hook: spec(HookId::Walk).label, state });
-    let (scan, state) = iter_state(link_iter(&mut ebpf, &btf, cfg, HookId::Scan, None), "sock_diag dumps reconcile");
+    let (scan, state) = iter_state(link_scan(&mut ebpf, &btf, cfg, send_hook), "sock_diag dumps reconcile");
     hooks.push(HookStatus { id: HookId::Scan, role: Role::Reconcile, hook: spec(HookId::Scan).label, state });
     Ok(Loaded { ebpf, hooks, send_hook, walk, scan })
 }
@@ -326,15 +329,42 @@ fn iter_state(r: Result<IterLink, String>, instead: &str) -> (Option<IterLink>, 
     }
 }
 
+/// The variant of the reconcile's scan that puts stuck sockets into socket storage.
+pub const SCAN_ADOPT_PROGRAM: &str = "scan_tcp_adopt";
+
+/// The reconcile's scan: with socket storage, the variant that adopts stuck sockets into it
+/// (the plain one where the kernel refuses it, saying why in the log).
+fn link_scan(ebpf: &mut Ebpf, btf: &Result<Btf, String>, cfg: &KernelConfig, send_hook: SendHook) -> Result<IterLink, String> {
+    if send_hook.socket_storage() {
+        match link_iter_program(ebpf, btf, cfg, HookId::Scan, SCAN_ADOPT_PROGRAM, None) {
+            Ok(link) => return Ok(link),
+            Err(why) => log::warn!("iter tcp: {SCAN_ADOPT_PROGRAM} refused ({why}); sockets stuck before their first tracked send are sampled with sock_diag"),
+        }
+    }
+    link_iter(ebpf, btf, cfg, HookId::Scan, None)
+}
+
 /// Loads the iterator program of `id` and links it (to the map `map`, for a map iterator).
 fn link_iter(ebpf: &mut Ebpf, btf: &Result<Btf, String>, cfg: &KernelConfig, id: HookId, map: Option<&str>) -> Result<IterLink, String> {
+    link_iter_program(ebpf, btf, cfg, id, spec(id).program, map)
+}
+
+/// As [`link_iter`], with `program` in place of the table's.
+fn link_iter_program(
+    ebpf: &mut Ebpf,
+    btf: &Result<Btf, String>,
+    cfg: &KernelConfig,
+    id: HookId,
+    program_name: &str,
+    map: Option<&str>,
+) -> Result<IterLink, String> {
     if cfg.tcp_snd_una == OFFSET_ABSENT {
         return Err("kernel BTF lacks a tcp_sock field the iterators read".into());
     }
     let spec = spec(id);
     let Attach::Iter(target) = spec.attach else { return Err(format!("{} is not an iterator", spec.label)) };
     let btf = btf.as_ref().map_err(|e| format!("kernel BTF: {e}"))?;
-    let p: &mut Iter = program(ebpf, spec.program)?;
+    let p: &mut Iter = program(ebpf, program_name)?;
     p.load(target, btf).map_err(err)?;
     let prog: OwnedFd = p.fd().map_err(err)?.as_fd().try_clone_to_owned().map_err(err)?;
     let map = match map {
