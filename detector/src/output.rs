@@ -138,12 +138,14 @@ pub fn status(s: &Status) -> String {
         if a.dry_run { ", dry run" } else { "" }
     );
     out.push_str(&format!(
-        "sockets: {} tracked, {} stalled{}; {} passes, the last {:.1} ms\n\nhooks:\n",
+        "sockets: {} tracked, {} stalled{}; {} passes, the last {:.1} ms; reconcile every {:.1} s, the last {:.1} ms of CPU\n\nhooks:\n",
         s.sockets_tracked,
         s.sockets_stalled,
         s.kernel_map_entries.map_or(String::new(), |n| format!(", {n} in the kernel's map")),
         s.sweeps,
-        s.last_sweep_ms
+        s.last_sweep_ms,
+        s.reconcile_every_ms as f64 / 1e3,
+        s.reconcile_cpu_ms
     ));
     let cells: Vec<[String; 4]> = s.hooks.iter().map(|h| [h.role.clone(), h.hook.clone(), h.state.clone(), h.why.clone().unwrap_or_default()]).collect();
     out.push_str(&render(&["ROLE", "HOOK", "STATE", "WHY"], &cells));

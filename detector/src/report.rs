@@ -183,6 +183,10 @@ pub struct Published {
     pub kernel_map_entries: Option<usize>,
     pub sweeps: u64,
     pub last_sweep_ms: f64,
+    /// CPU time the last reconcile took, and how long it waits before the next (it stretches
+    /// to stay within its CPU budget).
+    pub reconcile_cpu_ms: f64,
+    pub reconcile_every_ms: u64,
 }
 
 /// The report line of a stalled socket, from its table entry, its verified holders (first =

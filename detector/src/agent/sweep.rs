@@ -159,6 +159,8 @@ impl Sweep {
             p.kernel_map_entries = self.kernel_map_entries;
             p.sweeps = self.sweeps;
             p.last_sweep_ms = took.as_secs_f64() * 1e3;
+            p.reconcile_cpu_ms = self.reconcile_took.as_secs_f64() * 1e3;
+            p.reconcile_every_ms = self.reconcile_every().as_millis() as u64;
         }
     }
 

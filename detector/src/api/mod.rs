@@ -80,5 +80,11 @@ pub struct Status {
     pub kernel_map_entries: Option<usize>,
     pub sweeps: u64,
     pub last_sweep_ms: f64,
+    /// CPU time of the last reconcile (one pass over every namespace's TCP sockets) and the
+    /// time between reconciles.
+    #[serde(default)]
+    pub reconcile_cpu_ms: f64,
+    #[serde(default)]
+    pub reconcile_every_ms: u64,
     pub programs: Vec<ProgramStats>,
 }

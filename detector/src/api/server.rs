@@ -143,6 +143,8 @@ impl Api {
             kernel_map_entries: p.kernel_map_entries,
             sweeps: p.sweeps,
             last_sweep_ms: p.last_sweep_ms,
+            reconcile_cpu_ms: p.reconcile_cpu_ms,
+            reconcile_every_ms: p.reconcile_every_ms,
             programs: program_stats(&h.programs),
         }
     }
@@ -155,7 +157,7 @@ fn hook_line(h: &crate::kernel::loader::HookStatus) -> HookLine {
         HookState::NotTried(w) => ("not_tried", Some(w.to_string())),
         HookState::Refused(w) => ("refused", Some(w.clone())),
     };
-    let program = crate::kernel::loader::spec(h.id).program.into();
+    let program = h.program.into();
     HookLine { role: h.role.as_str().into(), hook: h.hook.into(), program, state: state.into(), why }
 }
 

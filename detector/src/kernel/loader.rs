@@ -191,11 +191,18 @@ pub struct HookStatus {
     pub id: HookId,
     pub role: Role,
     pub hook: &'static str,
+    /// The program serving it (the table's, or the variant the loader picked).
+    #[serde(skip)]
+    pub program: &'static str,
     #[serde(flatten)]
     pub state: HookState,
 }
 
 impl HookStatus {
+    fn of(spec: &HookSpec, state: HookState) -> Self {
+        HookStatus { id: spec.id, role: spec.role, hook: spec.label, program: spec.program, state }
+    }
+
     pub fn attached(&self) -> bool {
         self.state == HookState::Attached
     }
@@ -290,7 +297,7 @@ pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes, forced: Option<Send
                 Err(why) => HookState::Refused(why),
             }
         };
-        hooks.push(HookStatus { id: spec.id, role: spec.role, hook: spec.label, state });
+        hooks.push(HookStatus::of(spec, state));
     }
     let Some(send_hook) = chosen else {
         let tried = hooks.iter().map(|h| format!("  - {}: {}", h.hook, describe(&h.state))).collect::<Vec<_>>().join("\n");
@@ -303,12 +310,12 @@ pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes, forced: Option<Send
             Err(err) if required => return Err(LoadError::Required { hook: spec.label, err }),
             Err(why) => HookState::Refused(why),
         };
-        hooks.push(HookStatus { id, role: spec.role, hook: spec.label, state });
+        hooks.push(HookStatus::of(spec, state));
     }
     for spec in HOOKS.iter().filter(|h| h.role == Role::Lifetime) {
         if !hooks.iter().any(|h| h.id == spec.id) {
             let why = "not needed with this send hook's storage";
-            hooks.push(HookStatus { id: spec.id, role: spec.role, hook: spec.label, state: HookState::NotTried(why) });
+            hooks.push(HookStatus::of(spec, HookState::NotTried(why)));
         }
     }
     let (walk, state) = if !send_hook.socket_storage() {
@@ -316,13 +323,17 @@ pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes, forced: Option<Send
     } else {
         iter_state(link_iter(&mut ebpf, &btf, cfg, HookId::Walk, Some("SK_STATE")), "sock_diag samples")
     };
-    hooks.push(HookStatus { id: HookId::Walk, role: Role::Sample, hook: spec(HookId::Walk).label, state });
+    hooks.push(HookStatus::of(spec(HookId::Walk), state));
     let (scan, state) = iter_state(link_scan(&mut ebpf, &btf, cfg, send_hook), "sock_diag dumps reconcile");
-    hooks.push(HookStatus { id: HookId::Scan, role: Role::Reconcile, hook: spec(HookId::Scan).label, state });
+    let (scan, program) = match scan {
+        Some((link, program)) => (Some(link), program),
+        None => (None, spec(HookId::Scan).program),
+    };
+    hooks.push(HookStatus { program, ..HookStatus::of(spec(HookId::Scan), state) });
     Ok(Loaded { ebpf, hooks, send_hook, walk, scan })
 }
 
-fn iter_state(r: Result<IterLink, String>, instead: &str) -> (Option<IterLink>, HookState) {
+fn iter_state<T>(r: Result<T, String>, instead: &str) -> (Option<T>, HookState) {
     match r {
         Ok(link) => (Some(link), HookState::Attached),
         Err(why) => (None, HookState::Refused(format!("{why} ({instead})"))),
@@ -334,14 +345,14 @@ pub const SCAN_ADOPT_PROGRAM: &str = "scan_tcp_adopt";
 
 /// The reconcile's scan: with socket storage, the variant that adopts stuck sockets into it
 /// (the plain one where the kernel refuses it, saying why in the log).
-fn link_scan(ebpf: &mut Ebpf, btf: &Result<Btf, String>, cfg: &KernelConfig, send_hook: SendHook) -> Result<IterLink, String> {
+fn link_scan(ebpf: &mut Ebpf, btf: &Result<Btf, String>, cfg: &KernelConfig, send_hook: SendHook) -> Result<(IterLink, &'static str), String> {
     if send_hook.socket_storage() {
         match link_iter_program(ebpf, btf, cfg, HookId::Scan, SCAN_ADOPT_PROGRAM, None) {
-            Ok(link) => return Ok(link),
+            Ok(link) => return Ok((link, SCAN_ADOPT_PROGRAM)),
             Err(why) => log::warn!("iter tcp: {SCAN_ADOPT_PROGRAM} refused ({why}); sockets stuck before their first tracked send are sampled with sock_diag"),
         }
     }
-    link_iter(ebpf, btf, cfg, HookId::Scan, None)
+    Ok((link_iter(ebpf, btf, cfg, HookId::Scan, None)?, spec(HookId::Scan).program))
 }
 
 /// Loads the iterator program of `id` and links it (to the map `map`, for a map iterator).

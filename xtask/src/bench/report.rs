@@ -40,7 +40,7 @@ fn trend(previous: &str, r: &Results) -> Vec<String> {
         rows.push(FIRST_ROW.into());
     }
     let cpu =
-        |n: usize, ns: usize| r.scale.iter().find(|s| s.case_conns == n && s.namespaces == ns).map_or(String::new(), |s| format!("{:.2} %", s.cpu_pct.median));
+        |n: usize, ns: usize| r.scale.iter().find(|s| s.case_conns == n && s.namespaces == ns).map_or(String::new(), |s| format!("{:.2} %", s.total_pct()));
     let churn = r.churn.configs.first().map_or(String::new(), |(_, c, _)| format!("{:+.1} %", c.median));
     let send = r.send.cpu_delta_64().map_or(String::new(), |d| format!("{d:+.1} ns"));
     let p99 = r.latency.iter().map(|l| l.p99).fold(f64::NAN, f64::max);

@@ -27,11 +27,25 @@ pub struct Scale {
     pub namespaces: usize,
     pub tracked: f64,
     pub stalled: f64,
-    pub cpu_pct: Spread,
+    /// The agent's CPU between reconciles (passes, events, API), per 10 s slice.
+    pub passes_pct: Spread,
+    /// The reconcile's share: its CPU time over the time between reconciles.
+    pub reconcile_pct: f64,
+    pub reconcile_cpu_ms: f64,
+    pub reconcile_every_s: f64,
     pub rss_mib: f64,
     pub map_mib: f64,
     pub pass_ms: f64,
+    pub sock_diag_lookups_per_s: f64,
     pub base: Option<(f64, f64)>,
+}
+
+impl Scale {
+    /// Everything the agent costs: between reconciles, plus the reconciles spread over their
+    /// interval.
+    pub fn total_pct(&self) -> f64 {
+        self.passes_pct.median + self.reconcile_pct
+    }
 }
 
 /// `loadgen hold` processes: 10 % of the connections send 512 B twice a second (and are read),
@@ -64,22 +78,27 @@ fn hold(b: &Bins, conns: usize, ns: &Namespaces) -> anyhow::Result<Vec<Peer>> {
 pub fn run(b: &Bins, case: &Case, window: Duration) -> anyhow::Result<Scale> {
     let ns = Namespaces::create("scale", case.namespaces).map_err(anyhow::Error::msg)?;
     let load = hold(b, case.conns, &ns)?;
-    let agent = host::agent(b, "30s", &["--interval", "1s", "--max-sockets", "262144"]);
+    let metrics = format!("127.0.0.1:{}", detector_tests::free_port());
+    let agent = host::agent(b, "30s", &["--interval", "1s", "--max-sockets", "262144", "--metrics-addr", &metrics]);
     // Past the start-up scan, and the first reconcile.
     std::thread::sleep(Duration::from_secs(12));
     let pid = agent.pid();
-    let (mut passes, mut cpu, mut tracked, mut stalled) = (Vec::new(), Vec::new(), 0.0, 0.0);
-    let t0 = Instant::now();
+    let counter = |name: &str| detector_tests::metric(&detector_tests::http_get(&metrics, "/metrics").1, name).unwrap_or(0.0);
+    let (mut passes, mut cpu) = (Vec::new(), Vec::new());
+    let (t0, lookups0) = (Instant::now(), counter("detector_sock_diag_lookups_total"));
     while t0.elapsed() < window {
-        // 10 s slices: each holds a reconcile (every grace/3 = 10 s) and ten passes.
-        let (c0, s0) = (host::cpu_secs(pid), Instant::now());
+        // 10 s slices, less the CPU of any reconcile that ran in them (counted apart below).
+        let (c0, r0, s0) = (host::cpu_secs(pid), counter("detector_reconcile_cpu_seconds_sum"), Instant::now());
         std::thread::sleep(Duration::from_secs(10));
-        cpu.push((host::cpu_secs(pid) - c0) / s0.elapsed().as_secs_f64() * 100.0);
+        let reconciled = counter("detector_reconcile_cpu_seconds_sum") - r0;
+        cpu.push((host::cpu_secs(pid) - c0 - reconciled).max(0.0) / s0.elapsed().as_secs_f64() * 100.0);
         let st = agent.query("status").map_err(anyhow::Error::msg)?;
         passes.push(st["last_sweep_ms"].as_f64().unwrap_or(f64::NAN));
-        tracked = st["sockets_tracked"].as_f64().unwrap_or(0.0);
-        stalled = st["sockets_stalled"].as_f64().unwrap_or(0.0);
     }
+    let lookups = (counter("detector_sock_diag_lookups_total") - lookups0) / t0.elapsed().as_secs_f64();
+    let st = agent.query("status").map_err(anyhow::Error::msg)?;
+    let num = |k: &str| st[k].as_f64().unwrap_or(0.0);
+    let (reconcile_cpu_ms, reconcile_every_s) = (num("reconcile_cpu_ms"), num("reconcile_every_ms") / 1e3);
     let (rss_mib, map_mib) = (host::rss_mib(pid), host::bpf_map_mib(pid));
     drop(agent);
     let base = if case.baseline { Some(baseline(window)?) } else { None };
@@ -87,12 +106,16 @@ pub fn run(b: &Bins, case: &Case, window: Duration) -> anyhow::Result<Scale> {
     Ok(Scale {
         case_conns: case.conns,
         namespaces: case.namespaces,
-        tracked,
-        stalled,
-        cpu_pct: Spread::of(&cpu),
+        tracked: num("sockets_tracked"),
+        stalled: num("sockets_stalled"),
+        passes_pct: Spread::of(&cpu),
+        reconcile_pct: if reconcile_every_s > 0.0 { reconcile_cpu_ms / 1e3 / reconcile_every_s * 100.0 } else { 0.0 },
+        reconcile_cpu_ms,
+        reconcile_every_s,
         rss_mib,
         map_mib,
         pass_ms: median(&mut passes),
+        sock_diag_lookups_per_s: lookups,
         base,
     })
 }
@@ -137,23 +160,30 @@ pub fn report(s: &mut String, all: &[Scale]) {
     let _ = writeln!(s, "## 2. Scale (and 4. the userspace baseline)\n");
     let _ = writeln!(
         s,
-        "Connections held by `loadgen hold` processes (loopback; in the namespace case, loopback inside each namespace): 10 % send 512 B twice a second and are read, 1 % are stalled (a reader that never reads, small buffers), the rest idle. Agent: release build, `--grace 30s --interval 1s`; CPU over 10 s slices (each holds one reconcile dump and ten passes), median [quartiles]. Tracked: sockets with bytes waiting (the walk's records) and those found by dumps. Baseline: what a team writes today, one `ss -tin` dump of every socket per second, parsed for Send-Q and bytes_acked (it sees one namespace).\n"
+        "Connections held by `loadgen hold` processes, opened before the agent starts (loopback; in the namespace case, loopback inside each namespace): 10 % send 512 B twice a second and are read, 1 % are stalled (a reader that never reads, small buffers), the rest idle. Agent: release build, `--grace 30s --interval 1s`. Its CPU is counted in two parts: between reconciles (10 s slices, less any reconcile in them: median [quartiles]), and the reconcile (one pass over every namespace's TCP sockets, which stretches its interval to stay within its CPU budget) as its last CPU time over its interval. Tracked: sockets with bytes waiting (the walk's records) and those found by the reconcile. sock_diag lookups: per-socket samples the kernel walk could not take. Baseline: what a team writes today, one `ss -tin` dump of every socket per second, parsed for Send-Q and bytes_acked (it sees one namespace).\n"
     );
-    let _ =
-        writeln!(s, "| connections | namespaces | tracked | stalled | agent CPU (% of a core) | agent RSS | BPF maps | pass | baseline CPU | baseline dump |");
-    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        s,
+        "| connections | namespaces | tracked | stalled | agent CPU (% of a core) | between reconciles | reconcile | sock_diag lookups | agent RSS | BPF maps | pass | baseline CPU | baseline dump |"
+    );
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for x in all {
         let (bc, bp) = x.base.map_or(("".into(), "".into()), |(c, p)| (format!("{c:.1} %"), format!("{p:.0} ms")));
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.0} | {:.2} [{:.2}…{:.2}] % | {:.1} MiB | {:.1} MiB | {:.1} ms | {bc} | {bp} |",
+            "| {} | {} | {:.0} | {:.0} | {:.2} % | {:.2} [{:.2}…{:.2}] % | {:.2} % ({:.0} ms every {:.0} s) | {:.1}/s | {:.1} MiB | {:.1} MiB | {:.1} ms | {bc} | {bp} |",
             x.case_conns,
             x.namespaces.max(1),
             x.tracked,
             x.stalled,
-            x.cpu_pct.median,
-            x.cpu_pct.p25,
-            x.cpu_pct.p75,
+            x.total_pct(),
+            x.passes_pct.median,
+            x.passes_pct.p25,
+            x.passes_pct.p75,
+            x.reconcile_pct,
+            x.reconcile_cpu_ms,
+            x.reconcile_every_s,
+            x.sock_diag_lookups_per_s,
             x.rss_mib,
             x.map_mib,
             x.pass_ms
@@ -165,10 +195,11 @@ pub fn report(s: &mut String, all: &[Scale]) {
         let target = if x.case_conns >= 200_000 { 1.0 } else { 0.3 };
         let _ = writeln!(
             s,
-            "- {} connections in {} namespace(s): CPU ≤ {target} %: {}; RSS ≤ 48 MiB: {}",
+            "- {} connections in {} namespace(s): CPU ≤ {target} %: {} ({:.2} %); RSS ≤ 48 MiB: {}",
             x.case_conns,
             x.namespaces.max(1),
-            verdict(x.cpu_pct.median <= target),
+            verdict(x.total_pct() <= target),
+            x.total_pct(),
             verdict(x.rss_mib <= 48.0)
         );
     }
