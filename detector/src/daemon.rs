@@ -1,7 +1,6 @@
 //! `detector run`: starts the agent and its surfaces (the API socket, Prometheus metrics), and
 //! runs until SIGTERM/SIGINT, or until the agent fails: a sweep that died must not leave a
 //! healthy-looking agent serving a frozen report, so the process exits non-zero.
-use std::time::Duration;
 
 use crate::{
     agent::{Agent, Options},
@@ -41,13 +40,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
 /// Resolves when the agent's sweep thread has ended.
 async fn watch(agent: &mut Agent) -> anyhow::Error {
-    loop {
-        if let Some(why) = agent.failure() {
-            log::error!("{why:#}");
-            return why;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let why = agent.ended().await;
+    log::error!("{why:#}");
+    why
 }
 
 pub async fn wait_for_signal() {

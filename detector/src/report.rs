@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    owner::{Holder, pods::PodName},
+    owner::{Holder, Text, pods::PodName},
     tcp::TcpState,
     tracker::Tracked,
     verdict::{OnsetProof, Reason},
@@ -18,14 +18,14 @@ pub struct StalledSocket {
     /// The process holding the socket now (verified in /proc/<pid>/fd); null when no process
     /// can be shown to hold it (`owner_known` false): never a guess.
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<Text>,
     /// The fd that holds the socket in `pid`; null when unknown.
     pub fd: Option<i32>,
     pub owner_known: bool,
     /// Every process holding the socket (fork, fd passing), with its fds.
     pub holders: Vec<Holder>,
-    pub exe: Option<String>,
-    pub cmdline: Option<String>,
+    pub exe: Option<Text>,
+    pub cmdline: Option<Text>,
     /// Start time of `pid` in clock ticks since boot (guards against pid reuse).
     pub start_time: Option<u64>,
     /// The process and thread that sent when the kernel side began tracking the socket (or
@@ -35,9 +35,9 @@ pub struct StalledSocket {
     pub sender_comm: String,
     /// cgroup v2 id of that sender (kernel), and the holder's cgroup path.
     pub cgroup_id: u64,
-    pub cgroup: Option<String>,
-    pub container_id: Option<String>,
-    pub pod_uid: Option<String>,
+    pub cgroup: Option<Text>,
+    pub container_id: Option<Text>,
+    pub pod_uid: Option<Text>,
     pub pod_namespace: Option<String>,
     pub pod_name: Option<String>,
     /// Addresses as people read them (an IPv4 peer of a dual-stack socket shows as IPv4).

@@ -22,7 +22,7 @@ use detector::{
     },
     tracker::addr,
 };
-use detector_common::WalkRecord;
+use detector_common::{SendHook, WalkRecord};
 
 fn privileged() -> bool {
     let root = nix::unistd::geteuid().is_root();
@@ -83,11 +83,20 @@ fn lookup(diag: &mut DiagConn, r: &WalkRecord) -> DiagSocket {
 
 /// The programs, loaded as the agent loads them, but tracking this process's own sends.
 fn load() -> loader::Loaded {
+    try_load(None).unwrap()
+}
+
+fn try_load(hook: Option<SendHook>) -> Result<loader::Loaded, loader::LoadError> {
     let mut cfg = loader::kernel_config(&Tracefs::find_or_mount().unwrap(), &KernelBtf::load().unwrap()).unwrap();
     // This process sends: do not ignore it as the agent would ignore itself.
     cfg.agent_tgid = 0;
     let sizes = loader::Sizes { max_sockets: 1024, ring_buffer_bytes: 64 * 1024 };
-    loader::load(kernel::object(), &cfg, sizes, None).unwrap()
+    loader::load(kernel::object(), &cfg, sizes, hook)
+}
+
+/// Loaded with a send hook that keeps a hash map (the reconcile's plain pass).
+fn load_hash_map() -> loader::Loaded {
+    [SendHook::SockSendLength, SendHook::KprobeTcpSendmsg].into_iter().find_map(|h| try_load(Some(h)).ok()).expect("a hash-map send hook attaches here")
 }
 
 /// The programs are loaded once per process: the tests run one at a time.
@@ -199,7 +208,9 @@ fn the_tcp_pass_finds_what_a_dump_finds_in_every_namespace() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut loaded = load();
+    let mut loaded = load_hash_map();
+    let scan = loaded.hooks.iter().find(|h| h.id == loader::HookId::Scan).unwrap();
+    assert_eq!(scan.program, "scan_tcp", "with a hash map, the plain pass");
     let mut scanner = Scanner::new(loaded.scan.take().expect("the TCP iterator runs on this kernel"));
     let pool = NetnsPool::new().unwrap();
     // Here.
@@ -224,6 +235,63 @@ fn the_tcp_pass_finds_what_a_dump_finds_in_every_namespace() {
     std::thread::sleep(Duration::from_millis(100));
     let inum = detector_tests::poll(Duration::from_secs(5), || netns_of(holder.pid()).filter(|&i| i != pool.own())).expect("the holder entered the namespace");
     check(&mut scanner, &pool, inum, Some(holder.pid()), &there.1);
+}
+
+// With socket storage, the pass writes nothing out for the stuck sockets it finds: it gives each
+// a record in socket storage, and from then on the walk (one across every namespace) reports
+// them with the others. Idle sockets get nothing.
+#[test]
+fn the_adopting_tcp_pass_hands_stuck_sockets_to_the_walk_in_every_namespace() {
+    if !privileged() {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut loaded = load();
+    if !loaded.send_hook.socket_storage() {
+        eprintln!("skipped: this kernel's send hook keeps a hash map");
+        return;
+    }
+    let scan = loaded.hooks.iter().find(|h| h.id == loader::HookId::Scan).unwrap();
+    assert_eq!(scan.program, loader::SCAN_ADOPT_PROGRAM, "with socket storage, the adopting pass: {:?}", scan.state);
+    let mut scanner = Scanner::new(loaded.scan.take().expect("the TCP iterator runs on this kernel"));
+    let mut walker = Walker::start(loaded.walk.take().expect("the walk runs with socket storage")).unwrap();
+    let pool = NetnsPool::new().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let here = kinds(&l);
+    let ns = detector_tests::Namespaces::create("adopt", 1).unwrap();
+    let holder = detector_tests::Peer::spawn("ip", &["netns", "exec", &ns.0[0], "sleep", "60"]);
+    let file = std::fs::File::open(format!("/run/netns/{}", ns.0[0])).unwrap();
+    let there = std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = kinds(&l);
+            (l, k)
+        })
+        .join()
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let inum = detector_tests::poll(Duration::from_secs(5), || netns_of(holder.pid()).filter(|&i| i != pool.own())).expect("the holder entered the namespace");
+    for (ns, hint, k) in [(pool.own(), None, &here), (inum, Some(holder.pid()), &there.1)] {
+        let (want, idle) = k.ports();
+        let dumped = pool.within(ns, hint, || DiagConn::open().unwrap().dump_judged().unwrap()).unwrap();
+        let rows = keyed(&dumped, &want);
+        assert_eq!(rows.len(), 2, "the dump finds the stuck and the CLOSE_WAIT socket");
+        let scanned = scanner.stuck(&pool, ns, hint).unwrap();
+        assert_eq!(keyed(&scanned, &want), vec![], "written out although in socket storage");
+        let walked = walker.walk().unwrap().records;
+        for (_, _, state, cookie, _) in &rows {
+            let r = walked.iter().find(|r| r.cookie == *cookie).unwrap_or_else(|| panic!("socket {cookie} is not in the walk after the pass"));
+            // The full one was tracked by the send hook as this test filled it; the CLOSE_WAIT
+            // socket never sent: the pass put it there, with no sender and no send hook.
+            if *state == detector_common::TCP_CLOSE_WAIT {
+                assert_eq!((r.st.tgid, r.st.hook), (0, 0), "adopted by the pass: no sender, no send hook");
+            }
+        }
+        let idle_cookie = dumped.iter().find(|d| (d.local_port, d.remote_port) == idle).map(|d| d.cookie);
+        assert!(idle_cookie.is_none() || !walked.iter().any(|r| Some(r.cookie) == idle_cookie), "an idle socket was put into storage");
+    }
 }
 
 /// The pass against a sock_diag dump of the same namespace.

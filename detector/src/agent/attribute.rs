@@ -17,7 +17,7 @@ use crate::{
 /// sockets) is checked every pass; the readlink of its fd, one per socket, only this often.
 /// Actions do not rely on it: each one proves its target right before acting (see
 /// `reaper::actions` and [`Sweep::reap`]).
-pub const HOLDERS_RECHECK: Duration = Duration::from_secs(10);
+pub const HOLDERS_RECHECK: Duration = Duration::from_secs(30);
 
 /// The processes found holding a stalled socket, and when their fds were last read.
 #[derive(Debug, Clone)]

@@ -87,6 +87,8 @@ pub struct Agent {
     pub handle: Handle,
     stop: Arc<AtomicBool>,
     sweep: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Told when the sweep thread ends, however it ends (see [`Agent::ended`]).
+    ended: Arc<tokio::sync::Notify>,
     /// Keeps the programs loaded and attached for as long as the agent runs.
     _ebpf: aya::Ebpf,
 }
@@ -123,9 +125,17 @@ impl Agent {
         };
         let cfg = sweep::Config { grace: opts.grace, interval: opts.interval, pod_logs_dir: opts.pod_logs_dir.clone() };
         metrics.set_heartbeat_limit(opts.interval * 10 + Duration::from_secs(30));
-        let sweep = std::thread::Builder::new().name("sweep".into()).spawn(move || sweep::run(cfg, ctx)).context("starting the sweep thread")?;
+        let ended = Arc::new(tokio::sync::Notify::new());
+        let tell = EndedGuard(ended.clone());
+        let sweep = std::thread::Builder::new()
+            .name("sweep".into())
+            .spawn(move || {
+                let _tell = tell;
+                sweep::run(cfg, ctx)
+            })
+            .context("starting the sweep thread")?;
         let handle = Handle { published, queries: query_tx, metrics, status, programs: Arc::new(programs), started: Instant::now() };
-        Ok(Agent { handle, stop, sweep: Some(sweep), _ebpf: loaded.ebpf })
+        Ok(Agent { handle, stop, sweep: Some(sweep), ended, _ebpf: loaded.ebpf })
     }
 
     /// The sweep thread ended (an error, or a panic): the agent must not go on serving a frozen
@@ -142,11 +152,36 @@ impl Agent {
         Some(why)
     }
 
+    /// Resolves once the sweep thread has ended (an error or a panic), with why: no polling,
+    /// so an idle agent's runtime sleeps until something happens.
+    pub async fn ended(&mut self) -> anyhow::Error {
+        let ended = self.ended.clone();
+        loop {
+            // Created before the check; and `notify_one` leaves a permit when nobody waits, so
+            // an end between the two is not missed.
+            let told = ended.notified();
+            if let Some(why) = self.failure() {
+                return why;
+            }
+            told.await;
+        }
+    }
+
     pub fn stop(mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.sweep.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Tells the agent's runtime when the sweep thread ends: dropped as the thread returns or
+/// unwinds from a panic.
+struct EndedGuard(Arc<tokio::sync::Notify>);
+
+impl Drop for EndedGuard {
+    fn drop(&mut self) {
+        self.0.notify_one();
     }
 }
 

@@ -10,28 +10,33 @@ use std::collections::{HashMap, HashSet};
 use procfs::process::{FDTarget, Process};
 use serde::{Deserialize, Serialize};
 
+/// Text shared between a holder and every report line that names it: the sweep rebuilds the
+/// report of each stalled socket every pass, and a clone of these is a reference count, not a
+/// copy of a command line or a cgroup path.
+pub type Text = std::sync::Arc<str>;
+
 /// One process holding the socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     pub pid: u32,
     /// Process name (`/proc/<pid>/comm`, the main thread's).
-    pub comm: String,
-    pub exe: Option<String>,
+    pub comm: Text,
+    pub exe: Option<Text>,
     /// The command line, shortened.
-    pub cmdline: String,
+    pub cmdline: Text,
     /// Start time in clock ticks since boot: with the pid, names the process even if the pid
     /// is reused later.
     pub start_time: u64,
     /// Every fd of this process that refers to the socket.
     pub fds: Vec<i32>,
     /// cgroup path (v2, else the v1 path naming a container).
-    pub cgroup: Option<String>,
-    pub container_id: Option<String>,
-    pub pod_uid: Option<String>,
+    pub cgroup: Option<Text>,
+    pub container_id: Option<Text>,
+    pub pod_uid: Option<Text>,
     /// The program image the process runs (executable's device and inode, and where exec
     /// placed its code and stack): another value after an exec, even of the same file.
     #[serde(default)]
-    pub image: Option<String>,
+    pub image: Option<Text>,
 }
 
 const CMDLINE_MAX: usize = 160;
@@ -78,15 +83,15 @@ fn describe(p: &Process, fds: Vec<i32>) -> Option<Holder> {
     let cg = cgroup_of(p.pid as u32);
     Some(Holder {
         pid: p.pid as u32,
-        comm: stat.comm,
-        exe: p.exe().ok().map(|e| e.display().to_string()),
-        cmdline,
+        comm: stat.comm.into(),
+        exe: p.exe().ok().map(|e| e.display().to_string().into()),
+        cmdline: cmdline.into(),
         start_time: stat.starttime,
         fds,
-        container_id: cg.as_deref().and_then(cgroup::container_id),
-        pod_uid: cg.as_deref().and_then(cgroup::pod_uid),
-        cgroup: cg,
-        image: image_of(p),
+        container_id: cg.as_deref().and_then(cgroup::container_id).map(Into::into),
+        pod_uid: cg.as_deref().and_then(cgroup::pod_uid).map(Into::into),
+        cgroup: cg.map(Into::into),
+        image: image_of(p).map(Into::into),
     })
 }
 

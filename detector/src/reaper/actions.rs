@@ -60,7 +60,7 @@ pub fn verify_owner(s: &StalledSocket) -> Result<VerifiedOwner, ActionError> {
     }
     let seen = s.holders.iter().find(|h| h.pid == pid).and_then(|h| h.image.clone());
     let now = crate::owner::image_of(&proc);
-    if seen.is_some() && seen != now {
+    if seen.is_some() && seen.as_deref() != now.as_deref() {
         return Err(changed(format!("pid {pid} executed another image since detection ({seen:?} -> {now:?})")));
     }
     // SAFETY: plain syscall; the returned descriptor is ours.
@@ -308,7 +308,7 @@ mod tests {
         (s.pid, s.fd, s.start_time) = (Some(std::process::id()), Some(l.as_raw_fd()), Some(me.stat().unwrap().starttime));
         (s.inode, s.socket_cookie) = (ino.unwrap() as u32, cookie.unwrap());
         s.holders[0].pid = std::process::id();
-        s.holders[0].image = crate::owner::image_of(&me);
+        s.holders[0].image = crate::owner::image_of(&me).map(Into::into);
         (l, s)
     }
 

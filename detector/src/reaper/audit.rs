@@ -57,7 +57,7 @@ impl Audit {
             detail: detail.to_string(),
             pid: s.pid,
             fd: s.fd,
-            comm: s.comm.clone(),
+            comm: s.comm.as_deref().map(String::from),
             local: s.local,
             remote: s.remote,
             reason: s.reason,

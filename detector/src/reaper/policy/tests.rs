@@ -73,7 +73,7 @@ fn protected_processes_and_ports_are_never_touched() {
     for (i, mut s) in [stalled(1, 1, 60_000), stalled(2, 999, 60_000), stalled(3, 10, 60_000)].into_iter().enumerate() {
         if i == 2 {
             s.exe = None;
-            s.cmdline = Some(String::new());
+            s.cmdline = Some("".into());
         }
         let mut e = engine("");
         assert_eq!(act_name(e.decide(&s, T)), "skip:protected", "{s:?}");
