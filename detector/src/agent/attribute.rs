@@ -121,8 +121,17 @@ impl Sweep {
     }
 
     /// Hands this pass's stalled sockets to the reaper; destroy runs here, in each socket's
-    /// own network namespace (the sweep owns the namespace sockets).
-    pub(super) fn reap(&self, reaper: &mut Reaper, stalled: &[StalledSocket], pool: &mut NetnsPool) {
+    /// own network namespace (the sweep owns the namespace sockets). A socket whose action was
+    /// skipped because its owner changed is attributed afresh at the next pass.
+    pub(super) fn reap(&mut self, reaper: &mut Reaper, stalled: &[StalledSocket], pool: &mut NetnsPool) {
+        for cookie in self.reap_once(reaper, stalled, pool) {
+            if let Some(sk) = self.by_cookie(cookie).map(|t| t.sk) {
+                self.holders.remove(&sk);
+            }
+        }
+    }
+
+    fn reap_once(&self, reaper: &mut Reaper, stalled: &[StalledSocket], pool: &mut NetnsPool) -> Vec<u64> {
         let mut destroy = |s: &StalledSocket| -> Result<(), ActionError> {
             let failed = |e: String| ActionError::Failed(e);
             let t = self.by_cookie(s.socket_cookie).ok_or_else(|| failed("socket no longer tracked".into()))?;
@@ -132,7 +141,7 @@ impl Sweep {
             let conn = pool.conn(t.tuple.netns, Some(hint)).map_err(|e| failed(e.to_string()))?;
             conn.destroy(&t.lookup()).map_err(|e| failed(e.to_string()))
         };
-        reaper.tick(stalled, self.now_ms(), &mut destroy);
+        reaper.tick(stalled, self.now_ms(), &mut destroy)
     }
 }
 

@@ -134,10 +134,13 @@ impl Reaper {
 
     /// Decides and acts for this pass's stalled sockets. `destroy` destroys one socket in its
     /// own namespace (the sweep owns the namespace sockets). `now_ms` is CLOCK_MONOTONIC.
-    pub fn tick(&mut self, stalled: &[StalledSocket], now_ms: u64, destroy: &mut Destroy) {
+    /// Returns the cookies of sockets whose action was skipped because their owner or its fd
+    /// is no longer what the report said: their holders must be found again.
+    pub fn tick(&mut self, stalled: &[StalledSocket], now_ms: u64, destroy: &mut Destroy) -> Vec<u64> {
         let live: HashSet<u64> = stalled.iter().map(|s| s.socket_cookie).collect();
         self.engine.retain(&live);
         let mut acted = false;
+        let mut owner_changed = Vec::new();
         for s in stalled {
             match self.engine.decide(s, now_ms) {
                 None => {}
@@ -146,20 +149,24 @@ impl Reaper {
                 }
                 Some(Decision::Act { selector, stage_index, stage, dry_run }) => {
                     acted = true;
-                    self.act(s, &selector, stage_index, &stage, dry_run, destroy);
+                    if self.act(s, &selector, stage_index, &stage, dry_run, destroy) {
+                        owner_changed.push(s.socket_cookie);
+                    }
                 }
             }
         }
         if acted && let Some(f) = &self.state_file {
             state::save(f, &self.engine.state);
         }
+        owner_changed
     }
 
-    fn act(&self, s: &StalledSocket, selector: &str, k: usize, stage: &Stage, dry_run: bool, destroy: &mut Destroy) {
+    /// Carries out one stage; `true` when it was skipped because the owner or its fd changed.
+    fn act(&self, s: &StalledSocket, selector: &str, k: usize, stage: &Stage, dry_run: bool, destroy: &mut Destroy) -> bool {
         let action = stage.action();
         if dry_run {
             self.record(Audit::done(s, action, k, selector, "dry_run", "dry run: nothing done"));
-            return;
+            return false;
         }
         let result = match stage {
             Stage::Report { .. } => Ok("reported".to_string()),
@@ -175,13 +182,15 @@ impl Reaper {
                         let r = actions::rpc(&target, &owner, &body, timeout, retries).await;
                         audit.send(line.with_result(r.map_err(ActionError::Failed)));
                     });
-                    return;
+                    return false;
                 }
                 Err(e) => Err(e),
             },
             Stage::Rpc { target: None, .. } => Err(ActionError::Failed("rpc has no target".into())),
         };
+        let changed = matches!(result, Err(ActionError::Skip(SkipWhy::OwnerChanged | SkipWhy::FdChanged, _)));
         self.record(Audit::done(s, action, k, selector, "", "").with_result(result));
+        changed
     }
 
     fn record(&self, line: Audit) {
@@ -218,4 +227,36 @@ pub fn probe_destroy() -> Result<(), String> {
         .map_err(|e| format!("{e} (the kernel needs CONFIG_INET_DIAG_DESTROY)"));
     drop((c, s));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use super::{Action, Reaper, actions::ActionError, config::Policy};
+    use crate::{metrics::Metrics, report::StalledSocket};
+
+    fn reaper(action: Action) -> (tokio::runtime::Runtime, Reaper) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let policy = Policy::from_flags(action, Some("SIGUSR1"), None, false).unwrap();
+        let r = Reaper::new(policy, Duration::from_secs(30), rt.handle().clone(), Arc::new(Metrics::new()), None);
+        (rt, r)
+    }
+
+    #[test]
+    fn a_stage_skipped_because_the_owner_changed_asks_for_the_holders_again() {
+        // Due (31.5 s stalled, grace 30 s); its owner, pid 4242 started at 5242, is not this
+        // process: the signal is skipped (owner_changed) and the sweep must attribute again.
+        let (_rt, mut r) = reaper(Action::Signal);
+        let s = StalledSocket::example();
+        let mut destroy = |_: &StalledSocket| -> Result<(), ActionError> { panic!("no destroy in this policy") };
+        assert_eq!(r.tick(std::slice::from_ref(&s), 40_000, &mut destroy), vec![s.socket_cookie]);
+        // A destroy skipped by the sweep for the same reason says so too; one that ran does not.
+        let (_rt, mut r) = reaper(Action::Destroy);
+        let mut refused = |_: &StalledSocket| Err(ActionError::Skip(super::SkipWhy::OwnerChanged, "holders changed".into()));
+        assert_eq!(r.tick(std::slice::from_ref(&s), 40_000, &mut refused), vec![s.socket_cookie]);
+        let (_rt, mut r) = reaper(Action::Destroy);
+        let mut done = |_: &StalledSocket| Ok(());
+        assert_eq!(r.tick(std::slice::from_ref(&s), 40_000, &mut done), Vec::<u64>::new());
+    }
 }
