@@ -47,7 +47,10 @@ pub fn run() -> Vec<Check> {
         }) {
             Ok(loaded) => {
                 for h in &loaded.hooks {
-                    let detail = loader::describe(&h.state);
+                    let mut detail = loader::describe(&h.state);
+                    if h.program != loader::spec(h.id).program {
+                        detail = format!("{detail} ({})", h.program);
+                    }
                     let usable = h.state.works() || matches!(h.state, loader::HookState::NotTried(_));
                     let mut c = check(format!("hook {} ({})", h.hook, h.role.as_str()), false, if usable { Ok(detail) } else { Err(detail) });
                     c.send_hook = loader::spec(h.id).flag;
