@@ -70,6 +70,13 @@ pub struct RunArgs {
     /// Address for Prometheus metrics (/metrics), or `off`.
     #[arg(long, env = "DETECTOR_METRICS_ADDR", default_value = "127.0.0.1:9465", value_parser = parse_metrics_addr)]
     pub metrics_addr: MetricsAddr,
+    /// CPU the reconcile may use, in percent of a core (`0.1%`). It is the pass over every
+    /// namespace's TCP sockets that finds what no send announced (a CLOSE_WAIT that never sent,
+    /// a wedge older than the agent); when one pass costs more than this share of a third of
+    /// the grace window, passes are spaced out (up to 5 min), and what only they find is
+    /// reported that much later (with its true age).
+    #[arg(long, env = "DETECTOR_RECONCILE_CPU", default_value = "0.1%", value_parser = parse_cpu_share)]
+    pub reconcile_cpu: f64,
     /// Most sockets tracked at once (the kernel map's size; a full map is counted, never silent).
     #[arg(long, env = "DETECTOR_MAX_SOCKETS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub max_sockets: u32,
@@ -238,6 +245,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` must be longer than zero"));
     }
     Ok(d)
+}
+
+/// A share of one core, written in percent (`0.1%`, or `0.1`), as a fraction.
+pub fn parse_cpu_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().trim_end_matches('%').trim().parse().map_err(|_| format!("`{s}` is not a percentage; write it like 0.1%"))?;
+    if !(0.01..=50.0).contains(&v) {
+        return Err(format!("`{s}` is out of range; use 0.01% to 50% of a core"));
+    }
+    Ok(v / 100.0)
 }
 
 fn parse_action(s: &str) -> Result<Action, String> {

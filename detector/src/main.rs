@@ -101,6 +101,7 @@ fn options(a: RunArgs) -> anyhow::Result<Options> {
     Ok(Options {
         grace: a.grace,
         interval: a.interval,
+        reconcile_cpu: a.reconcile_cpu,
         api_socket: a.api_socket,
         metrics_addr: a.metrics_addr.0,
         max_sockets: a.max_sockets,

@@ -4,7 +4,7 @@
 mod attribute;
 pub mod kernel_side;
 mod pass;
-mod reconcile;
+pub mod reconcile;
 pub mod sweep;
 
 use std::{
@@ -31,6 +31,8 @@ use crate::{
 pub struct Options {
     pub grace: Duration,
     pub interval: Duration,
+    /// The reconcile's CPU budget, a fraction of a core.
+    pub reconcile_cpu: f64,
     pub api_socket: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
     pub max_sockets: u32,
@@ -123,7 +125,7 @@ impl Agent {
             reaper: Reaper::new(opts.policy.clone(), opts.grace, rt, metrics.clone(), opts.state_file.clone()),
             stop: stop.clone(),
         };
-        let cfg = sweep::Config { grace: opts.grace, interval: opts.interval, pod_logs_dir: opts.pod_logs_dir.clone() };
+        let cfg = sweep::Config { grace: opts.grace, interval: opts.interval, reconcile_cpu: opts.reconcile_cpu, pod_logs_dir: opts.pod_logs_dir.clone() };
         metrics.set_heartbeat_limit(opts.interval * 10 + Duration::from_secs(30));
         let ended = Arc::new(tokio::sync::Notify::new());
         let tell = EndedGuard(ended.clone());

@@ -10,11 +10,11 @@ use crate::sample::{
     scan::Scanner,
 };
 
-/// The reconcile may take at most 1/1000 of the time (0.1 % of a core)... Measured here: a
-/// reconcile over 50,000 loopback connections (100,000 sockets) in one namespace takes ~75 ms
-/// of CPU, so it runs every ~75 s there; most of it is the kernel's walk of its established
-/// hash table (262,144 buckets on this machine kind), once per namespace.
-const RECONCILE_BUDGET: u32 = 1000;
+/// The reconcile's CPU budget by default: 0.1 % of a core (`--reconcile-cpu`). Measured here:
+/// a reconcile over 50,000 loopback connections (100,000 sockets) in one namespace takes
+/// ~60-85 ms of CPU, so it runs about once a minute there; most of it is the kernel's walk of
+/// its established hash table (262,144 buckets on this machine kind), once per namespace.
+pub const RECONCILE_CPU: f64 = 0.001;
 /// ...but runs at least every 5 minutes (a socket found late is listed with its proven age).
 const RECONCILE_LONGEST: Duration = Duration::from_secs(300);
 
@@ -28,12 +28,13 @@ impl Sweep {
     /// the agent, or it never filled its send buffer) is judged well within a grace window;
     /// rarely enough that the dump stays cheap. Each namespace's pass walks the kernel's whole
     /// established hash table (it is shared by all namespaces), so with many namespaces a
-    /// pass can take a second: the interval then stretches to keep reconciling under
-    /// `1 / RECONCILE_BUDGET` of a core in CPU time, up to `RECONCILE_LONGEST` (a socket found
-    /// late is still listed with the age its kernel clocks prove).
+    /// pass can take a second: the interval then stretches to keep reconciling within
+    /// `--reconcile-cpu` of a core in CPU time, up to `RECONCILE_LONGEST` (a socket found late
+    /// is still listed with the age its kernel clocks prove).
     pub fn reconcile_every(&self) -> Duration {
         let base = (self.cfg.grace / 3).clamp(Duration::from_millis(250), Duration::from_secs(10));
-        base.max((self.reconcile_took * RECONCILE_BUDGET).min(RECONCILE_LONGEST))
+        let budgeted = Duration::try_from_secs_f64(self.reconcile_took.as_secs_f64() / self.cfg.reconcile_cpu.max(1e-4)).unwrap_or(RECONCILE_LONGEST);
+        base.max(budgeted.min(RECONCILE_LONGEST))
     }
 
     /// Adds every socket that is stuck (bytes queued, or CLOSE_WAIT) and not tracked: sockets
@@ -87,11 +88,18 @@ fn put_addr(out: &mut [u8; 16], a: std::net::IpAddr) {
 mod tests {
     use std::time::Duration;
 
-    use super::super::sweep::{Config, Sweep};
+    use super::{
+        super::sweep::{Config, Sweep},
+        RECONCILE_CPU,
+    };
+
+    fn config(grace: Duration, reconcile_cpu: f64) -> Config {
+        Config { grace, interval: Duration::from_secs(1), reconcile_cpu, pod_logs_dir: "/nonexistent".into() }
+    }
 
     #[test]
     fn reconcile_runs_a_third_of_grace_apart_unless_it_costs_more_than_its_budget() {
-        let mut s = Sweep::new(Config { grace: Duration::from_secs(30), interval: Duration::from_secs(1), pod_logs_dir: "/nonexistent".into() });
+        let mut s = Sweep::new(config(Duration::from_secs(30), RECONCILE_CPU));
         assert_eq!(s.reconcile_every(), Duration::from_secs(10));
         s.reconcile_took = Duration::from_millis(5);
         assert_eq!(s.reconcile_every(), Duration::from_secs(10), "a cheap reconcile keeps its pace");
@@ -99,7 +107,13 @@ mod tests {
         assert_eq!(s.reconcile_every(), Duration::from_secs(75), "50,000 connections: at most 0.1 % of a core");
         s.reconcile_took = Duration::from_secs(1);
         assert_eq!(s.reconcile_every(), Duration::from_secs(300), "and at least every 5 minutes");
-        let s = Sweep::new(Config { grace: Duration::from_millis(600), interval: Duration::from_millis(100), pod_logs_dir: "/nonexistent".into() });
+        let s = Sweep::new(config(Duration::from_millis(600), RECONCILE_CPU));
         assert_eq!(s.reconcile_every(), Duration::from_millis(250));
+        // A larger budget (`--reconcile-cpu 1%`) keeps a 75 ms reconcile at 7.5 s.
+        let mut s = Sweep::new(config(Duration::from_secs(30), 0.01));
+        s.reconcile_took = Duration::from_millis(75);
+        assert_eq!(s.reconcile_every(), Duration::from_millis(10_000), "never more often than a third of grace");
+        s.reconcile_took = Duration::from_millis(150);
+        assert_eq!(s.reconcile_every(), Duration::from_secs(15));
     }
 }

@@ -29,6 +29,8 @@ use crate::{
 pub struct Config {
     pub grace: Duration,
     pub interval: Duration,
+    /// The reconcile's CPU budget, a fraction of a core (see `reconcile_every`).
+    pub reconcile_cpu: f64,
     pub pod_logs_dir: std::path::PathBuf,
 }
 
