@@ -127,6 +127,16 @@ fn jiffies_to_ms(j: u32, hz: u32) -> u32 {
     (u64::from(j) * 1000 / u64::from(hz)) as u32
 }
 
+/// How long before `now` the jiffies stamp `then` was, in milliseconds. The walk reads the clock
+/// once, as it starts, and each socket's stamps as it reaches the socket: a retransmit or an
+/// ACK in between leaves a stamp after `now`, which is "just now" (0), not a wrapped-around
+/// 49 days. (Read as 49 days, the last data sent looked older than the last ACK, so an
+/// unreachable peer passed for one that answers: seen in a 6.1 guest, s01.)
+fn ms_ago(now: u32, then: u32, hz: u32) -> u32 {
+    let d = now.wrapping_sub(then);
+    if (d as i32) < 0 { 0 } else { jiffies_to_ms(d, hz) }
+}
+
 /// A walk record as the sample sock_diag would have given at `at_ms` (agent clock): the same
 /// `tcp_info` arithmetic (`tcp_get_info`, `tcp_diag_get_info`) on the same fields.
 pub fn to_diag(r: &WalkRecord, clock: &WalkClock, hz: u32, at_ms: u64) -> DiagSocket {
@@ -148,8 +158,8 @@ pub fn to_diag(r: &WalkRecord, clock: &WalkClock, hz: u32, at_ms: u64) -> DiagSo
             probes: r.probes,
             total_retrans: r.total_retrans,
             segs_out: r.segs_out,
-            last_ack_recv_ms: jiffies_to_ms(now.wrapping_sub(r.rcv_tstamp), hz),
-            last_data_sent_ms: jiffies_to_ms(now.wrapping_sub(r.lsndtime), hz),
+            last_ack_recv_ms: ms_ago(now, r.rcv_tstamp, hz),
+            last_data_sent_ms: ms_ago(now, r.lsndtime, hz),
             // tcpi_rto is jiffies_to_usecs(icsk_rto); the sample rounds it up to milliseconds.
             rto_ms: (u64::from(r.rto) * 1_000_000 / u64::from(hz)).div_ceil(1000) as u32,
         },
@@ -228,5 +238,19 @@ mod tests {
         // A clock that wrapped past u32 keeps the arithmetic of tcp_jiffies32.
         let wrapped = to_diag(&WalkRecord { rcv_tstamp: u32::MAX, ..r }, &clock(1 << 32, 0), 1000, 0);
         assert_eq!(wrapped.sample.last_ack_recv_ms, 1);
+    }
+
+    #[test]
+    fn a_stamp_taken_after_the_walk_began_is_just_now_not_49_days_ago() {
+        // A retransmit (lsndtime) and an ACK (rcv_tstamp) between the walk's clock and this
+        // socket's record: two and one jiffies after `now`.
+        let c = clock(10_000, 0);
+        let r = WalkRecord { kind: WalkKind::Socket as u8, state: 1, rcv_tstamp: 10_001, lsndtime: 10_002, packets_out: 3, rto: 51, ..Default::default() };
+        let s = to_diag(&r, &c, 250, 0).sample;
+        assert_eq!((s.last_ack_recv_ms, s.last_data_sent_ms), (0, 0));
+        // And so the verdict sees what is true: the last ACK came long before our last
+        // retransmission, for a silent peer whose retransmit landed mid-walk.
+        let silent = to_diag(&WalkRecord { rcv_tstamp: 10_000 - 750, backoff: 3, rto: 51 << 3, ..r }, &c, 250, 0).sample;
+        assert!(!crate::verdict::peer_answers(&silent), "{silent:?}");
     }
 }
