@@ -70,7 +70,8 @@ fn a_stall_older_than_the_agent_is_sampled_by_the_kernel_walk_with_socket_storag
         return;
     }
     let p = pair("stream", "none");
-    std::thread::sleep(Duration::from_secs(1));
+    // Older than grace when the agent starts, so it is listed at its first pass.
+    std::thread::sleep(GRACE * 2);
     let metrics = format!("127.0.0.1:{}", free_port());
     let agent = Agent::start(GRACE_ARG, &["--metrics-addr", &metrics]);
     let storage = agent.query("status").expect("status")["storage"] == "socket storage";
