@@ -219,22 +219,8 @@ fn the_tcp_pass_finds_what_a_dump_finds_in_every_namespace() {
     std::thread::sleep(Duration::from_millis(100));
     check(&mut scanner, &pool, pool.own(), None, &here);
     // In a namespace of its own (a process lives there, so the agent can find it).
-    let ns = detector_tests::Namespaces::create("iter", 1).unwrap();
-    let holder = detector_tests::Peer::spawn("ip", &["netns", "exec", &ns.0[0], "sleep", "60"]);
-    let file = std::fs::File::open(format!("/run/netns/{}", ns.0[0])).unwrap();
-    let there = std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            let k = kinds(&l);
-            (l, k)
-        })
-        .join()
-        .unwrap()
-    });
-    std::thread::sleep(Duration::from_millis(100));
-    let inum = detector_tests::poll(Duration::from_secs(5), || netns_of(holder.pid()).filter(|&i| i != pool.own())).expect("the holder entered the namespace");
-    check(&mut scanner, &pool, inum, Some(holder.pid()), &there.1);
+    let there = Elsewhere::new("iter", &pool);
+    check(&mut scanner, &pool, there.inum, Some(there.holder.pid()), &there.kinds);
 }
 
 // With socket storage, the pass writes nothing out for the stuck sockets it finds: it gives each
@@ -258,22 +244,8 @@ fn the_adopting_tcp_pass_hands_stuck_sockets_to_the_walk_in_every_namespace() {
     let pool = NetnsPool::new().unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let here = kinds(&l);
-    let ns = detector_tests::Namespaces::create("adopt", 1).unwrap();
-    let holder = detector_tests::Peer::spawn("ip", &["netns", "exec", &ns.0[0], "sleep", "60"]);
-    let file = std::fs::File::open(format!("/run/netns/{}", ns.0[0])).unwrap();
-    let there = std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            let k = kinds(&l);
-            (l, k)
-        })
-        .join()
-        .unwrap()
-    });
-    std::thread::sleep(Duration::from_millis(100));
-    let inum = detector_tests::poll(Duration::from_secs(5), || netns_of(holder.pid()).filter(|&i| i != pool.own())).expect("the holder entered the namespace");
-    for (ns, hint, k) in [(pool.own(), None, &here), (inum, Some(holder.pid()), &there.1)] {
+    let there = Elsewhere::new("adopt", &pool);
+    for (ns, hint, k) in [(pool.own(), None, &here), (there.inum, Some(there.holder.pid()), &there.kinds)] {
         let (want, idle) = k.ports();
         let dumped = pool.within(ns, hint, || DiagConn::open().unwrap().dump_judged().unwrap()).unwrap();
         let rows = keyed(&dumped, &want);
@@ -291,6 +263,38 @@ fn the_adopting_tcp_pass_hands_stuck_sockets_to_the_walk_in_every_namespace() {
         }
         let idle_cookie = dumped.iter().find(|d| (d.local_port, d.remote_port) == idle).map(|d| d.cookie);
         assert!(idle_cookie.is_none() || !walked.iter().any(|r| Some(r.cookie) == idle_cookie), "an idle socket was put into storage");
+    }
+}
+
+/// Sockets of every stuck kind in a network namespace of their own, with a process living there
+/// (so the agent can find it); all of it goes when this is dropped.
+struct Elsewhere {
+    kinds: Kinds,
+    _listener: TcpListener,
+    holder: detector_tests::Peer,
+    inum: u32,
+    _ns: detector_tests::Namespaces,
+}
+
+impl Elsewhere {
+    fn new(tag: &str, pool: &NetnsPool) -> Self {
+        let ns = detector_tests::Namespaces::create(tag, 1).unwrap();
+        let holder = detector_tests::Peer::spawn("ip", &["netns", "exec", &ns.0[0], "sleep", "60"]);
+        let file = std::fs::File::open(format!("/run/netns/{}", ns.0[0])).unwrap();
+        let (listener, kinds) = std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                let k = kinds(&l);
+                (l, k)
+            })
+            .join()
+            .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let inum =
+            detector_tests::poll(Duration::from_secs(5), || netns_of(holder.pid()).filter(|&i| i != pool.own())).expect("the holder entered the namespace");
+        Elsewhere { kinds, _listener: listener, holder, inum, _ns: ns }
     }
 }
 
