@@ -9,8 +9,8 @@
 //! with `sk_common` null.
 //!
 //! Two programs, one per kind of send-hook storage. With socket storage (`scan_tcp_adopt`), a
-//! stuck socket is given a record in `SK_STATE` (sender unknown) and written out only if it
-//! could not be: from then on the sampling walk samples it with the others, so a socket wedged
+//! stuck socket whose send buffer is at least half full, or in CLOSE_WAIT, is given a record
+//! in `SK_STATE` (sender unknown) and written out only if it could not be: from then on the sampling walk samples it with the others, so a socket wedged
 //! before the agent started costs no sock_diag lookup per pass. With the hash map
 //! (`scan_tcp`), every stuck socket is written out and the agent samples it with sock_diag.
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock};
@@ -70,8 +70,13 @@ unsafe fn try_scan(ctx: &IterCtx, adopt: bool) -> Result<(), i64> {
     if queued == 0 && state != TCP_CLOSE_WAIT {
         return Ok(());
     }
+    // Adopted only where a send hook would have tracked it (its send buffer at least half
+    // full) or it waits on its owner (CLOSE_WAIT): a healthy socket with a few bytes in flight
+    // at this moment is written out as before (sampled once, then dropped as idle) rather than
+    // kept in storage and walked every pass.
     // SAFETY: a full socket (its tcp_sock view), held for the call: a BTF pointer.
-    if adopt && in_storage(unsafe { BtfSock::new(tp) }) {
+    let sock = unsafe { BtfSock::new(tp) };
+    if adopt && (sock.backlogged() || state == TCP_CLOSE_WAIT) && in_storage(sock) {
         return Ok(());
     }
     let family: u16 = load(sk, conf!(sk_family));
