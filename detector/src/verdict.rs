@@ -9,7 +9,10 @@
 //!   CLOSE_WAIT too: a half-closed peer still downloading is healthy.
 //! - **Liveness** (the reason) is whether the peer still answers: with data in flight, whether
 //!   an ACK came back after our last transmission (a silent peer lets one RTO after another pass
-//!   unanswered); with the window closed and nothing in flight, whether window probes are
+//!   unanswered), or, with the peer's window open, whether any came within a base RTO once the
+//!   retransmission timer has fired (`tcpi_retransmits`: an expiry whose retransmission never
+//!   left the host does not move `tcpi_last_data_sent`); with the window closed and nothing in
+//!   flight, whether window probes are
 //!   answered (every ACK resets the kernel's unanswered-probe count). Backoff alone proves
 //!   nothing: the zero-window probe timer raises it for live peers too.
 //!
@@ -169,8 +172,16 @@ pub fn peer_answers(s: &Sample) -> bool {
     if s.unacked > 0 {
         // RTO backoff doubles the timeout for each retransmit: the base is what an answer has.
         let base = (u64::from(s.rto_ms) >> s.backoff.min(16)).max(RTO_MIN_MS);
+        let ack_ago = u64::from(s.last_ack_recv_ms);
         // Silent: the last ACK came at least one base RTO before our last transmission.
-        u64::from(s.last_ack_recv_ms) < u64::from(s.last_data_sent_ms) + base
+        let unanswered_send = ack_ago >= u64::from(s.last_data_sent_ms) + base;
+        // Or: the RTO fired (the window open, so not as a zero-window probe) and no ACK came
+        // for a base RTO. A retransmission the host could not send (its original still in a
+        // local queue, e.g. waiting for a neighbour that no longer answers ARP) counts as an
+        // expiry but does not move the last-data-sent clock, so that clock alone would make a
+        // dead peer look like one that answers.
+        let unanswered_timeouts = s.retransmits > 0 && s.snd_wnd.is_some_and(|w| w > 0) && ack_ago >= base;
+        !(unanswered_send || unanswered_timeouts)
     } else {
         // Every ACK resets the unanswered-probe count: a peer that answers shows 0 (1 in the
         // instant between a probe and its ACK).

@@ -471,6 +471,12 @@ impl NetnsPair {
     pub fn cut_b(&self) {
         self.exec_ok(&self.b, &["ip", "link", "set", "veth1", "down"]);
     }
+
+    /// Deletes the link as a CNI does when `b`'s pod goes away: both ends vanish, and with them
+    /// `a`'s route to `b` (nothing `a` sends, retransmits included, leaves the host).
+    pub fn delete_link(&self) {
+        self.exec_ok(&self.b, &["ip", "link", "del", "veth1"]);
+    }
 }
 
 impl Default for NetnsPair {

@@ -109,6 +109,7 @@ fn plan(sel: Selection) -> Vec<Case> {
                 binary: "scenarios",
                 tests: &[
                     "s01_peer_unreachable_mid_stream",
+                    "s01b_peer_whose_link_is_deleted_is_unreachable",
                     "s02_frozen_peer_is_not_reading",
                     "s03_peer_never_reads",
                     "s04_peer_closed_while_owner_holds_it",

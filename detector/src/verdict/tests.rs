@@ -244,6 +244,16 @@ fn real_samples_are_classified_by_who_answers() {
     // last ACK 6 s before the last of them.
     let cut = real(4_164_512, 313, 3_505_152, 6, 4, 0, 3_264, 7_404, 1_280);
     assert_eq!(classify(&cut), Reason::PeerUnreachable);
+    // veth, the peer's link down (its neighbour entry unresolved): the first RTO retransmit
+    // went out, the next two waited behind it in the ARP queue, so the last data sent stays at
+    // the first while three expiries passed (`ss -tin` on this machine kind, 2.9 s after the cut).
+    let arp = real(4_000_000, 644, 2_800_000, 3, 3, 0, 1_632, 2_920, 2_704);
+    assert_eq!(classify(&arp), Reason::PeerUnreachable);
+    // Same, where the first retransmit left less than a base RTO after the last ACK (the timer
+    // runs from the oldest segment's transmission, sent before that ACK came): seen in a 6.1
+    // guest, where it was judged `peer_not_reading`.
+    let arp_early = real(4_000_000, 130, 2_800_000, 3, 3, 0, 1_632, 2_990, 2_800);
+    assert_eq!(classify(&arp_early), Reason::PeerUnreachable);
     // Its onset, seen first (a restart), is its last ACK.
     assert_eq!(progress_bound(&cut), (1_000_000 - 7_404 + 10, OnsetProof::LastAck));
     // The frozen reader's: the last data segment plus one RTO, earlier than its last ACK.
@@ -264,6 +274,19 @@ fn liveness_by_probes_answered_and_retransmits_unanswered() {
     assert_eq!(classify(&s), Reason::PeerUnreachable);
     // An answer after our last transmission: alive.
     (s.last_ack_recv_ms, s.last_data_sent_ms) = (50, 100);
+    assert_eq!(classify(&s), Reason::PeerNotReading);
+    // The timer fired twice but the last data sent is old (those retransmits never left the
+    // host): silent once no ACK came for a base RTO, alive while one did.
+    (s.last_ack_recv_ms, s.last_data_sent_ms) = (1_000, 900);
+    assert_eq!(classify(&s), Reason::PeerUnreachable);
+    s.last_ack_recv_ms = 150;
+    assert_eq!(classify(&s), Reason::PeerNotReading);
+    // With the peer's window shut the RTO's retransmits are window probes: an answer to the
+    // last one is all that counts, however long ago (its timer is backed off).
+    (s.snd_wnd, s.last_ack_recv_ms, s.last_data_sent_ms) = (Some(0), 1_000, 990);
+    assert_eq!(classify(&s), Reason::PeerNotReading);
+    // A kernel that does not report the window: only the last transmission decides.
+    s.snd_wnd = None;
     assert_eq!(classify(&s), Reason::PeerNotReading);
     s.state = TCP_CLOSE_WAIT;
     assert_eq!(classify(&s), Reason::PeerClosed);
