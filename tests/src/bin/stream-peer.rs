@@ -10,7 +10,8 @@
 //!       burst-close:<n>  write n bytes, then read until the client's EOF and close (clean close)
 //!       paced:<r>     write r bytes per second, in 10 chunks a second
 //!       fill-idle     fill the send path (until the socket takes no more), then hold it idle
-//!       fill-close    fill the send path, then read until the client's EOF and close
+//!       fill-close    fill the send path (prints `FILLED local=<addr>`), then read until the
+//!                     client's EOF and close
 //!       fill-shut-wr  fill the send path, then shutdown(SHUT_WR) (FIN queued behind the data)
 //!                     and hold the socket
 //!       fill-abandon  fill the send path, then close the socket (the kernel keeps it, orphaned)
@@ -52,6 +53,8 @@
 //!       late:<ms>     read nothing for ms milliseconds (the server's bytes wait), then read
 //!                     everything as fast as it comes
 //!       late-close:<ms>  as late, but close (FIN) once 500 ms pass without data
+//!       gate-close    read nothing until the process gets SIGUSR1 (one connection per signal),
+//!                     then as late-close: the test, not a clock, decides how long bytes wait
 //!       close:<ms>    read for ms milliseconds, then close (FIN)
 //!       rst:<ms>      read for ms milliseconds, then abort the connection (RST)
 //!     Prints `CONNECTED local=<addr>` per connection.
@@ -238,6 +241,7 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
         }
         "fill-close" => {
             fill(&mut s)?;
+            say(format!("FILLED local={}", s.local_addr()?));
             s.set_nonblocking(false)?;
             drain(&mut s);
             say(format!("CLOSED local={}", s.local_addr()?));
@@ -293,6 +297,18 @@ fn fill_exec(mut s: TcpStream, ms: u64) -> std::io::Result<()> {
 }
 
 fn client(addr: &str, mode: &str, conns: usize) {
+    if mode == "gate-close" {
+        // Blocked before any thread starts, so every thread inherits it and the signal waits
+        // for `sigwait` instead of killing the process.
+        // SAFETY: the set is initialised by sigemptyset before use; the calls only touch it and
+        // this thread's mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+    }
     let mut threads = Vec::new();
     for _ in 0..conns {
         let s = TcpStream::connect(addr).expect("connect");
@@ -339,8 +355,12 @@ fn read_one(mut s: TcpStream, mode: &str) {
             while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
             hold()
         }
-        "late-close" => {
-            std::thread::sleep(Duration::from_millis(arg_num(mode)));
+        "late-close" | "gate-close" => {
+            if name == "gate-close" {
+                wait_for_sigusr1();
+            } else {
+                std::thread::sleep(Duration::from_millis(arg_num(mode)));
+            }
             s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
             while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
         }
@@ -466,5 +486,17 @@ fn inflight(s: TcpStream) -> std::io::Result<()> {
     say("INFLIGHT".into());
     loop {
         std::thread::park();
+    }
+}
+
+/// Waits for SIGUSR1 (blocked in every thread by `client`).
+fn wait_for_sigusr1() {
+    // SAFETY: as in `client`; sigwait writes the signal number into `sig`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
     }
 }
