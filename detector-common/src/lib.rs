@@ -76,6 +76,10 @@ pub enum EventKind {
     /// A tracked socket reached TCP_CLOSE (hash-map hooks only; socket storage dies with
     /// the socket and the agent's next sample finds it gone).
     Closed = 3,
+    /// The record a send just created and announced (`Tracked`) was dropped again: looked at
+    /// once more, the socket had nothing waiting (it closed or drained meanwhile). Sent after
+    /// its `Tracked`, whatever order a racing `Closed` took.
+    Untracked = 4,
 }
 
 impl TryFrom<u8> for WalkKind {
@@ -96,6 +100,7 @@ impl TryFrom<u8> for EventKind {
             1 => Self::Tracked,
             2 => Self::OwnerChanged,
             3 => Self::Closed,
+            4 => Self::Untracked,
             other => return Err(other),
         })
     }

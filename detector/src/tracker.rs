@@ -152,7 +152,8 @@ pub enum Forget {
     /// A sample found it gone: closed without an event (socket storage dies silently, or the
     /// close event was lost to a full ring buffer).
     Gone,
-    /// Found by a dump, then nothing stuck any more.
+    /// Nothing stuck any more (found by a dump or the walk), or dropped by the kernel side the
+    /// instant tracking began (`Untracked`).
     Idle,
     /// A new socket took its addresses (or its kernel address).
     Replaced,
@@ -264,6 +265,10 @@ impl Tracker {
                 None
             }
             Ok(EventKind::Closed) => self.remove(ev.sk).map(|t| (t, Forget::Closed)),
+            // Only the entry its `Tracked` made (same addresses).
+            Ok(EventKind::Untracked) => {
+                self.socks.get(&ev.sk).is_some_and(|t| t.tuple == ev.tuple).then(|| self.remove(ev.sk)).flatten().map(|t| (t, Forget::Idle))
+            }
             Err(_) => None,
         }
     }
@@ -390,5 +395,27 @@ mod tests {
         bad.kind = 99;
         t.apply(&bad);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_record_dropped_as_it_began_leaves_nothing_whatever_order_its_close_took() {
+        let mut t = Tracker::default();
+        // A reset's close event reserved before the announcement (then ignored), the
+        // announcement, and the send's second look dropping the record.
+        t.apply(&ev(EventKind::Closed, 1, 7));
+        t.apply(&ev(EventKind::Tracked, 1, 1));
+        let (gone, why) = t.apply(&ev(EventKind::Untracked, 1, 1)).expect("the entry ends");
+        assert_eq!((gone.sk, why), (1, Forget::Idle));
+        assert!(t.is_empty());
+        // After the announcement the close ends it; the `Untracked` that follows changes nothing.
+        t.apply(&ev(EventKind::Tracked, 1, 1));
+        assert_eq!(t.apply(&ev(EventKind::Closed, 1, 7)).map(|(_, w)| w), Some(Forget::Closed));
+        assert!(t.apply(&ev(EventKind::Untracked, 1, 1)).is_none());
+        // Never another socket's entry: one at that kernel address with other addresses stays.
+        t.apply(&ev(EventKind::Tracked, 1, 1));
+        let mut other = ev(EventKind::Untracked, 1, 1);
+        other.tuple.sport += 1;
+        assert!(t.apply(&other).is_none());
+        assert_eq!(t.len(), 1);
     }
 }
