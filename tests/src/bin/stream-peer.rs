@@ -55,6 +55,7 @@
 //!       late-close:<ms>  as late, but close (FIN) once 500 ms pass without data
 //!       gate-close    read nothing until the process gets SIGUSR1 (one connection per signal),
 //!                     then as late-close: the test, not a clock, decides how long bytes wait
+//!       gate-rst      read nothing until SIGUSR1 (likewise), then abort the connection (RST)
 //!       close:<ms>    read for ms milliseconds, then close (FIN)
 //!       rst:<ms>      read for ms milliseconds, then abort the connection (RST)
 //!     Prints `CONNECTED local=<addr>` per connection.
@@ -297,7 +298,7 @@ fn fill_exec(mut s: TcpStream, ms: u64) -> std::io::Result<()> {
 }
 
 fn client(addr: &str, mode: &str, conns: usize) {
-    if mode == "gate-close" {
+    if mode.starts_with("gate-") {
         // Blocked before any thread starts, so every thread inherits it and the signal waits
         // for `sigwait` instead of killing the process.
         // SAFETY: the set is initialised by sigemptyset before use; the calls only touch it and
@@ -363,6 +364,10 @@ fn read_one(mut s: TcpStream, mode: &str) {
             }
             s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
             while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        }
+        "gate-rst" => {
+            wait_for_sigusr1();
+            linger_zero(&s);
         }
         "close" | "rst" => {
             read_for(&mut s, Duration::from_millis(arg_num(mode)));
