@@ -23,29 +23,11 @@ fn s01_peer_unreachable_mid_stream() {
     if !privileged("s01") {
         return;
     }
-    let net = NetnsPair::new();
-    let agent = Agent::start(GRACE_ARG, &[]);
-    let server = net.peer(&net.a, PEER, &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
-    let addr = server.expect("LISTEN", Duration::from_secs(5));
-    let _client = net.peer(&net.b, PEER, &["client", &addr, "read"]);
-    let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
-    wait_tracked(&agent, &local);
-    expect_never(&agent, &[&local], Duration::from_secs(1));
-    net.cut_b();
-    let cut = Instant::now();
-    let (e, took) = expect_stalled(&agent, &local, cut, GRACE + SLACK);
-    latency_line("peer_unreachable", took, GRACE);
-    // On a mismatch, the samples that made the verdict. (Seen in a 6.1 guest: `peer_not_reading`
-    // with 3 retransmits, when the second and third never left the host, queued behind the first
-    // for a neighbour that no longer answered; the verdict now counts the RTO's expiries.)
-    let why = || agent.explain(&e["socket_cookie"].to_string()).map(|x| x.to_string()).unwrap_or_else(|err| err);
-    assert_eq!(e["reason"], "peer_unreachable", "{e}\nexplain: {}", why());
-    assert_eq!(e["pid"], server.pid(), "{e}");
+    let e = unreachable_mid_stream("peer_unreachable", NetnsPair::cut_b);
     // The evidence: unanswered retransmits, or, when the link died while the reader's window
     // happened to be closed, unanswered window probes (which are not retransmits).
     let (retrans, probes) = (e["retransmits"].as_u64().unwrap(), e["zero_window_probes"].as_u64().unwrap());
     assert!(retrans > 0 || (e["peer_window"] == 0 && probes >= 2), "{e}");
-    assert!(e["queued_bytes"].as_u64().unwrap() > 0, "{e}");
 }
 
 // 1b. The peer's pod goes away mid-stream: its veth is deleted, so the server's route to it is
@@ -56,6 +38,16 @@ fn s01b_peer_whose_link_is_deleted_is_unreachable() {
     if !privileged("s01b") {
         return;
     }
+    let e = unreachable_mid_stream("peer_unreachable (link deleted)", NetnsPair::delete_link);
+    // The evidence: unanswered retransmits, or, when nothing was in flight as the route went
+    // (a slow reader had everything acknowledged), unanswered probes of the unsent queue.
+    let (retrans, probes) = (e["retransmits"].as_u64().unwrap(), e["zero_window_probes"].as_u64().unwrap());
+    assert!(retrans > 0 || probes >= 2, "{e}");
+}
+
+/// A server in one namespace streams to a reader in another until `cut` breaks the path; the
+/// report must say `peer_unreachable`, name the server and show bytes queued. Returns it.
+fn unreachable_mid_stream(label: &str, cut: fn(&NetnsPair)) -> Value {
     let net = NetnsPair::new();
     let agent = Agent::start(GRACE_ARG, &[]);
     let server = net.peer(&net.a, PEER, &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
@@ -63,17 +55,19 @@ fn s01b_peer_whose_link_is_deleted_is_unreachable() {
     let _client = net.peer(&net.b, PEER, &["client", &addr, "read"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     wait_tracked(&agent, &local);
-    net.delete_link();
-    let cut = Instant::now();
-    let (e, took) = expect_stalled(&agent, &local, cut, GRACE + SLACK);
-    latency_line("peer_unreachable (link deleted)", took, GRACE);
+    expect_never(&agent, &[&local], Duration::from_secs(1));
+    cut(&net);
+    let t0 = Instant::now();
+    let (e, took) = expect_stalled(&agent, &local, t0, GRACE + SLACK);
+    latency_line(label, took, GRACE);
+    // On a mismatch, the samples that made the verdict. (Seen in a 6.1 guest: `peer_not_reading`
+    // with 3 retransmits, when the second and third never left the host, queued behind the first
+    // for a neighbour that no longer answered; the verdict now counts the RTO's expiries.)
     let why = || agent.explain(&e["socket_cookie"].to_string()).map(|x| x.to_string()).unwrap_or_else(|err| err);
     assert_eq!(e["reason"], "peer_unreachable", "{e}\nexplain: {}", why());
     assert_eq!(e["pid"], server.pid(), "{e}");
-    // The evidence: unanswered retransmits, or, when nothing was in flight as the route went
-    // (a slow reader had everything acknowledged), unanswered probes of the unsent queue.
-    let (retrans, probes) = (e["retransmits"].as_u64().unwrap(), e["zero_window_probes"].as_u64().unwrap());
-    assert!(retrans > 0 || probes >= 2, "{e}");
+    assert!(e["queued_bytes"].as_u64().unwrap() > 0, "{e}");
+    e
 }
 
 // 2. The peer process is frozen (SIGSTOP) while the server streams.

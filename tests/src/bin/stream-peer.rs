@@ -301,14 +301,8 @@ fn client(addr: &str, mode: &str, conns: usize) {
     if mode.starts_with("gate-") {
         // Blocked before any thread starts, so every thread inherits it and the signal waits
         // for `sigwait` instead of killing the process.
-        // SAFETY: the set is initialised by sigemptyset before use; the calls only touch it and
-        // this thread's mask.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGUSR1);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        }
+        // SAFETY: a valid set; only this thread's mask changes.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &sigusr1(), std::ptr::null_mut()) };
     }
     let mut threads = Vec::new();
     for _ in 0..conns {
@@ -494,14 +488,20 @@ fn inflight(s: TcpStream) -> std::io::Result<()> {
     }
 }
 
-/// Waits for SIGUSR1 (blocked in every thread by `client`).
-fn wait_for_sigusr1() {
-    // SAFETY: as in `client`; sigwait writes the signal number into `sig`.
+/// The signal set {SIGUSR1}.
+fn sigusr1() -> libc::sigset_t {
+    // SAFETY: the set is initialised by sigemptyset before use; the calls only touch it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGUSR1);
-        let mut sig = 0;
-        libc::sigwait(&set, &mut sig);
+        set
     }
+}
+
+/// Waits for SIGUSR1 (blocked in every thread by `client`).
+fn wait_for_sigusr1() {
+    let mut sig = 0;
+    // SAFETY: a valid set; sigwait writes the signal number into `sig`.
+    unsafe { libc::sigwait(&sigusr1(), &mut sig) };
 }
