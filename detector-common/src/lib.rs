@@ -120,10 +120,15 @@ pub enum Counter {
     ReadErrors = 2,
     /// Retransmits seen on tracked sockets.
     Retransmits = 3,
+    /// Entries the programs added to the hash map (fallback hooks).
+    MapInserted = 4,
+    /// Entries the programs removed from the hash map. Inserted less removed (less what the
+    /// agent removed) is how many the map holds, known every pass without walking it.
+    MapRemoved = 5,
 }
 
 /// Number of slots in the `COUNTERS` array.
-pub const COUNTER_SLOTS: u32 = 4;
+pub const COUNTER_SLOTS: u32 = 6;
 
 /// [`SockTuple::flags`]: the kernel side looked at the socket's `struct socket` (a tuple the
 /// agent built from a dump has no flags).

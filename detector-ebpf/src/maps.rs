@@ -45,6 +45,16 @@ pub fn count(counter: Counter) {
     }
 }
 
+/// Removes a socket's `SOCKS` entry; `true` (and counted) when this call removed it.
+#[inline(always)]
+pub fn socks_remove(sk: u64) -> bool {
+    let removed = SOCKS.remove(sk).is_ok();
+    if removed {
+        count(Counter::MapRemoved);
+    }
+    removed
+}
+
 /// `bpf_ringbuf_output` flag: do not wake the reader (the agent polls; see `EVENTS`).
 const BPF_RB_NO_WAKEUP: u64 = 1;
 

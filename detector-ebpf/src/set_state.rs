@@ -10,7 +10,7 @@ use detector_common::{EventKind, IPPROTO_TCP, TCP_CLOSE};
 
 use crate::{
     config::conf,
-    maps::{SOCKS, emit_if},
+    maps::{SOCKS, emit_if, socks_remove},
     send_sock_send_length::field,
 };
 
@@ -36,6 +36,6 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     // The event is written before the entry goes (from the value it still points to) and sent
     // only if this CPU removed it: another CPU that removed it first announced it.
     // SAFETY: a value pointer from the map, valid for this program run.
-    emit_if(sk, unsafe { &*st }, EventKind::Closed, TCP_CLOSE, || SOCKS.remove(sk).is_ok());
+    emit_if(sk, unsafe { &*st }, EventKind::Closed, TCP_CLOSE, || socks_remove(sk));
     Ok(())
 }

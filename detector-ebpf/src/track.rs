@@ -11,7 +11,7 @@ use detector_common::{Counter, EventKind, SendHook, SockState, TASK_COMM_LEN, TC
 
 use crate::{
     config::conf,
-    maps::{SK_STATE, SOCKS, count, emit},
+    maps::{SK_STATE, SOCKS, count, emit, socks_remove},
     sock::{BtfSock, read_tuple},
 };
 
@@ -97,7 +97,10 @@ impl Store for Hash {
     #[inline(always)]
     fn create(self, st: &SockState) -> bool {
         match SOCKS.insert(self.0, st, BPF_NOEXIST) {
-            Ok(()) => true,
+            Ok(()) => {
+                count(Counter::MapInserted);
+                true
+            }
             Err(EEXIST) => false,
             Err(_) => {
                 count(Counter::MapFull);
@@ -108,7 +111,7 @@ impl Store for Hash {
 
     #[inline(always)]
     fn forget(self) {
-        let _ = SOCKS.remove(self.0);
+        socks_remove(self.0);
     }
 }
 

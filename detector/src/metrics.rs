@@ -39,6 +39,12 @@ pub struct HookLabel {
     pub hook: String,
 }
 
+/// One of the agent's eBPF programs, by its name in the object (a fixed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabel {
+    pub program: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabel {
     pub action: String,
@@ -103,6 +109,8 @@ pub struct Metrics {
     pub kernel_map_full: Counter,
     pub kernel_read_errors: Counter,
     pub kernel_retransmits: Counter,
+    /// Runs of a program the kernel skipped (another tracing program was running on that CPU).
+    pub kernel_program_misses: Family<ProgramLabel, Counter>,
     pub sample_errors: Counter,
     /// Samples taken with a sock_diag lookup (with socket storage, only of sockets the kernel
     /// walk does not reach): the per-socket cost the walk exists to avoid.
@@ -131,6 +139,7 @@ impl Metrics {
             kernel_map_full: Counter::default(),
             kernel_read_errors: Counter::default(),
             kernel_retransmits: Counter::default(),
+            kernel_program_misses: Family::default(),
             sample_errors: Counter::default(),
             sock_diag_lookups: Counter::default(),
             sweep_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
@@ -160,6 +169,11 @@ impl Metrics {
         registry.register("kernel_map_full", "Sockets not tracked because the socket map was full", m.kernel_map_full.clone());
         registry.register("kernel_read_errors", "Failed kernel memory reads in the eBPF programs", m.kernel_read_errors.clone());
         registry.register("retransmits", "Retransmits on tracked sockets, as tcp:tcp_retransmit_skb sees them", m.kernel_retransmits.clone());
+        registry.register(
+            "kernel_program_misses",
+            "Runs of an eBPF program the kernel skipped because another tracing program was running on that CPU (its event is lost: a close missed this way is found by the next sample)",
+            m.kernel_program_misses.clone(),
+        );
         registry.register("sample_errors", "Failed sock_diag samples", m.sample_errors.clone());
         registry.register(
             "sock_diag_lookups",

@@ -151,9 +151,12 @@ pub fn status(s: &Status) -> String {
     out.push_str(&render(&["ROLE", "HOOK", "STATE", "WHY"], &cells));
     if !s.programs.is_empty() {
         out.push_str("\nprograms (kernel accounting, with kernel.bpf_stats_enabled=1):\n");
-        let cells: Vec<[String; 4]> =
-            s.programs.iter().map(|p| [p.name.clone(), p.run_count.to_string(), p.run_time_ns.to_string(), format!("{:.0}", p.avg_ns)]).collect();
-        out.push_str(&render(&["PROGRAM", "RUNS", "NS", "NS/RUN"], &cells));
+        let cells: Vec<[String; 5]> = s
+            .programs
+            .iter()
+            .map(|p| [p.name.clone(), p.run_count.to_string(), p.run_time_ns.to_string(), format!("{:.0}", p.avg_ns), p.recursion_misses.to_string()])
+            .collect();
+        out.push_str(&render(&["PROGRAM", "RUNS", "NS", "NS/RUN", "SKIPPED"], &cells));
     }
     out
 }

@@ -3,7 +3,7 @@
 //! vmtest` per hook on Debian's 6.1 and 6.12 kernels, where fentry and kprobe run).
 use std::time::Duration;
 
-use detector_tests::{Agent, NS_A_ADDR, NetnsPair, Peer, free_port, http_get, metric, poll, privileged, stream_peer};
+use detector_tests::{Agent, AgentBuilder, NS_A_ADDR, NetnsPair, Peer, free_port, http_get, metric, poll, privileged, stream_peer};
 
 const ROUNDS: usize = 10;
 const CONNS: usize = 100;
@@ -19,19 +19,21 @@ const TIMED_OUT: usize = 20;
 //   server's namespace): TCP_CLOSE with the send queue still full, the case the state guard of
 //   every send hook exists for.
 // Afterwards none of them is tracked, the kernel map holds nothing the agent does not track, and
-// (hash map) every entry left through its close event, none was found gone later.
+// (hash map) every entry left through its close event, none was found gone later, unless the
+// kernel skipped that close program run (counted; the agent's next sample reclaims the entry).
 #[test]
 fn closed_sockets_that_are_sent_on_leave_nothing_tracked() {
     if !privileged("closed_sockets_that_are_sent_on_leave_nothing_tracked") {
         return;
     }
     let addr = format!("127.0.0.1:{}", free_port());
-    let agent = Agent::start("3s", &["--metrics-addr", &addr]);
-    let hash_map = !agent.query("status").expect("status")["kernel_map_entries"].is_null();
-    let forgotten = |why: &str| {
-        let (_, text) = http_get(&addr, "/metrics");
-        metric(&text, &format!("detector_sockets_forgotten_total{{why=\"{why}\"}}")).unwrap_or(0.0)
-    };
+    // Every batch of sock_diag lookups waits 150 ms first: a reset landing between the sweep's
+    // drain of the events and its lookup (a window of microseconds on a fast host, wide in a
+    // slow guest) is then likely in every round, and must still end as `closed`.
+    let agent = AgentBuilder::new("3s").args(&["--metrics-addr", &addr]).env("DETECTOR_FAULT", "lookup-delay:150").start();
+    let hash_map = agent.query("status").expect("status")["storage"] == "hash map";
+    let counted = |series: &str| metric(&http_get(&addr, "/metrics").1, series).unwrap_or(0.0);
+    let forgotten = |why: &str| counted(&format!("detector_sockets_forgotten_total{{why=\"{why}\"}}"));
     let gone_before = forgotten("gone");
     let peer = stream_peer();
     let mut ports = vec![];
@@ -68,8 +70,11 @@ fn closed_sockets_that_are_sent_on_leave_nothing_tracked() {
     assert!(clean.is_some(), "dead entries in the kernel map: {}", agent.query("status").unwrap());
     if hash_map {
         assert!(forgotten("closed") > 0.0, "no socket was ever tracked: the test proves nothing\n{}", agent.log());
+        // A close the kernel skipped (the reset's softirq interrupted a send program on that
+        // CPU: one tracing program at a time per CPU) ends as `gone`, and only such a close.
         let gone = forgotten("gone") - gone_before;
-        assert!(gone == 0.0, "{gone} entries outlived their close event (tracked again after it)\n{}", agent.log());
+        let skipped = counted("detector_kernel_program_misses_total{program=\"inet_sock_set_state\"}");
+        assert!(gone <= skipped, "{gone} entries outlived their close event (tracked again after it; {skipped} closes skipped)\n{}", agent.log());
     }
 }
 

@@ -1,11 +1,16 @@
 //! What the sweep reads from the programs: their events, their drop and error counters, and
 //! (with the fallback hooks) the hash map they keep.
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use std::os::fd::AsFd as _;
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::ProgramFd,
+};
 use detector_common::{COUNTER_SLOTS, Counter, SockState, SockTuple};
 
 use crate::{
-    kernel::events,
-    metrics::Metrics,
+    kernel::{events, prog_info},
+    metrics::{Metrics, ProgramLabel},
     report::KernelRecord,
     sample::{scan::Scanner, walk::Walker},
     tracker::{Forget, Tracked, Tracker},
@@ -22,12 +27,23 @@ pub struct KernelSide {
     pub counters: PerCpuArray<MapData, u64>,
     /// Counter totals already added to the metrics.
     seen: [u64; COUNTER_SLOTS as usize],
+    /// Hash-map entries removed here (`prune`), beside the programs' own count.
+    pruned: u64,
+    /// The loaded programs (name, fd) and how many of their runs the kernel skipped, as
+    /// already counted.
+    programs: Vec<(String, ProgramFd, u64)>,
 }
 
 impl KernelSide {
     /// The programs' maps; the iterators (`walker`, `scanner`) are set when the kernel runs them.
-    pub fn new(ring: RingBuf<MapData>, socks: Option<BpfHashMap<MapData, u64, SockState>>, counters: PerCpuArray<MapData, u64>) -> Self {
-        Self { ring, walker: None, scanner: None, socks, counters, seen: [0; COUNTER_SLOTS as usize] }
+    pub fn new(
+        ring: RingBuf<MapData>,
+        socks: Option<BpfHashMap<MapData, u64, SockState>>,
+        counters: PerCpuArray<MapData, u64>,
+        programs: Vec<(String, ProgramFd)>,
+    ) -> Self {
+        let programs = programs.into_iter().map(|(name, fd)| (name, fd, 0)).collect();
+        Self { ring, walker: None, scanner: None, socks, counters, seen: [0; COUNTER_SLOTS as usize], pruned: 0, programs }
     }
 
     /// Applies every waiting event to the table; `ended` gets each entry an event ended.
@@ -43,14 +59,20 @@ impl KernelSide {
     /// hash map, the table is rebuilt from it: see `resync`).
     pub fn read_counters(&mut self, m: &Metrics) -> bool {
         let mut lost = false;
+        // Removals before insertions: an entry inserted and removed between the two reads
+        // then counts at most as held, never as less than nothing.
+        for slot in [Counter::MapRemoved, Counter::MapInserted] {
+            if let Some(total) = self.total(slot) {
+                self.seen[slot as usize] = total;
+            }
+        }
         for (slot, counter) in [
             (Counter::EventsDropped, &m.kernel_events_dropped),
             (Counter::MapFull, &m.kernel_map_full),
             (Counter::ReadErrors, &m.kernel_read_errors),
             (Counter::Retransmits, &m.kernel_retransmits),
         ] {
-            let Ok(values) = self.counters.get(&(slot as u32), 0) else { continue };
-            let total: u64 = values.iter().sum();
+            let Some(total) = self.total(slot) else { continue };
             let prev = &mut self.seen[slot as usize];
             if total > *prev {
                 counter.inc_by(total - *prev);
@@ -58,7 +80,27 @@ impl KernelSide {
                 *prev = total;
             }
         }
+        for (name, fd, seen) in &mut self.programs {
+            let Ok(misses) = prog_info::recursion_misses(fd.as_fd()) else { continue };
+            if misses > *seen {
+                m.kernel_program_misses.get_or_create(&ProgramLabel { program: name.clone() }).inc_by(misses - *seen);
+                *seen = misses;
+            }
+        }
         lost
+    }
+
+    /// A counter's sum over the CPUs.
+    fn total(&self, slot: Counter) -> Option<u64> {
+        self.counters.get(&(slot as u32), 0).ok().map(|values| values.iter().sum())
+    }
+
+    /// How many entries the hash map holds (`None` with socket storage), as of `read_counters`
+    /// and `prune`: entries the programs inserted, less those they and `prune` removed.
+    pub fn map_entries(&self) -> Option<usize> {
+        self.socks.as_ref()?;
+        let removed = self.seen[Counter::MapRemoved as usize] + self.pruned;
+        Some(self.seen[Counter::MapInserted as usize].saturating_sub(removed) as usize)
     }
 
     /// Adds every socket of the hash map the table lacks (announcements lost to a full ring).
@@ -69,16 +111,15 @@ impl KernelSide {
     }
 
     /// Removes the hash-map entries of sockets samples found gone, when the entry is still
-    /// that socket's (a close the set_state program missed would otherwise stay forever);
-    /// returns how many entries the map holds.
-    pub fn prune(&mut self, gone: impl Iterator<Item = (u64, SockTuple)>) -> Option<usize> {
-        let socks = self.socks.as_mut()?;
+    /// that socket's (a close the set_state program missed would otherwise stay forever).
+    pub fn prune(&mut self, gone: impl Iterator<Item = (u64, SockTuple)>) {
+        let Some(socks) = self.socks.as_mut() else { return };
         for (sk, tuple) in gone {
             if socks.get(&sk, 0).is_ok_and(|st| st.tuple == tuple) && socks.remove(&sk).is_ok() {
+                self.pruned += 1;
                 log::debug!("removed the stale kernel entry of socket {sk:#x}");
             }
         }
-        Some(socks.keys().filter(Result::is_ok).count())
     }
 
     /// What the kernel side recorded about `t` (`detector explain`), at CLOCK_MONOTONIC `now_ns`.

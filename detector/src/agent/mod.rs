@@ -253,7 +253,8 @@ fn kernel_side(loaded: &mut loader::Loaded, walker: Option<Walker>) -> anyhow::R
     // The hash map holds state only with the fallback send hooks.
     let socks: Option<BpfHashMap<_, u64, SockState>> = if loaded.send_hook.socket_storage() { None } else { Some(BpfHashMap::try_from(take("SOCKS")?)?) };
     let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take("COUNTERS")?)?;
-    let mut side = kernel_side::KernelSide::new(ring, socks, counters);
+    let programs = loaded.ebpf.programs().filter_map(|(name, p)| Some((name.to_string(), p.fd().ok()?.try_clone().ok()?))).collect();
+    let mut side = kernel_side::KernelSide::new(ring, socks, counters, programs);
     side.walker = walker;
     side.scanner = loaded.scan.take().map(Scanner::new);
     Ok(side)

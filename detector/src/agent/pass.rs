@@ -2,7 +2,7 @@
 //! the verdict, note what changed, forget what is gone, and assemble the report.
 use std::collections::{HashMap, HashSet};
 
-use super::sweep::Sweep;
+use super::{kernel_side::KernelSide, sweep::Sweep};
 use detector_common::SockState;
 
 use crate::{
@@ -19,10 +19,15 @@ use crate::{
 
 impl Sweep {
     /// Samples, judges and reports; with `only_due`, only sockets whose grace deadline has come
-    /// by then. `walker`, when the kernel walks socket storage, samples the sockets it keeps.
-    pub fn pass(&mut self, pool: &mut NetnsPool, walker: Option<&mut Walker>, m: &Metrics, only_due: Option<u64>) -> Vec<StalledSocket> {
-        let mut walked = walker.and_then(|w| self.walk(w, m));
-        let gone = self.sample_all(pool, walked.as_mut(), m, only_due);
+    /// by then. `kernel` (none for `detector scan`): its walk, when the kernel walks socket
+    /// storage, samples the sockets it keeps, and its events have the last word on sockets a
+    /// sample found gone.
+    pub fn pass(&mut self, pool: &mut NetnsPool, mut kernel: Option<&mut KernelSide>, m: &Metrics, only_due: Option<u64>) -> Vec<StalledSocket> {
+        let mut walked = kernel.as_deref_mut().and_then(|k| k.walker.as_mut()).and_then(|w| self.walk(w, m));
+        let mut gone = self.sample_all(pool, walked.as_mut(), m, only_due);
+        if let Some(k) = kernel {
+            gone = self.settle(gone, k, m);
+        }
         self.forget(gone, m);
         if let Some(w) = walked {
             self.take_up(w, m);
@@ -31,6 +36,21 @@ impl Sweep {
         pool.retain(|inum| used.contains(&inum));
         self.due = self.next_due();
         self.assemble(m)
+    }
+
+    /// Sockets found gone may have closed after the last drain of the events, their `Closed`
+    /// waiting in the ring (the close program sends it before the kernel unhashes the socket,
+    /// so it is there by the time a lookup misses): the ring is drained again first, and only
+    /// the entries it left as they were leave as `gone`. So `gone` keeps meaning "ended without
+    /// its close event" (a close the programs missed, or a socket tracked again after it).
+    fn settle(&mut self, gone: Vec<(u64, Forget)>, kernel: &mut KernelSide, m: &Metrics) -> Vec<(u64, Forget)> {
+        if !gone.iter().any(|&(_, why)| why == Forget::Gone) {
+            return gone;
+        }
+        let id = |t: &Tracked| (t.tuple, t.first_send_ns);
+        let before: Vec<_> = gone.iter().map(|&(sk, _)| self.tracker.get(sk).map(id)).collect();
+        self.drain(kernel, m);
+        gone.into_iter().zip(before).filter(|&((sk, _), was)| was.is_some() && self.tracker.get(sk).map(id) == was).map(|(g, _)| g).collect()
     }
 
     /// One walk, as samples by socket; `None` (sock_diag samples this pass) when it fails.

@@ -59,7 +59,7 @@ pub struct Sweep {
     pub(super) last_reconcile: Instant,
     /// How long the last reconcile took (it sets how soon the next one may run).
     pub(super) reconcile_took: Duration,
-    /// Sockets announced by a send hook that samples found gone since the last reconcile.
+    /// Sockets announced by a send hook that samples found gone since the last full pass.
     pub(super) gone_hooked: Vec<(u64, SockTuple)>,
     kernel_map_entries: Option<usize>,
     sweeps: u64,
@@ -117,19 +117,20 @@ impl Sweep {
     /// Events, a reconcile when one is due, counters, then every socket sampled and judged,
     /// attributed and reaped.
     fn full_pass(&mut self, ctx: &mut Context, pool: &mut NetnsPool) {
-        self.drain(ctx);
+        self.drain(&mut ctx.kernel, &ctx.metrics);
         if self.last_reconcile.elapsed() >= self.reconcile_every() {
             let found = self.reconcile(pool, ctx.kernel.scanner.as_mut());
             ctx.metrics.reconcile_cpu.observe(self.reconcile_took.as_secs_f64());
             if found > 0 {
                 log::debug!("reconcile: {found} sockets no hook announced");
             }
-            self.kernel_map_entries = ctx.kernel.prune(self.gone_hooked.drain(..));
         }
         if ctx.kernel.read_counters(&ctx.metrics) {
             ctx.kernel.resync(&mut self.tracker);
         }
-        let stalled = self.pass(pool, ctx.kernel.walker.as_mut(), &ctx.metrics, None);
+        let stalled = self.pass(pool, Some(&mut ctx.kernel), &ctx.metrics, None);
+        ctx.kernel.prune(self.gone_hooked.drain(..));
+        self.kernel_map_entries = ctx.kernel.map_entries();
         self.reap(&mut ctx.reaper, &stalled, pool);
         self.sweeps += 1;
         if let Ok(mut p) = ctx.published.write() {
@@ -137,9 +138,10 @@ impl Sweep {
         }
     }
 
-    fn drain(&mut self, ctx: &mut Context) {
-        let (now, m) = (self.now_ms(), &ctx.metrics);
-        ctx.kernel.drain(&mut self.tracker, |t, why| {
+    /// Applies the kernel's waiting events to the table.
+    pub(super) fn drain(&mut self, kernel: &mut KernelSide, m: &Metrics) {
+        let now = self.now_ms();
+        kernel.drain(&mut self.tracker, |t, why| {
             m.forgot(why);
             if let Some(age) = t.verdict.and_then(|v| v.stalled_for_ms(now)) {
                 m.stall_duration.observe(age as f64 / 1e3);
@@ -172,7 +174,7 @@ impl Sweep {
     fn wait(&mut self, ctx: &mut Context, pool: &mut NetnsPool, deadline: Instant) {
         let mut last_early = Instant::now() - Duration::from_secs(1);
         while !ctx.stop.load(Ordering::Relaxed) {
-            self.drain(ctx);
+            self.drain(&mut ctx.kernel, &ctx.metrics);
             while let Ok((q, reply)) = ctx.queries.try_recv() {
                 let _ = reply.send(self.answer(q, &ctx.kernel));
             }
@@ -183,7 +185,7 @@ impl Sweep {
             let now_ms = self.now_ms();
             if self.due.is_some_and(|d| d <= now_ms) && last_early.elapsed() >= Duration::from_millis(50) {
                 last_early = Instant::now();
-                let stalled = self.pass(pool, ctx.kernel.walker.as_mut(), &ctx.metrics, Some(now_ms));
+                let stalled = self.pass(pool, Some(&mut ctx.kernel), &ctx.metrics, Some(now_ms));
                 self.reap(&mut ctx.reaper, &stalled, pool);
                 if let Ok(mut p) = ctx.published.write() {
                     p.stalled = stalled;

@@ -64,6 +64,10 @@ pub struct ProgramStats {
     pub run_count: u64,
     pub run_time_ns: u64,
     pub avg_ns: f64,
+    /// Runs the kernel skipped: another tracing program was running on that CPU (counted
+    /// always, whatever kernel.bpf_stats_enabled says).
+    #[serde(default)]
+    pub recursion_misses: u64,
 }
 
 /// `detector status`.

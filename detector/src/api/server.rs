@@ -2,7 +2,7 @@
 //! stalled list and status from what the sweep published, the socket table and explanations
 //! from the sweep thread itself (it owns the table).
 use std::{
-    os::unix::fs::PermissionsExt,
+    os::{fd::AsFd as _, unix::fs::PermissionsExt},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -168,7 +168,9 @@ fn program_stats(programs: &[(String, u32)]) -> Vec<ProgramStats> {
         .filter_map(|info| {
             let (name, _) = programs.iter().find(|(_, id)| *id == info.id())?;
             let (runs, ns) = (info.run_count(), info.run_time().as_nanos() as u64);
-            Some(ProgramStats { name: name.clone(), run_count: runs, run_time_ns: ns, avg_ns: if runs > 0 { ns as f64 / runs as f64 } else { 0.0 } })
+            let misses = info.fd().ok().and_then(|fd| crate::kernel::prog_info::recursion_misses(fd.as_fd()).ok()).unwrap_or(0);
+            let avg_ns = if runs > 0 { ns as f64 / runs as f64 } else { 0.0 };
+            Some(ProgramStats { name: name.clone(), run_count: runs, run_time_ns: ns, avg_ns, recursion_misses: misses })
         })
         .collect()
 }

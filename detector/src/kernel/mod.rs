@@ -5,6 +5,7 @@ pub mod caps;
 pub mod events;
 pub mod iter;
 pub mod loader;
+pub mod prog_info;
 pub mod tracefs;
 
 /// The eBPF object built by `build.rs` (aya-build) from `detector-ebpf`.

@@ -115,6 +115,14 @@ fn injected_diag_error() -> bool {
     PATH.get_or_init(|| std::env::var("DETECTOR_FAULT").ok()?.strip_prefix("diag-error:").map(Into::into)).as_ref().is_some_and(|p| p.exists())
 }
 
+/// Fault injection for the tests: with `DETECTOR_FAULT=lookup-delay:<ms>`, every batch of
+/// lookups waits that long first, widening the window in which a socket closes between the
+/// sweep's last look at the events and its lookup.
+fn injected_lookup_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| std::env::var("DETECTOR_FAULT").ok()?.strip_prefix("lookup-delay:")?.parse().ok().map(std::time::Duration::from_millis))
+}
+
 /// Lookups sent in one `sendmsg`, their answers read back by sequence number.
 const BATCH: usize = 64;
 
@@ -282,6 +290,9 @@ impl DiagConn {
     fn batch(&mut self, ls: &[Lookup], at_ms: u64) -> Vec<Result<Option<DiagSocket>, SampleError>> {
         if injected_diag_error() {
             return ls.iter().map(|_| Err(SampleError::Io(io::Error::other("DETECTOR_FAULT=diag-error: injected netlink error")))).collect();
+        }
+        if let Some(d) = injected_lookup_delay() {
+            std::thread::sleep(d);
         }
         let first = self.seq.wrapping_add(1);
         let mut out = std::mem::take(&mut self.out);
