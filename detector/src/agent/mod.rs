@@ -166,6 +166,11 @@ impl Agent {
                 return why;
             }
             told.await;
+            // Told by the thread's last drop: it is ending (unwinding, say), not yet ended, so
+            // `failure` above could still find it running; it ends within moments.
+            while self.sweep.as_ref().is_some_and(|t| !t.is_finished()) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
     }
 
