@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use detector_common::{COUNTER_SLOTS, Counter, EventKind, SockEvent, SockState};
+use detector_common::{COUNTER_SLOTS, Counter, EventKind, SockEvent, SockState, TCP_CLOSE};
 
 /// `BPF_F_NO_PREALLOC`: a hash map that allocates entries as they are inserted.
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -53,6 +53,16 @@ pub fn socks_remove(sk: u64) -> bool {
         count(Counter::MapRemoved);
     }
     removed
+}
+
+/// Ends a socket's `SOCKS` record on its close, announcing `Closed`: the event is written
+/// before the entry goes (from the value it still points to) and sent only if this call
+/// removed it (another CPU that removed it first announced it).
+#[inline(never)]
+pub fn close_record(sk: u64) {
+    let Some(st) = SOCKS.get_ptr_mut(sk) else { return };
+    // SAFETY: a value pointer from the map, valid for this program run.
+    emit_if(sk, unsafe { &*st }, EventKind::Closed, TCP_CLOSE, || socks_remove(sk));
 }
 
 /// `bpf_ringbuf_output` flag: do not wake the reader (the agent polls; see `EVENTS`).

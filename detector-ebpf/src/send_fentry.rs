@@ -8,16 +8,13 @@ use detector_common::SendHook;
 
 use crate::{
     sock::BtfSock,
-    track::{Storage, can_send, on_send},
+    track::{Storage, on_send},
 };
 
 #[fentry(function = "tcp_sendmsg")]
 pub fn fentry_tcp_sendmsg(ctx: FEntryContext) -> i32 {
     // SAFETY: argument 0 of tcp_sendmsg is the socket.
     let sk = unsafe { BtfSock::new(ctx.arg(0)) };
-    on_send(Storage(sk), SendHook::FentryTcpSendmsg, || {
-        let state = sk.state();
-        (can_send(state) && sk.backlogged()).then_some(state)
-    });
+    on_send(Storage(sk), SendHook::FentryTcpSendmsg, sk);
     0
 }

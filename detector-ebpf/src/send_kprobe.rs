@@ -7,7 +7,7 @@ use detector_common::SendHook;
 
 use crate::{
     sock::RawSock,
-    track::{Hash, can_send, on_send},
+    track::{Hash, on_send},
 };
 
 #[kprobe]
@@ -16,12 +16,8 @@ pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
     if sk == 0 {
         return 0;
     }
-    let sock = RawSock(sk);
-    on_send(Hash(sk), SendHook::KprobeTcpSendmsg, || {
-        let state = sock.state().ok()?;
-        // A socket that is closing (e.g. after a reset) is never (re)inserted: nothing would
-        // ever remove it.
-        (can_send(state) && sock.backlogged().ok()?).then_some(state)
-    });
+    // A socket that is closing (e.g. after a reset) is never (re)inserted: nothing would ever
+    // remove it (`on_send` tracks only sockets that can still send).
+    on_send(Hash(sk), SendHook::KprobeTcpSendmsg, RawSock(sk));
     0
 }

@@ -10,7 +10,7 @@ use detector_common::{IPPROTO_TCP, SendHook};
 use crate::{
     config::conf,
     sock::RawSock,
-    track::{Hash, can_send, on_send},
+    track::{Hash, on_send},
 };
 
 #[tracepoint(category = "sock", name = "sock_send_length")]
@@ -24,11 +24,7 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i64> {
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let sock = RawSock(sk);
-    on_send(Hash(sk), SendHook::SockSendLength, || {
-        let state = sock.state().ok()?;
-        (can_send(state) && sock.backlogged().ok()?).then_some(state)
-    });
+    on_send(Hash(sk), SendHook::SockSendLength, RawSock(sk));
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use detector_common::{AF_INET, AF_INET6, IPPROTO_TCP, SendHook};
 
 use crate::{
     sock::BtfSock,
-    track::{Storage, can_send, on_send},
+    track::{Storage, on_send},
 };
 
 #[btf_tracepoint(function = "sock_send_length")]
@@ -23,9 +23,6 @@ pub fn sock_send_length_btf(ctx: BtfTracePointContext) -> i32 {
     if family != AF_INET && family != AF_INET6 {
         return 0;
     }
-    on_send(Storage(sk), SendHook::SockSendLengthBtf, || {
-        let state = sk.state();
-        (can_send(state) && sk.backlogged()).then_some(state)
-    });
+    on_send(Storage(sk), SendHook::SockSendLengthBtf, sk);
     0
 }

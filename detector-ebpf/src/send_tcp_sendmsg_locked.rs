@@ -11,7 +11,7 @@ use detector_common::SendHook;
 
 use crate::{
     sock::BtfSock,
-    track::{Storage, can_send, on_send},
+    track::{Storage, on_send},
 };
 
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
@@ -25,9 +25,6 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
     }
     // SAFETY: argument 0 of this tracepoint is the (never null) socket.
     let sk = unsafe { BtfSock::new(ctx.arg(0)) };
-    on_send(Storage(sk), SendHook::TcpSendmsgLocked, || {
-        let state = sk.state();
-        (can_send(state) && sk.backlogged()).then_some(state)
-    });
+    on_send(Storage(sk), SendHook::TcpSendmsgLocked, sk);
     0
 }

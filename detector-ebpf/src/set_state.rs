@@ -6,13 +6,9 @@
 //! Kernel: `TRACE_EVENT(inet_sock_set_state, TP_PROTO(const struct sock *sk, const int oldstate,
 //! const int newstate))` (include/trace/events/sock.h), fields from its format file.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use detector_common::{EventKind, IPPROTO_TCP, TCP_CLOSE};
+use detector_common::{IPPROTO_TCP, TCP_CLOSE};
 
-use crate::{
-    config::conf,
-    maps::{SOCKS, emit_if, socks_remove},
-    send_sock_send_length::field,
-};
+use crate::{config::conf, maps::close_record, send_sock_send_length::field};
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -30,12 +26,6 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let sk: u64 = field(ctx, conf!(state_skaddr))?;
-    let Some(st) = SOCKS.get_ptr_mut(sk) else {
-        return Ok(());
-    };
-    // The event is written before the entry goes (from the value it still points to) and sent
-    // only if this CPU removed it: another CPU that removed it first announced it.
-    // SAFETY: a value pointer from the map, valid for this program run.
-    emit_if(sk, unsafe { &*st }, EventKind::Closed, TCP_CLOSE, || socks_remove(sk));
+    close_record(sk);
     Ok(())
 }

@@ -7,12 +7,12 @@
 //! socket's record: a tracked socket whose owner did not change costs one lookup and one
 //! compare, no store; an untracked one starts being tracked.
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use detector_common::{Counter, EventKind, SendHook, SockState, TASK_COMM_LEN, TCP_CLOSE_WAIT, TCP_ESTABLISHED};
+use detector_common::{Counter, EventKind, SendHook, SockState, TASK_COMM_LEN, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED};
 
 use crate::{
     config::conf,
-    maps::{SK_STATE, SOCKS, count, emit, socks_remove},
-    sock::{BtfSock, read_tuple},
+    maps::{SK_STATE, SOCKS, close_record, count, emit, socks_remove},
+    sock::{BtfSock, RawSock, read_tuple},
 };
 
 /// `BPF_NOEXIST` for map inserts, and the `-EEXIST` it answers when the key is there.
@@ -31,6 +31,41 @@ pub trait Store: Copy {
     fn create(self, st: &SockState) -> bool;
     /// Stops tracking (the record just created belongs to a socket that closed meanwhile).
     fn forget(self);
+    /// Whether a close can pass without the program that ends the record (see `on_send`).
+    const MISSES_CLOSES: bool;
+    /// Ends the record of a socket a send found closed, announcing the close.
+    fn close_missed(self);
+}
+
+/// What a send hook reads of its socket: through a BTF pointer, or by copies.
+pub trait SendSock: Copy {
+    fn tcp_state(self) -> Option<u8>;
+    /// See [`crate::sock`]'s `backlogged`: the tracking rule.
+    fn send_backlog(self) -> Option<bool>;
+}
+
+impl SendSock for BtfSock {
+    #[inline(always)]
+    fn tcp_state(self) -> Option<u8> {
+        Some(self.state())
+    }
+
+    #[inline(always)]
+    fn send_backlog(self) -> Option<bool> {
+        Some(self.backlogged())
+    }
+}
+
+impl SendSock for RawSock {
+    #[inline(always)]
+    fn tcp_state(self) -> Option<u8> {
+        self.state().ok()
+    }
+
+    #[inline(always)]
+    fn send_backlog(self) -> Option<bool> {
+        self.backlogged().ok()
+    }
 }
 
 /// Socket storage, for the BTF hooks.
@@ -77,6 +112,12 @@ impl Store for Storage {
         // SAFETY: as in `storage_get`.
         unsafe { aya_ebpf::helpers::generated::bpf_sk_storage_delete(map, self.0.as_ptr()) };
     }
+
+    /// Storage goes with the socket, and the walk reports a close: no close program to miss.
+    const MISSES_CLOSES: bool = false;
+
+    #[inline(always)]
+    fn close_missed(self) {}
 }
 
 /// The `SOCKS` hash map, for the fallback hooks.
@@ -113,6 +154,13 @@ impl Store for Hash {
     fn forget(self) {
         socks_remove(self.0);
     }
+
+    const MISSES_CLOSES: bool = true;
+
+    #[inline(always)]
+    fn close_missed(self) {
+        close_record(self.0);
+    }
 }
 
 /// A TCP state in which the application can still queue bytes.
@@ -121,13 +169,32 @@ pub fn can_send(state: u8) -> bool {
     state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT
 }
 
-/// Records a send on the socket behind `store`. `waiting` looks at the socket itself (no map):
-/// it returns the TCP state when bytes of earlier sends are still unacknowledged, and only
-/// then is the socket's record consulted. A send with nothing waiting cannot be part of a
-/// stall, so it costs a few loads of cache lines the send path just used.
+/// The TCP state when bytes of earlier sends are still unacknowledged and the socket can take
+/// more (the tracking rule); `None` otherwise.
 #[inline(always)]
-pub fn on_send<S: Store, W: Fn() -> Option<u8>>(store: S, hook: SendHook, waiting: W) {
-    let Some(state) = waiting() else { return };
+fn waiting<K: SendSock>(sock: K) -> Option<u8> {
+    let state = sock.tcp_state()?;
+    (can_send(state) && sock.send_backlog()?).then_some(state)
+}
+
+/// Records a send on the socket behind `store`. The socket itself is looked at first (no map):
+/// only when bytes of earlier sends are still unacknowledged is its record consulted. A send
+/// with nothing waiting cannot be part of a stall, so it costs a few loads of cache lines the
+/// send path just used.
+///
+/// With the hash map, the record of a socket found closed is ended here: a kprobe or
+/// classic-tracepoint program does not run while another runs on the same CPU, so a reset
+/// handled in a softirq that interrupted this program (on an earlier send, or on this one
+/// before the last look below) closed the socket without the close program.
+#[inline(always)]
+pub fn on_send<S: Store, K: SendSock>(store: S, hook: SendHook, sock: K) {
+    let Some(state) = waiting(sock) else {
+        // A send on a closed socket is rare (an error once, then the owner closes it).
+        if S::MISSES_CLOSES && sock.tcp_state() == Some(TCP_CLOSE) {
+            store.close_missed();
+        }
+        return;
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if let Some(st) = store.get() {
@@ -136,8 +203,11 @@ pub fn on_send<S: Store, W: Fn() -> Option<u8>>(store: S, hook: SendHook, waitin
         if st.tgid != tgid && tgid != conf!(agent_tgid) {
             owner_changed(store.key(), st, pid_tgid);
         }
+        if S::MISSES_CLOSES && sock.tcp_state() == Some(TCP_CLOSE) {
+            store.close_missed();
+        }
     } else if tgid != conf!(agent_tgid) {
-        start(store, hook, pid_tgid, state, waiting);
+        start(store, hook, pid_tgid, state, sock);
     }
 }
 
@@ -153,7 +223,7 @@ fn owner_changed(sk: u64, st: &mut SockState, pid_tgid: u64) {
 }
 
 #[inline(never)]
-fn start<S: Store, W: Fn() -> Option<u8>>(store: S, hook: SendHook, pid_tgid: u64, state: u8, waiting: W) {
+fn start<S: Store, K: SendSock>(store: S, hook: SendHook, pid_tgid: u64, state: u8, sock: K) {
     let mut st = SockState {
         // SAFETY: no preconditions.
         first_send_ns: unsafe { bpf_ktime_get_ns() },
@@ -182,7 +252,7 @@ fn start<S: Store, W: Fn() -> Option<u8>>(store: S, hook: SendHook, pid_tgid: u6
     // 1,000, when the announcement came after the look). A close after the announcement
     // removes the record itself and its event comes after.
     emit(store.key(), &st, EventKind::Tracked, state);
-    if waiting().is_none() {
+    if waiting(sock).is_none() {
         store.forget();
         emit(store.key(), &st, EventKind::Untracked, state);
     }

@@ -162,7 +162,7 @@ impl Metrics {
         registry.register("sockets_tracked", "Sockets the agent tracks now", m.sockets_tracked.clone());
         registry.register(
             "sockets_forgotten",
-            "Tracked sockets dropped from the table, by why: closed (close event), gone (a sample found it closed), idle (found by a dump, no longer stuck), replaced (its address taken by a new socket)",
+            "Tracked sockets dropped from the table, by why: closed (its close event, or a sample where no event exists), gone (found closed by a sample, its close event missed), idle (no longer stuck), replaced (its address taken by a new socket)",
             m.sockets_forgotten.clone(),
         );
         registry.register("kernel_events_dropped", "Kernel events lost to a full ring buffer", m.kernel_events_dropped.clone());

@@ -97,6 +97,12 @@ impl Tracked {
         self.sk >> 63 == 0
     }
 
+    /// Whether the kernel side announces its close: a record in the hash map (the fallback
+    /// hooks). Socket storage dies with the socket, silently; a dump's find has no record.
+    pub fn close_announced(&self) -> bool {
+        !self.found_by_dump() && detector_common::SendHook::try_from(self.hook).is_ok_and(|h| !h.socket_storage())
+    }
+
     /// Whether the kernel created it (no file when tracking began); `None` if the kernel side
     /// never looked (found by a dump).
     pub fn kernel_socket(&self) -> Option<bool> {
@@ -147,10 +153,13 @@ pub fn comm_str(c: &[u8; TASK_COMM_LEN]) -> String {
 /// Why an entry left the table (`detector_sockets_forgotten_total{why}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Forget {
-    /// The kernel side saw it close (hash-map hooks).
+    /// Its close was seen: the kernel side's close event (hash-map hooks), or, for a socket
+    /// no close event exists for (socket storage dies silently; a socket found by a dump has
+    /// no kernel record), a sample that found it closed.
     Closed,
-    /// A sample found it gone: closed without an event (socket storage dies silently, or the
-    /// close event was lost to a full ring buffer).
+    /// A socket the hash map tracks was found closed by a sample, its close event never came:
+    /// lost to a full ring buffer, or a close program run the kernel skipped. Its kernel entry
+    /// is removed then (`KernelSide::prune`).
     Gone,
     /// Nothing stuck any more (found by a dump or the walk), or dropped by the kernel side the
     /// instant tracking began (`Untracked`).
@@ -301,6 +310,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use detector_common::SendHook;
 
     fn ev(kind: EventKind, sk: u64, state: u8) -> SockEvent {
         let mut comm = [0u8; TASK_COMM_LEN];
@@ -417,5 +427,22 @@ mod tests {
         other.tuple.sport += 1;
         assert!(t.apply(&other).is_none());
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn only_a_hash_map_record_has_a_close_event_to_miss() {
+        let mut t = Tracker::default();
+        let mut e = ev(EventKind::Tracked, 0xffff_8880_0000_1000, 1);
+        e.hook = SendHook::KprobeTcpSendmsg as u8;
+        t.apply(&e);
+        assert!(t.get(e.sk).is_some_and(Tracked::close_announced), "a kprobe's record ends with a close event");
+        let mut s = ev(EventKind::Tracked, 0xffff_8880_0000_2000, 1);
+        (s.hook, s.tuple.sport) = (SendHook::TcpSendmsgLocked as u8, 9090);
+        t.apply(&s);
+        assert!(t.get(s.sk).is_some_and(|x| !x.close_announced()), "socket storage dies silently");
+        let mut d = e.tuple;
+        d.sport = 7070;
+        t.seed(5, d, 1, 1);
+        assert!(t.get(SEEDED | 5).is_some_and(|x| !x.close_announced()), "a dump's find has no kernel record");
     }
 }

@@ -176,25 +176,28 @@ impl Sweep {
 
 /// A socket in socket storage, as the walk saw it: judged, or why it leaves the table. The
 /// walk reports every socket with bytes waiting, and once more the first time it has none, so
-/// a socket it did not report is idle (never reported: nothing waited at the walk) or gone
-/// (reported before, so it would have said "none waiting"); one reported with none waiting
-/// leaves as idle once judged (bytes waiting again bring it back through `take_up`).
+/// a socket it did not report is idle (never reported: nothing waited at the walk) or closed
+/// (reported before, so it would have said "none waiting"; storage has no close event); one
+/// reported with none waiting leaves as idle once judged (bytes waiting again bring it back
+/// through `take_up`).
 fn from_walk(t: &mut Tracked, walked: Option<(DiagSocket, SockState)>, grace_ms: u64, m: &Metrics) -> Option<Forget> {
     let Some((d, st)) = walked else {
-        return Some(if t.last.is_some() { Forget::Gone } else { Forget::Idle });
+        return Some(if t.last.is_some() { Forget::Closed } else { Forget::Idle });
     };
     // Closed (aborted, e.g. destroyed) but its file still held somewhere (an fd in flight):
-    // gone, as sock_diag would say; its write_seq and snd_una keep the old gap.
+    // its write_seq and snd_una keep the old gap.
     if d.sample.state == detector_common::TCP_CLOSE {
-        return Some(Forget::Gone);
+        return Some(Forget::Closed);
     }
     t.kernel_state = Some(st);
     observe(t, d, grace_ms, m);
     (!verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none())).then_some(Forget::Idle)
 }
 
-/// A socket sampled through sock_diag: judged, or why it leaves the table (gone; or found by a
-/// dump, nothing stuck any more and no stall open: a later dump finds it again if needed).
+/// A socket sampled through sock_diag: judged, or why it leaves the table: not found (gone if
+/// its close event should have come, closed if none exists), or
+/// found by a dump, nothing stuck any more and no stall open (a later dump finds it again if
+/// needed).
 fn from_diag(t: &mut Tracked, answer: Result<Option<DiagSocket>, String>, grace_ms: u64, m: &Metrics) -> Option<Forget> {
     match answer {
         Ok(Some(d)) if t.found_by_dump() && !verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none()) => Some(Forget::Idle),
@@ -202,7 +205,7 @@ fn from_diag(t: &mut Tracked, answer: Result<Option<DiagSocket>, String>, grace_
             observe(t, d, grace_ms, m);
             None
         }
-        Ok(None) => Some(Forget::Gone),
+        Ok(None) => Some(if t.close_announced() { Forget::Gone } else { Forget::Closed }),
         Err(e) => {
             log::debug!("socket {:#x}: {e}", t.sk);
             m.sample_errors.inc();

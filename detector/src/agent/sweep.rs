@@ -244,7 +244,7 @@ impl Sweep {
         for (sk, why) in gone {
             let Some(t) = self.tracker.remove(sk) else { continue };
             m.forgot(why);
-            if why == Forget::Gone && !t.found_by_dump() {
+            if why == Forget::Gone {
                 // Its kernel entry, if any (hash map), goes too: see `KernelSide::prune`.
                 self.gone_hooked.push((sk, t.tuple));
             }
