@@ -70,11 +70,13 @@ fn closed_sockets_that_are_sent_on_leave_nothing_tracked() {
     if hash_map {
         assert!(forgotten("closed") > 0.0, "no socket was ever tracked: the test proves nothing\n{}", agent.log());
         // A close program run the kernel skipped (a reset's softirq interrupted a send program
-        // on that CPU: one tracing program at a time per CPU) is made good by the owner's next
-        // send, which finds the socket closed; every sender here sends again after its error.
+        // on that CPU: one tracing program at a time per CPU) is mostly made good by the
+        // owner's next send, which finds the socket closed; what is left ends as `gone` at the
+        // next sample. Only such a close may: the kernel counts them (6.7+; 0 before, where
+        // none may be left).
         let gone = forgotten("gone") - gone_before;
         let skipped = counted("detector_kernel_program_misses_total{program=\"inet_sock_set_state\"}");
-        assert!(gone == 0.0, "{gone} entries outlived their close event ({skipped} close program runs skipped)\n{}", agent.log());
+        assert!(gone <= skipped, "{gone} entries outlived their close event ({skipped} close program runs skipped)\n{}", agent.log());
     }
 }
 
