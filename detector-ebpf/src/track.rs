@@ -190,8 +190,10 @@ fn waiting<K: SendSock>(sock: K) -> Option<u8> {
 pub fn on_send<S: Store, K: SendSock>(store: S, hook: SendHook, sock: K) {
     let Some(state) = waiting(sock) else {
         // The state is read again, after the backlog test: with the hash map this costs every
-        // send that ends here one more copy. Whether it catches more than a single read would
-        // is not settled (see the issue note); a close it misses is found by the next sample.
+        // send that ends here (most sends) one more copy. It catches only a reset that lands
+        // between the two reads; runs comparing it with one read (`waiting` handing back the
+        // state it read) could not tell them apart, so it may go. What both miss ends as
+        // `gone` at the next sample, which removes the entry.
         if S::MISSES_CLOSES && sock.tcp_state() == Some(TCP_CLOSE) {
             store.close_missed();
         }
