@@ -283,6 +283,11 @@ pub struct ScanRecord {
     pub bound_dev_if: u32,
     /// `write_seq - snd_una`.
     pub queued: u32,
+    /// The pass over every process's files: the socket's network namespace (inode number) and
+    /// the process holding it (a process of that namespace, most often). 0 from the pass over
+    /// one namespace's TCP sockets.
+    pub netns: u32,
+    pub tgid: u32,
 }
 
 /// Offsets the programs need, read at start-up from tracefs `format` files and kernel BTF,
@@ -316,6 +321,10 @@ pub struct KernelConfig {
     /// `struct sock` → `sk_socket`, and `struct socket` → `file`.
     pub sk_socket: u32,
     pub socket_file: u32,
+    /// `struct socket` → `sk`, and `struct task_struct` → `tgid` (the pass over every
+    /// process's files).
+    pub socket_sk: u32,
+    pub task_tgid: u32,
     /// `struct sock` → `sk_wmem_queued`: bytes (as skb truesize) in the write and retransmit
     /// queues, so non-zero exactly while something sent is not yet acknowledged.
     pub sk_wmem_queued: u32,
@@ -369,6 +378,8 @@ impl KernelConfig {
         sk_protocol: OFFSET_ABSENT,
         sk_socket: OFFSET_ABSENT,
         socket_file: OFFSET_ABSENT,
+        socket_sk: OFFSET_ABSENT,
+        task_tgid: OFFSET_ABSENT,
         sk_wmem_queued: OFFSET_ABSENT,
         sk_sndbuf: OFFSET_ABSENT,
         tcp_snd_una: OFFSET_ABSENT,
@@ -396,9 +407,9 @@ const _: () = assert!(core::mem::size_of::<SockTuple>() == 48);
 const _: () = assert!(core::mem::size_of::<SockState>() == 104);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<WalkClock>() == 24);
-const _: () = assert!(core::mem::size_of::<ScanRecord>() == 56);
+const _: () = assert!(core::mem::size_of::<ScanRecord>() == 64);
 const _: () = assert!(core::mem::size_of::<WalkRecord>() == 80 + 104);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 39 * 4);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 41 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

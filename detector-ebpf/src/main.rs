@@ -7,7 +7,8 @@
 //! state in socket storage, which the kernel frees with the socket; the fallback hooks keep it
 //! in the `SOCKS` hash map, which `set_state` cleans at TCP_CLOSE. With socket storage, `walk`
 //! samples the tracked sockets in the kernel once per pass and tells the agent about the ones
-//! that look stuck; `scan` is the reconcile's pass over each namespace's TCP sockets.
+//! that look stuck; `scan` is the reconcile's pass over each namespace's TCP sockets, `scan_files` its pass
+//! over every process's files (every namespace at once).
 #![no_std]
 #![no_main]
 
@@ -16,6 +17,7 @@ mod control;
 mod maps;
 mod retransmit;
 mod scan;
+mod scan_files;
 mod send_fentry;
 mod send_kprobe;
 mod send_sock_send_length;

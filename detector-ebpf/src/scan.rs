@@ -51,17 +51,28 @@ pub extern "C" fn scan_tcp_adopt(ctx: *mut core::ffi::c_void) -> i32 {
 /// `ctx` is the context the kernel passed: `meta` valid, `sk_common` null or valid.
 #[inline(always)]
 unsafe fn try_scan(ctx: &IterCtx, adopt: bool) -> Result<(), i64> {
-    let sk = ctx.sk_common;
-    if sk.is_null() {
+    if ctx.sk_common.is_null() {
         return Ok(());
     }
+    // SAFETY: `meta` is never null; `sk_common` is a socket held for the call.
+    unsafe { scan_sock((*ctx.meta).seq, ctx.sk_common, adopt, |_| Ok(())) }
+}
+
+/// Writes the record of `sk` if it is stuck (and, with `adopt`, could not be put into socket
+/// storage); `fill` adds what the pass knows beyond the socket (its namespace, its holder).
+///
+/// # Safety
+/// `seq` is the iterator's seq_file; `sk` a BTF pointer to a socket (`sock_common` or
+/// `sock`) held for the call, not null.
+#[inline(always)]
+pub unsafe fn scan_sock(seq: *mut u8, sk: *const u8, adopt: bool, fill: impl FnOnce(&mut ScanRecord) -> Result<(), i64>) -> Result<(), i64> {
     // Only states in which a socket can be stuck; this also skips time-wait and request
     // sockets, which are not full sockets.
     let state: u8 = load(sk, conf!(sk_state));
     if !matches!(state, TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_FIN_WAIT1 | TCP_CLOSING | TCP_LAST_ACK) {
         return Ok(());
     }
-    // SAFETY: a socket of the namespace, held for the call; its tcp_sock view.
+    // SAFETY: a socket held for the call; its tcp_sock view (null unless a full TCP socket).
     let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as *const u8;
     if tp.is_null() {
         return Ok(());
@@ -100,8 +111,8 @@ unsafe fn try_scan(ctx: &IterCtx, adopt: bool) -> Result<(), i64> {
     } else {
         return Ok(());
     }
-    // SAFETY: `meta` is never null.
-    write(unsafe { (*ctx.meta).seq }, &r)
+    fill(&mut r)?;
+    write(seq, &r)
 }
 
 /// Whether the socket is in socket storage, where the sampling walk finds it: it was already

@@ -3,7 +3,9 @@
 //!   socket whose bytes drained), and what it reports of each is what sock_diag's `tcp_info`
 //!   says of it;
 //! - the reconcile's TCP pass finds, in this namespace and in another, exactly the stuck
-//!   sockets a sock_diag dump finds, with the same addresses, state and cookie.
+//!   sockets a sock_diag dump finds, with the same addresses, state and cookie;
+//! - its pass over every process's files finds, in one pass, what the TCP passes find in
+//!   each namespace, each with its own namespace and the process holding it.
 //!
 //! Needs root (it loads the programs); `cargo xtask test` makes that a requirement.
 use std::{
@@ -211,7 +213,7 @@ fn the_tcp_pass_finds_what_a_dump_finds_in_every_namespace() {
     let mut loaded = load_hash_map();
     let scan = loaded.hooks.iter().find(|h| h.id == loader::HookId::Scan).unwrap();
     assert_eq!(scan.program, "scan_tcp", "with a hash map, the plain pass");
-    let mut scanner = Scanner::new(loaded.scan.take().expect("the TCP iterator runs on this kernel"));
+    let mut scanner = Scanner::new(loaded.scan.take().expect("the TCP iterator runs on this kernel"), None);
     let pool = NetnsPool::new().unwrap();
     // Here.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -239,7 +241,7 @@ fn the_adopting_tcp_pass_hands_stuck_sockets_to_the_walk_in_every_namespace() {
     }
     let scan = loaded.hooks.iter().find(|h| h.id == loader::HookId::Scan).unwrap();
     assert_eq!(scan.program, loader::SCAN_ADOPT_PROGRAM, "with socket storage, the adopting pass: {:?}", scan.state);
-    let mut scanner = Scanner::new(loaded.scan.take().expect("the TCP iterator runs on this kernel"));
+    let mut scanner = Scanner::new(loaded.scan.take().expect("the TCP iterator runs on this kernel"), None);
     let mut walker = Walker::start(loaded.walk.take().expect("the walk runs with socket storage")).unwrap();
     let pool = NetnsPool::new().unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -263,6 +265,80 @@ fn the_adopting_tcp_pass_hands_stuck_sockets_to_the_walk_in_every_namespace() {
         }
         let idle_cookie = dumped.iter().find(|d| (d.local_port, d.remote_port) == idle).map(|d| d.cookie);
         assert!(idle_cookie.is_none() || !walked.iter().any(|r| Some(r.cookie) == idle_cookie), "an idle socket was put into storage");
+    }
+}
+
+// One pass over every process's files finds what one TCP pass per namespace finds, each socket
+// with the namespace it lives in (not its holder's: this process made the other namespace's
+// sockets from a thread that entered it) and the process holding it; idle ones are not written.
+#[test]
+fn the_pass_over_files_finds_in_one_pass_what_the_tcp_passes_find_in_each_namespace() {
+    if !privileged() {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut loaded = load_hash_map();
+    let files = loaded.hooks.iter().find(|h| h.id == loader::HookId::ScanFiles).unwrap();
+    assert_eq!((files.program, files.attached()), ("scan_files", true), "with a hash map, the plain pass: {:?}", files.state);
+    let files = loaded.scan_files.take().expect("the task_file iterator runs on this kernel");
+    let mut scanner = Scanner::new(loaded.scan.take().expect("the TCP iterator runs on this kernel"), Some(files));
+    let pool = NetnsPool::new().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let here = kinds(&l);
+    let there = Elsewhere::new("files", &pool);
+    std::thread::sleep(Duration::from_millis(100));
+    let held = scanner.stuck_held().expect("the pass over files is loaded").unwrap();
+    for (ns, hint, k) in [(pool.own(), None, &here), (there.inum, Some(there.holder.pid()), &there.kinds)] {
+        let (want, idle) = k.ports();
+        let rows: Vec<Dumped> = held.iter().filter(|h| h.netns == ns).map(|h| h.row).collect();
+        let tcp = scanner.stuck(&pool, ns, hint).unwrap();
+        assert_eq!(keyed(&rows, &want).len(), 2, "the stuck and the CLOSE_WAIT socket of namespace {ns}: {held:?}");
+        assert_eq!(keyed(&rows, &want), keyed(&tcp, &want), "the pass over files and the TCP pass of namespace {ns} disagree");
+        assert!(!rows.iter().any(|r| (r.local_port, r.remote_port) == idle), "an idle socket was written out");
+        for h in held.iter().filter(|h| h.netns == ns && want.contains(&(h.row.local_port, h.row.remote_port))) {
+            assert_eq!(h.pid, std::process::id(), "held by this process: {h:?}");
+        }
+    }
+}
+
+// With socket storage, the pass over files adopts the stuck sockets of every namespace into it
+// (as the adopting TCP pass does), writing none of them out: the walk then samples them.
+#[test]
+fn the_adopting_pass_over_files_hands_stuck_sockets_of_every_namespace_to_the_walk() {
+    if !privileged() {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut loaded = load();
+    if !loaded.send_hook.socket_storage() {
+        eprintln!("skipped: this kernel's send hook keeps a hash map");
+        return;
+    }
+    let files = loaded.hooks.iter().find(|h| h.id == loader::HookId::ScanFiles).unwrap();
+    assert_eq!(files.program, loader::SCAN_FILES_ADOPT_PROGRAM, "with socket storage, the adopting pass: {:?}", files.state);
+    let files = loaded.scan_files.take().expect("the task_file iterator runs on this kernel");
+    let mut scanner = Scanner::new(loaded.scan.take().expect("the TCP iterator runs on this kernel"), Some(files));
+    let mut walker = Walker::start(loaded.walk.take().expect("the walk runs with socket storage")).unwrap();
+    let pool = NetnsPool::new().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let here = kinds(&l);
+    let there = Elsewhere::new("files-adopt", &pool);
+    let held = scanner.stuck_held().expect("the pass over files is loaded").unwrap();
+    let walked = walker.walk().unwrap().records;
+    for (ns, hint, k) in [(pool.own(), None, &here), (there.inum, Some(there.holder.pid()), &there.kinds)] {
+        let (want, _) = k.ports();
+        let dumped = pool.within(ns, hint, || DiagConn::open().unwrap().dump_judged().unwrap()).unwrap();
+        let rows = keyed(&dumped, &want);
+        assert_eq!(rows.len(), 2, "the dump finds the stuck and the CLOSE_WAIT socket");
+        let written: Vec<Dumped> = held.iter().filter(|h| h.netns == ns).map(|h| h.row).collect();
+        assert_eq!(keyed(&written, &want), vec![], "written out although in socket storage");
+        for (_, _, state, cookie, _) in &rows {
+            let r = walked.iter().find(|r| r.cookie == *cookie).unwrap_or_else(|| panic!("socket {cookie} is not in the walk after the pass"));
+            assert_eq!(r.st.tuple.netns, ns, "adopted with its own namespace");
+            if *state == detector_common::TCP_CLOSE_WAIT {
+                assert_eq!((r.st.tgid, r.st.hook), (0, 0), "adopted by the pass: no sender, no send hook");
+            }
+        }
     }
 }
 

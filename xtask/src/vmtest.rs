@@ -94,10 +94,21 @@ const WALKING: &[&str] = &[
     "socket_wedged_before_the_agent_started_is_found",
 ];
 
+/// `detector/tests/kernel_iterators.rs`.
+const ITERATORS: &[&str] = &[
+    "the_walk_reports_what_sock_diag_reports_and_only_sockets_with_bytes_waiting",
+    "the_tcp_pass_finds_what_a_dump_finds_in_every_namespace",
+    "the_adopting_tcp_pass_hands_stuck_sockets_to_the_walk_in_every_namespace",
+    "the_pass_over_files_finds_in_one_pass_what_the_tcp_passes_find_in_each_namespace",
+    "the_adopting_pass_over_files_hands_stuck_sockets_of_every_namespace_to_the_walk",
+];
+
 fn plan(sel: Selection) -> Vec<Case> {
     let mut cases = vec![
         Case { binary: "walking_skeleton", tests: WALKING, per_hook: true },
         Case { binary: "kernel_matrix", tests: &["closed_sockets_that_are_sent_on_leave_nothing_tracked"], per_hook: true },
+        // The iterators against sock_diag (each loads the programs itself, with the hooks it needs).
+        Case { binary: "kernel_iterators", tests: ITERATORS, per_hook: false },
     ];
     match sel {
         Selection::Subset => {
@@ -239,23 +250,28 @@ fn build(root: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     // multiplies again.
     crate::cargo(root, &["build", "--release", "--package", "detector"])?;
     crate::cargo(root, &["build", "--package", "xtask"])?;
-    let out = Command::new(env!("CARGO"))
-        .current_dir(root)
-        .args(["test", "--package", "detector-tests", "--no-run", "--message-format=json"])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("building the integration tests")?;
-    if !out.status.success() {
-        bail!("building the integration tests failed");
-    }
     let mut bins = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
-        if v["reason"] == "compiler-artifact"
-            && v["target"]["kind"][0] == "test"
-            && let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str())
-        {
-            bins.insert(name.to_string(), PathBuf::from(exe));
+    // The scenario tests, and the agent crate's own test of the kernel iterators.
+    for args in [&["--package", "detector-tests"][..], &["--package", "detector", "--test", "kernel_iterators"]] {
+        let out = Command::new(env!("CARGO"))
+            .current_dir(root)
+            .arg("test")
+            .args(args)
+            .args(["--no-run", "--message-format=json"])
+            .stderr(Stdio::inherit())
+            .output()
+            .context("building the integration tests")?;
+        if !out.status.success() {
+            bail!("building the integration tests failed");
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+            if v["reason"] == "compiler-artifact"
+                && v["target"]["kind"][0] == "test"
+                && let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str())
+            {
+                bins.insert(name.to_string(), PathBuf::from(exe));
+            }
         }
     }
     Ok(bins)

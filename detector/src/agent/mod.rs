@@ -261,7 +261,7 @@ fn kernel_side(loaded: &mut loader::Loaded, walker: Option<Walker>) -> anyhow::R
     let programs = loaded.ebpf.programs().filter_map(|(name, p)| Some((name.to_string(), p.fd().ok()?.try_clone().ok()?))).collect();
     let mut side = kernel_side::KernelSide::new(ring, socks, counters, programs);
     side.walker = walker;
-    side.scanner = loaded.scan.take().map(Scanner::new);
+    side.scanner = loaded.scan.take().map(|tcp| Scanner::new(tcp, loaded.scan_files.take()));
     Ok(side)
 }
 

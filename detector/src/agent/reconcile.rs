@@ -1,11 +1,14 @@
-//! The reconcile: one pass per network namespace (the kernel's TCP iterator, or a sock_diag
-//! dump) adds what no send hook announced.
+//! The reconcile adds what no send hook announced: at start-up, one pass per network
+//! namespace (the kernel's TCP iterator, or a sock_diag dump); after it, one pass over every
+//! process's files, whatever their namespaces, where the kernel runs it (else per namespace
+//! again).
 use std::{collections::HashSet, time::Duration, time::Instant};
 
 use detector_common::{SockTuple, TCP_CLOSE_WAIT};
 
 use super::sweep::Sweep;
 use crate::sample::{
+    Dumped,
     netns::{self, NetnsPool},
     scan::Scanner,
 };
@@ -49,32 +52,49 @@ impl Sweep {
         seeded
     }
 
-    fn reconcile_all(&mut self, pool: &mut NetnsPool, mut scanner: Option<&mut Scanner>) -> usize {
-        let mut seeded = 0;
-        for (inum, pid) in netns::all_netns() {
-            let found = match scanner.as_deref_mut() {
-                Some(s) => s.stuck(pool, inum, Some(pid)),
-                None => pool.conn(inum, Some(pid)).and_then(|c| Ok(c.dump_judged()?)),
-            };
-            let dumped = match found {
-                Ok(d) => d,
-                Err(e) => {
-                    log::warn!("dump of network namespace {inum}: {e}");
-                    continue;
+    fn reconcile_all(&mut self, pool: &mut NetnsPool, scanner: Option<&mut Scanner>) -> usize {
+        let found = match scanner {
+            // The pass over files sees only sockets some process holds; the first reconcile
+            // also finds those stuck before the agent started that nobody holds any more.
+            Some(s) if self.reconciled => match s.stuck_held() {
+                Some(Ok(held)) => held.into_iter().map(|h| (h.netns, h.pid, h.row)).collect(),
+                Some(Err(e)) => {
+                    log::warn!("pass over every process's files: {e}; each namespace is passed over instead");
+                    per_namespace(pool, Some(s))
                 }
-            };
-            for d in dumped.into_iter().filter(|d| d.send_queue > 0 || d.state == TCP_CLOSE_WAIT) {
-                let mut tuple =
-                    SockTuple { family: d.family, sport: d.local_port, dport: d.remote_port, netns: inum, bound_dev_if: d.ifindex, ..SockTuple::default() };
-                put_addr(&mut tuple.saddr, d.local);
-                put_addr(&mut tuple.daddr, d.remote);
-                seeded += usize::from(self.tracker.seed(d.cookie, tuple, d.state, pid));
-            }
+                None => per_namespace(pool, Some(s)),
+            },
+            s => per_namespace(pool, s),
+        };
+        self.reconciled = true;
+        let mut seeded = 0;
+        for (inum, pid, d) in found.into_iter().filter(|(_, _, d)| d.send_queue > 0 || d.state == TCP_CLOSE_WAIT) {
+            let mut tuple =
+                SockTuple { family: d.family, sport: d.local_port, dport: d.remote_port, netns: inum, bound_dev_if: d.ifindex, ..SockTuple::default() };
+            put_addr(&mut tuple.saddr, d.local);
+            put_addr(&mut tuple.daddr, d.remote);
+            seeded += usize::from(self.tracker.seed(d.cookie, tuple, d.state, pid));
         }
         let used: HashSet<u32> = self.tracker.iter().map(|t| t.tuple.netns).collect();
         pool.retain(|inum| used.contains(&inum));
         seeded
     }
+}
+
+/// One pass per network namespace that has a process in it: (namespace, a pid in it, row).
+fn per_namespace(pool: &mut NetnsPool, mut scanner: Option<&mut Scanner>) -> Vec<(u32, u32, Dumped)> {
+    let mut found = Vec::new();
+    for (inum, pid) in netns::all_netns() {
+        let dumped = match scanner.as_deref_mut() {
+            Some(s) => s.stuck(pool, inum, Some(pid)),
+            None => pool.conn(inum, Some(pid)).and_then(|c| Ok(c.dump_judged()?)),
+        };
+        match dumped {
+            Ok(d) => found.extend(d.into_iter().map(|d| (inum, pid, d))),
+            Err(e) => log::warn!("dump of network namespace {inum}: {e}"),
+        }
+    }
+    found
 }
 
 fn put_addr(out: &mut [u8; 16], a: std::net::IpAddr) {

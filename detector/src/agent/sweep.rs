@@ -57,6 +57,8 @@ pub struct Sweep {
     /// The earliest grace deadline, as of the last pass (see `next_due`).
     pub(super) due: Option<u64>,
     pub(super) last_reconcile: Instant,
+    /// Whether a reconcile has run (the first passes over each namespace; see `reconcile`).
+    pub(super) reconciled: bool,
     /// How long the last reconcile took (it sets how soon the next one may run).
     pub(super) reconcile_took: Duration,
     /// Sockets announced by a send hook that samples found gone since the last full pass.
@@ -100,6 +102,7 @@ impl Sweep {
             pod_of: HashMap::new(),
             due: None,
             last_reconcile: Instant::now(),
+            reconciled: false,
             reconcile_took: Duration::ZERO,
             gone_hooked: Vec::new(),
             kernel_map_entries: None,

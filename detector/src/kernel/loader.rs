@@ -23,7 +23,9 @@
 //! and reports the stuck ones; without it, a sock_diag dump per namespace. With socket
 //! storage, its variant `scan_tcp_adopt` puts each stuck socket into socket storage instead, so
 //! the walk samples it (no sock_diag lookup per pass); where the kernel refuses that variant,
-//! the plain one serves.
+//! the plain one serves. After start-up, the iterator `scan_files` (`scan_files_adopt`) does
+//! the same in one pass over every process's open files, whatever their namespaces; without
+//! it, each later reconcile passes over each namespace again.
 use std::os::fd::{AsFd as _, OwnedFd};
 
 use aya::{
@@ -86,6 +88,7 @@ pub enum HookId {
     SetState,
     Walk,
     Scan,
+    ScanFiles,
 }
 
 /// How a hook's program attaches.
@@ -118,7 +121,7 @@ const fn send(hook: SendHook, flag: &'static str, label: &'static str, program: 
 }
 
 /// Every hook: send hooks in order of preference, lifetime hooks, then the two iterators.
-pub const HOOKS: [HookSpec; 10] = [
+pub const HOOKS: [HookSpec; 11] = [
     send(SendHook::TcpSendmsgLocked, "tcp-sendmsg-locked", "tp_btf tcp_sendmsg_locked", "tcp_sendmsg_locked", Attach::TpBtf("tcp_sendmsg_locked")),
     send(SendHook::FentryTcpSendmsg, "fentry", "fentry tcp_sendmsg", "fentry_tcp_sendmsg", Attach::Fentry("tcp_sendmsg")),
     send(SendHook::SockSendLengthBtf, "sock-send-length-btf", "tp_btf sock_send_length", "sock_send_length_btf", Attach::TpBtf("sock_send_length")),
@@ -157,6 +160,7 @@ pub const HOOKS: [HookSpec; 10] = [
         attach: Attach::Iter("bpf_sk_storage_map"),
     },
     HookSpec { id: HookId::Scan, role: Role::Reconcile, label: "iter tcp", program: "scan_tcp", flag: None, attach: Attach::Iter("tcp") },
+    HookSpec { id: HookId::ScanFiles, role: Role::Reconcile, label: "iter task_file", program: "scan_files", flag: None, attach: Attach::Iter("task_file") },
 ];
 
 pub fn spec(id: HookId) -> &'static HookSpec {
@@ -217,6 +221,8 @@ pub struct Loaded {
     pub walk: Option<IterLink>,
     /// The reconcile's pass over TCP sockets, when the kernel runs it.
     pub scan: Option<IterLink>,
+    /// Its pass over every process's files (every namespace at once), when the kernel runs it.
+    pub scan_files: Option<IterLink>,
 }
 
 impl Loaded {
@@ -263,6 +269,9 @@ pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig,
     c.sk_socket = o.sk_socket;
     c.socket_file = o.socket_file;
     c.sk_sndbuf = o.sndbuf;
+    // Optional: without them, the reconcile passes over each namespace's TCP sockets.
+    c.socket_sk = btf.member_offset("socket", "sk").unwrap_or(OFFSET_ABSENT);
+    c.task_tgid = btf.member_offset("task_struct", "tgid").unwrap_or(OFFSET_ABSENT);
     // Optional: without them, the walk is refused and sock_diag samples.
     let _ = btf.tcp_offsets(&mut c);
     c.agent_tgid = std::process::id();
@@ -330,7 +339,13 @@ pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes, forced: Option<Send
         None => (None, spec(HookId::Scan).program),
     };
     hooks.push(HookStatus { program, ..HookStatus::of(spec(HookId::Scan), state) });
-    Ok(Loaded { ebpf, hooks, send_hook, walk, scan })
+    let (scan_files, state) = iter_state(link_scan_files(&mut ebpf, &btf, cfg, send_hook), "a pass over each namespace's TCP sockets reconciles");
+    let (scan_files, program) = match scan_files {
+        Some((link, program)) => (Some(link), program),
+        None => (None, spec(HookId::ScanFiles).program),
+    };
+    hooks.push(HookStatus { program, ..HookStatus::of(spec(HookId::ScanFiles), state) });
+    Ok(Loaded { ebpf, hooks, send_hook, walk, scan, scan_files })
 }
 
 fn iter_state<T>(r: Result<T, String>, instead: &str) -> (Option<T>, HookState) {
@@ -353,6 +368,24 @@ fn link_scan(ebpf: &mut Ebpf, btf: &Result<Btf, String>, cfg: &KernelConfig, sen
         }
     }
     Ok((link_iter(ebpf, btf, cfg, HookId::Scan, None)?, spec(HookId::Scan).program))
+}
+
+/// The variant of the pass over every process's files that adopts stuck sockets.
+pub const SCAN_FILES_ADOPT_PROGRAM: &str = "scan_files_adopt";
+
+/// The reconcile's pass over every process's files, the adopting variant with socket storage
+/// (as [`link_scan`]).
+fn link_scan_files(ebpf: &mut Ebpf, btf: &Result<Btf, String>, cfg: &KernelConfig, send_hook: SendHook) -> Result<(IterLink, &'static str), String> {
+    if cfg.socket_sk == OFFSET_ABSENT || cfg.task_tgid == OFFSET_ABSENT {
+        return Err("kernel BTF lacks socket.sk or task_struct.tgid".into());
+    }
+    if send_hook.socket_storage() {
+        match link_iter_program(ebpf, btf, cfg, HookId::ScanFiles, SCAN_FILES_ADOPT_PROGRAM, None) {
+            Ok(link) => return Ok((link, SCAN_FILES_ADOPT_PROGRAM)),
+            Err(why) => log::warn!("iter task_file: {SCAN_FILES_ADOPT_PROGRAM} refused ({why}); the plain pass serves"),
+        }
+    }
+    Ok((link_iter(ebpf, btf, cfg, HookId::ScanFiles, None)?, spec(HookId::ScanFiles).program))
 }
 
 /// Loads the iterator program of `id` and links it (to the map `map`, for a map iterator).

@@ -1,7 +1,8 @@
-//! The reconcile's pass over a network namespace's TCP sockets in the kernel (`iter/tcp`):
-//! only stuck sockets come back, as the same `Dumped` rows a sock_diag dump gives. The pass
-//! walks the namespace of the thread that opens it, so the file is opened inside the
-//! namespace and read after returning.
+//! The reconcile's passes in the kernel: over a network namespace's TCP sockets (`iter/tcp`),
+//! or over every process's open files (`iter/task_file`, every namespace at once). Only stuck
+//! sockets come back, as the same `Dumped` rows a sock_diag dump gives. The first walks the
+//! namespace of the thread that opens it, so its file is opened inside the namespace and read
+//! after returning.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use detector_common::{AF_INET6, ScanRecord};
@@ -14,11 +15,31 @@ use crate::kernel::iter::{self, IterLink};
 
 /// The rows of one pass; an error when its length is not whole records.
 pub fn parse(b: &[u8]) -> Result<Vec<Dumped>, String> {
+    Ok(records(b)?.iter().map(dumped).collect())
+}
+
+/// A stuck socket found by the pass over every process's files.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub row: Dumped,
+    /// Its network namespace, and a process holding it (most often one of that namespace).
+    pub netns: u32,
+    pub pid: u32,
+}
+
+/// The rows of a pass over every process's files; a socket several processes or fds hold
+/// comes once.
+pub fn parse_held(b: &[u8]) -> Result<Vec<Held>, String> {
+    let mut seen = std::collections::HashSet::new();
+    Ok(records(b)?.iter().filter(|r| seen.insert(r.cookie)).map(|r| Held { row: dumped(r), netns: r.netns, pid: r.tgid }).collect())
+}
+
+fn records(b: &[u8]) -> Result<Vec<ScanRecord>, String> {
     let r = std::mem::size_of::<ScanRecord>();
     if !b.len().is_multiple_of(r) {
         return Err(format!("scan output of {} bytes is not whole records of {r}", b.len()));
     }
-    Ok(b.chunks_exact(r).map(|c| dumped(&record(c))).collect())
+    Ok(b.chunks_exact(r).map(record).collect())
 }
 
 fn record(b: &[u8]) -> ScanRecord {
@@ -46,16 +67,19 @@ fn dumped(r: &ScanRecord) -> Dumped {
     }
 }
 
-/// The pass, as the reconcile uses it.
+/// The passes, as the reconcile uses them.
 #[derive(Debug)]
 pub struct Scanner {
     link: IterLink,
+    files: Option<IterLink>,
     buf: Vec<u8>,
 }
 
 impl Scanner {
-    pub fn new(link: IterLink) -> Self {
-        Scanner { link, buf: Vec::new() }
+    /// `link`: the pass over a namespace's TCP sockets; `files`: the pass over every process's
+    /// files, when the kernel runs it.
+    pub fn new(link: IterLink, files: Option<IterLink>) -> Self {
+        Scanner { link, files, buf: Vec::new() }
     }
 
     /// The stuck sockets of namespace `inum` (`hint`: a pid likely to live in it).
@@ -63,6 +87,13 @@ impl Scanner {
         let file = pool.within(inum, hint, || self.link.open())?.map_err(|e| NetnsError::Iter(e.to_string()))?;
         iter::read_all(file, &mut self.buf).map_err(|e| NetnsError::Iter(e.to_string()))?;
         parse(&self.buf).map_err(NetnsError::Iter)
+    }
+
+    /// The stuck sockets some process holds, in every namespace (`None` without that pass).
+    pub fn stuck_held(&mut self) -> Option<Result<Vec<Held>, String>> {
+        let link = self.files.as_ref()?;
+        let read = link.open().and_then(|f| iter::read_all(f, &mut self.buf));
+        Some(read.map_err(|e| e.to_string()).and_then(|()| parse_held(&self.buf)))
     }
 }
 
@@ -82,5 +113,16 @@ mod tests {
         assert_eq!((rows[0].local, rows[0].local_port, rows[0].remote_port, rows[0].state, rows[0].cookie), ("10.0.0.1".parse().unwrap(), 8080, 50000, 8, 7));
         assert!(parse(&b[1..]).is_err());
         assert_eq!(parse(&[]).unwrap().len(), 0, "a namespace with nothing stuck");
+    }
+
+    #[test]
+    fn a_socket_held_through_several_files_is_one_row_with_its_namespace_and_holder() {
+        let rec = |cookie, netns, tgid| ScanRecord { cookie, family: 2, state: 1, queued: 10, netns, tgid, ..Default::default() };
+        let recs = [rec(7, 4026531840, 100), rec(7, 4026531840, 101), rec(8, 4026532000, 102)];
+        // SAFETY: the bytes of plain `#[repr(C)]` values.
+        let b = unsafe { std::slice::from_raw_parts(recs.as_ptr().cast::<u8>(), std::mem::size_of_val(&recs)) };
+        let held = parse_held(b).unwrap();
+        assert_eq!(held.iter().map(|h| (h.row.cookie, h.netns, h.pid)).collect::<Vec<_>>(), vec![(7, 4026531840, 100), (8, 4026532000, 102)]);
+        assert!(parse_held(&b[..10]).is_err());
     }
 }
