@@ -14,9 +14,10 @@ use crate::sample::{
 };
 
 /// The reconcile's CPU budget by default: 0.1 % of a core (`--reconcile-cpu`). Measured here:
-/// a reconcile over 50,000 loopback connections (100,000 sockets) in one namespace takes
-/// ~60-85 ms of CPU, so it runs about once a minute there; most of it is the kernel's walk of
-/// its established hash table (262,144 buckets on this machine kind), once per namespace.
+/// a pass per namespace over 50,000 loopback connections (100,000 sockets) in one namespace
+/// takes ~60-85 ms of CPU, most of it the kernel's walk of its established hash table (262,144
+/// buckets on this machine kind), once per namespace; the pass over every process's files that
+/// serves after start-up costs a look at each open file instead.
 pub const RECONCILE_CPU: f64 = 0.001;
 /// ...but runs at least every 5 minutes (a socket found late is listed with its proven age).
 const RECONCILE_LONGEST: Duration = Duration::from_secs(300);
@@ -29,11 +30,12 @@ fn thread_cpu() -> Duration {
 impl Sweep {
     /// How often: often enough that a socket found only by a dump (its wedged send began before
     /// the agent, or it never filled its send buffer) is judged well within a grace window;
-    /// rarely enough that the dump stays cheap. Each namespace's pass walks the kernel's whole
-    /// established hash table (it is shared by all namespaces), so with many namespaces a
-    /// pass can take a second: the interval then stretches to keep reconciling within
-    /// `--reconcile-cpu` of a core in CPU time, up to `RECONCILE_LONGEST` (a socket found late
-    /// is still listed with the age its kernel clocks prove).
+    /// rarely enough that the dump stays cheap. A pass per namespace walks the kernel's whole
+    /// established hash table once per namespace (it is shared by all of them), so with many
+    /// namespaces and no pass over files it can take a second: the interval then stretches to
+    /// keep reconciling within `--reconcile-cpu` of a core in CPU time, up to
+    /// `RECONCILE_LONGEST` (a socket found late is still listed with the age its kernel clocks
+    /// prove).
     pub fn reconcile_every(&self) -> Duration {
         let base = (self.cfg.grace / 3).clamp(Duration::from_millis(250), Duration::from_secs(10));
         let budgeted = Duration::try_from_secs_f64(self.reconcile_took.as_secs_f64() / self.cfg.reconcile_cpu.max(1e-4)).unwrap_or(RECONCILE_LONGEST);
@@ -42,13 +44,15 @@ impl Sweep {
 
     /// Adds every socket that is stuck (bytes queued, or CLOSE_WAIT) and not tracked: sockets
     /// wedged before the agent started, CLOSE_WAIT sockets that never sent, sends that block on
-    /// their first call, owners that closed with data queued. Returns how many it added.
+    /// their first call; the first one also sockets no process holds any more (owners that
+    /// closed with data queued) and kernel sockets. Returns how many it added.
     pub fn reconcile(&mut self, pool: &mut NetnsPool, scanner: Option<&mut Scanner>) -> usize {
         self.last_reconcile = Instant::now();
+        let (first, over_files) = (!self.reconciled, scanner.as_ref().is_some_and(|s| s.over_files()));
         // CPU time, not wall time: a busy machine that delays the thread costs it nothing.
         let cpu = thread_cpu();
         let seeded = self.reconcile_all(pool, scanner);
-        self.reconcile_took = thread_cpu().saturating_sub(cpu);
+        self.reconcile_took = pace_from(first, over_files, thread_cpu().saturating_sub(cpu));
         seeded
     }
 
@@ -79,6 +83,13 @@ impl Sweep {
         pool.retain(|inum| used.contains(&inum));
         seeded
     }
+}
+
+/// The cost that sets the pace of the next reconciles: the start-up pass over each namespace
+/// says nothing of what the passes over files after it cost (with 100 namespaces, 3 s against
+/// milliseconds), so then the first of those runs at the base interval and sets it.
+fn pace_from(first: bool, over_files: bool, took: Duration) -> Duration {
+    if first && over_files { Duration::ZERO } else { took }
 }
 
 /// One pass per network namespace that has a process in it: (namespace, a pid in it, row).
@@ -115,6 +126,17 @@ mod tests {
 
     fn config(grace: Duration, reconcile_cpu: f64) -> Config {
         Config { grace, interval: Duration::from_secs(1), reconcile_cpu, pod_logs_dir: "/nonexistent".into() }
+    }
+
+    #[test]
+    fn the_start_up_pass_over_each_namespace_does_not_space_out_the_passes_over_files() {
+        let took = Duration::from_secs(3);
+        assert_eq!(super::pace_from(true, true, took), Duration::ZERO, "the passes over files set their own pace");
+        assert_eq!(super::pace_from(true, false, took), took, "the same passes follow: they keep its pace");
+        assert_eq!(super::pace_from(false, true, took), took);
+        let mut s = Sweep::new(config(Duration::from_secs(30), RECONCILE_CPU));
+        s.reconcile_took = super::pace_from(true, true, took);
+        assert_eq!(s.reconcile_every(), Duration::from_secs(10));
     }
 
     #[test]

@@ -82,6 +82,11 @@ impl Scanner {
         Scanner { link, files, buf: Vec::new() }
     }
 
+    /// Whether the pass over every process's files serves (after start-up).
+    pub fn over_files(&self) -> bool {
+        self.files.is_some()
+    }
+
     /// The stuck sockets of namespace `inum` (`hint`: a pid likely to live in it).
     pub fn stuck(&mut self, pool: &NetnsPool, inum: u32, hint: Option<u32>) -> Result<Vec<Dumped>, NetnsError> {
         let file = pool.within(inum, hint, || self.link.open())?.map_err(|e| NetnsError::Iter(e.to_string()))?;
