@@ -25,11 +25,12 @@ pub static SK_STATE: SkStorage<SockState> = SkStorage::new();
 #[map]
 pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
 
-/// New-socket, owner-change and (hash map only) close events. 256 KiB holds ~2,500 events of
-/// 104 bytes; events are written without waking the agent, which drains the buffer at least
-/// every 100 ms, so ~25,000 newly tracked sockets a second fit. Full means dropped and counted
-/// (`Counter::EventsDropped`); the agent's periodic reconcile finds such sockets anyway, so a
-/// drop costs latency, not correctness. Resized with `--ring-buffer-bytes`.
+/// New-socket, owner-change and (hash map only) close events. Events are written without
+/// waking the agent, which drains the buffer at least every 400 ms; the agent sizes it with
+/// `--ring-buffer-bytes` (1 MiB by default: ~9,300 events of 104 bytes and an 8-byte header,
+/// so ~23,000 newly tracked sockets a second fit); this size is the object's placeholder.
+/// Full means dropped and counted (`Counter::EventsDropped`); the walk, the map's resync or
+/// the reconcile finds such sockets anyway, so a drop costs latency, not correctness.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
