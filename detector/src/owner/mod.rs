@@ -107,8 +107,18 @@ pub struct StartTimes(HashMap<u32, Option<u64>>);
 
 impl StartTimes {
     pub fn of(&mut self, pid: u32) -> Option<u64> {
-        *self.0.entry(pid).or_insert_with(|| Process::new(pid as i32).and_then(|p| p.stat()).ok().map(|s| s.starttime))
+        *self.0.entry(pid).or_insert_with(|| std::fs::read(format!("/proc/{pid}/stat")).ok().and_then(|b| start_time_in(&b)))
     }
+}
+
+/// The start time (field 22) in the text of `/proc/<pid>/stat`: counted from after the last
+/// `)`, since the name before it (field 2) may hold spaces and parentheses. One read of one
+/// file, every pass for every holder of a stalled socket.
+fn start_time_in(stat: &[u8]) -> Option<u64> {
+    let after = stat.iter().rposition(|&b| b == b')')? + 1;
+    // Fields 3.. follow the name: the start time is the 20th of them.
+    let field = stat[after..].split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(19)?;
+    std::str::from_utf8(field).ok()?.trim().parse().ok()
 }
 
 /// Still the same process (its start time, read once per pass through `starts`), still holding
@@ -137,4 +147,23 @@ pub fn scan_holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::start_time_in;
+
+    #[test]
+    fn the_start_time_is_read_after_a_name_with_spaces_and_parentheses() {
+        let stat = b"4242 (a b) (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 987654 1000 10 18446744073709551615\n";
+        assert_eq!(start_time_in(stat), Some(987654));
+        assert_eq!(start_time_in(b"4242 (x) S 1"), None, "cut short");
+        assert_eq!(start_time_in(b"no name here"), None);
+    }
+
+    #[test]
+    fn the_start_time_of_this_process_is_what_procfs_reads() {
+        let me = procfs::process::Process::myself().unwrap().stat().unwrap().starttime;
+        assert_eq!(super::StartTimes::default().of(std::process::id()), Some(me));
+    }
 }
