@@ -248,24 +248,32 @@ fn the_adopting_tcp_pass_hands_stuck_sockets_to_the_walk_in_every_namespace() {
     let here = kinds(&l);
     let there = Elsewhere::new("adopt", &pool);
     for (ns, hint, k) in [(pool.own(), None, &here), (there.inum, Some(there.holder.pid()), &there.kinds)] {
-        let (want, idle) = k.ports();
-        let dumped = pool.within(ns, hint, || DiagConn::open().unwrap().dump_judged().unwrap()).unwrap();
-        let rows = keyed(&dumped, &want);
-        assert_eq!(rows.len(), 2, "the dump finds the stuck and the CLOSE_WAIT socket");
         let scanned = scanner.stuck(&pool, ns, hint).unwrap();
-        assert_eq!(keyed(&scanned, &want), vec![], "written out although in socket storage");
-        let walked = walker.walk().unwrap().records;
-        for (_, _, state, cookie, _) in &rows {
-            let r = walked.iter().find(|r| r.cookie == *cookie).unwrap_or_else(|| panic!("socket {cookie} is not in the walk after the pass"));
-            // The full one was tracked by the send hook as this test filled it; the CLOSE_WAIT
-            // socket never sent: the pass put it there, with no sender and no send hook.
-            if *state == detector_common::TCP_CLOSE_WAIT {
-                assert_eq!((r.st.tgid, r.st.hook), (0, 0), "adopted by the pass: no sender, no send hook");
-            }
-        }
-        let idle_cookie = dumped.iter().find(|d| (d.local_port, d.remote_port) == idle).map(|d| d.cookie);
-        assert!(idle_cookie.is_none() || !walked.iter().any(|r| Some(r.cookie) == idle_cookie), "an idle socket was put into storage");
+        check_adopted(&pool, ns, hint, k, &scanned, &walker.walk().unwrap().records);
     }
+}
+
+/// After an adopting pass that wrote `written` out for namespace `ns`: the stuck and the
+/// CLOSE_WAIT socket a dump finds there were written out neither, and are in the walk with
+/// their namespace (the CLOSE_WAIT one, which never sent, with no sender and no send hook);
+/// the idle one was not put into storage.
+fn check_adopted(pool: &NetnsPool, ns: u32, hint: Option<u32>, k: &Kinds, written: &[Dumped], walked: &[WalkRecord]) {
+    let (want, idle) = k.ports();
+    let dumped = pool.within(ns, hint, || DiagConn::open().unwrap().dump_judged().unwrap()).unwrap();
+    let rows = keyed(&dumped, &want);
+    assert_eq!(rows.len(), 2, "the dump finds the stuck and the CLOSE_WAIT socket");
+    assert_eq!(keyed(written, &want), vec![], "written out although in socket storage");
+    for (_, _, state, cookie, _) in &rows {
+        let r = walked.iter().find(|r| r.cookie == *cookie).unwrap_or_else(|| panic!("socket {cookie} is not in the walk after the pass"));
+        assert_eq!(r.st.tuple.netns, ns, "adopted with its own namespace");
+        // The full one was tracked by the send hook as this test filled it; the CLOSE_WAIT
+        // socket never sent: the pass put it there.
+        if *state == detector_common::TCP_CLOSE_WAIT {
+            assert_eq!((r.st.tgid, r.st.hook), (0, 0), "adopted by the pass: no sender, no send hook");
+        }
+    }
+    let idle_cookie = dumped.iter().find(|d| (d.local_port, d.remote_port) == idle).map(|d| d.cookie);
+    assert!(idle_cookie.is_none() || !walked.iter().any(|r| Some(r.cookie) == idle_cookie), "an idle socket was put into storage");
 }
 
 // One pass over every process's files finds what one TCP pass per namespace finds, each socket
@@ -326,19 +334,8 @@ fn the_adopting_pass_over_files_hands_stuck_sockets_of_every_namespace_to_the_wa
     let held = scanner.stuck_held().expect("the pass over files is loaded").unwrap();
     let walked = walker.walk().unwrap().records;
     for (ns, hint, k) in [(pool.own(), None, &here), (there.inum, Some(there.holder.pid()), &there.kinds)] {
-        let (want, _) = k.ports();
-        let dumped = pool.within(ns, hint, || DiagConn::open().unwrap().dump_judged().unwrap()).unwrap();
-        let rows = keyed(&dumped, &want);
-        assert_eq!(rows.len(), 2, "the dump finds the stuck and the CLOSE_WAIT socket");
         let written: Vec<Dumped> = held.iter().filter(|h| h.netns == ns).map(|h| h.row).collect();
-        assert_eq!(keyed(&written, &want), vec![], "written out although in socket storage");
-        for (_, _, state, cookie, _) in &rows {
-            let r = walked.iter().find(|r| r.cookie == *cookie).unwrap_or_else(|| panic!("socket {cookie} is not in the walk after the pass"));
-            assert_eq!(r.st.tuple.netns, ns, "adopted with its own namespace");
-            if *state == detector_common::TCP_CLOSE_WAIT {
-                assert_eq!((r.st.tgid, r.st.hook), (0, 0), "adopted by the pass: no sender, no send hook");
-            }
-        }
+        check_adopted(&pool, ns, hint, k, &written, &walked);
     }
 }
 
