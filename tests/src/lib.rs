@@ -339,6 +339,11 @@ impl Peer {
         }
     }
 
+    /// Every line so far that starts with `prefix`.
+    pub fn seen(&self, prefix: &str) -> Vec<String> {
+        self.history.lock().unwrap().iter().filter(|l| l.starts_with(prefix)).cloned().collect()
+    }
+
     /// Whether any line so far starts with `prefix` and satisfies `pred`.
     pub fn saw(&self, prefix: &str, pred: impl Fn(&str) -> bool) -> bool {
         self.history.lock().unwrap().iter().any(|l| l.starts_with(prefix) && pred(l))

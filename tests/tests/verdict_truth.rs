@@ -281,9 +281,14 @@ fn closes_lost_with_dropped_events_are_reconciled_and_counted() {
     let n = 60;
     let server = Peer::spawn(&peer, &["server", "127.0.0.1:0", "fill-close", &n.to_string()]);
     let listen = server.expect("LISTEN", Duration::from_secs(5));
-    let _client = Peer::spawn(&peer, &["client", &listen, "late-close:2000", &n.to_string()]);
+    // The clients read nothing until the test says so (no clock decides when they close).
+    let client = Peer::spawn(&peer, &["client", &listen, "gate-all-close", &n.to_string()]);
     for _ in 0..n {
         server.expect("ACCEPTED", Duration::from_secs(10));
+    }
+    // Each send path full (the clients read only once released, after this).
+    for _ in 0..n {
+        server.expect("FILLED", Duration::from_secs(20));
     }
     let port = listen.rsplit(':').next().unwrap().to_string();
     let ours = || {
@@ -296,6 +301,7 @@ fn closes_lost_with_dropped_events_are_reconciled_and_counted() {
     // 4 KiB (about 39), so some are lost for certain.
     // SAFETY: signals to the agent this test started.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
+    client.signal(libc::SIGUSR1);
     let closed = (0..n).all(|_| server.expect_where("CLOSED", Duration::from_secs(20), |_| true).is_some());
     // SAFETY: as above.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };

@@ -27,7 +27,10 @@
 //!                     (SCM_RIGHTS, never received), close it: no process holds it. Prints
 //!                     `INFLIGHT`.
 //!     A trailing `dev=<ifname>` binds the listener to that device (SO_BINDTODEVICE), so the
-//!     accepted sockets are bound to it too.
+//!     accepted sockets are bound to it too. A trailing `watch` reads every accepted socket's
+//!     acknowledged bytes (TCP_INFO) every 5 ms and prints `STOPPED local=<addr> peer=<addr>
+//!     acked_at_ns=<n>` once they have not moved for a second: n is when they last moved
+//!     (CLOCK_MONOTONIC), the connection's true last progress as its own sender saw it.
 //!     Prints `LISTEN <addr>`, then per client `ACCEPTED fd=<n> local=<addr> peer=<addr>`,
 //!     and `SEND_ERROR local=<addr> <err>` when a send fails (the thread then closes it).
 //!
@@ -56,6 +59,7 @@
 //!       gate-close    read nothing until the process gets SIGUSR1 (one connection per signal),
 //!                     then as late-close: the test, not a clock, decides how long bytes wait
 //!       gate-rst      read nothing until SIGUSR1 (likewise), then abort the connection (RST)
+//!       gate-all-close  as gate-close, but one SIGUSR1 releases every connection at once
 //!       close:<ms>    read for ms milliseconds, then close (FIN)
 //!       rst:<ms>      read for ms milliseconds, then abort the connection (RST)
 //!     Prints `CONNECTED local=<addr>` per connection.
@@ -87,7 +91,8 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("server") => {
             let dev = args.iter().find_map(|a| a.strip_prefix("dev="));
-            server(&args[2], args.get(3).map_or("stream", String::as_str), conns(4), dev)
+            let watch = args.iter().skip(3).any(|a| a == "watch");
+            server(&args[2], args.get(3).map_or("stream", String::as_str), conns(4), dev, watch)
         }
         Some("client") => client(&args[2], args.get(3).map_or("read", String::as_str), conns(4)),
         Some("hold") => {
@@ -151,14 +156,18 @@ fn sockaddr(a: &std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_
     (ss, len as libc::socklen_t)
 }
 
-fn server(bind: &str, mode: &str, conns: usize, dev: Option<&str>) {
+fn server(bind: &str, mode: &str, conns: usize, dev: Option<&str>, watch: bool) {
     let l = listen(bind, dev);
     say(format!("LISTEN {}", l.local_addr().expect("local addr")));
     let mut threads = Vec::new();
+    let mut watched = Vec::new();
     for _ in 0..conns {
         let (s, peer) = l.accept().expect("accept");
         let local = s.local_addr().expect("local addr");
         say(format!("ACCEPTED fd={} local={local} peer={peer}", s.as_raw_fd()));
+        if watch {
+            watched.push((s.try_clone().expect("dup"), format!("local={local} peer={peer}")));
+        }
         let mode = mode.to_string();
         threads.push(std::thread::spawn(move || {
             if let Err(e) = serve_one(s, &mode) {
@@ -166,8 +175,48 @@ fn server(bind: &str, mode: &str, conns: usize, dev: Option<&str>) {
             }
         }));
     }
+    if watch {
+        std::thread::spawn(move || watch_progress(watched));
+    }
     for t in threads {
         let _ = t.join();
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock the bench compares with).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `tcpi_bytes_acked` (struct tcp_info's u64 at byte 120, uapi since 4.1), or `None` once the
+/// socket is gone.
+fn bytes_acked(s: &TcpStream) -> Option<u64> {
+    let mut b = [0u8; 128];
+    let mut len = b.len() as libc::socklen_t;
+    // SAFETY: a valid socket and a buffer of the length given.
+    let r = unsafe { libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, b.as_mut_ptr().cast(), &mut len) };
+    (r == 0 && len >= 128).then(|| u64::from_ne_bytes(b[120..128].try_into().expect("8 bytes")))
+}
+
+/// See `watch` in the module doc: the time each connection's acknowledged bytes last moved,
+/// printed once they have stood still for a second (again if they move and stop again).
+fn watch_progress(socks: Vec<(TcpStream, String)>) {
+    let mut last: Vec<(Option<u64>, u64, bool)> = socks.iter().map(|_| (None, monotonic_ns(), false)).collect();
+    loop {
+        let now = monotonic_ns();
+        for ((s, name), (acked, at, told)) in socks.iter().zip(last.iter_mut()) {
+            let Some(a) = bytes_acked(s) else { continue };
+            if *acked != Some(a) {
+                (*acked, *at, *told) = (Some(a), now, false);
+            } else if !*told && now - *at >= 1_000_000_000 {
+                *told = true;
+                say(format!("STOPPED {name} acked_at_ns={at}"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -304,6 +353,13 @@ fn client(addr: &str, mode: &str, conns: usize) {
         // SAFETY: a valid set; only this thread's mask changes.
         unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &sigusr1(), std::ptr::null_mut()) };
     }
+    if mode == "gate-all-close" {
+        std::thread::spawn(|| {
+            wait_for_sigusr1();
+            *RELEASED.lock().unwrap() = true;
+            RELEASE.notify_all();
+        });
+    }
     let mut threads = Vec::new();
     for _ in 0..conns {
         let s = TcpStream::connect(addr).expect("connect");
@@ -350,9 +406,11 @@ fn read_one(mut s: TcpStream, mode: &str) {
             while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
             hold()
         }
-        "late-close" | "gate-close" => {
+        "late-close" | "gate-close" | "gate-all-close" => {
             if name == "gate-close" {
                 wait_for_sigusr1();
+            } else if name == "gate-all-close" {
+                wait_for_release();
             } else {
                 std::thread::sleep(Duration::from_millis(arg_num(mode)));
             }
@@ -500,6 +558,18 @@ fn sigusr1() -> libc::sigset_t {
 }
 
 /// Waits for SIGUSR1 (blocked in every thread by `client`).
+static RELEASED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+static RELEASE: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Waits until the process's first SIGUSR1 has come (taken by the thread `client` starts
+/// for `gate-all-close`).
+fn wait_for_release() {
+    let mut released = RELEASED.lock().unwrap();
+    while !*released {
+        released = RELEASE.wait(released).unwrap();
+    }
+}
+
 fn wait_for_sigusr1() {
     let mut sig = 0;
     // SAFETY: a valid set; sigwait writes the signal number into `sig`.
