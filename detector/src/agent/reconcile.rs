@@ -61,9 +61,19 @@ impl Sweep {
             // The pass over files sees only sockets some process holds; the first reconcile
             // also finds those stuck before the agent started that nobody holds any more.
             Some(s) if self.reconciled => match s.stuck_held() {
-                Some(Ok(held)) => held.into_iter().map(|h| (h.netns, h.pid, h.row)).collect(),
+                Some(Ok(held)) => {
+                    if std::mem::take(&mut self.files_pass_failing) {
+                        log::info!("pass over every process's files works again");
+                    }
+                    held.into_iter().map(|h| (h.netns, h.pid, h.row)).collect()
+                }
                 Some(Err(e)) => {
-                    log::warn!("pass over every process's files: {e}; each namespace is passed over instead");
+                    // Said once while it keeps failing, not at every reconcile.
+                    if !std::mem::replace(&mut self.files_pass_failing, true) {
+                        log::warn!("pass over every process's files: {e}; each namespace is passed over instead until it works again");
+                    } else {
+                        log::debug!("pass over every process's files: {e}");
+                    }
                     per_namespace(pool, Some(s))
                 }
                 None => per_namespace(pool, Some(s)),

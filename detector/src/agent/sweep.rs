@@ -67,6 +67,8 @@ pub struct Sweep {
     pub(super) reconciled: bool,
     /// How long the last reconcile took (it sets how soon the next one may run).
     pub(super) reconcile_took: Duration,
+    /// Whether the last pass over every process's files failed (its warning is said once).
+    pub(super) files_pass_failing: bool,
     /// Sockets announced by a send hook that samples found gone since the last full pass.
     pub(super) gone_hooked: Vec<(u64, SockTuple)>,
     kernel_map_entries: Option<usize>,
@@ -110,6 +112,7 @@ impl Sweep {
             last_reconcile: Instant::now(),
             reconciled: false,
             reconcile_took: Duration::ZERO,
+            files_pass_failing: false,
             gone_hooked: Vec::new(),
             kernel_map_entries: None,
             sweeps: 0,
