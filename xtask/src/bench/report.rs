@@ -12,7 +12,7 @@ pub struct Results {
     pub took_s: f64,
 }
 
-const TREND_HEADER: &str = "| date | kernel | commit | churn req/s | send: CPU per 64 B send over off | 50k conns CPU | 200k conns CPU | 50k in 100 netns CPU | latency p99 past grace |";
+const TREND_HEADER: &str = "| date | kernel | commit | churn req/s | send: CPU per 64 B send over off | 50k conns CPU | 200k conns CPU | 50k in 100 netns CPU | latency p99 past grace: from the kill (/ from the last progress) |";
 
 /// The row of the last BENCHMARKS.md written before the trend table existed (2026-11-24,
 /// before socket storage, the walk and the onset rule), for comparison.
@@ -44,8 +44,9 @@ fn trend(previous: &str, r: &Results) -> Vec<String> {
     let churn = r.churn.configs.first().map_or(String::new(), |(_, c, _)| format!("{:+.1} %", c.median));
     let send = r.send.cpu_delta_64().map_or(String::new(), |d| format!("{d:+.1} ns"));
     let p99 = r.latency.iter().map(|l| l.p99).fold(f64::NAN, f64::max);
+    let stopped = r.latency.iter().map(|l| l.stopped_p99).fold(f64::NAN, f64::max);
     rows.push(format!(
-        "| {} | {} | {} | {churn} | {send} | {} | {} | {} | {p99:.2} s |",
+        "| {} | {} | {} | {churn} | {send} | {} | {} | {} | {p99:.2} s / {stopped:.2} s |",
         sh("date", &["-u", "+%Y-%m-%d"]),
         sh("uname", &["-r"]),
         sh("git", &["rev-parse", "--short", "HEAD"]),
