@@ -274,6 +274,15 @@ impl Drop for Agent {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the host (`stream-peer
+/// ... watch` prints it, the latency bench compares with it).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// A `stream-peer` process; its stdout lines arrive on a channel. Killed on drop.
 pub struct Peer {
     child: Child,

@@ -69,6 +69,8 @@ fn closed_sockets_that_are_sent_on_leave_nothing_tracked() {
         // it, and the agent has none to count (a count here would be a hash map's).
         let s = agent.query("status").expect("status");
         assert!(s["kernel_map_entries"].is_null(), "a socket-storage agent counts map entries: {s}");
+        let left = forgotten("closed") + forgotten("idle");
+        assert!(left > 0.0, "no socket was ever tracked: the test proves nothing\n{}", agent.log());
         return;
     }
     let clean = poll(Duration::from_secs(5), || {

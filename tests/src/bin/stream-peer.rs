@@ -183,14 +183,6 @@ fn server(bind: &str, mode: &str, conns: usize, dev: Option<&str>, watch: bool) 
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds (the clock the bench compares with).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// `tcpi_bytes_acked` (struct tcp_info's u64 at byte 120, uapi since 4.1), or `None` once the
 /// socket is gone.
 fn bytes_acked(s: &TcpStream) -> Option<u64> {
@@ -204,9 +196,9 @@ fn bytes_acked(s: &TcpStream) -> Option<u64> {
 /// See `watch` in the module doc: the time each connection's acknowledged bytes last moved,
 /// printed once they have stood still for a second (again if they move and stop again).
 fn watch_progress(socks: Vec<(TcpStream, String)>) {
-    let mut last: Vec<(Option<u64>, u64, bool)> = socks.iter().map(|_| (None, monotonic_ns(), false)).collect();
+    let mut last: Vec<(Option<u64>, u64, bool)> = socks.iter().map(|_| (None, detector_tests::monotonic_ns(), false)).collect();
     loop {
-        let now = monotonic_ns();
+        let now = detector_tests::monotonic_ns();
         for ((s, name), (acked, at, told)) in socks.iter().zip(last.iter_mut()) {
             let Some(a) = bytes_acked(s) else { continue };
             if *acked != Some(a) {
@@ -557,7 +549,6 @@ fn sigusr1() -> libc::sigset_t {
     }
 }
 
-/// Waits for SIGUSR1 (blocked in every thread by `client`).
 static RELEASED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
 static RELEASE: std::sync::Condvar = std::sync::Condvar::new();
 
@@ -570,6 +561,7 @@ fn wait_for_release() {
     }
 }
 
+/// Waits for SIGUSR1 (blocked in every thread by `client`).
 fn wait_for_sigusr1() {
     let mut sig = 0;
     // SAFETY: a valid set; sigwait writes the signal number into `sig`.

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use detector_tests::{NS_A_ADDR, NetnsPair, Peer, field};
+use detector_tests::{NS_A_ADDR, NetnsPair, Peer, field, monotonic_ns};
 
 use super::{
     host::{self, Bins},
@@ -132,14 +132,6 @@ pub fn run(b: &Bins, grace_s: u64) -> anyhow::Result<Latency> {
     }
     let stopped = stopped_at(&[&lo_server, &ns_server], killed_ns);
     Ok(summarize(w, &keys, &stopped, grace.as_secs_f64()))
-}
-
-/// CLOCK_MONOTONIC in nanoseconds (the clock `stream-peer ... watch` prints).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Each connection's last progress as its sender saw it, in seconds after the kill (negative:
