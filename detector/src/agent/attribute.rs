@@ -13,8 +13,9 @@ use crate::{
 };
 
 /// How long a stalled socket's holders are trusted without reading their fd again. Whether
-/// each holder is still the same process (its start time, read once per pass for all its
-/// sockets) is checked every pass; the readlink of its fd, one per socket, only this often.
+/// each holder is still the same process (its pidfd, one poll per pass for all holders: see
+/// [`owner::Pinned`]) is checked every pass; the readlink of its fd, one per socket, only
+/// this often.
 /// Actions do not rely on it: each one proves its target right before acting (see
 /// `reaper::actions` and [`Sweep::reap`]).
 pub const HOLDERS_RECHECK: Duration = Duration::from_secs(30);
@@ -31,17 +32,18 @@ impl Holders {
         Holders { list, checked: now }
     }
 
-    /// Still the same processes; and, when their fds were last read `HOLDERS_RECHECK` ago or
-    /// more, still holding the socket through them (then `checked` moves to `now`).
-    fn still_valid(&mut self, inode: u32, starts: &mut owner::StartTimes, now: Instant) -> bool {
-        if self.list.is_empty() || !self.list.iter().all(|h| starts.of(h.pid) == Some(h.start_time)) {
+    /// Still the same processes (pinned, see [`owner::Pinned`]); and, when their fds were last
+    /// read `HOLDERS_RECHECK` ago or more, still holding the socket through them (then
+    /// `checked` moves to `now`).
+    fn still_valid(&mut self, inode: u32, pinned: &mut owner::Pinned, starts: &mut owner::StartTimes, now: Instant) -> bool {
+        if self.list.is_empty() || !self.list.iter().all(|h| pinned.alive(h.pid, h.start_time, starts)) {
             return false;
         }
         if now.duration_since(self.checked) < HOLDERS_RECHECK {
             return true;
         }
         self.checked = now;
-        self.list.iter().all(|h| owner::still_holds(h, inode, starts))
+        self.list.iter().all(|h| owner::holds_fd(h, inode))
     }
 }
 
@@ -55,6 +57,7 @@ impl Sweep {
         // Sender → (inode → socket) of the sockets whose holders must be found again.
         let mut by_sender: HashMap<u32, HashMap<u32, u64>> = HashMap::new();
         let mut starts = owner::StartTimes::default();
+        self.pinned.refresh();
         for &sk in stalled {
             let Some(t) = self.tracker.get(sk) else { continue };
             let Some(inode) = t.last.map(|d| d.inode).filter(|&i| i != 0) else {
@@ -62,7 +65,7 @@ impl Sweep {
                 self.holders.remove(&sk);
                 continue;
             };
-            if self.holders.get_mut(&sk).is_some_and(|hs| hs.still_valid(inode, &mut starts, now)) {
+            if self.holders.get_mut(&sk).is_some_and(|hs| hs.still_valid(inode, &mut self.pinned, &mut starts, now)) {
                 continue;
             }
             self.holders.remove(&sk);
@@ -154,7 +157,7 @@ mod tests {
     };
 
     use super::{HOLDERS_RECHECK, Holders};
-    use crate::owner::{self, StartTimes};
+    use crate::owner::{self, Pinned, StartTimes};
 
     /// This process as the holder of a fresh socket, found the way attribution finds holders.
     fn me_holding() -> (std::net::UdpSocket, u32, Holders) {
@@ -169,21 +172,24 @@ mod tests {
     fn holders_are_trusted_between_fd_reads_and_dropped_once_a_read_finds_the_fd_gone() {
         let (sock, inode, mut hs) = me_holding();
         let now = Instant::now();
-        assert!(hs.still_valid(inode, &mut StartTimes::default(), now));
+        assert!(hs.still_valid(inode, &mut Pinned::default(), &mut StartTimes::default(), now));
         drop(sock);
-        assert!(hs.still_valid(inode, &mut StartTimes::default(), now), "within the recheck window the fd is not read again");
+        assert!(hs.still_valid(inode, &mut Pinned::default(), &mut StartTimes::default(), now), "within the recheck window the fd is not read again");
         let later = now + HOLDERS_RECHECK;
-        assert!(!hs.still_valid(inode, &mut StartTimes::default(), later), "the fd is read again and found closed");
+        assert!(!hs.still_valid(inode, &mut Pinned::default(), &mut StartTimes::default(), later), "the fd is read again and found closed");
     }
 
     #[test]
     fn a_holder_that_is_another_process_now_is_dropped_at_once() {
         let (_sock, inode, mut hs) = me_holding();
         hs.list[0].start_time += 1;
-        assert!(!hs.still_valid(inode, &mut StartTimes::default(), Instant::now()), "a pid reused by another process is seen every pass");
+        assert!(
+            !hs.still_valid(inode, &mut Pinned::default(), &mut StartTimes::default(), Instant::now()),
+            "a pid reused by another process is seen every pass"
+        );
         let (_sock, inode, mut hs) = me_holding();
         hs.list.clear();
-        assert!(!hs.still_valid(inode, &mut StartTimes::default(), Instant::now() + Duration::from_millis(1)));
+        assert!(!hs.still_valid(inode, &mut Pinned::default(), &mut StartTimes::default(), Instant::now() + Duration::from_millis(1)));
     }
 
     #[test]

@@ -168,6 +168,8 @@ impl Sweep {
         let live: HashSet<u64> = stalled.into_iter().collect();
         self.holders.retain(|sk, _| live.contains(sk));
         self.unknown_until.retain(|sk, _| live.contains(sk));
+        let held: HashSet<(u32, u64)> = self.holders.values().flat_map(|hs| hs.list.iter().map(|h| (h.pid, h.start_time))).collect();
+        self.pinned.retain(|pid, start| held.contains(&(pid, start)));
         out.sort_by_key(|s| std::cmp::Reverse(s.stalled_for_ms));
         m.set_pod_stalls(&out);
         out

@@ -55,6 +55,8 @@ pub struct Sweep {
     pub(super) tracker: Tracker,
     /// Stalled socket → its holders (see `attribute` for how often they are re-verified).
     pub(super) holders: HashMap<u64, Holders>,
+    /// The processes among those holders, pinned by pidfds (see [`owner::Pinned`]).
+    pub(super) pinned: owner::Pinned,
     /// Stalled sockets no process was found to hold: not scanned for again before this time.
     pub(super) unknown_until: HashMap<u64, Instant>,
     pub(super) pods: PodNames,
@@ -105,6 +107,7 @@ impl Sweep {
             cfg,
             tracker: Tracker::default(),
             holders: HashMap::new(),
+            pinned: owner::Pinned::default(),
             unknown_until: HashMap::new(),
             pods,
             pod_of: HashMap::new(),
