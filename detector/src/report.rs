@@ -23,7 +23,7 @@ pub struct StalledSocket {
     pub fd: Option<i32>,
     pub owner_known: bool,
     /// Every process holding the socket (fork, fd passing), with its fds.
-    pub holders: Vec<Holder>,
+    pub holders: std::sync::Arc<[Holder]>,
     pub exe: Option<Text>,
     pub cmdline: Option<Text>,
     /// Start time of `pid` in clock ticks since boot (guards against pid reuse).
@@ -32,7 +32,7 @@ pub struct StalledSocket {
     /// when its owner last changed); 0 when it was found by a dump.
     pub sender_pid: u32,
     pub sender_tid: u32,
-    pub sender_comm: String,
+    pub sender_comm: Text,
     /// cgroup v2 id of that sender (kernel), and the holder's cgroup path.
     pub cgroup_id: u64,
     pub cgroup: Option<Text>,
@@ -92,7 +92,7 @@ pub struct TrackedSocket {
     pub id: u64,
     /// Process that sent when it was tracked, as the send hook saw it.
     pub sender_pid: u32,
-    pub sender_comm: String,
+    pub sender_comm: Text,
     /// `namespace/name` of the sender's pod, when it runs in one.
     pub pod: Option<String>,
     pub local: SocketAddr,
@@ -114,7 +114,7 @@ pub struct Explain {
     pub remote: SocketAddr,
     pub netns: u32,
     pub sender_pid: u32,
-    pub sender_comm: String,
+    pub sender_comm: Text,
     pub grace_ms: u64,
     pub verdict: VerdictView,
     pub recoveries: u32,
@@ -191,7 +191,7 @@ pub struct Published {
 
 /// The report line of a stalled socket, from its table entry, its verified holders (first =
 /// the owner) and the owner's pod. `None` when it is not stalled.
-pub fn stalled(t: &Tracked, holders: &[Holder], pod: Option<&PodName>) -> Option<StalledSocket> {
+pub fn stalled(t: &Tracked, holders: &std::sync::Arc<[Holder]>, pod: Option<&PodName>) -> Option<StalledSocket> {
     let (v, d) = (t.verdict.as_ref()?, t.last?);
     let stall = v.stall()?;
     let first = holders.first();
@@ -227,7 +227,7 @@ pub fn stalled(t: &Tracked, holders: &[Holder], pod: Option<&PodName>) -> Option
         inode: d.inode,
         netns: t.tuple.netns,
         kernel_socket: t.kernel_socket(),
-        holders: holders.to_vec(),
+        holders: holders.clone(),
     })
 }
 
@@ -337,7 +337,7 @@ impl StalledSocket {
             exe: h.exe.clone(),
             cmdline: Some(h.cmdline.clone()),
             start_time: Some(h.start_time),
-            holders: vec![h],
+            holders: vec![h].into(),
             sender_pid: 4242,
             sender_tid: 4242,
             sender_comm: "ws-server".into(),

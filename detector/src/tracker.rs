@@ -18,7 +18,7 @@ use crate::{
 pub struct Sender {
     pub tgid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: crate::owner::Text,
     pub cgroup_id: u64,
 }
 
@@ -257,7 +257,7 @@ impl Tracker {
     /// Applies one kernel event; returns the entry it ended, if any, and why (a closed socket,
     /// or one whose address a new socket now has).
     pub fn apply(&mut self, ev: &SockEvent) -> Option<(Tracked, Forget)> {
-        let sender = || Sender { tgid: ev.tgid, tid: ev.tid, comm: comm_str(&ev.comm), cgroup_id: ev.cgroup_id };
+        let sender = || Sender { tgid: ev.tgid, tid: ev.tid, comm: comm_str(&ev.comm).into(), cgroup_id: ev.cgroup_id };
         match EventKind::try_from(ev.kind) {
             Ok(EventKind::Tracked) => {
                 // Announced twice (two CPUs raced to start tracking it): keep what we know.
@@ -302,7 +302,7 @@ impl Tracker {
         if self.socks.get(&sk).is_some_and(|t| t.tuple == st.tuple) {
             return None;
         }
-        let sender = Sender { tgid: st.tgid, tid: st.tid, comm: comm_str(&st.comm), cgroup_id: st.cgroup_id };
+        let sender = Sender { tgid: st.tgid, tid: st.tid, comm: comm_str(&st.comm).into(), cgroup_id: st.cgroup_id };
         self.insert(Tracked::new(sk, st.tuple, sender, st.hook, st.first_send_ns, 0))
     }
 }
@@ -378,7 +378,7 @@ mod tests {
         let mut t = Tracker::default();
         t.apply(&ev(EventKind::Tracked, 1, 1));
         let s = t.get(1).unwrap();
-        assert_eq!(s.sender.comm, "server");
+        assert_eq!(&*s.sender.comm, "server");
         assert_eq!(s.local().to_string(), "127.0.0.1");
         assert_eq!(s.remote().to_string(), "10.1.2.3");
         // A v4-mapped peer of a dual-stack socket reads as IPv4; the lookup keeps the v6 form.

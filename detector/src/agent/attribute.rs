@@ -23,13 +23,13 @@ pub const HOLDERS_RECHECK: Duration = Duration::from_secs(30);
 /// The processes found holding a stalled socket, and when their fds were last read.
 #[derive(Debug, Clone)]
 pub struct Holders {
-    pub list: Vec<owner::Holder>,
+    pub list: std::sync::Arc<[owner::Holder]>,
     pub checked: Instant,
 }
 
 impl Holders {
     fn new(list: Vec<owner::Holder>, now: Instant) -> Self {
-        Holders { list, checked: now }
+        Holders { list: list.into(), checked: now }
     }
 
     /// Still the same processes (pinned, see [`owner::Pinned`]); and, when their fds were last
@@ -182,13 +182,13 @@ mod tests {
     #[test]
     fn a_holder_that_is_another_process_now_is_dropped_at_once() {
         let (_sock, inode, mut hs) = me_holding();
-        hs.list[0].start_time += 1;
+        std::sync::Arc::get_mut(&mut hs.list).expect("held here only")[0].start_time += 1;
         assert!(
             !hs.still_valid(inode, &mut Pinned::default(), &mut StartTimes::default(), Instant::now()),
             "a pid reused by another process is seen every pass"
         );
         let (_sock, inode, mut hs) = me_holding();
-        hs.list.clear();
+        hs.list = Vec::new().into();
         assert!(!hs.still_valid(inode, &mut Pinned::default(), &mut StartTimes::default(), Instant::now() + Duration::from_millis(1)));
     }
 

@@ -7,6 +7,7 @@ use detector_common::SockState;
 
 use crate::{
     metrics::{Metrics, ReasonLabel},
+    owner,
     report::{self, StalledSocket},
     sample::{
         DiagSocket, Lookup,
@@ -153,9 +154,10 @@ impl Sweep {
         self.attribute(&stalled);
         let mut open: HashMap<Reason, i64> = Reason::ALL.iter().map(|&r| (r, 0)).collect();
         let mut out = Vec::with_capacity(stalled.len());
+        let nobody: std::sync::Arc<[owner::Holder]> = std::sync::Arc::new([]);
         for sk in &stalled {
             let Some(t) = self.tracker.get(*sk) else { continue };
-            let holders = self.holders.get(sk).map(|h| h.list.as_slice()).unwrap_or_default();
+            let holders = self.holders.get(sk).map_or(&nobody, |h| &h.list);
             let pod = holders.first().and_then(|h| h.pod_uid.as_deref()).and_then(|u| self.pods.get(u));
             if let Some(line) = report::stalled(t, holders, pod) {
                 *open.entry(line.reason).or_default() += 1;

@@ -307,8 +307,9 @@ mod tests {
         let mut s = StalledSocket::example();
         (s.pid, s.fd, s.start_time) = (Some(std::process::id()), Some(l.as_raw_fd()), Some(me.stat().unwrap().starttime));
         (s.inode, s.socket_cookie) = (ino.unwrap() as u32, cookie.unwrap());
-        s.holders[0].pid = std::process::id();
-        s.holders[0].image = crate::owner::image_of(&me).map(Into::into);
+        let hs = std::sync::Arc::get_mut(&mut s.holders).expect("one report line holds them");
+        hs[0].pid = std::process::id();
+        hs[0].image = crate::owner::image_of(&me).map(Into::into);
         (l, s)
     }
 
@@ -332,7 +333,7 @@ mod tests {
         s.start_time = Some(s.start_time.unwrap() + 1);
         assert_eq!(skip_why(verify_owner(&s)), SkipWhy::OwnerChanged);
         s.start_time = Some(s.start_time.unwrap() - 1);
-        s.holders[0].image = Some("another image".into());
+        std::sync::Arc::get_mut(&mut s.holders).expect("one report line holds them")[0].image = Some("another image".into());
         assert_eq!(skip_why(verify_owner(&s)), SkipWhy::OwnerChanged);
     }
 
@@ -355,7 +356,7 @@ mod tests {
     fn an_unknown_owner_is_never_acted_on() {
         let mut s = StalledSocket::example();
         (s.pid, s.fd, s.start_time, s.owner_known) = (None, None, None, false);
-        s.holders.clear();
+        s.holders = Vec::new().into();
         assert!(matches!(verify_owner(&s), Err(ActionError::Skip(SkipWhy::OwnerUnknown, _))));
         assert!(matches!(shutdown(&s), Err(ActionError::Skip(SkipWhy::OwnerUnknown, _))));
     }

@@ -63,7 +63,7 @@ fn holder() -> Holder {
 fn a_stalled_socket_reports_its_owner_addresses_and_reason() {
     let t = entry(tuple(AF_INET, v4(Ipv4Addr::new(10, 0, 0, 5)), v4(Ipv4Addr::new(192, 168, 7, 9))), true);
     let pod = PodName { namespace: "shop".into(), name: "ws-1".into() };
-    let r = stalled(&t, &[holder()], Some(&pod)).expect("stalled");
+    let r = stalled(&t, &vec![holder()].into(), Some(&pod)).expect("stalled");
     assert_eq!((r.pid, r.fd, r.owner_known, r.start_time), (Some(42), Some(9), true, Some(777)));
     assert_eq!(r.local.to_string(), "10.0.0.5:8080");
     assert_eq!(r.remote.to_string(), "192.168.7.9:50000");
@@ -81,7 +81,7 @@ fn a_stalled_socket_reports_its_owner_addresses_and_reason() {
 #[test]
 fn without_holders_the_owner_is_unknown_never_guessed() {
     let t = entry(tuple(AF_INET, v4(Ipv4Addr::LOCALHOST), v4(Ipv4Addr::LOCALHOST)), true);
-    let r = stalled(&t, &[], None).unwrap();
+    let r = stalled(&t, &Vec::new().into(), None).unwrap();
     assert_eq!((r.pid, r.fd, r.comm.as_deref(), r.owner_known), (None, None, None, false));
     assert_eq!(r.sender_pid, 42, "the sender stays a hint");
 }
@@ -92,7 +92,7 @@ fn a_dual_stack_peer_reads_as_ipv4_and_a_dump_find_has_no_kernel_flag() {
     let mut tup = tuple(AF_INET6, mapped, mapped);
     tup.flags = 0;
     let t = entry(tup, true);
-    let r = stalled(&t, &[], None).unwrap();
+    let r = stalled(&t, &Vec::new().into(), None).unwrap();
     assert_eq!(r.remote.to_string(), "10.1.2.3:50000");
     assert_eq!(tracked(&t, None).local.to_string(), "10.1.2.3:8080");
     assert_eq!(r.kernel_socket, None);
@@ -101,7 +101,7 @@ fn a_dual_stack_peer_reads_as_ipv4_and_a_dump_find_has_no_kernel_flag() {
 #[test]
 fn a_socket_not_stalled_has_no_report_line_but_a_row_and_an_explanation() {
     let t = entry(tuple(AF_INET, v4(Ipv4Addr::LOCALHOST), v4(Ipv4Addr::LOCALHOST)), false);
-    assert!(stalled(&t, &[holder()], None).is_none());
+    assert!(stalled(&t, &vec![holder()].into(), None).is_none());
     let row = tracked(&t, Some("shop/ws-1".into()));
     assert_eq!((row.id, row.stalled, row.queued_bytes, row.state), (99, false, Some(5_000), TcpState::Established));
     let e = explain(&t, None, 1_500, GRACE);

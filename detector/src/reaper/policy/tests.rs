@@ -7,15 +7,16 @@ fn stalled(cookie: u64, pid: u32, stalled_for_ms: u64) -> StalledSocket {
     let mut s = StalledSocket::example();
     (s.socket_cookie, s.pid, s.sender_pid, s.sender_tid, s.stalled_for_ms) = (cookie, Some(pid), pid, pid, stalled_for_ms);
     s.start_time = Some(1000 + pid as u64);
-    s.holders[0].pid = pid;
-    s.holders[0].start_time = 1000 + pid as u64;
+    let hs = std::sync::Arc::get_mut(&mut s.holders).expect("one report line holds them");
+    hs[0].pid = pid;
+    hs[0].start_time = 1000 + pid as u64;
     s
 }
 
 /// The same socket with no process shown to hold it.
 fn orphaned(mut s: StalledSocket) -> StalledSocket {
     (s.pid, s.fd, s.start_time, s.comm, s.owner_known) = (None, None, None, None, false);
-    s.holders.clear();
+    s.holders = Vec::new().into();
     s
 }
 
@@ -93,7 +94,7 @@ fn protected_processes_and_ports_are_never_touched() {
     let mut sshd = s.holders[0].clone();
     sshd.pid = 20;
     sshd.comm = "sshd".into();
-    s.holders.push(sshd);
+    s.holders = s.holders.iter().cloned().chain([sshd]).collect();
     assert_eq!(act_name(e.decide(&s, T)), "skip:protected");
 }
 
