@@ -138,10 +138,24 @@ fn servers() -> anyhow::Result<Servers> {
     let iperf = Peer::spawn("taskset", &["-c", "1", "iperf3", "-s", "-p", &iperf_port.to_string(), "--logfile", "/dev/null"]);
     let redis =
         Peer::spawn("taskset", &["-c", "1", "redis-server", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]);
+    // Waits for the listening sockets without connecting: iperf3 logs an error for a client
+    // that connects and sends no test parameters.
     for port in [iperf_port, redis_port] {
-        detector_tests::poll(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok()).context("a benchmark server did not start")?;
+        detector_tests::poll(Duration::from_secs(10), || listening(port).then_some(())).context("a benchmark server did not start")?;
     }
     Ok(Servers { iperf_port, redis_port, _iperf: iperf, _redis: redis })
+}
+
+/// Whether a TCP socket listens on `port` in this network namespace (`/proc/net/tcp`: local
+/// address `ADDR:PORT` in hex, state `0A`).
+fn listening(port: u16) -> bool {
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().filter_map(|f| std::fs::read_to_string(f).ok()).any(|t| {
+        t.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
+        })
+    })
 }
 
 fn measure(b: &Bins, s: &Servers) -> anyhow::Result<Round> {
@@ -274,4 +288,16 @@ fn cost_verdict(r: &Row, target: f64) -> String {
     let negated = |s: Spread| Spread { min: -s.max, p25: -s.p75, median: -s.median, p75: -s.p25, max: -s.min };
     debug_assert!(r.cost);
     format!("{} % ({})", format_args!("{:+.1}", r.agent.median), loss_verdict(negated(r.agent), r.control, target))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_listening_port_is_seen_without_connecting_to_it() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(super::listening(port));
+        drop(l);
+        assert!(!super::listening(port), "closed listener still seen");
+    }
 }
