@@ -152,9 +152,8 @@ pub struct Pinned {
 impl Pinned {
     /// Drops the processes that exited since the last call: one `poll` for all.
     pub fn refresh(&mut self) {
-        let keys: Vec<(u32, u64)> = self.fds.iter().filter(|(_, fd)| fd.is_some()).map(|(k, _)| *k).collect();
-        let mut polls: Vec<libc::pollfd> =
-            keys.iter().map(|k| libc::pollfd { fd: self.fds[k].as_ref().map_or(-1, |f| f.as_raw_fd()), events: libc::POLLIN, revents: 0 }).collect();
+        let (keys, mut polls): (Vec<(u32, u64)>, Vec<libc::pollfd>) =
+            self.fds.iter().filter_map(|(k, fd)| Some((*k, libc::pollfd { fd: fd.as_ref()?.as_raw_fd(), events: libc::POLLIN, revents: 0 }))).unzip();
         if polls.is_empty() || poll_now(&mut polls).is_err() {
             // Nothing pinned, or the poll failed: forget every pin, each is opened and
             // checked again when next asked about.
@@ -207,14 +206,13 @@ pub const PIN_MAX: usize = 256;
 /// Opens the pidfd of `pid` and proves it is the process that started at `start_time` and has
 /// not exited: `Ok(None)` when the kernel gives no pidfd but the start time matches.
 fn pin(pid: u32, start_time: u64, starts: &mut StartTimes) -> Result<Option<OwnedFd>, ()> {
-    // SAFETY: a plain syscall with integer arguments; the descriptor returned is ours.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-    if raw < 0 {
-        let gone = std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        return if !gone && starts.of(pid) == Some(start_time) { Ok(None) } else { Err(()) };
-    }
-    // SAFETY: a new descriptor owned by no one else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let gone = e.raw_os_error() == Some(libc::ESRCH);
+            return if !gone && starts.of(pid) == Some(start_time) { Ok(None) } else { Err(()) };
+        }
+    };
     // Read after the open: a match means the pidfd names that process (the start time of a
     // process that took the pid after the one pinned exited would differ).
     if StartTimes::default().of(pid) != Some(start_time) {
@@ -225,6 +223,17 @@ fn pin(pid: u32, start_time: u64, starts: &mut StartTimes) -> Result<Option<Owne
         Ok(()) if p[0].revents == 0 => Ok(Some(fd)),
         _ => Err(()),
     }
+}
+
+/// A pidfd naming process `pid` (`ESRCH` when there is none).
+pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: a plain syscall with integer arguments; the descriptor returned is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// `poll` without waiting.

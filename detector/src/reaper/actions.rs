@@ -35,14 +35,8 @@ pub struct VerifiedOwner {
 }
 
 fn pidfd_open(pid: u32) -> Result<OwnedFd, ActionError> {
-    // SAFETY: plain syscall with integer arguments; the descriptor returned is ours.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-    if fd < 0 {
-        // The process is gone.
-        return Err(ActionError::Skip(SkipWhy::OwnerChanged, format!("pidfd_open({pid}): {}", std::io::Error::last_os_error())));
-    }
-    // SAFETY: a new descriptor owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    // An error means the process is gone.
+    crate::owner::pidfd_open(pid).map_err(|e| ActionError::Skip(SkipWhy::OwnerChanged, format!("pidfd_open({pid}): {e}")))
 }
 
 /// Proves the owner and its fd, or says why not.
