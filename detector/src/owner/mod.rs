@@ -142,14 +142,26 @@ pub fn holds_fd(h: &Holder, inode: u32) -> bool {
 /// the first time it is asked about: its pidfd is opened, then its start time read and
 /// compared (the pid could name another process by then), then the pidfd polled once (a
 /// zombie keeps its start time but holds no files).
-#[derive(Default)]
 pub struct Pinned {
     /// (pid, start time) → its pidfd; `None` where no pidfd could be opened for a process
     /// that is there (no pidfd support): its start time is read at every check instead.
     fds: HashMap<(u32, u64), Option<OwnedFd>>,
+    /// At most this many pins ([`PIN_MAX`]).
+    cap: usize,
+}
+
+impl Default for Pinned {
+    fn default() -> Self {
+        Pinned::with_cap(PIN_MAX)
+    }
 }
 
 impl Pinned {
+    /// Pins at most `cap` processes; past it, the others are checked by their start time.
+    pub fn with_cap(cap: usize) -> Self {
+        Pinned { fds: HashMap::new(), cap }
+    }
+
     /// Drops the processes that exited since the last call: one `poll` for all.
     pub fn refresh(&mut self) {
         let (keys, mut polls): (Vec<(u32, u64)>, Vec<libc::pollfd>) =
@@ -172,7 +184,7 @@ impl Pinned {
         match self.fds.get(&(pid, start_time)) {
             Some(Some(_)) => return true,
             Some(None) => return starts.of(pid) == Some(start_time),
-            None if self.fds.len() >= PIN_MAX => return starts.of(pid) == Some(start_time),
+            None if self.fds.len() >= self.cap => return starts.of(pid) == Some(start_time),
             None => {}
         }
         match pin(pid, start_time, starts) {
@@ -266,6 +278,22 @@ pub fn scan_holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
 mod tests {
     use super::start_time_in;
 
+    /// A `sleep` child, killed and reaped when dropped, so a failing test leaves no process.
+    struct Sleeper(std::process::Child);
+
+    impl Sleeper {
+        fn spawn() -> Sleeper {
+            Sleeper(std::process::Command::new("sleep").arg("600").spawn().unwrap())
+        }
+    }
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     #[test]
     fn the_start_time_is_read_after_a_name_with_spaces_and_parentheses() {
         let stat = b"4242 (a b) (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 987654 1000 10 18446744073709551615\n";
@@ -276,7 +304,8 @@ mod tests {
 
     #[test]
     fn a_pinned_process_is_alive_until_it_exits_zombie_or_reaped_and_never_another() {
-        let mut child = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+        let mut sleeper = Sleeper::spawn();
+        let child = &mut sleeper.0;
         let pid = child.id();
         let start = super::StartTimes::default().of(pid).unwrap();
         let (mut pinned, mut starts) = (super::Pinned::default(), super::StartTimes::default());
@@ -300,6 +329,26 @@ mod tests {
         child.wait().unwrap();
         pinned.refresh();
         assert!(!pinned.alive(pid, start, &mut super::StartTimes::default()), "reaped");
+        assert!(pinned.is_empty());
+    }
+
+    #[test]
+    fn past_the_cap_a_holder_is_checked_by_its_start_time_and_never_pinned() {
+        let mut children: Vec<Sleeper> = (0..2).map(|_| Sleeper::spawn()).collect();
+        let ids: Vec<(u32, u64)> = children.iter().map(|c| (c.0.id(), super::StartTimes::default().of(c.0.id()).unwrap())).collect();
+        let mut pinned = super::Pinned::with_cap(1);
+        assert!(pinned.alive(ids[0].0, ids[0].1, &mut super::StartTimes::default()));
+        for _ in 0..2 {
+            assert!(pinned.alive(ids[1].0, ids[1].1, &mut super::StartTimes::default()), "past the cap, running: alive");
+            assert!(!pinned.alive(ids[1].0, ids[1].1 + 1, &mut super::StartTimes::default()), "past the cap, another start time");
+            assert_eq!(pinned.len(), 1, "nothing pinned past the cap");
+        }
+        drop(children.pop());
+        pinned.refresh();
+        assert!(!pinned.alive(ids[1].0, ids[1].1, &mut super::StartTimes::default()), "past the cap, exited");
+        assert!(pinned.alive(ids[0].0, ids[0].1, &mut super::StartTimes::default()), "the pinned one still runs");
+        drop(children);
+        pinned.refresh();
         assert!(pinned.is_empty());
     }
 
