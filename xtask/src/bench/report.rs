@@ -32,6 +32,23 @@ fn machine() -> String {
     format!("{cpu} ({} cores, {mem})", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0))
 }
 
+/// The CPU mitigations that tax every indirect call and return, so every hook's dispatch
+/// (the kernel calls a BPF program through a pointer): what sets this machine's floor under
+/// any per-send program. Read from sysfs; empty where the kernel does not say.
+fn mitigations() -> String {
+    let read = |f: &str| std::fs::read_to_string(format!("/sys/devices/system/cpu/vulnerabilities/{f}")).ok();
+    describe_mitigations(read("spectre_v2").as_deref(), read("spec_rstack_overflow").as_deref())
+}
+
+fn describe_mitigations(spectre_v2: Option<&str>, srso: Option<&str>) -> String {
+    let said: Vec<String> =
+        [("spectre_v2", spectre_v2), ("spec_rstack_overflow", srso)].iter().filter_map(|&(k, v)| Some(format!("{k}: {}", v?.trim()))).collect();
+    if said.is_empty() {
+        return String::new();
+    }
+    format!(" CPU mitigations, which tax every indirect call and return and so every hook's dispatch: {}.", said.join("; "))
+}
+
 /// The trend rows of the file being replaced (or the first row), then this run's.
 fn trend(previous: &str, r: &Results) -> Vec<String> {
     let mut rows: Vec<String> =
@@ -62,11 +79,12 @@ pub fn write(previous: &str, r: &Results) -> String {
     let _ = writeln!(s, "# Benchmarks\n");
     let _ = writeln!(
         s,
-        "Written by `cargo xtask bench` on {}, kernel {}, {}; the run took {:.0} s. Every figure is a median over interleaved rounds with its spread (quartiles in brackets, range in parentheses), judged against an off/off control measured in the same rounds: a target the control's spread covers is \"not resolved\", neither met nor missed. This machine kind's throughput is noisy (single off/off runs differ by up to ±30 %); the medians of paired rounds are what these numbers rest on.\n",
+        "Written by `cargo xtask bench` on {}, kernel {}, {}; the run took {:.0} s.{} Every figure is a median over interleaved rounds with its spread (quartiles in brackets, range in parentheses), judged against an off/off control measured in the same rounds: a target the control's spread covers is \"not resolved\", neither met nor missed. This machine kind's throughput is noisy (single off/off runs differ by up to ±30 %); the medians of paired rounds are what these numbers rest on.\n",
         machine(),
         sh("uname", &["-r"]),
         sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        r.took_s
+        r.took_s,
+        mitigations()
     );
     super::churn::report(&mut s, &r.churn);
     super::send::report(&mut s, &r.send);
@@ -80,4 +98,21 @@ pub fn write(previous: &str, r: &Results) -> String {
         let _ = writeln!(s, "{row}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_mitigations_are_said_as_sysfs_says_them_or_not_at_all() {
+        let d = super::describe_mitigations(Some("Mitigation: Retpolines; STIBP: disabled\n"), Some("Vulnerable: Safe RET, no microcode\n"));
+        assert_eq!(
+            d,
+            " CPU mitigations, which tax every indirect call and return and so every hook's dispatch: spectre_v2: Mitigation: Retpolines; STIBP: disabled; spec_rstack_overflow: Vulnerable: Safe RET, no microcode."
+        );
+        assert_eq!(
+            super::describe_mitigations(None, Some("Not affected")),
+            " CPU mitigations, which tax every indirect call and return and so every hook's dispatch: spec_rstack_overflow: Not affected."
+        );
+        assert_eq!(super::describe_mitigations(None, None), "");
+    }
 }
