@@ -12,7 +12,7 @@ use crate::{
     sample::{
         DiagSocket, Lookup,
         netns::NetnsPool,
-        walk::{self, Walker},
+        walk::{Samples, Walker},
     },
     tracker::{Forget, Tracked},
     verdict::{self, Reason, StallTracker, Transition},
@@ -55,10 +55,10 @@ impl Sweep {
     }
 
     /// One walk, as samples by socket; `None` (sock_diag samples this pass) when it fails.
-    fn walk(&self, w: &mut Walker, m: &Metrics) -> Option<HashMap<u64, (DiagSocket, SockState)>> {
+    fn walk(&self, w: &mut Walker, m: &Metrics) -> Option<Samples> {
         let at = self.now_ms();
         match w.walk() {
-            Ok(walk) => Some(walk.records.iter().map(|r| (r.sk, (walk::to_diag(r, &walk.clock, w.hz(), at), r.st))).collect()),
+            Ok(walk) => Some(Samples::new(walk, w.hz(), at)),
             Err(e) => {
                 log::warn!("sampling walk: {e}; sock_diag samples this pass");
                 m.sample_errors.inc();
@@ -70,9 +70,9 @@ impl Sweep {
     /// Sockets of the walk the table lacks (an event lost, or bytes waiting again after the
     /// socket was forgotten as idle): taken up and judged. An entry of another socket they
     /// displace (same kernel address, or a dump's entry for the same addresses) is replaced.
-    fn take_up(&mut self, walked: HashMap<u64, (DiagSocket, SockState)>, m: &Metrics) {
+    fn take_up(&mut self, walked: Samples, m: &Metrics) {
         let (now, grace_ms) = (self.now_ms(), self.grace_ms());
-        for (sk, (d, st)) in walked {
+        for (sk, d, st) in walked.rest() {
             if !verdict::stuck(&d.sample) {
                 continue;
             }
@@ -92,20 +92,14 @@ impl Sweep {
     /// Samples and judges; returns the sockets to forget. Sockets in socket storage take their
     /// sample from `walked` (and leave it); the others are looked up through sock_diag, in
     /// batches per network namespace.
-    fn sample_all(
-        &mut self,
-        pool: &mut NetnsPool,
-        mut walked: Option<&mut HashMap<u64, (DiagSocket, SockState)>>,
-        m: &Metrics,
-        only_due: Option<u64>,
-    ) -> Vec<(u64, Forget)> {
+    fn sample_all(&mut self, pool: &mut NetnsPool, mut walked: Option<&mut Samples>, m: &Metrics, only_due: Option<u64>) -> Vec<(u64, Forget)> {
         let (now, grace_ms) = (self.now_ms(), self.grace_ms());
         let mut gone = Vec::new();
         // Namespace → (its sockets to look up, a pid likely to live there).
         let mut diag: HashMap<u32, (Vec<(u64, Lookup)>, u32)> = HashMap::new();
         for t in self.tracker.iter_mut() {
             if let Some(w) = walked.as_deref_mut().filter(|_| !t.found_by_dump()) {
-                if let Some(why) = from_walk(t, w.remove(&t.sk), grace_ms, m) {
+                if let Some(why) = from_walk(t, w.take(t.sk), grace_ms, m) {
                     gone.push((t.sk, why));
                 }
                 continue;

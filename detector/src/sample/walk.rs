@@ -4,7 +4,7 @@
 //! kernel objects are in `kernel::iter`.
 use std::time::Duration;
 
-use detector_common::{WalkClock, WalkKind, WalkRecord};
+use detector_common::{SockState, WalkClock, WalkKind, WalkRecord};
 use thiserror::Error;
 
 use super::{DiagSocket, Sample};
@@ -27,6 +27,57 @@ pub enum WalkError {
 pub struct Walk {
     pub clock: WalkClock,
     pub records: Vec<WalkRecord>,
+}
+
+/// One walk's samples by socket, for one pass: each taken at most once by the table entry of
+/// its socket, the rest left for the sockets the table lacks. Records are indexed in place (a
+/// sorted index, no copies) and turned into samples only when taken. A socket reported twice
+/// is sampled from its last record.
+#[derive(Debug)]
+pub struct Samples {
+    walk: Walk,
+    hz: u32,
+    at_ms: u64,
+    /// (socket, record index), by socket; one entry per socket.
+    order: Vec<(u64, usize)>,
+    /// By position in `order`.
+    taken: Vec<bool>,
+}
+
+impl Samples {
+    pub fn new(walk: Walk, hz: u32, at_ms: u64) -> Samples {
+        let mut order: Vec<(u64, usize)> = walk.records.iter().enumerate().map(|(i, r)| (r.sk, usize::MAX - i)).collect();
+        // By socket, its last record first: `dedup_by_key` keeps that one.
+        order.sort_unstable();
+        order.dedup_by_key(|e| e.0);
+        for e in &mut order {
+            e.1 = usize::MAX - e.1;
+        }
+        let taken = vec![false; order.len()];
+        Samples { walk, hz, at_ms, order, taken }
+    }
+
+    fn sample(&self, i: usize) -> (DiagSocket, SockState) {
+        let r = &self.walk.records[i];
+        (to_diag(r, &self.walk.clock, self.hz, self.at_ms), r.st)
+    }
+
+    /// The sample of `sk`, unless the walk did not report it or it was taken already.
+    pub fn take(&mut self, sk: u64) -> Option<(DiagSocket, SockState)> {
+        let pos = self.order.binary_search_by_key(&sk, |e| e.0).ok()?;
+        if std::mem::replace(&mut self.taken[pos], true) {
+            return None;
+        }
+        Some(self.sample(self.order[pos].1))
+    }
+
+    /// The samples no one took, by socket.
+    pub fn rest(&self) -> impl Iterator<Item = (u64, DiagSocket, SockState)> + '_ {
+        self.order.iter().zip(&self.taken).filter(|(_, taken)| !**taken).map(|(&(sk, i), _)| {
+            let (d, st) = self.sample(i);
+            (sk, d, st)
+        })
+    }
 }
 
 fn pod<T: Copy + Default>(b: &[u8]) -> T {
@@ -197,6 +248,20 @@ mod tests {
         twice.extend_from_slice(bytes(&clock(9, 9)));
         let w = parse(&twice).unwrap();
         assert_eq!((w.clock.jiffies, w.records.len()), (5, 2));
+    }
+
+    #[test]
+    fn each_sample_is_taken_once_and_the_rest_is_left_by_socket() {
+        let rec = |sk: u64, bytes_acked: u64| WalkRecord { kind: WalkKind::Socket as u8, sk, bytes_acked, rto: 51, ..Default::default() };
+        let walk = Walk { clock: clock(100, 0), records: vec![rec(30, 1), rec(10, 2), rec(20, 3), rec(10, 4)] };
+        let mut s = Samples::new(walk, 250, 7);
+        let (d, _) = s.take(10).unwrap();
+        assert_eq!((d.sample.bytes_acked, d.sample.at_ms), (4, 7), "a socket reported twice: its last record");
+        assert!(s.take(10).is_none(), "taken once");
+        assert!(s.take(40).is_none(), "not reported");
+        let rest: Vec<(u64, u64)> = s.rest().map(|(sk, d, _)| (sk, d.sample.bytes_acked)).collect();
+        assert_eq!(rest, vec![(20, 3), (30, 1)]);
+        assert_eq!(Samples::new(Walk { clock: clock(1, 0), records: vec![] }, 250, 0).rest().count(), 0);
     }
 
     #[test]
