@@ -46,13 +46,10 @@ pub struct Samples {
 
 impl Samples {
     pub fn new(walk: Walk, hz: u32, at_ms: u64) -> Samples {
-        let mut order: Vec<(u64, usize)> = walk.records.iter().enumerate().map(|(i, r)| (r.sk, usize::MAX - i)).collect();
+        let mut order: Vec<(u64, usize)> = walk.records.iter().enumerate().map(|(i, r)| (r.sk, i)).collect();
         // By socket, its last record first: `dedup_by_key` keeps that one.
-        order.sort_unstable();
+        order.sort_unstable_by_key(|&(sk, i)| (sk, std::cmp::Reverse(i)));
         order.dedup_by_key(|e| e.0);
-        for e in &mut order {
-            e.1 = usize::MAX - e.1;
-        }
         let taken = vec![false; order.len()];
         Samples { walk, hz, at_ms, order, taken }
     }
