@@ -276,22 +276,13 @@ pub fn scan_holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
 
 #[cfg(test)]
 mod tests {
+    use detector_tests::Peer;
+
     use super::start_time_in;
 
-    /// A `sleep` child, killed and reaped when dropped, so a failing test leaves no process.
-    struct Sleeper(std::process::Child);
-
-    impl Sleeper {
-        fn spawn() -> Sleeper {
-            Sleeper(std::process::Command::new("sleep").arg("600").spawn().unwrap())
-        }
-    }
-
-    impl Drop for Sleeper {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+    /// A `sleep` child, killed and reaped when dropped (so a failing test leaves no process).
+    fn sleeper() -> Peer {
+        Peer::spawn("sleep", &["600"])
     }
 
     #[test]
@@ -304,9 +295,8 @@ mod tests {
 
     #[test]
     fn a_pinned_process_is_alive_until_it_exits_zombie_or_reaped_and_never_another() {
-        let mut sleeper = Sleeper::spawn();
-        let child = &mut sleeper.0;
-        let pid = child.id();
+        let mut child = sleeper();
+        let pid = child.pid();
         let start = super::StartTimes::default().of(pid).unwrap();
         let (mut pinned, mut starts) = (super::Pinned::default(), super::StartTimes::default());
         assert!(!pinned.alive(pid, start + 1, &mut starts), "another start time: another process");
@@ -315,7 +305,7 @@ mod tests {
         pinned.refresh();
         assert!(pinned.alive(pid, start, &mut starts), "pinned and running");
         assert_eq!(pinned.len(), 1);
-        child.kill().unwrap();
+        child.signal(libc::SIGKILL);
         // A zombie until waited for: its start time is still there, but it holds nothing.
         let zombie = || procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).is_ok_and(|s| s.state == 'Z');
         let t0 = std::time::Instant::now();
@@ -326,7 +316,7 @@ mod tests {
         pinned.refresh();
         assert!(pinned.is_empty(), "the exit is seen by the poll");
         assert!(!pinned.alive(pid, start, &mut super::StartTimes::default()), "a zombie is not pinned again");
-        child.wait().unwrap();
+        assert!(child.wait_exit(std::time::Duration::from_secs(60)), "the killed child was not reaped");
         pinned.refresh();
         assert!(!pinned.alive(pid, start, &mut super::StartTimes::default()), "reaped");
         assert!(pinned.is_empty());
@@ -334,8 +324,8 @@ mod tests {
 
     #[test]
     fn past_the_cap_a_holder_is_checked_by_its_start_time_and_never_pinned() {
-        let mut children: Vec<Sleeper> = (0..2).map(|_| Sleeper::spawn()).collect();
-        let ids: Vec<(u32, u64)> = children.iter().map(|c| (c.0.id(), super::StartTimes::default().of(c.0.id()).unwrap())).collect();
+        let mut children: Vec<Peer> = (0..2).map(|_| sleeper()).collect();
+        let ids: Vec<(u32, u64)> = children.iter().map(|c| (c.pid(), super::StartTimes::default().of(c.pid()).unwrap())).collect();
         let mut pinned = super::Pinned::with_cap(1);
         assert!(pinned.alive(ids[0].0, ids[0].1, &mut super::StartTimes::default()));
         for _ in 0..2 {
