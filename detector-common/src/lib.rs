@@ -229,6 +229,9 @@ pub struct WalkRecord {
     pub sk: u64,
     pub cookie: u64,
     pub bytes_acked: u64,
+    /// `delivered_mstamp`: CLOCK_MONOTONIC microseconds of the last ACK that acknowledged (or
+    /// SACKed) new data; 0 before any.
+    pub delivered_us: u64,
     pub snd_una: u32,
     pub write_seq: u32,
     pub snd_nxt: u32,
@@ -342,6 +345,7 @@ pub struct KernelConfig {
     pub tcp_total_retrans: u32,
     pub tcp_segs_out: u32,
     pub tcp_bytes_acked: u32,
+    pub tcp_delivered_mstamp: u32,
     /// `struct inet_connection_sock` (also from the socket's start).
     pub icsk_rto: u32,
     pub icsk_retransmits: u32,
@@ -392,6 +396,7 @@ impl KernelConfig {
         tcp_total_retrans: OFFSET_ABSENT,
         tcp_segs_out: OFFSET_ABSENT,
         tcp_bytes_acked: OFFSET_ABSENT,
+        tcp_delivered_mstamp: OFFSET_ABSENT,
         icsk_rto: OFFSET_ABSENT,
         icsk_retransmits: OFFSET_ABSENT,
         icsk_backoff: OFFSET_ABSENT,
@@ -408,8 +413,8 @@ const _: () = assert!(core::mem::size_of::<SockState>() == 104);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<WalkClock>() == 24);
 const _: () = assert!(core::mem::size_of::<ScanRecord>() == 64);
-const _: () = assert!(core::mem::size_of::<WalkRecord>() == 80 + 104);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 41 * 4);
+const _: () = assert!(core::mem::size_of::<WalkRecord>() == 88 + 104);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 42 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

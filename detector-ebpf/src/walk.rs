@@ -96,6 +96,7 @@ fn record(sk: *const u8, tp: *const u8, st: &SockState, una: u32, write_seq: u32
         // SAFETY: a valid socket; the cookie is made on first use, as sock_diag would.
         cookie: unsafe { bpf_get_socket_cookie(sk as *mut _) },
         bytes_acked: load(tp, conf!(tcp_bytes_acked)),
+        delivered_us: load(tp, conf!(tcp_delivered_mstamp)),
         snd_una: una,
         write_seq,
         snd_nxt: load(tp, conf!(tcp_snd_nxt)),

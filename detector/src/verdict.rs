@@ -78,6 +78,10 @@ pub enum OnsetProof {
     /// The last data segment sent plus one RTO (`tcpi_last_data_sent` + `tcpi_rto`), with the
     /// window closed and nothing in flight.
     LastDataPlusRto,
+    /// The last ACK that acknowledged data (`tcp_sock.delivered_mstamp`, read by the kernel
+    /// walk), with the window closed and nothing in flight: a peer that never shrinks its
+    /// window can only close it with an ACK for data.
+    LastDelivery,
     /// Data in flight since its last transmission (`tcpi_last_data_sent`): the queue has been
     /// non-empty since then.
     InFlightSince,
@@ -89,6 +93,7 @@ impl OnsetProof {
             Self::FirstSample => "the first sample that saw it stuck",
             Self::LastAck => "the last ACK received (tcpi_last_ack_recv)",
             Self::LastDataPlusRto => "the last data segment sent plus one RTO (tcpi_last_data_sent + tcpi_rto)",
+            Self::LastDelivery => "the last ACK that acknowledged data (tcp_sock.delivered_mstamp), the window closed since",
             Self::InFlightSince => "unacknowledged data in flight since (tcpi_last_data_sent)",
         }
     }
@@ -103,8 +108,9 @@ pub struct Stall {
     pub reason: Reason,
     /// `total_retrans` as last sampled before the onset, to count retransmits since.
     pub retrans_at_onset: u32,
-    /// `segs_out` likewise, to count window probes since.
-    pub segs_out_at_onset: u32,
+    /// `segs_out` at the first sample of the stall that saw the window closed with nothing in
+    /// flight, to count window probes since (the segments before it may be data).
+    pub segs_out_at_closed: Option<u32>,
 }
 
 impl Stall {
@@ -114,12 +120,14 @@ impl Stall {
         s.total_retrans.wrapping_sub(self.retrans_at_onset).max(u32::from(s.retransmits))
     }
 
-    /// Zero-window probes sent since the stall began. While the peer's window is closed the
-    /// sender transmits nothing but probes, so that is the segments sent since the onset;
-    /// otherwise it is the kernel's count of unanswered probes.
+    /// Zero-window probes sent since the stall began, at least. While the peer's window is
+    /// closed the sender transmits nothing but probes, so that is the segments sent since a
+    /// sample first saw it closed (the probes between the onset and that sample are not
+    /// counted: the segments before it may be data); otherwise it is the kernel's count of
+    /// unanswered probes.
     pub fn zero_window_probes(&self, s: &Sample) -> u32 {
-        match self.reason {
-            Reason::PeerNotReading if s.unacked == 0 => s.segs_out.wrapping_sub(self.segs_out_at_onset),
+        match (self.reason, self.segs_out_at_closed) {
+            (Reason::PeerNotReading, Some(closed)) if s.unacked == 0 => s.segs_out.wrapping_sub(closed),
             _ => s.probes as u32,
         }
     }
@@ -213,13 +221,28 @@ fn progress_bound(s: &Sample) -> (u64, OnsetProof) {
         b = (ack, OnsetProof::LastAck);
     }
     if probing_closed_window(s) {
-        let rto = u64::from(s.rto_ms).max(RTO_MIN_MS);
-        let data = (ago(s.at_ms, s.last_data_sent_ms) + rto + CLOCK_SLACK_MS).min(s.at_ms);
-        if data < b.0 {
-            b = (data, OnsetProof::LastDataPlusRto);
+        let c = closed_window_bound(s);
+        if c.0 < b.0 {
+            b = c;
         }
     }
     b
+}
+
+/// With the window closed and nothing in flight, when the peer stopped accepting at the latest.
+/// The sender's right edge (`snd_una + snd_wnd`) never moves back (Linux never shrinks a window
+/// it offered, unless `tcp_shrink_window` is set), and `snd_una` has not moved since the last
+/// ACK that acknowledged data, so the window has been closed since that ACK: its time, when the
+/// kernel walk read it. Otherwise (sock_diag has no such clock) the ACK of the last data
+/// segment came within one RTO of it (or the segment would have been sent again).
+fn closed_window_bound(s: &Sample) -> (u64, OnsetProof) {
+    match s.last_delivery_ms {
+        Some(d) => ((ago(s.at_ms, d) + CLOCK_SLACK_MS).min(s.at_ms), OnsetProof::LastDelivery),
+        None => {
+            let rto = u64::from(s.rto_ms).max(RTO_MIN_MS);
+            ((ago(s.at_ms, s.last_data_sent_ms) + rto + CLOCK_SLACK_MS).min(s.at_ms), OnsetProof::LastDataPlusRto)
+        }
+    }
 }
 
 /// Per-socket progress state, fed one sample per pass.
@@ -233,9 +256,9 @@ pub struct StallTracker {
     /// The current stuck period's onset: an upper bound, with what proves it.
     onset: Option<(u64, OnsetProof)>,
     retrans_prev: u32,
-    segs_prev: u32,
     retrans_at_onset: u32,
-    segs_out_at_onset: u32,
+    /// `segs_out` at the first sample of this stuck period that saw a closed window.
+    segs_out_at_closed: Option<u32>,
     stall: Option<Stall>,
 }
 
@@ -247,9 +270,8 @@ impl StallTracker {
             floor: (0, OnsetProof::FirstSample),
             onset: None,
             retrans_prev: 0,
-            segs_prev: 0,
             retrans_at_onset: 0,
-            segs_out_at_onset: 0,
+            segs_out_at_closed: None,
             stall: None,
         }
     }
@@ -281,8 +303,7 @@ impl StallTracker {
             self.acked = s.bytes_acked;
         }
         let prev = self.prev.replace((s.at_ms, stuck(s)));
-        let (retrans_prev, segs_prev) = (self.retrans_prev, self.segs_prev);
-        (self.retrans_prev, self.segs_prev) = (s.total_retrans, s.segs_out);
+        let retrans_prev = std::mem::replace(&mut self.retrans_prev, s.total_retrans);
         if !stuck(s) {
             self.onset = None;
             return match self.stall.take() {
@@ -307,9 +328,12 @@ impl StallTracker {
             _ => candidate,
         });
         if new_period {
-            // Counts since the onset start from the sample before it (never missing any).
-            (self.retrans_at_onset, self.segs_out_at_onset) =
-                if first { (s.total_retrans.wrapping_sub(u32::from(s.retransmits)), s.segs_out) } else { (retrans_prev, segs_prev) };
+            // Retransmits since the onset count from the sample before it (never missing any).
+            self.retrans_at_onset = if first { s.total_retrans.wrapping_sub(u32::from(s.retransmits)) } else { retrans_prev };
+            self.segs_out_at_closed = None;
+        }
+        if probing_closed_window(s) && self.segs_out_at_closed.is_none() {
+            self.segs_out_at_closed = Some(s.segs_out);
         }
         if advanced && let Some(st) = self.stall.take() {
             return Transition::Recovered { stalled_for_ms: s.at_ms.saturating_sub(st.since_ms) };
@@ -324,10 +348,11 @@ impl StallTracker {
             Some(stall) => {
                 // Still stuck; the cause may change (a frozen peer that then dies).
                 stall.reason = reason;
+                stall.segs_out_at_closed = self.segs_out_at_closed;
                 Transition::None
             }
             None if s.at_ms.saturating_sub(since) >= grace_ms => {
-                let stall = Stall { since_ms: since, proof, reason, retrans_at_onset: self.retrans_at_onset, segs_out_at_onset: self.segs_out_at_onset };
+                let stall = Stall { since_ms: since, proof, reason, retrans_at_onset: self.retrans_at_onset, segs_out_at_closed: self.segs_out_at_closed };
                 self.stall = Some(stall);
                 Transition::Stalled(stall)
             }
@@ -344,8 +369,8 @@ impl Default for StallTracker {
 
 /// The latest moment a stuck period can have begun, given that the sample at `prev_at` saw the
 /// socket not stuck:
-/// - window closed, nothing in flight: when the peer stopped accepting (its last data segment
-///   plus one RTO); bytes queued since could never go out, so the connection has been stuck
+/// - window closed, nothing in flight: when the peer stopped accepting (`closed_window_bound`);
+///   bytes queued since could never go out, so the connection has been stuck
 ///   since then whenever the application happened to write;
 /// - data in flight: its oldest byte's first transmission, which came after the queue was last
 ///   empty and at least one (doubling) RTO before each retransmit of it;

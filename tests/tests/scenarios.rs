@@ -6,8 +6,8 @@ use std::{
 };
 
 use detector_tests::{
-    Agent, NS_A_ADDR, NetnsPair, Peer, expect_never, expect_stalled, field, free_port, http_get, latency_line, metric, pair, patient, poll, privileged,
-    wait_tracked,
+    Agent, NS_A_ADDR, NetnsPair, Peer, expect_never, expect_stalled, field, free_port, http_get, latency_line, metric, pair, pair_on, patient, poll,
+    privileged, wait_tracked,
 };
 use serde_json::Value;
 
@@ -77,17 +77,30 @@ fn s02_frozen_peer_is_not_reading() {
         return;
     }
     let agent = Agent::start(GRACE_ARG, &[]);
-    let p = pair("stream", "read");
+    let p = pair_on("127.0.0.1:0", "stream", "read", &["watch"]);
     wait_tracked(&agent, &p.local);
     expect_never(&agent, &[&p.local], Duration::from_secs(1));
     p.client.signal(libc::SIGSTOP);
     let stopped = Instant::now();
     let (e, took) = expect_stalled(&agent, &p.local, stopped, GRACE + SLACK);
     latency_line("peer_not_reading (frozen)", took, GRACE);
+    // The onset is never dated before the connection's last progress as its own sender saw it
+    // (its acknowledged bytes, polled every 5 ms: they last moved after `moved_after_ns`).
+    let last_progress = p.server.expect("STOPPED", Duration::from_secs(5));
+    let moved_after_ms = field(&last_progress, "moved_after_ns").parse::<u64>().unwrap() / 1_000_000;
+    let x = agent.explain(&e["socket_cookie"].to_string()).unwrap();
+    let answered_by_ms = detector_tests::monotonic_ns().div_ceil(1_000_000);
+    let onset_by_ms = answered_by_ms - x["verdict"]["stalled_for_ms"].as_u64().unwrap();
+    assert!(onset_by_ms >= moved_after_ms, "onset at or before {onset_by_ms} ms, the last progress after {moved_after_ms} ms: {x}");
     p.client.signal(libc::SIGCONT);
     assert_eq!(e["reason"], "peer_not_reading", "{e}");
     assert_eq!(e["peer_window"], 0, "{e}");
     assert_eq!(e["pid"], p.server.pid(), "{e}");
+    // With the kernel walk (socket storage) the onset is the last delivery; sock_diag's
+    // samples bound it with the last data segment plus one RTO.
+    let walked = agent.query("status").expect("status")["sampling"].as_str().is_some_and(|s| s.starts_with("kernel walk"));
+    let proof = if walked { "last_delivery" } else { "last_data_plus_rto" };
+    assert_eq!(x["verdict"]["onset_proof"], proof, "{x}");
 }
 
 // 3. The peer is alive but never reads.
@@ -102,10 +115,12 @@ fn s03_peer_never_reads() {
     let (e, took) = expect_stalled(&agent, &p.local, t0, GRACE + SLACK);
     latency_line("peer_not_reading (never reads)", took, GRACE);
     assert_eq!(e["reason"], "peer_not_reading", "{e}");
-    // Every probe the peer ACKs keeps it looking alive; the queue still never drains.
-    std::thread::sleep(Duration::from_secs(2));
+    // Every probe the peer ACKs keeps it looking alive; the queue still never drains. Probes
+    // count from the first sample that saw the window closed, and back off (0.4, 0.8, 1.6,
+    // 3.2 s apart): the next one comes within ~7 s of the stall.
+    let probed = poll(Duration::from_secs(10), || agent.stalled(&p.local).filter(|e| e["zero_window_probes"].as_u64().unwrap() >= 1));
     let e = agent.stalled(&p.local).expect("still stalled");
-    assert!(e["zero_window_probes"].as_u64().unwrap() >= 1, "{e}");
+    assert!(probed.is_some(), "no window probe counted: {e}");
 }
 
 // 4. The peer closes its side; the server keeps the socket open and idle.

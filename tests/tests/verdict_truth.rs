@@ -39,7 +39,8 @@ fn live_non_reader_with_a_tiny_receive_buffer_is_not_reading() {
 }
 
 // A non-reader wedged long before the agent starts is listed at the first pass, with the age
-// the kernel's clocks prove (last data sent, plus one RTO), not from the agent's start.
+// the kernel's clocks prove (its last delivery, or last data sent plus one RTO), not from the
+// agent's start.
 #[test]
 fn a_non_reading_stall_older_than_the_agent_is_listed_at_once_with_its_age() {
     if !privileged("a_non_reading_stall_older_than_the_agent") {
@@ -54,7 +55,7 @@ fn a_non_reading_stall_older_than_the_agent_is_listed_at_once_with_its_age() {
     eprintln!("listed {:.2} s after the agent's API answered: {e}", took.as_secs_f64());
     assert_eq!(e["reason"], "peer_not_reading", "{e}");
     // Wedged within a moment of connecting (filling the buffers; longer under emulation); the
-    // proof (last data + RTO) costs an RTO.
+    // proof without the kernel walk (last data + RTO) costs an RTO.
     let age = ms(&e, "stalled_for_ms");
     let lifetime = connected.elapsed().as_millis() as u64;
     assert!(age + patient(Duration::from_secs(1)).as_millis() as u64 >= lifetime, "age understated: {age} ms of a {lifetime} ms old connection: {e}");

@@ -143,6 +143,7 @@ impl KernelBtf {
         t.tcp_total_retrans = need("tcp_sock", "total_retrans")?;
         t.tcp_segs_out = need("tcp_sock", "segs_out")?;
         t.tcp_bytes_acked = need("tcp_sock", "bytes_acked")?;
+        t.tcp_delivered_mstamp = need("tcp_sock", "delivered_mstamp")?;
         t.icsk_rto = need("inet_connection_sock", "icsk_rto")?;
         t.icsk_retransmits = need("inet_connection_sock", "icsk_retransmits")?;
         t.icsk_backoff = need("inet_connection_sock", "icsk_backoff")?;
@@ -187,6 +188,7 @@ mod tests {
         let mut t = KernelConfig::EMPTY;
         btf.tcp_offsets(&mut t).expect("tcp_sock offsets");
         assert!(t.icsk_rto > o.sndbuf && t.tcp_snd_una > t.icsk_rto && t.tcp_bytes_acked.is_multiple_of(8), "{t:?}");
+        assert!(t.tcp_delivered_mstamp > t.tcp_snd_una && t.tcp_delivered_mstamp.is_multiple_of(8), "{t:?}");
         assert!(t.socket_ino > 0, "{t:?}");
         assert!(!btf.has_function("no_such_function_here"));
     }

@@ -48,6 +48,9 @@ pub struct Sample {
     /// Kernel clocks, as "milliseconds ago" at `at_ms`.
     pub last_ack_recv_ms: u32,
     pub last_data_sent_ms: u32,
+    /// The last ACK that acknowledged new data (`tcp_sock.delivered_mstamp`), milliseconds ago
+    /// (rounded down): only the kernel walk reads it (`tcp_info` has no such field).
+    pub last_delivery_ms: Option<u32>,
     /// Retransmission timeout, milliseconds (rounded up).
     pub rto_ms: u32,
 }
@@ -403,6 +406,7 @@ pub fn lookup_answer(m: NetlinkMessage<SockDiagMessage>, at_ms: u64) -> Result<O
             segs_out: info.segs_out.unwrap_or(0),
             last_ack_recv_ms: info.last_ack_recv_ms,
             last_data_sent_ms: info.last_data_sent_ms,
+            last_delivery_ms: None,
             rto_ms: info.rto_us.div_ceil(1000),
         },
     }))

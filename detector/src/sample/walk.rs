@@ -45,7 +45,12 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// `at_ms`: the agent's clock (CLOCK_MONOTONIC) as it asked for the walk. The samples are
+    /// dated at the walk's own clock read, the same clock a little later when the walk was
+    /// delayed, so a stamp's "ago", counted from that read, is never taken from an earlier
+    /// instant (which would date the event earlier than it was).
     pub fn new(walk: Walk, hz: u32, at_ms: u64) -> Samples {
+        let at_ms = at_ms.max(walk.clock.ktime_ns / 1_000_000);
         let mut order: Vec<(u64, usize)> = walk.records.iter().enumerate().map(|(i, r)| (r.sk, i)).collect();
         // By socket, its last record first: `dedup_by_key` keeps that one.
         order.sort_unstable_by_key(|&(sk, i)| (sk, std::cmp::Reverse(i)));
@@ -185,6 +190,13 @@ fn ms_ago(now: u32, then: u32, hz: u32) -> u32 {
     if (d as i32) < 0 { 0 } else { jiffies_to_ms(d, hz) }
 }
 
+/// How long before the walk's clock (`now_ns`) the last delivery (`delivered_us`, the same
+/// CLOCK_MONOTONIC in microseconds) was, in whole milliseconds rounded down; one after the clock
+/// read (an ACK while the walk ran) is "just now". `None` when the socket has had none.
+fn delivery_ago(delivered_us: u64, now_ns: u64) -> Option<u32> {
+    (delivered_us != 0).then(|| u32::try_from((now_ns / 1_000).saturating_sub(delivered_us) / 1_000).unwrap_or(u32::MAX))
+}
+
 /// A walk record as the sample sock_diag would have given at `at_ms` (agent clock): the same
 /// `tcp_info` arithmetic (`tcp_get_info`, `tcp_diag_get_info`) on the same fields.
 pub fn to_diag(r: &WalkRecord, clock: &WalkClock, hz: u32, at_ms: u64) -> DiagSocket {
@@ -208,6 +220,7 @@ pub fn to_diag(r: &WalkRecord, clock: &WalkClock, hz: u32, at_ms: u64) -> DiagSo
             segs_out: r.segs_out,
             last_ack_recv_ms: ms_ago(now, r.rcv_tstamp, hz),
             last_data_sent_ms: ms_ago(now, r.lsndtime, hz),
+            last_delivery_ms: delivery_ago(r.delivered_us, clock.ktime_ns),
             // tcpi_rto is jiffies_to_usecs(icsk_rto); the sample rounds it up to milliseconds.
             rto_ms: (u64::from(r.rto) * 1_000_000 / u64::from(hz)).div_ceil(1000) as u32,
         },
@@ -259,6 +272,9 @@ mod tests {
         let rest: Vec<(u64, u64)> = s.rest().map(|(sk, d, _)| (sk, d.sample.bytes_acked)).collect();
         assert_eq!(rest, vec![(20, 3), (30, 1)]);
         assert_eq!(Samples::new(Walk { clock: clock(1, 0), records: vec![] }, 250, 0).rest().count(), 0);
+        // A walk delayed past the agent's request: its samples are dated at its own clock read.
+        let late = Walk { clock: clock(100, 12), records: vec![rec(10, 2)] };
+        assert_eq!(Samples::new(late, 250, 7).take(10).unwrap().0.sample.at_ms, 12);
     }
 
     #[test]
@@ -300,6 +316,16 @@ mod tests {
         // A clock that wrapped past u32 keeps the arithmetic of tcp_jiffies32.
         let wrapped = to_diag(&WalkRecord { rcv_tstamp: u32::MAX, ..r }, &clock(1 << 32, 0), 1000, 0);
         assert_eq!(wrapped.sample.last_ack_recv_ms, 1);
+    }
+
+    #[test]
+    fn the_last_delivery_is_milliseconds_before_the_walk_clock_rounded_down() {
+        let r = WalkRecord { kind: WalkKind::Socket as u8, state: 1, ..Default::default() };
+        let at = |delivered_us: u64, now_ms: u64| to_diag(&WalkRecord { delivered_us, ..r }, &clock(0, now_ms), 250, 0).sample.last_delivery_ms;
+        assert_eq!(at(0, 5_000), None, "no delivery yet");
+        assert_eq!(at(4_000_001, 5_000), Some(999), "1 ms less a microsecond: rounded down, never older than it was");
+        assert_eq!(at(4_000_000, 5_000), Some(1_000));
+        assert_eq!(at(5_000_700, 5_000), Some(0), "an ACK while the walk ran: just now");
     }
 
     #[test]

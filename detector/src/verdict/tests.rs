@@ -137,6 +137,41 @@ fn a_frozen_reader_whose_queue_was_empty_at_the_last_sample_is_dated_from_its_la
 }
 
 #[test]
+fn a_closed_window_walked_in_the_kernel_is_dated_from_its_last_delivery() {
+    // A frozen reader: its kernel acknowledged the last data 750 ms before the sample, with the
+    // window closed; its probes are answered since (the last ACK just now).
+    let mut t = StallTracker::new();
+    t.observe(&sample(0, 0, 100), GRACE);
+    let s = Sample { last_delivery_ms: Some(749), ..zero_window(1_000, 5_000, 750) };
+    assert_eq!(t.observe(&s, GRACE), Transition::None);
+    assert_eq!(t.onset(), Some((251 + 10, OnsetProof::LastDelivery)), "its delivery, not one RTO after the last data");
+    assert_eq!(t.due_at(GRACE), Some(3_261));
+    let st = stalled(t.observe(&Sample { at_ms: 3_261, last_delivery_ms: Some(3_010), ..s }, GRACE));
+    assert_eq!((st.since_ms, st.reason), (261, Reason::PeerNotReading));
+}
+
+#[test]
+fn a_last_delivery_after_the_last_data_plus_rto_is_the_later_bound() {
+    // The last segment's retransmission could not leave (its original still in a local
+    // queue), and its ACK came 2 s after it: the window closed then, not one RTO after.
+    let s = Sample { last_delivery_ms: Some(3_000), ..zero_window(10_000, 5_000, 5_000) };
+    assert_eq!(progress_bound(&s), (10_000 - 3_000 + 10, OnsetProof::LastDelivery));
+    // Without the kernel walk's clock (sock_diag): the last data plus one RTO.
+    assert_eq!(progress_bound(&Sample { last_delivery_ms: None, ..s }), (10_000 - 5_000 + 204 + 10, OnsetProof::LastDataPlusRto));
+}
+
+#[test]
+fn the_last_delivery_bounds_only_a_closed_window_with_nothing_in_flight() {
+    // Data in flight to a peer that answers: the last delivery proves nothing about the bytes
+    // queued since; the last ACK does.
+    let mut s = Sample { last_delivery_ms: Some(9_000), last_ack_recv_ms: 20, ..sample(10_000, 5_000, 100) };
+    assert_eq!(progress_bound(&s), (10_000 - 20 + 10, OnsetProof::LastAck));
+    // The window open (a sender limited by its own buffer, say): likewise.
+    s.unacked = 0;
+    assert_eq!(progress_bound(&s), (10_000 - 20 + 10, OnsetProof::LastAck));
+}
+
+#[test]
 fn clock_going_backwards_never_fires() {
     let mut t = StallTracker::new();
     t.observe(&sample(10_000, 10, 100), GRACE);
@@ -306,8 +341,33 @@ fn stall_counts_retransmits_and_probes_since_onset() {
     (s.total_retrans, s.segs_out) = (6, 105);
     let st = stalled(t.observe(&s, GRACE));
     assert_eq!(st.reason, Reason::PeerNotReading);
-    assert_eq!(st.zero_window_probes(&s), 5, "segments since the sample before the onset");
+    assert_eq!(st.zero_window_probes(&s), 0, "the segments before the window was seen closed may be data");
     assert_eq!(st.retransmits(&s), 1, "the retransmit after the last progress sample counts");
+    (s.at_ms, s.segs_out) = (4_600, 108);
+    t.observe(&s, GRACE);
+    let st = *t.stall().unwrap();
+    assert_eq!(st.zero_window_probes(&s), 3, "segments since the window was seen closed");
+}
+
+#[test]
+fn a_stream_that_wedges_between_samples_counts_no_data_segment_as_a_probe() {
+    // Streaming at one sample (18,000 segments sent by the next), the window closed at the
+    // next: the probes are counted from there.
+    let mut t = StallTracker::new();
+    let mut s = sample(0, 4_000_000, 1_000);
+    s.segs_out = 100;
+    t.observe(&s, GRACE);
+    let mut s = Sample { last_delivery_ms: Some(200), ..zero_window(1_000, 2_000_000_000, 5_000) };
+    s.segs_out = 18_100;
+    t.observe(&s, GRACE);
+    (s.at_ms, s.segs_out) = (4_000, 18_104);
+    let st = stalled(t.observe(&s, GRACE));
+    assert_eq!(st.zero_window_probes(&s), 4);
+    // Data in flight (the window reopened for a moment, nothing acknowledged): the kernel's
+    // count of unanswered probes.
+    s.unacked = 3;
+    s.probes = 1;
+    assert_eq!(st.zero_window_probes(&s), 1);
 }
 
 #[test]

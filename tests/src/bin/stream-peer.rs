@@ -29,8 +29,10 @@
 //!     A trailing `dev=<ifname>` binds the listener to that device (SO_BINDTODEVICE), so the
 //!     accepted sockets are bound to it too. A trailing `watch` reads every accepted socket's
 //!     acknowledged bytes (TCP_INFO) every 5 ms and prints `STOPPED local=<addr> peer=<addr>
-//!     acked_at_ns=<n>` once they have not moved for a second: n is when they last moved
-//!     (CLOCK_MONOTONIC), the connection's true last progress as its own sender saw it.
+//!     acked_at_ns=<n> moved_after_ns=<m>` once they have not moved for a second: n is when they
+//!     were seen to have last moved (CLOCK_MONOTONIC), the connection's true last progress as its
+//!     own sender saw it; m a time before the poll that still saw them as they were before, so
+//!     the last progress came after m.
 //!     Prints `LISTEN <addr>`, then per client `ACCEPTED fd=<n> local=<addr> peer=<addr>`,
 //!     and `SEND_ERROR local=<addr> <err>` when a send fails (the thread then closes it).
 //!
@@ -196,18 +198,22 @@ fn bytes_acked(s: &TcpStream) -> Option<u64> {
 /// See `watch` in the module doc: the time each connection's acknowledged bytes last moved,
 /// printed once they have stood still for a second (again if they move and stop again).
 fn watch_progress(socks: Vec<(TcpStream, String)>) {
-    let mut last: Vec<(Option<u64>, u64, bool)> = socks.iter().map(|_| (None, detector_tests::monotonic_ns(), false)).collect();
+    let start = detector_tests::monotonic_ns();
+    // (acked bytes, when first seen, a time before the poll that saw the value before, told)
+    let mut last: Vec<(Option<u64>, u64, u64, bool)> = socks.iter().map(|_| (None, start, start, false)).collect();
+    let mut before = start;
     loop {
         let now = detector_tests::monotonic_ns();
-        for ((s, name), (acked, at, told)) in socks.iter().zip(last.iter_mut()) {
+        for ((s, name), (acked, at, after, told)) in socks.iter().zip(last.iter_mut()) {
             let Some(a) = bytes_acked(s) else { continue };
             if *acked != Some(a) {
-                (*acked, *at, *told) = (Some(a), now, false);
+                (*acked, *at, *after, *told) = (Some(a), now, before, false);
             } else if !*told && now - *at >= 1_000_000_000 {
                 *told = true;
-                say(format!("STOPPED {name} acked_at_ns={at}"));
+                say(format!("STOPPED {name} acked_at_ns={at} moved_after_ns={after}"));
             }
         }
+        before = now;
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -224,6 +224,6 @@ pub fn report(s: &mut String, runs: &[Latency]) {
     );
     let _ = writeln!(
         s,
-        "\nWhat lies between the last progress and the report, beyond the agent: an unreachable peer is proven only once a retransmission timeout has passed unanswered, and a closed window's onset is bounded by the last data segment plus one RTO (≥ 200 ms: the ACK that closed it may have come that late): the verdict never dates a stall earlier than the kernel's clocks prove. Between the kill and the last progress: a frozen client's kernel keeps acknowledging until its receive buffer is full. The agent's own delay is the \"after the proven onset\" column.\n"
+        "\nWhat lies between the last progress and the report, beyond the agent: an unreachable peer is proven only once a retransmission timeout has passed unanswered, and a closed window's onset is the last ACK that acknowledged data (`tcp_sock.delivered_mstamp`, read by the kernel walk; sock_diag, which cannot read it, bounds it by the last data segment plus one RTO, ≥ 200 ms): the verdict never dates a stall earlier than the kernel's clocks prove. Between the kill and the last progress: a frozen client's kernel keeps acknowledging until its receive buffer is full. The agent's own delay is the \"after the proven onset\" column.\n"
     );
 }
