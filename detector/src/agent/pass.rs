@@ -24,6 +24,7 @@ impl Sweep {
     /// storage, samples the sockets it keeps, and its events have the last word on sockets a
     /// sample found gone.
     pub fn pass(&mut self, pool: &mut NetnsPool, mut kernel: Option<&mut KernelSide>, m: &Metrics, only_due: Option<u64>) -> Vec<StalledSocket> {
+        let started_ms = self.now_ms();
         let mut walked = kernel.as_deref_mut().and_then(|k| k.walker.as_mut()).and_then(|w| self.walk(w, m));
         let mut gone = self.sample_all(pool, walked.as_mut(), m, only_due);
         if let Some(k) = kernel {
@@ -35,7 +36,7 @@ impl Sweep {
         }
         let used: HashSet<u32> = self.tracker.iter().map(|t| t.tuple.netns).collect();
         pool.retain(|inum| used.contains(&inum));
-        self.due = self.next_due();
+        self.due = self.next_due(started_ms);
         self.assemble(m)
     }
 
@@ -134,11 +135,14 @@ impl Sweep {
         gone
     }
 
-    /// The earliest grace deadline of a stuck socket (sample clock, ms). Deadlines only change
-    /// when a socket is sampled, so this runs once per pass.
-    fn next_due(&self) -> Option<u64> {
+    /// The earliest grace deadline of a stuck socket (sample clock, ms) after `tried_ms`, the
+    /// start of the pass that just ran. Deadlines only change when a socket is sampled, so this
+    /// runs once per pass. A deadline before then was tried: the pass sampled that socket
+    /// after it, so unless its sample failed (or progress moved its onset) it is stalled now;
+    /// if it failed, the next interval's pass tries again. Early passes never chase it.
+    pub(super) fn next_due(&self, tried_ms: u64) -> Option<u64> {
         let grace_ms = self.grace_ms();
-        self.tracker.iter().filter_map(|t| t.verdict.as_ref()?.due_at(grace_ms)).min()
+        self.tracker.iter().filter_map(|t| t.verdict.as_ref()?.due_at(grace_ms)).filter(|&d| d > tried_ms).min()
     }
 
     /// Attributes the stalled sockets, counts open stalls by reason, and builds the report,
