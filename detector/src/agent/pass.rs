@@ -24,7 +24,7 @@ impl Sweep {
     /// storage, samples the sockets it keeps, and its events have the last word on sockets a
     /// sample found gone.
     pub fn pass(&mut self, pool: &mut NetnsPool, mut kernel: Option<&mut KernelSide>, m: &Metrics, only_due: Option<u64>) -> Vec<StalledSocket> {
-        let started_ms = self.now_ms();
+        let (started, started_ms) = (std::time::Instant::now(), self.now_ms());
         let mut walked = kernel.as_deref_mut().and_then(|k| k.walker.as_mut()).and_then(|w| self.walk(w, m));
         let mut gone = self.sample_all(pool, walked.as_mut(), m, only_due);
         if let Some(k) = kernel {
@@ -37,6 +37,7 @@ impl Sweep {
         let used: HashSet<u32> = self.tracker.iter().map(|t| t.tuple.netns).collect();
         pool.retain(|inum| used.contains(&inum));
         self.due = self.next_due(started_ms);
+        self.sampling_took = started.elapsed();
         self.assemble(m)
     }
 

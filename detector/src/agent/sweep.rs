@@ -64,6 +64,9 @@ pub struct Sweep {
     pod_of: HashMap<u32, Option<String>>,
     /// The earliest grace deadline, as of the last pass (see `next_due`).
     pub(super) due: Option<u64>,
+    /// What the last pass's sampling and judging took (not its report: new stalls' owners are
+    /// looked for once, however the passes are spaced), which every early pass costs again.
+    pub(super) sampling_took: Duration,
     pub(super) last_reconcile: Instant,
     /// Whether a reconcile has run (the first passes over each namespace; see `reconcile`).
     pub(super) reconciled: bool,
@@ -112,6 +115,7 @@ impl Sweep {
             pods,
             pod_of: HashMap::new(),
             due: None,
+            sampling_took: Duration::ZERO,
             last_reconcile: Instant::now(),
             reconciled: false,
             reconcile_took: Duration::ZERO,
@@ -205,7 +209,7 @@ impl Sweep {
                 if let Ok(mut p) = ctx.published.write() {
                     p.stalled = stalled;
                 }
-                next_early = now + early_gap(now.elapsed());
+                next_early = now + early_gap(self.sampling_took);
                 continue;
             }
             let until_due = self.due.map_or(Duration::MAX, |d| {
@@ -292,9 +296,9 @@ const EARLY_PASS_SHARE: u32 = 10;
 /// The shortest gap between early passes.
 const EARLY_GAP_MIN: Duration = Duration::from_millis(10);
 
-/// The gap after an early pass that cost `cost`: deadlines that come in a burst (a network
-/// partition) cost a tenth of a core at most, and one that comes right after another waits
-/// 10 ms at most while passes are cheap.
+/// The gap after an early pass whose sampling cost `cost`: deadlines that come in a burst (a
+/// network partition) cost a tenth of a core at most in passes, and one that comes right after
+/// another waits 10 ms at most while passes are cheap.
 fn early_gap(cost: Duration) -> Duration {
     (cost * EARLY_PASS_SHARE).max(EARLY_GAP_MIN)
 }
