@@ -58,9 +58,9 @@ impl Sweep {
 
     /// One walk, as samples by socket; `None` (sock_diag samples this pass) when it fails.
     fn walk(&self, w: &mut Walker, m: &Metrics) -> Option<Samples> {
-        let at = self.now_ms();
+        let asked = self.now_ms();
         match w.walk() {
-            Ok(walk) => Some(Samples::new(walk, w.hz(), at)),
+            Ok(walk) => Some(Samples::new(walk, w.hz(), asked, self.now_ms())),
             Err(e) => {
                 log::warn!("sampling walk: {e}; sock_diag samples this pass");
                 m.sample_errors.inc();

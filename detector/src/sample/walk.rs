@@ -45,12 +45,14 @@ pub struct Samples {
 }
 
 impl Samples {
-    /// `at_ms`: the agent's clock (CLOCK_MONOTONIC) as it asked for the walk. The samples are
-    /// dated at the walk's own clock read, the same clock a little later when the walk was
-    /// delayed, so a stamp's "ago", counted from that read, is never taken from an earlier
-    /// instant (which would date the event earlier than it was).
-    pub fn new(walk: Walk, hz: u32, at_ms: u64) -> Samples {
-        let at_ms = at_ms.max(walk.clock.ktime_ns / 1_000_000);
+    /// `asked_ms` and `got_ms`: the agent's clock (CLOCK_MONOTONIC) as it asked for the walk
+    /// and as it had it. The samples are dated at the walk's own clock read (the same clock,
+    /// read in between), so a stamp's "ago", counted from that read, is never taken from an
+    /// earlier instant (which would date the event earlier than it was). Were the agent's clock
+    /// offset from the kernel's (a time namespace), the read is held within those two instants:
+    /// never ahead of the agent's clock.
+    pub fn new(walk: Walk, hz: u32, asked_ms: u64, got_ms: u64) -> Samples {
+        let at_ms = (walk.clock.ktime_ns / 1_000_000).min(got_ms).max(asked_ms);
         let mut order: Vec<(u64, usize)> = walk.records.iter().enumerate().map(|(i, r)| (r.sk, i)).collect();
         // By socket, its last record first: `dedup_by_key` keeps that one.
         order.sort_unstable_by_key(|&(sk, i)| (sk, std::cmp::Reverse(i)));
@@ -198,7 +200,8 @@ fn delivery_ago(delivered_us: u64, now_ns: u64) -> Option<u32> {
 }
 
 /// A walk record as the sample sock_diag would have given at `at_ms` (agent clock): the same
-/// `tcp_info` arithmetic (`tcp_get_info`, `tcp_diag_get_info`) on the same fields.
+/// `tcp_info` arithmetic (`tcp_get_info`, `tcp_diag_get_info`) on the same fields, and the last
+/// delivery's age, which `tcp_info` does not carry.
 pub fn to_diag(r: &WalkRecord, clock: &WalkClock, hz: u32, at_ms: u64) -> DiagSocket {
     let now = clock.jiffies as u32;
     DiagSocket {
@@ -264,17 +267,18 @@ mod tests {
     fn each_sample_is_taken_once_and_the_rest_is_left_by_socket() {
         let rec = |sk: u64, bytes_acked: u64| WalkRecord { kind: WalkKind::Socket as u8, sk, bytes_acked, rto: 51, ..Default::default() };
         let walk = Walk { clock: clock(100, 0), records: vec![rec(30, 1), rec(10, 2), rec(20, 3), rec(10, 4)] };
-        let mut s = Samples::new(walk, 250, 7);
+        let mut s = Samples::new(walk, 250, 7, 7);
         let (d, _) = s.take(10).unwrap();
         assert_eq!((d.sample.bytes_acked, d.sample.at_ms), (4, 7), "a socket reported twice: its last record");
         assert!(s.take(10).is_none(), "taken once");
         assert!(s.take(40).is_none(), "not reported");
         let rest: Vec<(u64, u64)> = s.rest().map(|(sk, d, _)| (sk, d.sample.bytes_acked)).collect();
         assert_eq!(rest, vec![(20, 3), (30, 1)]);
-        assert_eq!(Samples::new(Walk { clock: clock(1, 0), records: vec![] }, 250, 0).rest().count(), 0);
-        // A walk delayed past the agent's request: its samples are dated at its own clock read.
-        let late = Walk { clock: clock(100, 12), records: vec![rec(10, 2)] };
-        assert_eq!(Samples::new(late, 250, 7).take(10).unwrap().0.sample.at_ms, 12);
+        assert_eq!(Samples::new(Walk { clock: clock(1, 0), records: vec![] }, 250, 0, 0).rest().count(), 0);
+        // A walk delayed past the agent's request: its samples are dated at its own clock read;
+        // a clock read outside the agent's two instants (its clock offset) is held within them.
+        let at = |walk_ms: u64| Samples::new(Walk { clock: clock(100, walk_ms), records: vec![rec(10, 2)] }, 250, 7, 20).take(10).unwrap().0.sample.at_ms;
+        assert_eq!((at(12), at(500), at(3)), (12, 20, 7));
     }
 
     #[test]
