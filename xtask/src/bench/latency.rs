@@ -52,6 +52,8 @@ struct Watch {
     proven: Vec<f64>,
     base_seen: HashMap<String, (u64, u64, Instant)>,
     base_reported: HashMap<String, f64>,
+    /// Listed before a full grace window passed since the kill: what `explain` said then.
+    early: HashMap<String, String>,
 }
 
 impl Watch {
@@ -62,12 +64,12 @@ impl Watch {
             if keys.contains_key(&k) && !self.reported.contains_key(&k) {
                 if killed.elapsed().as_secs_f64() < grace {
                     // Listed before a full grace window passed since the kill: no progress since
-                    // a sample before it (seen: a backpressured stream over the veth whose
-                    // window stayed closed for 0.5 s before the cut). Printed with its samples,
-                    // to be looked at every time: a live connection must never be listed.
+                    // before it (seen: a backpressured stream whose window stayed closed for
+                    // 0.5 s before the cut; a frozen reader that was behind). Judged against its
+                    // sender's last progress in `summarize`.
                     let id = e["socket_cookie"].to_string();
                     let why = a.explain(&id).unwrap_or_else(serde_json::Value::String);
-                    eprintln!("bench: EARLY {:.2} s after the kill: {e}\n{why}", killed.elapsed().as_secs_f64());
+                    self.early.insert(k.clone(), format!("{:.2} s after the kill: {e}\n{why}", killed.elapsed().as_secs_f64()));
                 }
                 self.proven.push(e["stalled_for_ms"].as_f64().unwrap_or(0.0) / 1e3 - grace);
                 self.reported.insert(k, (killed.elapsed().as_secs_f64(), e["reason"].as_str().unwrap_or("").to_string()));
@@ -117,7 +119,7 @@ pub fn run(b: &Bins, grace_s: u64) -> anyhow::Result<Latency> {
     let (killed, killed_ns) = (Instant::now(), monotonic_ns());
     lo_client.signal(libc::SIGSTOP);
     net.cut_b();
-    let mut w = Watch { reported: HashMap::new(), proven: Vec::new(), base_seen: HashMap::new(), base_reported: HashMap::new() };
+    let mut w = Watch { reported: HashMap::new(), proven: Vec::new(), base_seen: HashMap::new(), base_reported: HashMap::new(), early: HashMap::new() };
     let lo_keys = keys.values().filter(|v| **v == "frozen").count();
     let mut next_base = Instant::now();
     while killed.elapsed() < grace + Duration::from_secs(8) && (w.reported.len() < keys.len() || w.base_reported.len() < lo_keys) {
@@ -157,10 +159,15 @@ fn summarize(mut w: Watch, keys: &Keys, stopped: &HashMap<String, f64>, grace: f
     let ((fmin, fmax), (umin, umax)) = (group("frozen"), group("unreachable"));
     let mut since_stop: Vec<f64> = w.reported.iter().filter_map(|(k, (t, _))| Some(t - stopped.get(k)? - grace)).collect();
     for (k, (t, _)) in &w.reported {
-        if let Some(s) = stopped.get(k)
-            && t - s < grace
-        {
-            eprintln!("bench: EARLY: {k} listed {:.2} s after its sender last saw progress", t - s);
+        match stopped.get(k) {
+            // Printed with its samples, to be looked at every time: a live connection must
+            // never be listed.
+            Some(s) if t - s < grace => {
+                eprintln!("bench: EARLY: {k} listed {:.2} s after its sender last saw progress; {}", t - s, w.early.get(k).map_or("", |x| x.as_str()))
+            }
+            None if w.early.contains_key(k) => eprintln!("bench: EARLY, and its sender never saw its progress stop: {k} {}", w.early[k]),
+            Some(s) if w.early.contains_key(k) => eprintln!("bench: {k} listed {:.2} s after the kill: its progress stopped {:.2} s before it", t, -s),
+            _ => {}
         }
     }
     Latency {
@@ -224,6 +231,6 @@ pub fn report(s: &mut String, runs: &[Latency]) {
     );
     let _ = writeln!(
         s,
-        "\nWhat lies between the last progress and the report, beyond the agent: an unreachable peer is proven only once a retransmission timeout has passed unanswered, and a closed window's onset is the last ACK that acknowledged data (`tcp_sock.delivered_mstamp`, read by the kernel walk; sock_diag, which cannot read it, bounds it by the last data segment plus one RTO, ≥ 200 ms): the verdict never dates a stall earlier than the kernel's clocks prove. Between the kill and the last progress: a frozen client's kernel keeps acknowledging until its receive buffer is full. The agent's own delay is the \"after the proven onset\" column.\n"
+        "\nWhat lies between the last progress and the report, beyond the agent: an unreachable peer is proven only once a retransmission timeout has passed unanswered, and a closed window's onset is the last ACK that acknowledged data (`tcp_sock.delivered_mstamp`, read by the kernel walk; sock_diag, which cannot read it, bounds it by the last data segment plus one RTO, ≥ 200 ms): the verdict never dates a stall earlier than the kernel's clocks prove. Between the kill and the last progress: a frozen client's kernel keeps acknowledging until its receive buffer is full; a reader that was behind (its window closed at the kill) made its last progress before the kill, and is listed that much before grace past the kill. The agent's own delay is the \"after the proven onset\" column.\n"
     );
 }
