@@ -215,6 +215,11 @@ fn ago(at: u64, ms_ago: u32) -> u64 {
 
 /// The latest moment the last progress can have happened, from one sample's clocks.
 fn progress_bound(s: &Sample) -> (u64, OnsetProof) {
+    if probing_closed_window(s) && s.last_delivery_ms.is_some() {
+        // That ACK is one the last ACK received can only follow: its microsecond clock bounds
+        // the onset better than the jiffies of the last ACK, which only rounding can put first.
+        return closed_window_bound(s);
+    }
     let mut b = (s.at_ms, OnsetProof::FirstSample);
     let ack = (ago(s.at_ms, s.last_ack_recv_ms) + CLOCK_SLACK_MS).min(s.at_ms);
     if ack < b.0 {

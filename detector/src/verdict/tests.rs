@@ -161,6 +161,17 @@ fn a_last_delivery_after_the_last_data_plus_rto_is_the_later_bound() {
 }
 
 #[test]
+fn the_last_delivery_is_not_undercut_by_the_rounding_of_the_last_ack() {
+    // The delivery was the last ACK: its jiffies stamp, rounded, reads 2 ms older than the
+    // delivery's microsecond clock. The delivery still dates the onset (the label is the
+    // same on every pass, and it is the bound the kernel's clocks prove).
+    let s = Sample { last_delivery_ms: Some(700), last_ack_recv_ms: 702, ..zero_window(10_000, 5_000, 710) };
+    assert_eq!(progress_bound(&s), (10_000 - 700 + 10, OnsetProof::LastDelivery));
+    // sock_diag: the last ACK, earlier than the last data plus one RTO.
+    assert_eq!(progress_bound(&Sample { last_delivery_ms: None, ..s }), (10_000 - 702 + 10, OnsetProof::LastAck));
+}
+
+#[test]
 fn the_last_delivery_bounds_only_a_closed_window_with_nothing_in_flight() {
     // Data in flight to a peer that answers: the last delivery proves nothing about the bytes
     // queued since; the last ACK does.
