@@ -36,7 +36,9 @@ impl Sweep {
         }
         let used: HashSet<u32> = self.tracker.iter().map(|t| t.tuple.netns).collect();
         pool.retain(|inum| used.contains(&inum));
-        self.due = self.next_due(started_ms);
+        // What this pass tried: with `only_due`, the sockets due by then (a socket the walk
+        // samples is sampled anyway, at or after `started_ms`); otherwise every socket.
+        self.due = self.next_due(only_due.unwrap_or(started_ms));
         self.sampling_took = started.elapsed();
         self.assemble(m)
     }
@@ -136,11 +138,12 @@ impl Sweep {
         gone
     }
 
-    /// The earliest grace deadline of a stuck socket (sample clock, ms) after `tried_ms`, the
-    /// start of the pass that just ran. Deadlines only change when a socket is sampled, so this
-    /// runs once per pass. A deadline before then was tried: the pass sampled that socket
-    /// after it, so unless its sample failed (or progress moved its onset) it is stalled now;
-    /// if it failed, the next interval's pass tries again. Early passes never chase it.
+    /// The earliest grace deadline of a stuck socket (sample clock, ms) after `tried_ms`, up to
+    /// which the pass that just ran sampled every deadline. Deadlines only change when a socket
+    /// is sampled, so this runs once per pass. A deadline by then was tried: the pass sampled
+    /// that socket after it, so unless its sample failed (or progress moved its onset) it is
+    /// stalled now; if it failed, the next interval's pass tries again. Early passes never
+    /// chase it.
     pub(super) fn next_due(&self, tried_ms: u64) -> Option<u64> {
         let grace_ms = self.grace_ms();
         self.tracker.iter().filter_map(|t| t.verdict.as_ref()?.due_at(grace_ms)).filter(|&d| d > tried_ms).min()
