@@ -214,40 +214,33 @@ fn ago(at: u64, ms_ago: u32) -> u64 {
 }
 
 /// The latest moment the last progress can have happened, from one sample's clocks.
+///
+/// With the window closed and nothing in flight, the peer stopped accepting at the latest:
+/// - at the last ACK that acknowledged data, when the kernel walk read its time: the sender's
+///   right edge (`snd_una + snd_wnd`) never moves back (Linux never shrinks a window it offered,
+///   unless `tcp_shrink_window` is set) and `snd_una` has not moved since that ACK, so the
+///   window has been closed since. The last ACK received can only follow it (only the rounding
+///   of its jiffies can put it first), so that ACK alone is the bound;
+/// - otherwise (sock_diag has no such clock) within one RTO of the last data segment, whose ACK
+///   came by then (or the segment would have been sent again).
 fn progress_bound(s: &Sample) -> (u64, OnsetProof) {
-    if probing_closed_window(s) && s.last_delivery_ms.is_some() {
-        // That ACK is one the last ACK received can only follow: its microsecond clock bounds
-        // the onset better than the jiffies of the last ACK, which only rounding can put first.
-        return closed_window_bound(s);
+    let closed = probing_closed_window(s);
+    if closed && let Some(d) = s.last_delivery_ms {
+        return ((ago(s.at_ms, d) + CLOCK_SLACK_MS).min(s.at_ms), OnsetProof::LastDelivery);
     }
     let mut b = (s.at_ms, OnsetProof::FirstSample);
     let ack = (ago(s.at_ms, s.last_ack_recv_ms) + CLOCK_SLACK_MS).min(s.at_ms);
     if ack < b.0 {
         b = (ack, OnsetProof::LastAck);
     }
-    if probing_closed_window(s) {
-        let c = closed_window_bound(s);
-        if c.0 < b.0 {
-            b = c;
+    if closed {
+        let rto = u64::from(s.rto_ms).max(RTO_MIN_MS);
+        let data = (ago(s.at_ms, s.last_data_sent_ms) + rto + CLOCK_SLACK_MS).min(s.at_ms);
+        if data < b.0 {
+            b = (data, OnsetProof::LastDataPlusRto);
         }
     }
     b
-}
-
-/// With the window closed and nothing in flight, when the peer stopped accepting at the latest.
-/// The sender's right edge (`snd_una + snd_wnd`) never moves back (Linux never shrinks a window
-/// it offered, unless `tcp_shrink_window` is set), and `snd_una` has not moved since the last
-/// ACK that acknowledged data, so the window has been closed since that ACK: its time, when the
-/// kernel walk read it. Otherwise (sock_diag has no such clock) the ACK of the last data
-/// segment came within one RTO of it (or the segment would have been sent again).
-fn closed_window_bound(s: &Sample) -> (u64, OnsetProof) {
-    match s.last_delivery_ms {
-        Some(d) => ((ago(s.at_ms, d) + CLOCK_SLACK_MS).min(s.at_ms), OnsetProof::LastDelivery),
-        None => {
-            let rto = u64::from(s.rto_ms).max(RTO_MIN_MS);
-            ((ago(s.at_ms, s.last_data_sent_ms) + rto + CLOCK_SLACK_MS).min(s.at_ms), OnsetProof::LastDataPlusRto)
-        }
-    }
 }
 
 /// Per-socket progress state, fed one sample per pass.
@@ -374,7 +367,7 @@ impl Default for StallTracker {
 
 /// The latest moment a stuck period can have begun, given that the sample at `prev_at` saw the
 /// socket not stuck:
-/// - window closed, nothing in flight: when the peer stopped accepting (`closed_window_bound`);
+/// - window closed, nothing in flight: when the peer stopped accepting (`progress_bound`);
 ///   bytes queued since could never go out, so the connection has been stuck
 ///   since then whenever the application happened to write;
 /// - data in flight: its oldest byte's first transmission, which came after the queue was last

@@ -188,7 +188,7 @@ mod tests {
         let mut t = KernelConfig::EMPTY;
         btf.tcp_offsets(&mut t).expect("tcp_sock offsets");
         assert!(t.icsk_rto > o.sndbuf && t.tcp_snd_una > t.icsk_rto && t.tcp_bytes_acked.is_multiple_of(8), "{t:?}");
-        assert!(t.tcp_delivered_mstamp > t.tcp_snd_una && t.tcp_delivered_mstamp.is_multiple_of(8), "{t:?}");
+        assert!(t.tcp_delivered_mstamp > t.icsk_rto && t.tcp_delivered_mstamp.is_multiple_of(8), "a u64 of tcp_sock, past inet_connection_sock: {t:?}");
         assert!(t.socket_ino > 0, "{t:?}");
         assert!(!btf.has_function("no_such_function_here"));
     }
