@@ -304,10 +304,6 @@ pub struct KernelConfig {
     pub send_len_protocol: u32,
     // Classic tracepoint tcp:tcp_retransmit_skb.
     pub retrans_skaddr: u32,
-    // Classic tracepoint sock:inet_sock_set_state.
-    pub state_skaddr: u32,
-    pub state_newstate: u32,
-    pub state_protocol: u32,
     // struct sock_common, struct sock, struct net, struct ns_common (from BTF).
     pub sk_family: u32,
     pub sk_state: u32,
@@ -365,9 +361,6 @@ impl KernelConfig {
         send_len_sk: OFFSET_ABSENT,
         send_len_protocol: OFFSET_ABSENT,
         retrans_skaddr: OFFSET_ABSENT,
-        state_skaddr: OFFSET_ABSENT,
-        state_newstate: OFFSET_ABSENT,
-        state_protocol: OFFSET_ABSENT,
         sk_family: OFFSET_ABSENT,
         sk_state: OFFSET_ABSENT,
         sk_daddr: OFFSET_ABSENT,
@@ -414,7 +407,7 @@ const _: () = assert!(core::mem::size_of::<SockEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<WalkClock>() == 24);
 const _: () = assert!(core::mem::size_of::<ScanRecord>() == 64);
 const _: () = assert!(core::mem::size_of::<WalkRecord>() == 88 + 104);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 42 * 4);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 39 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

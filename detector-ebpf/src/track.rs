@@ -182,19 +182,13 @@ fn waiting<K: SendSock>(sock: K) -> Option<u8> {
 /// with nothing waiting cannot be part of a stall, so it costs a few loads of cache lines the
 /// send path just used.
 ///
-/// With the hash map, the record of a socket found closed is ended here: a kprobe or
-/// classic-tracepoint program does not run while another runs on the same CPU, so a reset
-/// handled in a softirq that interrupted this program (on an earlier send, or on this one
-/// before the last look below) closed the socket without the close program.
+/// With the hash map, the record of a socket found closed is ended here: the close program (a
+/// raw tracepoint) misses a close that would interrupt a run of itself on the same CPU.
 #[inline(always)]
 pub fn on_send<S: Store, K: SendSock>(store: S, hook: SendHook, sock: K) {
-    let Some(state) = waiting(sock) else {
-        // The state is read again, after the backlog test: with the hash map this costs every
-        // send that ends here (most sends) one more copy. It catches only a reset that lands
-        // between the two reads; runs comparing it with one read (`waiting` handing back the
-        // state it read) could not tell them apart, so it may go. What both miss ends as
-        // `gone` at the next sample, which removes the entry.
-        if S::MISSES_CLOSES && sock.tcp_state() == Some(TCP_CLOSE) {
+    let state = sock.tcp_state();
+    let Some(state) = state.filter(|&s| can_send(s) && sock.send_backlog() == Some(true)) else {
+        if S::MISSES_CLOSES && state == Some(TCP_CLOSE) {
             store.close_missed();
         }
         return;

@@ -51,7 +51,7 @@ fn forced_fallback_send_hook_attaches_and_is_reported() {
     let hooks = status["hooks"].as_array().unwrap();
     let state = |name: &str| hooks.iter().find(|h| h["hook"] == name).unwrap_or_else(|| panic!("{name}: {status}"))["state"].clone();
     assert_eq!(state("tp_btf tcp_sendmsg_locked"), "not_tried", "{status}");
-    assert_eq!(state("tracepoint sock:inet_sock_set_state"), "attached", "{status}");
+    assert_eq!(state("raw_tp inet_sock_set_state"), "attached", "{status}");
     assert_eq!(state("tp_btf tcp_retransmit_skb"), "not_tried", "{status}");
     // The walk reads socket storage: with the hash map, sock_diag samples.
     assert_eq!(state("iter bpf_sk_storage_map"), "not_tried", "{status}");

@@ -80,12 +80,12 @@ fn closed_sockets_that_are_sent_on_leave_nothing_tracked() {
     });
     assert!(clean.is_some(), "dead entries in the kernel map: {}", agent.query("status").unwrap());
     assert!(forgotten("closed") > 0.0, "no socket was ever tracked: the test proves nothing\n{}", agent.log());
-    // A close program run the kernel skipped (a reset's softirq interrupted a send program
-    // on that CPU: one tracing program at a time per CPU) is mostly made good by the
-    // owner's next send, which finds the socket closed; what is left ends as `gone` at the
-    // next sample. Only such a close may, counted over the same window: the kernel counts
-    // skipped runs (6.7+; 0 before, where none may be left) of any state change, so this
-    // is a bound, not an equality.
+    // A close program run the kernel skipped (a close that interrupted a run of the same
+    // raw-tracepoint program on that CPU) is mostly made good by the owner's next send, which
+    // finds the socket closed; what is left ends as `gone` at the next sample. Only such a
+    // close may, counted over the same window: the kernel counts skipped runs (6.7+; 0
+    // before, where none may be left) of any state change, so this is a bound, not an
+    // equality.
     let gone = forgotten("gone") - gone_before;
     let skipped = skipped() - skipped_before;
     assert!(gone <= skipped, "{gone} entries outlived their close event ({skipped} close program runs skipped)\n{}", agent.log());

@@ -77,7 +77,7 @@ fn check_reports_every_hook_and_passes_here() {
         "hook tracepoint sock:sock_send_length (send)",
         "hook kprobe tcp_sendmsg (send)",
         "hook tp_btf tcp_retransmit_skb (lifetime)",
-        "hook tracepoint sock:inet_sock_set_state (lifetime)",
+        "hook raw_tp inet_sock_set_state (lifetime)",
         "hook tracepoint tcp:tcp_retransmit_skb (lifetime)",
         "hook iter bpf_sk_storage_map (sample)",
         "send hook",

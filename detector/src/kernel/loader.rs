@@ -12,8 +12,8 @@
 //! 5. kprobe `tcp_sendmsg`, hash map.
 //!
 //! Lifetime: with socket storage, the BTF `tcp_retransmit_skb` only (storage dies with the
-//! socket); with the hash map, `sock:inet_sock_set_state` (required: it empties the map) and
-//! `tcp:tcp_retransmit_skb`.
+//! socket); with the hash map, the raw tracepoint `inet_sock_set_state` (required: it empties
+//! the map) and `tcp:tcp_retransmit_skb`.
 //!
 //! Sample: with socket storage, the iterator `walk_sk_storage` samples the tracked sockets in
 //! the kernel (one walk across every namespace); without it (hash map, or a kernel that
@@ -30,7 +30,7 @@ use std::os::fd::{AsFd as _, OwnedFd};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, FEntry, Iter, KProbe, TracePoint},
+    programs::{BtfTracePoint, FEntry, Iter, KProbe, RawTracePoint, TracePoint},
 };
 use detector_common::{KernelConfig, OFFSET_ABSENT, SendHook};
 use serde::Serialize;
@@ -97,6 +97,8 @@ enum Attach {
     TpBtf(&'static str),
     Fentry(&'static str),
     Tracepoint(&'static str, &'static str),
+    /// A raw tracepoint: the prototype's arguments, no BTF and no trace record.
+    RawTp(&'static str),
     Kprobe(&'static str),
     /// A map iterator, linked by [`IterLink`].
     Iter(&'static str),
@@ -138,10 +140,10 @@ pub const HOOKS: [HookSpec; 11] = [
     HookSpec {
         id: HookId::SetState,
         role: Role::Lifetime,
-        label: "tracepoint sock:inet_sock_set_state",
+        label: "raw_tp inet_sock_set_state",
         program: "inet_sock_set_state",
         flag: None,
-        attach: Attach::Tracepoint("sock", "inet_sock_set_state"),
+        attach: Attach::RawTp("inet_sock_set_state"),
     },
     HookSpec {
         id: HookId::Retransmit,
@@ -248,10 +250,6 @@ pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig,
     }
     let f = tracefs.format("tcp", "tcp_retransmit_skb")?;
     c.retrans_skaddr = f.offset("skaddr", 8)?;
-    let f = tracefs.format("sock", "inet_sock_set_state")?;
-    c.state_skaddr = f.offset("skaddr", 8)?;
-    c.state_newstate = f.offset("newstate", 4)?;
-    c.state_protocol = f.offset("protocol", 2)?;
     let o = btf.sock_offsets()?;
     c.sk_family = o.family;
     c.sk_state = o.state;
@@ -486,6 +484,14 @@ fn try_attach(ebpf: &mut Ebpf, spec: &HookSpec, btf: &Result<Btf, String>, keep:
             let p: &mut TracePoint = program(ebpf, name)?;
             p.load().map_err(err)?;
             p.attach(cat, tp).map_err(err)?;
+            if !keep {
+                p.unload().map_err(err)?;
+            }
+        }
+        Attach::RawTp(tp) => {
+            let p: &mut RawTracePoint = program(ebpf, name)?;
+            p.load().map_err(err)?;
+            p.attach(tp).map_err(err)?;
             if !keep {
                 p.unload().map_err(err)?;
             }

@@ -40,15 +40,16 @@ struct Round {
     cpu64: f64,
     cpu16k: f64,
     rate64: f64,
+    rate16k: f64,
     iperf: f64,
     redis: f64,
 }
 
 impl Round {
-    const FIELDS: usize = 5;
+    const FIELDS: usize = 6;
 
     fn get(&self, i: usize) -> f64 {
-        [self.cpu64, self.cpu16k, self.rate64, self.iperf, self.redis][i]
+        [self.cpu64, self.cpu16k, self.rate64, self.rate16k, self.iperf, self.redis][i]
     }
 }
 
@@ -74,6 +75,10 @@ struct Row {
     agent: Spread,
     /// Agent minus off, in the quantity's unit (CPU rows only).
     agent_delta: Option<Spread>,
+    /// The empty program minus off, and the agent minus the empty program (CPU rows only):
+    /// the hook's dispatch, and what our code adds to it.
+    empty_delta: Option<Spread>,
+    over_empty: Option<Spread>,
 }
 
 impl Send {
@@ -160,8 +165,8 @@ fn listening(port: u16) -> bool {
 
 fn measure(b: &Bins, s: &Servers) -> anyhow::Result<Round> {
     let (cpu64, rate64) = sendcost(b, SENDS_64, 64)?;
-    let (cpu16k, _) = sendcost(b, SENDS_16K, 16384)?;
-    Ok(Round { cpu64, cpu16k, rate64, iperf: iperf(s.iperf_port)?, redis: redis(s.redis_port)? })
+    let (cpu16k, rate16k) = sendcost(b, SENDS_16K, 16384)?;
+    Ok(Round { cpu64, cpu16k, rate64, rate16k, iperf: iperf(s.iperf_port)?, redis: redis(s.redis_port)? })
 }
 
 /// One configuration, set up, measured, torn down.
@@ -201,6 +206,7 @@ fn rows(all: &[[Round; 4]]) -> Vec<Row> {
         ("CPU per 64 B send (loadgen)", "ns", true),
         ("CPU per 16 KiB send (loadgen)", "ns", true),
         ("64 B sends/s (loadgen)", "/s", false),
+        ("16 KiB sends/s (loadgen)", "/s", false),
         ("iperf3 -l 64, sends/s", "/s", false),
         ("redis-benchmark 64 B, requests/s", "/s", false),
     ];
@@ -208,6 +214,7 @@ fn rows(all: &[[Round; 4]]) -> Vec<Row> {
         .enumerate()
         .map(|(f, &(what, unit, cost))| {
             let change = |c: usize| Spread::of(&all.iter().map(|r| (r[c].get(f) / r[0].get(f) - 1.0) * 100.0).collect::<Vec<_>>());
+            let delta = |c: usize, base: usize| cost.then(|| Spread::of(&all.iter().map(|r| r[c].get(f) - r[base].get(f)).collect::<Vec<_>>()));
             Row {
                 what,
                 unit,
@@ -216,7 +223,9 @@ fn rows(all: &[[Round; 4]]) -> Vec<Row> {
                 control: change(1),
                 empty: change(2),
                 agent: change(3),
-                agent_delta: cost.then(|| Spread::of(&all.iter().map(|r| r[3].get(f) - r[0].get(f)).collect::<Vec<_>>())),
+                agent_delta: delta(3, 0),
+                empty_delta: delta(2, 0),
+                over_empty: delta(3, 2),
             }
         })
         .collect()
@@ -251,24 +260,24 @@ pub fn report(s: &mut String, x: &Send) {
         "{} rounds; in each, four configurations in rotating order: off, off again (the noise floor), an empty program on the agent's send hook (`--send-hook {}`: the kernel's dispatch, before any code of ours) and the agent (release build, default flags). CPU per send is the writer thread's own CPU time (`loadgen sendcost`: writer on CPU 0, reader on CPU 1, {SENDS_64} sends of 64 B, {SENDS_16K} of 16 KiB); iperf3 and redis-benchmark (Debian's packages) run server on CPU 1, client on CPU 0. `kernel.bpf_stats_enabled` stays off in these runs. Changes are against the same round's off run: median [quartiles] (range).\n",
         x.rounds, x.hook
     );
-    let _ = writeln!(s, "| quantity | off | off/off | empty program | agent | agent − off |");
-    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(s, "| quantity | off | off/off | empty program | agent | empty − off (dispatch) | agent − off | agent − empty (our code) |");
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &x.rows {
-        let delta = r.agent_delta.map_or(String::new(), |d| format!("{} {}", Show(d, 1), r.unit));
-        let _ = writeln!(s, "| {} | {} {} | {} | {} | {} | {delta} |", r.what, Show(r.off, 0), r.unit, ShowPct(r.control), ShowPct(r.empty), ShowPct(r.agent));
+        let ns = |d: Option<Spread>| d.map_or(String::new(), |d| format!("{} {}", Show(d, 1), r.unit));
+        let (off, control, empty, agent) = (Show(r.off, 0), ShowPct(r.control), ShowPct(r.empty), ShowPct(r.agent));
+        let (dispatch, total, ours) = (ns(r.empty_delta), ns(r.agent_delta), ns(r.over_empty));
+        let _ = writeln!(s, "| {} | {off} {} | {control} | {empty} | {agent} | {dispatch} | {total} | {ours} |", r.what, r.unit);
     }
     let _ = writeln!(s, "\nTargets:\n");
     if let Some(cpu) = x.rows.first() {
-        let d = cpu.agent_delta.expect("a CPU row");
+        let (d, e, o) = (cpu.agent_delta.expect("a CPU row"), cpu.empty_delta.expect("a CPU row"), cpu.over_empty.expect("a CPU row"));
         let floor = cpu.control.half_iqr() / 100.0 * cpu.off.median;
-        let verdict = if floor > 25.0 {
-            "not resolved (off/off strays further than the target)".to_string()
-        } else if d.median <= 25.0 {
-            "met".into()
-        } else {
-            "not met".into()
-        };
-        let _ = writeln!(s, "- ≤ 25 ns per 64-byte send above off, dispatch included: {:+.1} ns (off/off noise ±{floor:.1} ns): {verdict}", d.median);
+        let _ = writeln!(
+            s,
+            "- ≤ 25 ns per 64-byte send above off, dispatch included: {:+.1} ns (off/off noise ±{floor:.1} ns): {}",
+            d.median,
+            send_verdict(d.median, e.median, o.median, floor)
+        );
         let _ = writeln!(s, "- ≤ 1 % CPU per 64-byte send: {}", cost_verdict(cpu, 1.0));
     }
     for r in x.rows.iter().skip(2) {
@@ -283,6 +292,23 @@ pub fn report(s: &mut String, x: &Send) {
     );
 }
 
+/// The 25 ns target against the agent's cost over off (`total`), the empty program's
+/// (`dispatch`) and the agent's over the empty program (`ours`), all medians in ns, and the
+/// off/off noise (`floor`).
+fn send_verdict(total: f64, dispatch: f64, ours: f64, floor: f64) -> String {
+    if floor > 25.0 {
+        "not resolved (off/off strays further than the target)".into()
+    } else if total <= 25.0 {
+        "met".into()
+    } else if dispatch > 25.0 {
+        format!(
+            "not met: the hook's dispatch alone (the empty program) costs {dispatch:+.1} ns per send on this machine, our code {ours:+.1} ns over it (off/off noise ±{floor:.1} ns)"
+        )
+    } else {
+        "not met".into()
+    }
+}
+
 /// "≤ target % more CPU" for a cost row, against its own off/off noise.
 fn cost_verdict(r: &Row, target: f64) -> String {
     let negated = |s: Spread| Spread { min: -s.max, p25: -s.p75, median: -s.median, p75: -s.p25, max: -s.min };
@@ -292,6 +318,17 @@ fn cost_verdict(r: &Row, target: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::send_verdict;
+
+    #[test]
+    fn the_send_target_names_the_dispatch_when_the_empty_program_alone_is_over_it() {
+        assert_eq!(send_verdict(20.0, 15.0, 5.0, 10.0), "met");
+        assert!(send_verdict(80.0, 10.0, 70.0, 10.0) == "not met", "our own code over the target");
+        let v = send_verdict(70.0, 62.0, 8.0, 10.0);
+        assert!(v.starts_with("not met: the hook's dispatch alone") && v.contains("+62.0 ns") && v.contains("+8.0 ns"), "{v}");
+        assert!(send_verdict(20.0, 15.0, 5.0, 30.0).starts_with("not resolved"), "noise wider than the target");
+    }
+
     #[test]
     fn a_listening_port_is_seen_without_connecting_to_it() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
