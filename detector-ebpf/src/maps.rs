@@ -21,7 +21,8 @@ pub static SK_STATE: SkStorage<SockState> = SkStorage::new();
 /// resizes it with `--max-sockets`. Only sockets that had bytes waiting are here, and they
 /// leave on TCP_CLOSE. A failed insert is counted in `Counter::MapFull`. A plain (not LRU)
 /// hash: an LRU map would evict silently. Not preallocated: its memory follows the sockets in
-/// it (an insert allocates, once per tracked socket), and with socket storage it stays empty.
+/// it (an insert allocates, once per tracked socket), beyond its bucket array (16 bytes a
+/// slot); with socket storage it stays empty, and the agent sizes it to one slot.
 #[map]
 pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
 

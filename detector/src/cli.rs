@@ -77,7 +77,8 @@ pub struct RunArgs {
     /// reported that much later (with its true age).
     #[arg(long, env = "DETECTOR_RECONCILE_CPU", default_value = "0.1%", value_parser = parse_cpu_share)]
     pub reconcile_cpu: f64,
-    /// Most sockets tracked at once (the kernel map's size; a full map is counted, never silent).
+    /// Most sockets the fallback send hooks' kernel map holds at once (a full map is counted,
+    /// never silent). The BTF hooks keep their state in each socket: no map to size.
     #[arg(long, env = "DETECTOR_MAX_SOCKETS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub max_sockets: u32,
     /// Send-path hook: `auto` takes the best the kernel offers; naming one forces it (for testing

@@ -278,7 +278,26 @@ pub fn kernel_config(tracefs: &Tracefs, btf: &KernelBtf) -> Result<KernelConfig,
 
 /// Loads the object and attaches the send hook (`forced`, or the best that works) and the
 /// lifetime hooks its storage needs.
+///
+/// The hash map `SOCKS` serves the fallback send hooks only; with socket storage it stays
+/// empty, yet its bucket array is allocated at its size (16 bytes a slot: 1 MiB at the default
+/// 65,536). So the object is loaded with the map at its smallest first, and loaded again with
+/// it at full size only when the hook chosen keeps a hash map (the send hooks' states kept from
+/// the first load, which tried them all).
 pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes, forced: Option<SendHook>) -> Result<Loaded, LoadError> {
+    let first = load_sized(object, cfg, Sizes { max_sockets: 1, ..sizes }, forced)?;
+    if first.send_hook.socket_storage() {
+        return Ok(first);
+    }
+    let (hook, tried) = (first.send_hook, first.hooks.iter().filter(|h| h.role == Role::Send).cloned().collect::<Vec<_>>());
+    drop(first);
+    let mut loaded = load_sized(object, cfg, sizes, Some(hook))?;
+    loaded.hooks.retain(|h| h.role != Role::Send);
+    loaded.hooks.splice(0..0, tried);
+    Ok(loaded)
+}
+
+fn load_sized(object: &[u8], cfg: &KernelConfig, sizes: Sizes, forced: Option<SendHook>) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", cfg, true)
         .map_max_entries("SOCKS", sizes.max_sockets)
