@@ -173,7 +173,12 @@ pub fn can_send(state: u8) -> bool {
 /// more (the tracking rule); `None` otherwise.
 #[inline(always)]
 fn waiting<K: SendSock>(sock: K) -> Option<u8> {
-    let state = sock.tcp_state()?;
+    waiting_in(sock, sock.tcp_state()?)
+}
+
+/// [`waiting`], with the state already read.
+#[inline(always)]
+fn waiting_in<K: SendSock>(sock: K, state: u8) -> Option<u8> {
     (can_send(state) && sock.send_backlog()?).then_some(state)
 }
 
@@ -187,7 +192,7 @@ fn waiting<K: SendSock>(sock: K) -> Option<u8> {
 #[inline(always)]
 pub fn on_send<S: Store, K: SendSock>(store: S, hook: SendHook, sock: K) {
     let state = sock.tcp_state();
-    let Some(state) = state.filter(|&s| can_send(s) && sock.send_backlog() == Some(true)) else {
+    let Some(state) = state.and_then(|s| waiting_in(sock, s)) else {
         if S::MISSES_CLOSES && state == Some(TCP_CLOSE) {
             store.close_missed();
         }

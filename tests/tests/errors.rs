@@ -44,7 +44,9 @@ fn forced_fallback_send_hook_attaches_and_is_reported() {
     if !privileged("forced_fallback_send_hook") {
         return;
     }
-    let agent = Agent::start("3s", &["--send-hook", "sock-send-length"]);
+    let agent = Agent::start("3s", &["--send-hook", "sock-send-length", "--max-sockets", "4096"]);
+    // The hash map is loaded again at the size asked for (the first load makes it one slot).
+    assert_eq!(hash_map_slots(agent.pid()), vec![4096], "the agent's BPF hash maps");
     let status = agent.query("status").expect("status");
     assert_eq!(status["send_hook"], "tracepoint sock:sock_send_length", "{status}");
     assert_eq!(status["storage"], "hash map", "{status}");
@@ -56,6 +58,37 @@ fn forced_fallback_send_hook_attaches_and_is_reported() {
     // The walk reads socket storage: with the hash map, sock_diag samples.
     assert_eq!(state("iter bpf_sk_storage_map"), "not_tried", "{status}");
     assert_eq!(status["sampling"], "sock_diag lookups", "{status}");
+}
+
+/// With socket storage the fallback hooks' hash map stays empty: it is made one slot, so its
+/// bucket array (16 bytes a slot) costs nothing at any `--max-sockets`.
+#[test]
+fn the_unused_hash_map_is_one_slot_with_socket_storage() {
+    if !privileged("the_unused_hash_map_is_one_slot_with_socket_storage") {
+        return;
+    }
+    let agent = Agent::start("3s", &["--max-sockets", "262144"]);
+    let status = agent.query("status").expect("status");
+    if status["storage"] != "socket storage" {
+        eprintln!("skipped: this run's send hook keeps a hash map: {status}");
+        return;
+    }
+    assert_eq!(hash_map_slots(agent.pid()), vec![1], "the agent's BPF hash maps");
+}
+
+/// `max_entries` of every BPF hash map the process `pid` holds (its fds' `fdinfo`).
+fn hash_map_slots(pid: u32) -> Vec<u64> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut slots = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")).flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+        // BPF_MAP_TYPE_HASH is 1.
+        if field("map_type:").as_deref() == Some("1") {
+            slots.push(field("max_entries:").and_then(|v| v.parse().ok()).expect("max_entries in a map's fdinfo"));
+        }
+    }
+    slots
 }
 
 /// fentry needs BPF trampolines. Where the kernel refuses them (as the CI kernel does), forcing
