@@ -80,6 +80,10 @@ pub enum EventKind {
     /// once more, the socket had nothing waiting (it closed or drained meanwhile). Sent after
     /// its `Tracked`, whatever order a racing `Closed` took.
     Untracked = 4,
+    /// A tracked socket has bytes waiting again: sent once per agent epoch (`EPOCH`), and only
+    /// where nothing walks socket storage (the agent samples through sock_diag and forgets
+    /// sockets that went idle; this is how one it forgot comes back).
+    Waiting = 5,
 }
 
 impl TryFrom<u8> for WalkKind {
@@ -101,6 +105,7 @@ impl TryFrom<u8> for EventKind {
             2 => Self::OwnerChanged,
             3 => Self::Closed,
             4 => Self::Untracked,
+            5 => Self::Waiting,
             other => return Err(other),
         })
     }
@@ -183,6 +188,10 @@ pub struct SockState {
     /// `WALK_*` bits, kept by the sampling walk (`walk.rs`).
     pub walk_flags: u8,
     pub _pad: [u8; 2],
+    /// The agent's epoch (`EPOCH`) when the socket was last announced (`Tracked` or
+    /// `Waiting`); only kept where the agent samples through sock_diag.
+    pub epoch: u32,
+    pub _pad2: u32,
 }
 
 /// [`SockState::walk_flags`]: the last walk told the agent about this socket (bytes were
@@ -265,7 +274,10 @@ pub struct SockEvent {
     /// TCP state when the event happened.
     pub state: u8,
     pub hook: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// The agent's epoch the socket was announced in (`Tracked`, `Waiting`); 0 where the
+    /// agent keeps none.
+    pub epoch: u32,
 }
 
 /// One stuck socket from the reconcile's pass over a network namespace's TCP sockets
@@ -284,7 +296,10 @@ pub struct ScanRecord {
     pub state: u8,
     pub _pad: u8,
     pub bound_dev_if: u32,
-    /// `write_seq - snd_una`.
+    /// Something is queued when non-zero: `write_seq - snd_una` from the pass over TCP
+    /// sockets; from the pass over files, which reads only `struct sock`, the memory of the
+    /// write and retransmit queues (`sk_wmem_queued`, non-zero exactly while bytes or a FIN
+    /// are not yet acknowledged).
     pub queued: u32,
     /// The pass over every process's files: the socket's network namespace (inode number) and
     /// the process holding it (a process of that namespace, most often). 0 from the pass over
@@ -349,10 +364,17 @@ pub struct KernelConfig {
     pub icsk_probes_out: u32,
     /// `struct sock` → `sk_uid`.
     pub sk_uid: u32,
-    /// From a `struct socket` to its inode number: `socket_alloc.vfs_inode` + `inode.i_ino`.
-    pub socket_ino: u32,
+    /// From a `struct socket`'s file to the socket's inode number: `file.f_inode`, then
+    /// `inode.i_ino` (pointer loads the verifier checks, no probe read).
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    /// `struct sock_common` → `skc_cookie` (0 until something asked for the cookie).
+    pub sk_cookie: u32,
     /// Sends from this process are ignored (the agent itself).
     pub agent_tgid: u32,
+    /// Non-zero where nothing walks socket storage: a send that finds bytes waiting on a
+    /// tracked socket announces it again (`Waiting`) once per agent epoch.
+    pub announce: u32,
 }
 
 impl KernelConfig {
@@ -395,19 +417,22 @@ impl KernelConfig {
         icsk_backoff: OFFSET_ABSENT,
         icsk_probes_out: OFFSET_ABSENT,
         sk_uid: OFFSET_ABSENT,
-        socket_ino: OFFSET_ABSENT,
+        file_inode: OFFSET_ABSENT,
+        inode_ino: OFFSET_ABSENT,
+        sk_cookie: OFFSET_ABSENT,
         agent_tgid: 0,
+        announce: 0,
     };
 }
 
 // Layout checks: a change here must be made on both sides at once.
 const _: () = assert!(core::mem::size_of::<SockTuple>() == 48);
-const _: () = assert!(core::mem::size_of::<SockState>() == 104);
+const _: () = assert!(core::mem::size_of::<SockState>() == 112);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<WalkClock>() == 24);
 const _: () = assert!(core::mem::size_of::<ScanRecord>() == 64);
-const _: () = assert!(core::mem::size_of::<WalkRecord>() == 88 + 104);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 39 * 4);
+const _: () = assert!(core::mem::size_of::<WalkRecord>() == 88 + 112);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 42 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -3,7 +3,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use detector_common::{COUNTER_SLOTS, Counter, EventKind, SockEvent, SockState, TCP_CLOSE};
 
@@ -34,6 +34,12 @@ pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65_536, BP
 /// the reconcile finds such sockets anyway, so a drop costs latency, not correctness.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// The agent's epoch, one slot: where it samples through sock_diag, the agent moves it on
+/// before each pass that may forget sockets gone idle, and a send that finds bytes waiting on
+/// a tracked socket announces it again once per epoch (`track::on_send`).
+#[map]
+pub static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Drop and error counters, per CPU so the hot path never contends.
 #[map]
@@ -104,7 +110,8 @@ pub fn emit_if(sk: u64, st: &SockState, kind: EventKind, state: u8, commit: impl
         (*ev).kind = kind as u8;
         (*ev).state = state;
         (*ev).hook = st.hook;
-        (*ev)._pad = [0; 5];
+        (*ev)._pad = 0;
+        (*ev).epoch = st.epoch;
     }
     if commit() {
         entry.submit(BPF_RB_NO_WAKEUP);

@@ -18,7 +18,7 @@ use detector_common::{AF_INET, AF_INET6, ScanRecord, SockState, TCP_CLOSE_WAIT, 
 
 use crate::{
     config::conf,
-    sock::{BtfSock, btf_load as load, read_tuple},
+    sock::{BtfSock, btf_load as load},
     track::{Storage, Store},
     walk::{IterMeta, write},
 };
@@ -69,7 +69,7 @@ pub unsafe fn scan_sock(seq: *mut u8, sk: *const u8, adopt: bool, fill: impl FnO
     // Only states in which a socket can be stuck; this also skips time-wait and request
     // sockets, which are not full sockets.
     let state: u8 = load(sk, conf!(sk_state));
-    if !matches!(state, TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_FIN_WAIT1 | TCP_CLOSING | TCP_LAST_ACK) {
+    if !judged_state(state) {
         return Ok(());
     }
     // SAFETY: a socket held for the call; its tcp_sock view (null unless a full TCP socket).
@@ -115,6 +115,13 @@ pub unsafe fn scan_sock(seq: *mut u8, sk: *const u8, adopt: bool, fill: impl FnO
     write(seq, &r)
 }
 
+/// The states in which a socket can be stuck: bytes waiting, or the peer's FIN with the owner
+/// holding on.
+#[inline(always)]
+pub fn judged_state(state: u8) -> bool {
+    matches!(state, TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_FIN_WAIT1 | TCP_CLOSING | TCP_LAST_ACK)
+}
+
 /// Whether the socket is in socket storage, where the sampling walk finds it: it was already
 /// (a send hook tracks it, or an earlier pass put it there), or it is now, with its addresses
 /// and no sender (`tgid` 0: the agent finds its holders in /proc).
@@ -129,7 +136,7 @@ fn in_storage(sk: BtfSock) -> bool {
         first_send_ns: unsafe { bpf_ktime_get_ns() },
         ..SockState::default()
     };
-    if read_tuple(store.key(), &mut st.tuple).is_err() {
+    if sk.read_tuple(&mut st.tuple).is_err() {
         return false;
     }
     // `false`: another CPU's send hook created it meanwhile (then it is there), or no memory.

@@ -1,8 +1,11 @@
 //! Reading a `struct sock`, with offsets found in the running kernel's BTF.
 //!
 //! Two ways, one per kind of program:
-//! - [`BtfSock`]: the socket is a BTF-typed argument (tp_btf, fentry). A field is a plain load
-//!   at a constant offset, which the verifier checks against the kernel's BTF (the hot path);
+//! - [`BtfSock`]: the socket is a BTF-typed argument (tp_btf, fentry, iterators). A field is a
+//!   plain load at a constant offset, which the verifier checks against the kernel's BTF; a
+//!   pointer field loaded so is itself a BTF pointer (possibly one the verifier does not trust,
+//!   which may still be loaded from, never handed to a helper). No probe read: these programs
+//!   load where `bpf_probe_read_kernel` is closed (lockdown=confidentiality);
 //! - [`RawSock`]: the socket is a bare address (classic tracepoint, kprobe). Every read is a
 //!   `bpf_probe_read_kernel` copy, which copes with any address.
 use aya_ebpf::helpers::bpf_probe_read_kernel;
@@ -61,6 +64,38 @@ impl BtfSock {
     pub fn backlogged(self) -> bool {
         backlogged(Self::load(self.0, conf!(sk_wmem_queued)), Self::load(self.0, conf!(sk_sndbuf)))
     }
+
+    /// As [`read_tuple`], by loads alone.
+    #[inline(always)]
+    pub fn read_tuple(self, t: &mut SockTuple) -> Result<(), i64> {
+        let sk = self.0;
+        t.family = self.family();
+        if t.family == AF_INET {
+            t.saddr[..4].copy_from_slice(&Self::load::<[u8; 4]>(sk, conf!(sk_rcv_saddr)));
+            t.daddr[..4].copy_from_slice(&Self::load::<[u8; 4]>(sk, conf!(sk_daddr)));
+        } else if t.family == AF_INET6 && conf!(sk_v6_daddr) != OFFSET_ABSENT {
+            t.saddr = Self::load(sk, conf!(sk_v6_rcv_saddr));
+            t.daddr = Self::load(sk, conf!(sk_v6_daddr));
+        } else {
+            return Err(EINVAL);
+        }
+        t.sport = Self::load(sk, conf!(sk_num));
+        t.dport = u16::from_be(Self::load(sk, conf!(sk_dport)));
+        t.bound_dev_if = Self::load(sk, conf!(sk_bound_dev_if));
+        let sock: *const u8 = Self::load(sk, conf!(sk_socket));
+        let file: u64 = if sock.is_null() { 0 } else { Self::load(sock, conf!(socket_file)) };
+        t.flags = TUPLE_LOOKED | if file == 0 { TUPLE_NO_FILE } else { 0 };
+        t.netns = netns_of(sk);
+        Ok(())
+    }
+}
+
+/// The inode number of a socket's network namespace (0 if it has none), by loads alone:
+/// `sk` is a BTF pointer to a socket.
+#[inline(always)]
+pub fn netns_of(sk: *const u8) -> u32 {
+    let net: *const u8 = btf_load(sk, conf!(sk_net));
+    if net.is_null() { 0 } else { btf_load(net, conf!(net_ns_inum)) }
 }
 
 /// A field at `off` bytes into the kernel object a BTF-typed pointer `base` points to (a

@@ -7,11 +7,11 @@
 //! socket's record: a tracked socket whose owner did not change costs one lookup and one
 //! compare, no store; an untracked one starts being tracked.
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use detector_common::{Counter, EventKind, SendHook, SockState, TASK_COMM_LEN, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED};
+use detector_common::{Counter, EventKind, SendHook, SockState, SockTuple, TASK_COMM_LEN, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED};
 
 use crate::{
     config::conf,
-    maps::{SK_STATE, SOCKS, close_record, count, emit, socks_remove},
+    maps::{EPOCH, SK_STATE, SOCKS, close_record, count, emit, socks_remove},
     sock::{BtfSock, RawSock, read_tuple},
 };
 
@@ -42,6 +42,8 @@ pub trait SendSock: Copy {
     fn tcp_state(self) -> Option<u8>;
     /// See [`crate::sock`]'s `backlogged`: the tracking rule.
     fn send_backlog(self) -> Option<bool>;
+    /// Addresses, ports, namespace, and whether it has a file (once, when tracking begins).
+    fn read_tuple(self, t: &mut SockTuple) -> Result<(), i64>;
 }
 
 impl SendSock for BtfSock {
@@ -54,6 +56,11 @@ impl SendSock for BtfSock {
     fn send_backlog(self) -> Option<bool> {
         Some(self.backlogged())
     }
+
+    #[inline(always)]
+    fn read_tuple(self, t: &mut SockTuple) -> Result<(), i64> {
+        BtfSock::read_tuple(self, t)
+    }
 }
 
 impl SendSock for RawSock {
@@ -65,6 +72,11 @@ impl SendSock for RawSock {
     #[inline(always)]
     fn send_backlog(self) -> Option<bool> {
         self.backlogged().ok()
+    }
+
+    #[inline(always)]
+    fn read_tuple(self, t: &mut SockTuple) -> Result<(), i64> {
+        read_tuple(self.0, t)
     }
 }
 
@@ -189,6 +201,9 @@ fn waiting_in<K: SendSock>(sock: K, state: u8) -> Option<u8> {
 ///
 /// With the hash map, the record of a socket found closed is ended here: the close program (a
 /// raw tracepoint) misses a close that would interrupt a run of itself on the same CPU.
+///
+/// Where the agent samples through sock_diag (`announce` set), it forgets a tracked socket that
+/// went idle; such a send then announces the socket again, once per agent epoch (`Waiting`).
 #[inline(always)]
 pub fn on_send<S: Store, K: SendSock>(store: S, hook: SendHook, sock: K) {
     let state = sock.tcp_state();
@@ -205,6 +220,9 @@ pub fn on_send<S: Store, K: SendSock>(store: S, hook: SendHook, sock: K) {
         let st = unsafe { &mut *st };
         if st.tgid != tgid && tgid != conf!(agent_tgid) {
             owner_changed(store.key(), st, pid_tgid);
+        }
+        if conf!(announce) != 0 {
+            announce_again(store.key(), st, state);
         }
         if S::MISSES_CLOSES && sock.tcp_state() == Some(TCP_CLOSE) {
             store.close_missed();
@@ -225,6 +243,23 @@ fn owner_changed(sk: u64, st: &mut SockState, pid_tgid: u64) {
     emit(sk, st, EventKind::OwnerChanged, 0);
 }
 
+/// `Waiting`, unless the socket was announced in this epoch already: at most once per socket
+/// per agent epoch, however many sends find bytes waiting.
+#[inline(never)]
+fn announce_again(sk: u64, st: &mut SockState, state: u8) {
+    let epoch = current_epoch();
+    if st.epoch != epoch {
+        st.epoch = epoch;
+        emit(sk, st, EventKind::Waiting, state);
+    }
+}
+
+/// The agent's epoch (0 until it sets one).
+#[inline(always)]
+fn current_epoch() -> u32 {
+    EPOCH.get(0).copied().unwrap_or(0)
+}
+
 #[inline(never)]
 fn start<S: Store, K: SendSock>(store: S, hook: SendHook, pid_tgid: u64, state: u8, sock: K) {
     let mut st = SockState {
@@ -236,9 +271,10 @@ fn start<S: Store, K: SendSock>(store: S, hook: SendHook, pid_tgid: u64, state: 
         tid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
         hook: hook as u8,
+        epoch: if conf!(announce) != 0 { current_epoch() } else { 0 },
         ..SockState::default()
     };
-    if read_tuple(store.key(), &mut st.tuple).is_err() {
+    if sock.read_tuple(&mut st.tuple).is_err() {
         count(Counter::ReadErrors);
         return;
     }

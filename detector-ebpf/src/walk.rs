@@ -13,10 +13,7 @@
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns, bpf_seq_write, bpf_skc_to_tcp_sock};
 use detector_common::{SockState, TCP_CLOSE, TCP_CLOSE_WAIT, WALK_TOLD, WalkClock, WalkKind, WalkRecord};
 
-use crate::{
-    config::conf,
-    sock::{btf_load as load, read_at},
-};
+use crate::{config::conf, sock::btf_load as load};
 
 /// `struct bpf_iter__bpf_sk_storage_map`: four pointers.
 #[repr(C)]
@@ -84,7 +81,6 @@ unsafe fn try_walk(ctx: &IterCtx) -> Result<(), i64> {
 /// What `tcp_info` would say of the socket, raw.
 #[inline(always)]
 fn record(sk: *const u8, tp: *const u8, st: &SockState, una: u32, write_seq: u32, state: u8) -> WalkRecord {
-    let sock: u64 = load(tp, conf!(sk_socket));
     WalkRecord {
         kind: WalkKind::Socket as u8,
         state,
@@ -108,10 +104,25 @@ fn record(sk: *const u8, tp: *const u8, st: &SockState, una: u32, write_seq: u32
         total_retrans: load(tp, conf!(tcp_total_retrans)),
         segs_out: load(tp, conf!(tcp_segs_out)),
         uid: load(tp, conf!(sk_uid)),
-        // The inode lives past `struct socket` (in `struct socket_alloc`): a copy, not a load.
-        inode: if sock == 0 { 0 } else { read_at::<u64>(sock, conf!(socket_ino)).unwrap_or(0) as u32 },
+        inode: inode_of(tp),
         st: *st,
     }
+}
+
+/// The inode number of the socket's file (0 without one), as sock_diag reports it: through the
+/// `struct socket` and its file, by loads alone (no probe read).
+#[inline(always)]
+fn inode_of(sk: *const u8) -> u32 {
+    let sock: *const u8 = load(sk, conf!(sk_socket));
+    if sock.is_null() {
+        return 0;
+    }
+    let file: *const u8 = load(sock, conf!(socket_file));
+    if file.is_null() {
+        return 0;
+    }
+    let inode: *const u8 = load(file, conf!(file_inode));
+    if inode.is_null() { 0 } else { load::<u64>(inode, conf!(inode_ino)) as u32 }
 }
 
 /// One record into an iterator's output.

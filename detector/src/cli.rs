@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 use detector_common::SendHook;
 
-use crate::reaper::Action;
+use crate::{kernel::configuration::Kind, reaper::Action};
 
 use crate::api::DEFAULT_SOCKET;
 
@@ -46,8 +46,9 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// One-shot stall scan without the agent (sock_diag sampling over the grace window).
     Scan(ScanArgs),
-    /// Preflight: can the agent run here? Tries every hook for real; exits non-zero if not.
-    Check(OutputArgs),
+    /// Preflight: can the agent run here? Tries every hook and loads the configuration `run`
+    /// would use, for real; exits non-zero if `run` could not start.
+    Check(CheckArgs),
     /// For `cargo xtask bench`: attach an empty program to a send hook until SIGTERM.
     #[command(hide = true)]
     BenchControl {
@@ -85,6 +86,10 @@ pub struct RunArgs {
     /// a fallback, or to avoid one).
     #[arg(long, env = "DETECTOR_SEND_HOOK", value_enum, default_value_t = SendHookChoice::Auto)]
     pub send_hook: SendHookChoice,
+    /// Where per-socket state lives and how it is sampled: `auto` runs the best configuration
+    /// this kernel accepts (`detector check` names it); naming one forces it.
+    #[arg(long, env = "DETECTOR_CONFIGURATION", value_enum, default_value_t = ConfigurationChoice::Auto)]
+    pub configuration: ConfigurationChoice,
     /// The kubelet's pod log directory (`<namespace>_<name>_<uid>/` entries), used to name the
     /// pod a stalled socket belongs to without asking the API server.
     #[arg(long, env = "DETECTOR_POD_LOGS_DIR", default_value = "/var/log/pods")]
@@ -152,6 +157,29 @@ impl SendHookChoice {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConfigurationChoice {
+    Auto,
+    /// Socket storage, sampled by the kernel's walk of it
+    StorageWalk,
+    /// Socket storage, sampled through sock_diag
+    StorageDiag,
+    /// The hash map of the classic tracepoint or kprobe, sampled through sock_diag
+    HashMap,
+}
+
+impl ConfigurationChoice {
+    /// The kind to force, or `None` for the best the kernel runs.
+    pub fn kind(self) -> Option<Kind> {
+        match self {
+            Self::Auto => None,
+            Self::StorageWalk => Some(Kind::StorageWalk),
+            Self::StorageDiag => Some(Kind::StorageDiag),
+            Self::HashMap => Some(Kind::HashMap),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct MetricsAddr(pub Option<SocketAddr>);
 
@@ -210,6 +238,15 @@ pub struct ScanArgs {
     /// Output format.
     #[arg(long, short, env = "DETECTOR_OUTPUT", value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub o: OutputArgs,
+    /// Also print the verifier's log of each refused hook.
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -334,6 +371,15 @@ mod tests {
         let w = Cli::try_parse_from(["detector", "stalled", "--watch"]).unwrap();
         let Command::Stalled(q) = w.command else { panic!() };
         assert_eq!(q.watch, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn configuration_values_are_the_kinds_names() {
+        for kind in Kind::ALL {
+            let c = ConfigurationChoice::from_str(kind.as_str(), false).unwrap();
+            assert_eq!(c.kind(), Some(kind));
+        }
+        assert_eq!(ConfigurationChoice::Auto.kind(), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use detector::{
     agent::Options,
     api::{Request, Status, client},
     cli::{Cli, Command, Output, QueryArgs, RunArgs},
+    kernel::configuration::Want,
     output,
     reaper::{Action, config::Policy},
     report::{Explain, StalledSocket, TrackedSocket},
@@ -62,11 +63,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Check(o) => {
+        Command::Check(c) => {
             let checks = detector::check::run();
-            match o.output {
+            match c.o.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
-                Output::Table => print!("{}", detector::check::table(&checks)),
+                Output::Table => print!("{}", detector::check::table(&checks, c.verbose)),
             }
             if !detector::check::can_run(&checks) {
                 anyhow::bail!("the agent cannot run on this machine (see above)");
@@ -106,7 +107,7 @@ fn options(a: RunArgs) -> anyhow::Result<Options> {
         metrics_addr: a.metrics_addr.0,
         max_sockets: a.max_sockets,
         ring_buffer_bytes: a.ring_buffer_bytes,
-        send_hook: a.send_hook.hook(),
+        want: Want { send: a.send_hook.hook(), kind: a.configuration.kind() },
         pod_logs_dir: a.pod_logs_dir,
         pod_metrics_max_series: a.pod_metrics_max_series as usize,
         state_file: (a.state_file.as_os_str() != "off").then_some(a.state_file),

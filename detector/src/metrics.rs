@@ -39,6 +39,14 @@ pub struct HookLabel {
     pub hook: String,
 }
 
+/// The configuration running (`storage-walk`, `storage-diag`, `hash-map`), and whether it is
+/// the best the agent knows (`false`: the kernel refused a piece of a better one).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigurationLabel {
+    pub configuration: String,
+    pub best: String,
+}
+
 /// One of the agent's eBPF programs, by its name in the object (a fixed set).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProgramLabel {
@@ -214,6 +222,15 @@ impl Metrics {
         }
         m.build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION").into(), kernel: crate::kernel::kernel_release() }).set(1);
         Self { registry, ..m }
+    }
+
+    /// Adds `configuration{configuration,best}` = 1 for the configuration the agent runs: a
+    /// fleet sees which nodes run a lesser one.
+    pub fn with_configuration(mut self, configuration: &str, best: bool) -> Self {
+        let f: Family<ConfigurationLabel, Gauge> = Family::default();
+        f.get_or_create(&ConfigurationLabel { configuration: configuration.into(), best: best.to_string() }).set(1);
+        self.registry.register("configuration", "The configuration the agent runs (1), and whether it is the best it knows", f);
+        self
     }
 
     /// Adds the pod family, capped at `max` series (0: no pod family).

@@ -123,10 +123,12 @@ pub fn explain(e: &Explain) -> String {
 pub fn status(s: &Status) -> String {
     let a = &s.setup;
     let mut out = format!(
-        "detector {} on kernel {}, up {}s\nsend hook: {} ({})\nsampling: {}\ngrace {:.1}s, interval {:.1}s, max sockets {}\nsocket destroy: {}\npolicy: {} selector(s){}\n",
+        "detector {} on kernel {}, up {}s\nconfiguration: {}\n{}send hook: {} ({})\nsampling: {}\ngrace {:.1}s, interval {:.1}s, max sockets {}\nsocket destroy: {}\npolicy: {} selector(s){}\n",
         a.version,
         a.kernel,
         s.uptime_s,
+        a.configuration_detail,
+        not_best(&a.not_best),
         a.send_hook,
         a.storage,
         a.sampling,
@@ -159,6 +161,14 @@ pub fn status(s: &Status) -> String {
         out.push_str(&render(&["PROGRAM", "RUNS", "NS", "NS/RUN", "SKIPPED"], &cells));
     }
     out
+}
+
+/// Why the configuration is not the best, one line each (escaped: kernel text).
+fn not_best(why: &[String]) -> String {
+    if why.is_empty() {
+        return "(the best configuration the agent knows)\n".into();
+    }
+    why.iter().map(|w| format!("  not the best: {}\n", crate::text::printable(w))).collect()
 }
 
 fn render<const N: usize>(header: &[&str; N], cells: &[[String; N]]) -> String {

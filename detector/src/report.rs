@@ -71,6 +71,12 @@ pub struct StalledSocket {
 pub struct AgentSetup {
     pub version: String,
     pub kernel: String,
+    /// The configuration running (`storage-walk`, `storage-diag`, `hash-map`), in one line,
+    /// and why it is not the best the agent knows (empty when it is).
+    pub configuration: String,
+    pub configuration_detail: String,
+    #[serde(default)]
+    pub not_best: Vec<String>,
     /// The send hook in use, and where it keeps per-socket state.
     pub send_hook: String,
     pub storage: String,

@@ -31,6 +31,10 @@ pub struct Tracked {
     /// When the kernel side began tracking it (CLOCK_MONOTONIC ns; 0 for sockets found by a
     /// dump).
     pub first_send_ns: u64,
+    /// The agent's epoch it was last announced in (`Tracked` or `Waiting`): announced in the
+    /// current one, it may have taken that epoch's one announcement, so it is not forgotten
+    /// as idle yet (see `kernel_side::Epochs`).
+    pub announced_epoch: u32,
     pub tcp_state: u8,
     /// From the last sample.
     pub last: Option<DiagSocket>,
@@ -82,6 +86,7 @@ impl Tracked {
             sender,
             hook,
             first_send_ns,
+            announced_epoch: 0,
             tcp_state,
             last: None,
             verdict: None,
@@ -259,13 +264,23 @@ impl Tracker {
     pub fn apply(&mut self, ev: &SockEvent) -> Option<(Tracked, Forget)> {
         let sender = || Sender { tgid: ev.tgid, tid: ev.tid, comm: comm_str(&ev.comm).into(), cgroup_id: ev.cgroup_id };
         match EventKind::try_from(ev.kind) {
-            Ok(EventKind::Tracked) => {
-                // Announced twice (two CPUs raced to start tracking it): keep what we know.
+            Ok(kind @ (EventKind::Tracked | EventKind::Waiting)) => {
+                // Announced twice (two CPUs raced to start tracking it), or again (bytes waiting
+                // in a new epoch): keep what we know.
                 if let Some(t) = self.socks.get_mut(&ev.sk).filter(|t| t.tuple == ev.tuple) {
-                    t.sender = sender();
+                    if kind == EventKind::Tracked {
+                        t.sender = sender();
+                    }
+                    // Two CPUs may announce it in either order: the later epoch wins.
+                    if ev.epoch.wrapping_sub(t.announced_epoch) < 1 << 31 {
+                        t.announced_epoch = ev.epoch;
+                    }
                     return None;
                 }
-                self.insert(Tracked::new(ev.sk, ev.tuple, sender(), ev.hook, ev.ts_ns, ev.state)).map(|t| (t, Forget::Replaced))
+                // Announced again after the agent forgot it as idle: tracked from here.
+                let mut t = Tracked::new(ev.sk, ev.tuple, sender(), ev.hook, ev.ts_ns, ev.state);
+                t.announced_epoch = ev.epoch;
+                self.insert(t).map(|t| (t, Forget::Replaced))
             }
             Ok(EventKind::OwnerChanged) => {
                 if let Some(t) = self.socks.get_mut(&ev.sk) {
@@ -427,6 +442,29 @@ mod tests {
         other.tuple.sport += 1;
         assert!(t.apply(&other).is_none());
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn an_announcement_in_a_new_epoch_brings_back_a_forgotten_socket_and_keeps_a_known_one() {
+        let mut t = Tracker::default();
+        let mut e = ev(EventKind::Tracked, 1, 1);
+        e.epoch = 4;
+        t.apply(&e);
+        assert_eq!(t.get(1).unwrap().announced_epoch, 4);
+        // Known: the epoch moves on, the owner stays (it is the record's, not the sender's).
+        let mut w = ev(EventKind::Waiting, 1, 1);
+        (w.epoch, w.tgid) = (5, 99);
+        assert!(t.apply(&w).is_none());
+        assert_eq!((t.get(1).unwrap().announced_epoch, t.get(1).unwrap().sender.tgid), (5, 42));
+        // An earlier epoch's announcement arriving late changes nothing.
+        w.epoch = 4;
+        t.apply(&w);
+        assert_eq!(t.get(1).unwrap().announced_epoch, 5);
+        // Forgotten as idle, then announced again: tracked from here, with the record's owner.
+        t.remove(1);
+        w.epoch = 6;
+        assert!(t.apply(&w).is_none());
+        assert_eq!((t.get(1).unwrap().announced_epoch, t.get(1).unwrap().sender.tgid), (6, 99));
     }
 
     #[test]

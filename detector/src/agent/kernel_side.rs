@@ -3,7 +3,7 @@
 use std::os::fd::AsFd as _;
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::ProgramFd,
 };
 use detector_common::{COUNTER_SLOTS, Counter, SockState, SockTuple};
@@ -24,6 +24,9 @@ pub struct KernelSide {
     pub scanner: Option<Scanner>,
     /// The hash map of the fallback hooks (socket storage cannot be read from here).
     pub socks: Option<BpfHashMap<MapData, u64, SockState>>,
+    /// Where sock_diag samples socket storage: the epochs that let the agent forget a socket
+    /// gone idle and hear of it again.
+    pub epochs: Option<Epochs>,
     pub counters: PerCpuArray<MapData, u64>,
     /// Counter totals already added to the metrics.
     seen: [u64; COUNTER_SLOTS as usize],
@@ -32,6 +35,51 @@ pub struct KernelSide {
     /// The loaded programs (name, fd) and how many of their runs the kernel skipped, as
     /// already counted.
     programs: Vec<(String, ProgramFd, u64)>,
+}
+
+/// How long an epoch lasts at least: every send that finds bytes waiting on a tracked socket
+/// announces it once per epoch, so a server with N such sockets sends N events per epoch;
+/// an idle socket is forgotten within an epoch and a pass.
+pub const EPOCH_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The agent's epochs, where nothing walks socket storage. Socket storage cannot be read from
+/// here, so the agent cannot tell the kernel side it forgot a socket; instead it moves the
+/// epoch on, and a send that finds bytes waiting on a tracked socket announces it (`Waiting`,
+/// carrying the epoch) when its record's epoch is not the current one. A socket is forgotten
+/// as idle only if its last announcement was in an earlier epoch: its record's epoch is then
+/// not the current one, so its next such send announces it again, and no socket the agent
+/// forgot can wedge unannounced. Epochs are compared by value, not by clock (an agent in a
+/// time namespace reads another CLOCK_MONOTONIC than the programs).
+pub struct Epochs {
+    map: Array<MapData, u32>,
+    value: u32,
+    began: std::time::Instant,
+}
+
+impl Epochs {
+    /// Epoch 0, the programs' own until the first `advance`: every announcement is in it, so
+    /// nothing is forgotten as idle before the agent moves on.
+    pub fn new(map: Array<MapData, u32>) -> Self {
+        Epochs { map, value: 0, began: std::time::Instant::now() }
+    }
+
+    /// The current epoch.
+    pub fn value(&self) -> u32 {
+        self.value
+    }
+
+    /// Whether a new epoch may begin.
+    pub fn due(&self) -> bool {
+        self.began.elapsed() >= EPOCH_AT_LEAST
+    }
+
+    /// Begins the next epoch (the agent's value changes only once the programs can see it).
+    pub fn advance(&mut self) -> Result<(), MapError> {
+        let v = self.value.wrapping_add(1);
+        self.map.set(0, v, 0)?;
+        (self.value, self.began) = (v, std::time::Instant::now());
+        Ok(())
+    }
 }
 
 impl KernelSide {
@@ -43,7 +91,7 @@ impl KernelSide {
         programs: Vec<(String, ProgramFd)>,
     ) -> Self {
         let programs = programs.into_iter().map(|(name, fd)| (name, fd, 0)).collect();
-        Self { ring, walker: None, scanner: None, socks, counters, seen: [0; COUNTER_SLOTS as usize], pruned: 0, programs }
+        Self { ring, walker: None, scanner: None, socks, epochs: None, counters, seen: [0; COUNTER_SLOTS as usize], pruned: 0, programs }
     }
 
     /// Applies every waiting event to the table; `ended` gets each entry an event ended.
@@ -135,7 +183,7 @@ impl KernelSide {
             last_retransmit_ms_ago: st.filter(|st| st.last_retrans_ns != 0).map(|st| now_ns.saturating_sub(st.last_retrans_ns) / 1_000_000),
             send_hook: detector_common::SendHook::try_from(t.hook)
                 .ok()
-                .map(|h| crate::kernel::loader::spec(crate::kernel::loader::HookId::Send(h)).label.to_string()),
+                .map(|h| crate::kernel::hooks::spec(crate::kernel::hooks::HookId::Send(h)).label.to_string()),
         })
     }
 }

@@ -16,11 +16,19 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf};
-use detector_common::{SendHook, SockState};
+use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray, RingBuf};
+use detector_common::{KernelConfig, SendHook, SockState};
 
 use crate::{
-    kernel::{self, btf::KernelBtf, caps, loader, tracefs::Tracefs},
+    kernel::{
+        self,
+        btf::KernelBtf,
+        caps,
+        configuration::{self, Kind, Trials, Want},
+        hooks::{self, HookId, HookState, HookStatus},
+        loader,
+        tracefs::Tracefs,
+    },
     metrics::{HookLabel, Metrics},
     reaper::{Reaper, config::Policy},
     report::{AgentSetup, Explain, Published, TrackedSocket},
@@ -37,7 +45,8 @@ pub struct Options {
     pub metrics_addr: Option<SocketAddr>,
     pub max_sockets: u32,
     pub ring_buffer_bytes: u32,
-    pub send_hook: Option<SendHook>,
+    /// The configuration or send hook forced by flags (none: the best this kernel runs).
+    pub want: Want,
     pub pod_logs_dir: PathBuf,
     /// The pod metric family's series cap (0: no pod family).
     pub pod_metrics_max_series: usize,
@@ -70,7 +79,7 @@ pub type QueryRequest = (Query, tokio::sync::oneshot::Sender<Answer>);
 #[derive(Debug, Clone)]
 pub struct StatusInfo {
     pub setup: AgentSetup,
-    pub hooks: Vec<loader::HookStatus>,
+    pub hooks: Vec<HookStatus>,
 }
 
 /// The surfaces' view of a running agent.
@@ -96,24 +105,22 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Checks privileges, loads and attaches the programs, and starts the sweep thread.
+    /// Checks privileges, loads the best configuration the kernel runs, and starts the sweep
+    /// thread.
     pub fn start(opts: &Options, rt: tokio::runtime::Handle) -> anyhow::Result<Agent> {
         caps::check_self()?;
-        let tracefs = Tracefs::find_or_mount()?;
-        // The parsed kernel BTF is tens of MiB: keep only the offsets taken from it.
-        let cfg = loader::kernel_config(&tracefs, &KernelBtf::load()?)?;
         let sizes = loader::Sizes { max_sockets: opts.max_sockets, ring_buffer_bytes: opts.ring_buffer_bytes };
-        let mut loaded = loader::load(kernel::object(), &cfg, sizes, opts.send_hook)?;
-        let walker = start_walk(&mut loaded)?;
-        let sampling = walker.as_ref().map_or("sock_diag lookups".into(), |w| format!("kernel walk of socket storage (HZ {})", w.hz()));
-        let status = Arc::new(status_info(opts, &loaded, sampling));
+        let mut k = start_kernel(opts.want, sizes)?;
+        let status = Arc::new(status_info(opts, &k));
         log_hooks(&status);
-        let metrics = Arc::new(Metrics::new().with_pod_series(opts.pod_metrics_max_series));
-        for h in &loaded.hooks {
+        let metrics = Arc::new(
+            Metrics::new().with_pod_series(opts.pod_metrics_max_series).with_configuration(k.loaded.configuration.kind.as_str(), k.not_best.is_empty()),
+        );
+        for h in &k.hooks {
             metrics.hook_attached.get_or_create(&HookLabel { role: h.role.as_str().into(), hook: h.hook.into() }).set(h.attached() as i64);
         }
-        let programs = loaded.ebpf.programs().filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i.id()))).collect();
-        let kernel = kernel_side(&mut loaded, walker)?;
+        let programs = k.loaded.ebpf.programs().filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i.id()))).collect();
+        let kernel = kernel_side(&mut k)?;
         let (query_tx, query_rx) = mpsc::channel();
         let published = Arc::new(RwLock::new(Published::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -137,7 +144,7 @@ impl Agent {
             })
             .context("starting the sweep thread")?;
         let handle = Handle { published, queries: query_tx, metrics, status, programs: Arc::new(programs), started: Instant::now() };
-        Ok(Agent { handle, stop, sweep: Some(sweep), ended, _ebpf: loaded.ebpf })
+        Ok(Agent { handle, stop, sweep: Some(sweep), ended, _ebpf: k.loaded.ebpf })
     }
 
     /// The sweep thread ended (an error, or a panic): the agent must not go on serving a frozen
@@ -192,13 +199,21 @@ impl Drop for EndedGuard {
     }
 }
 
-fn status_info(opts: &Options, loaded: &loader::Loaded, sampling: String) -> StatusInfo {
+fn status_info(opts: &Options, k: &KernelStart) -> StatusInfo {
     let destroy = crate::reaper::probe_destroy();
+    let c = &k.loaded.configuration;
+    let sampling = match &k.walker {
+        Some(w) => format!("kernel walk of socket storage (HZ {})", w.hz()),
+        None => "sock_diag lookups".into(),
+    };
     let setup = AgentSetup {
         version: env!("CARGO_PKG_VERSION").into(),
         kernel: kernel::kernel_release(),
-        send_hook: loaded.send_label().into(),
-        storage: if loaded.send_hook.socket_storage() { "socket storage" } else { "hash map" }.into(),
+        configuration: c.kind.as_str().into(),
+        configuration_detail: c.describe(),
+        not_best: k.not_best.clone(),
+        send_hook: hooks::spec(HookId::Send(c.send)).label.into(),
+        storage: if c.kind.socket_storage() { "socket storage" } else { "hash map" }.into(),
         sampling,
         grace_ms: opts.grace.as_millis() as u64,
         interval_ms: opts.interval.as_millis() as u64,
@@ -208,7 +223,7 @@ fn status_info(opts: &Options, loaded: &loader::Loaded, sampling: String) -> Sta
         dry_run: opts.policy.dry_run,
         selectors: opts.policy.selectors.iter().map(|s| s.name.clone()).collect(),
     };
-    StatusInfo { setup, hooks: loaded.hooks.clone() }
+    StatusInfo { setup, hooks: k.hooks.clone() }
 }
 
 fn log_hooks(info: &StatusInfo) {
@@ -219,48 +234,124 @@ fn log_hooks(info: &StatusInfo) {
         log::warn!("socket destroy (sock_diag SOCK_DESTROY): not supported: {}", s.destroy_detail);
     }
     log::info!("policy: {} selector(s){}", s.selectors.len(), if s.dry_run { ", dry run" } else { "" });
-    log::info!("kernel {}; send-path hook: {} ({}); sampling: {}", s.kernel, s.send_hook, s.storage, s.sampling);
+    log::info!("kernel {}; configuration {}; sampling: {}", s.kernel, s.configuration_detail, s.sampling);
+    for why in &s.not_best {
+        log::warn!("not the best configuration: {why}");
+    }
     for h in &info.hooks {
-        log::info!("hook {} ({}): {}", h.hook, h.role.as_str(), loader::describe(&h.state));
+        log::info!("hook {} ({}): {}", h.hook, h.role.as_str(), hooks::describe(&h.state));
     }
 }
 
-/// The sampling walk, with the kernel's HZ measured; when that fails, the hook table says why
-/// and sock_diag samples instead.
-/// The kernel walk, which sampling needs with socket storage: there its sockets reach the
-/// agent only through the walk, so an agent without one would be blind and must not start.
-fn start_walk(loaded: &mut loader::Loaded) -> anyhow::Result<Option<Walker>> {
-    let storage = loaded.send_hook.socket_storage();
-    let Some(link) = loaded.walk.take() else {
-        anyhow::ensure!(
-            !storage,
-            "the kernel walk of socket storage (iter bpf_sk_storage_map) did not attach, and the send hook keeps its sockets there; pass --send-hook sock-send-length to use the hash map instead"
-        );
-        return Ok(None);
-    };
-    match Walker::start(link) {
-        Ok(w) => Ok(Some(w)),
-        Err(e) if storage => {
-            anyhow::bail!("the kernel walk of socket storage cannot start: {e}; pass --send-hook sock-send-length to use the hash map instead")
-        }
+/// What the kernel runs for the agent: the configuration loaded (and its walk, started), every
+/// hook's state, and why the configuration is not the best the agent knows.
+pub struct KernelStart {
+    pub loaded: loader::Loaded,
+    pub walker: Option<Walker>,
+    pub hooks: Vec<HookStatus>,
+    pub not_best: Vec<String>,
+}
+
+/// What the kernel said of every hook tried alone, with the offsets they were loaded with.
+pub struct Probed {
+    cfg: KernelConfig,
+    pub hooks: Vec<HookStatus>,
+    pub trials: Trials,
+}
+
+/// Reads this kernel's offsets and tries every hook alone.
+pub fn probe_kernel() -> anyhow::Result<Probed> {
+    probe_kernel_ignoring(std::process::id())
+}
+
+/// As [`probe_kernel`], the programs ignoring the sends of process `tgid` (the agent's own; 0:
+/// none, for a test that tracks its own sockets).
+pub fn probe_kernel_ignoring(tgid: u32) -> anyhow::Result<Probed> {
+    let tracefs = match Tracefs::find_or_mount() {
+        Ok(t) => Some(t),
         Err(e) => {
-            if let Some(h) = loaded.hooks.iter_mut().find(|h| h.id == loader::HookId::Walk) {
-                h.state = loader::HookState::Refused(format!("{e} (sock_diag samples)"));
-            }
-            Ok(None)
+            log::warn!("{e}: the classic tracepoints cannot be used");
+            None
+        }
+    };
+    // The parsed kernel BTF is tens of MiB: keep only the offsets taken from it.
+    let mut cfg = loader::kernel_config(tracefs.as_ref(), &KernelBtf::load()?)?;
+    cfg.agent_tgid = tgid;
+    let hooks = loader::probe(kernel::object(), &cfg)?;
+    let trials = Trials::new(hooks.iter().map(|h| (h.id, h.state.clone())));
+    Ok(Probed { cfg, hooks, trials })
+}
+
+/// Probes the kernel and starts the best configuration within `want`.
+pub fn start_kernel(want: Want, sizes: loader::Sizes) -> anyhow::Result<KernelStart> {
+    probe_kernel()?.start(want, sizes)
+}
+
+impl Probed {
+    /// Chooses the best configuration within `want` and loads it whole; when the kernel refuses
+    /// a piece of it there (or its walk cannot start), chooses again with that known, until one
+    /// runs or none is left. `detector run` and `detector check` both start here.
+    pub fn start(&mut self, want: Want, sizes: loader::Sizes) -> anyhow::Result<KernelStart> {
+        loop {
+            let c = configuration::choose(&self.trials, want)?;
+            let mut loaded = match loader::load(kernel::object(), &self.cfg, sizes, &c) {
+                Ok(l) => l,
+                Err((id, why)) => {
+                    log::warn!("configuration {}: {} refused when loaded with the rest: {why}", c.kind.as_str(), hooks::spec(id).label);
+                    self.trials.fail(c.kind, id, hooks::summarize(&why).0);
+                    continue;
+                }
+            };
+            let walker = match loaded.walk.take().map(Walker::start) {
+                None => None,
+                Some(Ok(w)) => Some(w),
+                Some(Err(e)) => {
+                    self.trials.fail(c.kind, HookId::Walk, format!("it cannot start: {e}"));
+                    continue;
+                }
+            };
+            let hooks = hook_table(&self.hooks, &self.trials, &loaded);
+            let not_best = configuration::not_best(&self.trials, &loaded.configuration);
+            return Ok(KernelStart { loaded, walker, hooks, not_best });
         }
     }
 }
 
-fn kernel_side(loaded: &mut loader::Loaded, walker: Option<Walker>) -> anyhow::Result<kernel_side::KernelSide> {
+/// Every hook's state once `loaded` runs: attached if it is part of it; else what loading it
+/// (alone, or with the rest) said.
+fn hook_table(probed: &[HookStatus], trials: &Trials, loaded: &loader::Loaded) -> Vec<HookStatus> {
+    let used = loaded.configuration.hooks();
+    let kind = loaded.configuration.kind;
+    probed
+        .iter()
+        .map(|p| {
+            if used.contains(&p.id) {
+                return HookStatus { state: HookState::Attached, log: None, ..p.clone() };
+            }
+            if let Some(r) = loaded.refused.iter().find(|r| r.id == p.id) {
+                return r.clone();
+            }
+            match trials.failures().iter().find(|(k, id, _)| *k == kind && *id == p.id) {
+                Some((_, _, why)) => HookStatus { state: HookState::Refused(format!("when loaded with the rest: {why}")), ..p.clone() },
+                None => p.clone(),
+            }
+        })
+        .collect()
+}
+
+fn kernel_side(k: &mut KernelStart) -> anyhow::Result<kernel_side::KernelSide> {
+    let loaded = &mut k.loaded;
+    let kind = loaded.configuration.kind;
     let mut take = |name: &str| loaded.ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"));
     let ring = RingBuf::try_from(take("EVENTS")?)?;
-    // The hash map holds state only with the fallback send hooks.
-    let socks: Option<BpfHashMap<_, u64, SockState>> = if loaded.send_hook.socket_storage() { None } else { Some(BpfHashMap::try_from(take("SOCKS")?)?) };
+    // The hash map holds state only with the hash-map configuration.
+    let socks: Option<BpfHashMap<_, u64, SockState>> = if kind.socket_storage() { None } else { Some(BpfHashMap::try_from(take("SOCKS")?)?) };
+    let epochs = if kind == Kind::StorageDiag { Some(kernel_side::Epochs::new(Array::try_from(take("EPOCH")?)?)) } else { None };
     let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take("COUNTERS")?)?;
     let programs = loaded.ebpf.programs().filter_map(|(name, p)| Some((name.to_string(), p.fd().ok()?.try_clone().ok()?))).collect();
     let mut side = kernel_side::KernelSide::new(ring, socks, counters, programs);
-    side.walker = walker;
+    side.walker = k.walker.take();
+    side.epochs = epochs;
     side.scanner = loaded.scan.take().map(|tcp| Scanner::new(tcp, loaded.scan_files.take()));
     Ok(side)
 }
@@ -268,8 +359,8 @@ fn kernel_side(loaded: &mut loader::Loaded, walker: Option<Walker>) -> anyhow::R
 /// For `detector bench-control`: the empty program of `hook`, attached with this kernel's
 /// offsets.
 pub fn attach_control(hook: SendHook) -> anyhow::Result<aya::Ebpf> {
-    let tracefs = Tracefs::find_or_mount()?;
-    let cfg = loader::kernel_config(&tracefs, &KernelBtf::load()?)?;
+    let tracefs = Tracefs::find_or_mount().ok();
+    let cfg = loader::kernel_config(tracefs.as_ref(), &KernelBtf::load()?)?;
     loader::attach_control(kernel::object(), &cfg, hook).map_err(|e| anyhow::anyhow!(e))
 }
 

@@ -26,7 +26,8 @@ impl Sweep {
     pub fn pass(&mut self, pool: &mut NetnsPool, mut kernel: Option<&mut KernelSide>, m: &Metrics, only_due: Option<u64>) -> Vec<StalledSocket> {
         let (started, started_ms) = (std::time::Instant::now(), self.now_ms());
         let mut walked = kernel.as_deref_mut().and_then(|k| k.walker.as_mut()).and_then(|w| self.walk(w, m));
-        let mut gone = self.sample_all(pool, walked.as_mut(), m, only_due);
+        let epoch = kernel.as_deref().and_then(|k| k.epochs.as_ref()).map(|e| e.value());
+        let mut gone = self.sample_all(pool, walked.as_mut(), m, only_due, epoch);
         if let Some(k) = kernel {
             gone = self.settle(gone, k, m);
         }
@@ -95,10 +96,18 @@ impl Sweep {
 
     /// Samples and judges; returns the sockets to forget. Sockets in socket storage take their
     /// sample from `walked` (and leave it); the others are looked up through sock_diag, in
-    /// batches per network namespace.
-    fn sample_all(&mut self, pool: &mut NetnsPool, mut walked: Option<&mut Samples>, m: &Metrics, only_due: Option<u64>) -> Vec<(u64, Forget)> {
+    /// batches per network namespace. `epoch`: where sock_diag samples socket storage, the
+    /// agent's current epoch (see `kernel_side::Epochs`).
+    fn sample_all(
+        &mut self,
+        pool: &mut NetnsPool,
+        mut walked: Option<&mut Samples>,
+        m: &Metrics,
+        only_due: Option<u64>,
+        epoch: Option<u32>,
+    ) -> Vec<(u64, Forget)> {
         let (now, grace_ms) = (self.now_ms(), self.grace_ms());
-        let mut gone = Vec::new();
+        let (mut gone, mut idle_kept) = (Vec::new(), 0);
         // Namespace → (its sockets to look up, a pid likely to live there).
         let mut diag: HashMap<u32, (Vec<(u64, Lookup)>, u32)> = HashMap::new();
         for t in self.tracker.iter_mut() {
@@ -130,10 +139,16 @@ impl Sweep {
             };
             for ((sk, _), answer) in socks.into_iter().zip(answers) {
                 let Some(t) = self.tracker.get_mut(sk) else { continue };
-                if let Some(why) = from_diag(t, answer, grace_ms, m) {
-                    gone.push((sk, why));
+                match from_diag(t, answer, grace_ms, m, epoch) {
+                    Ok(Some(why)) => gone.push((sk, why)),
+                    Ok(None) => {}
+                    Err(IdleKept) => idle_kept += 1,
                 }
             }
+        }
+        // What an early pass (a few due sockets) saw says nothing of the others.
+        if only_due.is_none() {
+            self.idle_kept = idle_kept;
         }
         gone
     }
@@ -200,22 +215,40 @@ fn from_walk(t: &mut Tracked, walked: Option<(DiagSocket, SockState)>, grace_ms:
     (!verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none())).then_some(Forget::Idle)
 }
 
+/// A socket sampled through sock_diag that went idle but is kept one more epoch: it was
+/// announced in the current one (see `kernel_side::Epochs`).
+struct IdleKept;
+
 /// A socket sampled through sock_diag: judged, or why it leaves the table: not found (gone if
-/// its close event should have come, closed if none exists), or
-/// found by a dump, nothing stuck any more and no stall open (a later dump finds it again if
-/// needed).
-fn from_diag(t: &mut Tracked, answer: Result<Option<DiagSocket>, String>, grace_ms: u64, m: &Metrics) -> Option<Forget> {
+/// its close event should have come, closed if none exists), or idle (nothing stuck any more
+/// and no stall open) when something will bring it back if it gets stuck again: a later dump
+/// for a dump's find, the send hook's next announcement for a socket in socket storage
+/// (`epoch`: the agent's current one; a socket announced in it is kept until the next).
+fn from_diag(t: &mut Tracked, answer: Result<Option<DiagSocket>, String>, grace_ms: u64, m: &Metrics, epoch: Option<u32>) -> Result<Option<Forget>, IdleKept> {
+    let idle = |t: &Tracked, d: &DiagSocket| !verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none());
     match answer {
-        Ok(Some(d)) if t.found_by_dump() && !verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none()) => Some(Forget::Idle),
+        Ok(Some(d)) if t.found_by_dump() && idle(t, &d) => Ok(Some(Forget::Idle)),
         Ok(Some(d)) => {
             observe(t, d, grace_ms, m);
-            None
+            // Only sockets in socket storage are announced again (a hash-map record stays
+            // until its close); where the walk samples them, they never come here.
+            let announced_again = !t.found_by_dump() && !t.close_announced();
+            match epoch {
+                Some(e) if announced_again && idle(t, &d) => {
+                    if t.announced_epoch != e {
+                        Ok(Some(Forget::Idle))
+                    } else {
+                        Err(IdleKept)
+                    }
+                }
+                _ => Ok(None),
+            }
         }
-        Ok(None) => Some(if t.close_announced() { Forget::Gone } else { Forget::Closed }),
+        Ok(None) => Ok(Some(if t.close_announced() { Forget::Gone } else { Forget::Closed })),
         Err(e) => {
             log::debug!("socket {:#x}: {e}", t.sk);
             m.sample_errors.inc();
-            None
+            Ok(None)
         }
     }
 }
@@ -252,5 +285,44 @@ fn observe(t: &mut Tracked, d: DiagSocket, grace_ms: u64, m: &Metrics) {
             log::info!("recovered after {stalled_for_ms} ms: {} -> {}", t.local_addr(), t.remote_addr());
         }
         Transition::None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use detector_common::{SendHook, SockTuple, TCP_ESTABLISHED};
+
+    use super::*;
+    use crate::{sample::Sample, tracker::Sender};
+
+    fn sampled(queued: u32) -> Result<Option<DiagSocket>, String> {
+        let sample = Sample { at_ms: 1_000, state: TCP_ESTABLISHED, queued, bytes_acked: 100, snd_wnd: Some(65_535), rto_ms: 204, ..Default::default() };
+        Ok(Some(DiagSocket { cookie: 7, inode: 1, uid: 0, sample }))
+    }
+
+    fn hooked(hook: SendHook, announced_epoch: u32) -> Tracked {
+        let mut t = Tracked::new(1 << 63, SockTuple::default(), Sender::default(), hook as u8, 1, TCP_ESTABLISHED);
+        t.announced_epoch = announced_epoch;
+        t
+    }
+
+    #[test]
+    fn a_storage_socket_gone_idle_is_forgotten_only_once_its_announcement_is_of_an_earlier_epoch() {
+        let m = Metrics::new();
+        let storage = SendHook::TcpSendmsgLocked;
+        // Announced in the current epoch: it may have taken the epoch's one announcement, so a
+        // later wedge would not be announced again: kept.
+        assert!(matches!(from_diag(&mut hooked(storage, 3), sampled(0), 2_000, &m, Some(3)), Err(IdleKept)));
+        // Announced in an earlier epoch: its next send with bytes waiting announces it again.
+        assert!(matches!(from_diag(&mut hooked(storage, 2), sampled(0), 2_000, &m, Some(3)), Ok(Some(Forget::Idle))));
+        // Bytes waiting: judged and kept, whatever the epoch.
+        assert!(matches!(from_diag(&mut hooked(storage, 2), sampled(4096), 2_000, &m, Some(3)), Ok(None)));
+        // Where the walk samples (no epochs), or with the hash map (its record stays until the
+        // close), an idle hooked socket is not forgotten here.
+        assert!(matches!(from_diag(&mut hooked(storage, 2), sampled(0), 2_000, &m, None), Ok(None)));
+        assert!(matches!(from_diag(&mut hooked(SendHook::SockSendLength, 2), sampled(0), 2_000, &m, Some(3)), Ok(None)));
+        // Not found: closed (storage dies silently) or gone (its close event never came).
+        assert!(matches!(from_diag(&mut hooked(storage, 3), Ok(None), 2_000, &m, Some(3)), Ok(Some(Forget::Closed))));
+        assert!(matches!(from_diag(&mut hooked(SendHook::SockSendLength, 0), Ok(None), 2_000, &m, Some(3)), Ok(Some(Forget::Gone))));
     }
 }

@@ -60,7 +60,7 @@ impl Sweep {
         let found = match scanner {
             // The pass over files sees only sockets some process holds; the first reconcile
             // also finds those stuck before the agent started that nobody holds any more.
-            Some(s) if self.reconciled => match s.stuck_held() {
+            Some(s) if self.reconciled => match s.stuck_held(pool) {
                 Some(Ok(held)) => {
                     if std::mem::take(&mut self.files_pass_failing) {
                         log::info!("pass over every process's files works again");

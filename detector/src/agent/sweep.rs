@@ -76,6 +76,9 @@ pub struct Sweep {
     pub(super) files_pass_failing: bool,
     /// Sockets announced by a send hook that samples found gone since the last full pass.
     pub(super) gone_hooked: Vec<(u64, SockTuple)>,
+    /// Sockets the last pass found idle but kept, announced in the current epoch (see
+    /// `kernel_side::Epochs`): a new epoch lets the next pass forget them.
+    pub(super) idle_kept: usize,
     kernel_map_entries: Option<usize>,
     sweeps: u64,
 }
@@ -121,6 +124,7 @@ impl Sweep {
             reconcile_took: Duration::ZERO,
             files_pass_failing: false,
             gone_hooked: Vec::new(),
+            idle_kept: 0,
             kernel_map_entries: None,
             sweeps: 0,
         }
@@ -147,6 +151,7 @@ impl Sweep {
         if ctx.kernel.read_counters(&ctx.metrics) {
             ctx.kernel.resync(&mut self.tracker);
         }
+        self.next_epoch(&mut ctx.kernel);
         let stalled = self.pass(pool, Some(&mut ctx.kernel), &ctx.metrics, None);
         ctx.kernel.prune(self.gone_hooked.drain(..));
         self.kernel_map_entries = ctx.kernel.map_entries();
@@ -154,6 +159,18 @@ impl Sweep {
         self.sweeps += 1;
         if let Ok(mut p) = ctx.published.write() {
             p.stalled = stalled;
+        }
+    }
+
+    /// Where sock_diag samples socket storage: a new epoch when the last pass kept idle
+    /// sockets (at most every `EPOCH_AT_LEAST`), so this pass may forget them.
+    fn next_epoch(&mut self, kernel: &mut KernelSide) {
+        let Some(e) = kernel.epochs.as_mut() else { return };
+        if self.idle_kept > 0
+            && e.due()
+            && let Err(err) = e.advance()
+        {
+            log::warn!("moving the epoch on: {err}; idle sockets stay tracked until it works");
         }
     }
 

@@ -16,7 +16,7 @@ use tokio::{
 use super::{HookLine, MAX_REQUEST_BYTES, ProgramStats, Request, Response, Status};
 use crate::{
     agent::{Answer, Handle, Query},
-    kernel::loader::HookState,
+    kernel::hooks::HookState,
 };
 
 /// Longest a client may take to send its request, and the sweep to answer it.
@@ -150,14 +150,14 @@ impl Api {
     }
 }
 
-fn hook_line(h: &crate::kernel::loader::HookStatus) -> HookLine {
+fn hook_line(h: &crate::kernel::hooks::HookStatus) -> HookLine {
     let (state, why) = match &h.state {
         HookState::Attached => ("attached", None),
         HookState::Available => ("available", None),
         HookState::NotTried(w) => ("not_tried", Some(w.to_string())),
         HookState::Refused(w) => ("refused", Some(w.clone())),
     };
-    let program = h.program.into();
+    let program = crate::kernel::hooks::spec(h.id).program.into();
     HookLine { role: h.role.as_str().into(), hook: h.hook.into(), program, state: state.into(), why }
 }
 

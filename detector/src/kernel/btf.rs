@@ -128,7 +128,7 @@ impl KernelBtf {
     /// What the sampling walk reads; an error names the first field this kernel lacks.
     /// Fills in `c` the byte offsets, from the start of the socket, of what the sampling walk
     /// reads: the `struct tcp_sock` and `struct inet_connection_sock` fields `tcp_info` is made
-    /// of, the owner's uid, and the path from a `struct socket` to its inode number. All or
+    /// of, the owner's uid, and the path from a `struct socket`'s file to its inode number. All or
     /// none: on an error `c` is left as it was.
     pub fn tcp_offsets(&self, c: &mut KernelConfig) -> Result<(), BtfError> {
         let need = |s: &str, f: &str| self.member_offset(s, f).ok_or_else(|| BtfError::Missing(format!("{s}.{f}")));
@@ -149,7 +149,8 @@ impl KernelBtf {
         t.icsk_backoff = need("inet_connection_sock", "icsk_backoff")?;
         t.icsk_probes_out = need("inet_connection_sock", "icsk_probes_out")?;
         t.sk_uid = need("sock", "sk_uid")?;
-        t.socket_ino = need("socket_alloc", "vfs_inode")? + need("inode", "i_ino")?;
+        t.file_inode = need("file", "f_inode")?;
+        t.inode_ino = need("inode", "i_ino")?;
         *c = t;
         Ok(())
     }
@@ -189,7 +190,7 @@ mod tests {
         btf.tcp_offsets(&mut t).expect("tcp_sock offsets");
         assert!(t.icsk_rto > o.sndbuf && t.tcp_snd_una > t.icsk_rto && t.tcp_bytes_acked.is_multiple_of(8), "{t:?}");
         assert!(t.tcp_delivered_mstamp > t.icsk_rto && t.tcp_delivered_mstamp.is_multiple_of(8), "a u64 of tcp_sock, past inet_connection_sock: {t:?}");
-        assert!(t.socket_ino > 0, "{t:?}");
+        assert!(t.file_inode > 0 && t.inode_ino > 0, "{t:?}");
         assert!(!btf.has_function("no_such_function_here"));
     }
 }

@@ -2,7 +2,9 @@
 //! and counters. Thin on purpose; all judgement lives in `verdict`.
 pub mod btf;
 pub mod caps;
+pub mod configuration;
 pub mod events;
+pub mod hooks;
 pub mod iter;
 pub mod loader;
 pub mod prog_info;

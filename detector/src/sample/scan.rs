@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use detector_common::{AF_INET6, ScanRecord};
 
 use super::{
-    Dumped,
+    Dumped, Lookup,
     netns::{NetnsError, NetnsPool},
 };
 use crate::kernel::iter::{self, IterLink};
@@ -28,10 +28,38 @@ pub struct Held {
 }
 
 /// The rows of a pass over every process's files; a socket several processes or fds hold
-/// comes once.
+/// comes once. A socket nothing asked the cookie of yet has none (the pass reads the cookie, it
+/// cannot make it): such rows are told apart by namespace and addresses.
 pub fn parse_held(b: &[u8]) -> Result<Vec<Held>, String> {
     let mut seen = std::collections::HashSet::new();
-    Ok(records(b)?.iter().filter(|r| seen.insert(r.cookie)).map(|r| Held { row: dumped(r), netns: r.netns, pid: r.tgid }).collect())
+    let key = |r: &ScanRecord| if r.cookie != 0 { (r.cookie, 0, [0; 16], [0; 16], 0, 0) } else { (0, r.netns, r.saddr, r.daddr, r.sport, r.dport) };
+    Ok(records(b)?.iter().filter(|r| seen.insert(key(r))).map(|r| Held { row: dumped(r), netns: r.netns, pid: r.tgid }).collect())
+}
+
+/// Gives each row without a cookie its socket's, asked of sock_diag in the socket's namespace
+/// (which makes the cookie, as the agent's lookups would); a row whose socket is gone by then,
+/// or whose namespace cannot be entered, is left out (the next pass finds it if it matters).
+fn with_cookies(pool: &mut NetnsPool, held: Vec<Held>) -> Vec<Held> {
+    let (mut out, nameless): (Vec<Held>, Vec<Held>) = held.into_iter().partition(|h| h.row.cookie != 0);
+    let mut by_ns: std::collections::HashMap<u32, Vec<Held>> = std::collections::HashMap::new();
+    for h in nameless {
+        by_ns.entry(h.netns).or_default().push(h);
+    }
+    for (netns, rows) in by_ns {
+        let Ok(conn) = pool.conn(netns, Some(rows[0].pid)) else { continue };
+        let ls: Vec<Lookup> = rows.iter().map(|h| lookup_of(&h.row)).collect();
+        for (mut h, answer) in rows.into_iter().zip(conn.lookup_many(&ls, 0)) {
+            if let Ok(Some(d)) = answer {
+                h.row.cookie = d.cookie;
+                out.push(h);
+            }
+        }
+    }
+    out
+}
+
+fn lookup_of(d: &Dumped) -> Lookup {
+    Lookup { family: d.family, local: d.local, local_port: d.local_port, remote: d.remote, remote_port: d.remote_port, ifindex: d.ifindex, cookie: None }
 }
 
 fn records(b: &[u8]) -> Result<Vec<ScanRecord>, String> {
@@ -94,11 +122,12 @@ impl Scanner {
         parse(&self.buf).map_err(NetnsError::Iter)
     }
 
-    /// The stuck sockets some process holds, in every namespace (`None` without that pass).
-    pub fn stuck_held(&mut self) -> Option<Result<Vec<Held>, String>> {
+    /// The stuck sockets some process holds, in every namespace (`None` without that pass),
+    /// each with its cookie.
+    pub fn stuck_held(&mut self, pool: &mut NetnsPool) -> Option<Result<Vec<Held>, String>> {
         let link = self.files.as_ref()?;
         let read = link.open().and_then(|f| iter::read_all(f, &mut self.buf));
-        Some(read.map_err(|e| e.to_string()).and_then(|()| parse_held(&self.buf)))
+        Some(read.map_err(|e| e.to_string()).and_then(|()| parse_held(&self.buf)).map(|held| with_cookies(pool, held)))
     }
 }
 
@@ -129,5 +158,11 @@ mod tests {
         let held = parse_held(b).unwrap();
         assert_eq!(held.iter().map(|h| (h.row.cookie, h.netns, h.pid)).collect::<Vec<_>>(), vec![(7, 4026531840, 100), (8, 4026532000, 102)]);
         assert!(parse_held(&b[..10]).is_err());
+        // Without cookies (nothing asked for them yet), two sockets stay two, one held twice is one.
+        let mut recs = [rec(0, 4026531840, 100), rec(0, 4026531840, 101), rec(0, 4026531840, 102)];
+        recs[2].sport = 9;
+        // SAFETY: as above.
+        let b = unsafe { std::slice::from_raw_parts(recs.as_ptr().cast::<u8>(), std::mem::size_of_val(&recs)) };
+        assert_eq!(parse_held(b).unwrap().iter().map(|h| (h.row.local_port, h.pid)).collect::<Vec<_>>(), vec![(0, 100), (9, 102)]);
     }
 }
