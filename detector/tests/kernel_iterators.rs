@@ -15,7 +15,13 @@ use std::{
 };
 
 use detector::{
-    kernel::{self, btf::KernelBtf, loader, tracefs::Tracefs},
+    agent::{self, KernelStart},
+    kernel::{
+        self,
+        configuration::{Kind, Want},
+        hooks::{HookId, HookState},
+        loader,
+    },
     sample::{
         DiagConn, DiagSocket, Dumped, Lookup,
         netns::{NetnsPool, netns_of},
@@ -24,7 +30,7 @@ use detector::{
     },
     tracker::addr,
 };
-use detector_common::{SendHook, WalkRecord};
+use detector_common::WalkRecord;
 
 fn privileged() -> bool {
     let root = nix::unistd::geteuid().is_root();
@@ -83,22 +89,61 @@ fn lookup(diag: &mut DiagConn, r: &WalkRecord) -> DiagSocket {
     diag.lookup(&l, 0).unwrap().expect("sock_diag finds the walked socket by its cookie")
 }
 
-/// The programs, loaded as the agent loads them, but tracking this process's own sends.
-fn load() -> loader::Loaded {
-    try_load(None).unwrap()
+const SIZES: loader::Sizes = loader::Sizes { max_sockets: 1024, ring_buffer_bytes: 64 * 1024 };
+
+/// The configuration of `kind` loaded as the agent loads it, but tracking this process's own
+/// sends; `None`, with the refusal named in the test's output, where this kernel does not run
+/// it (the agent then runs a lesser one: `the_agent_runs_the_best_configuration_this_kernel_accepts`
+/// proves it is the best there is).
+fn start(kind: Kind, what: &str) -> Option<KernelStart> {
+    let mut p = agent::probe_kernel_ignoring(0).unwrap();
+    match p.start(Want { kind: Some(kind), send: None }, SIZES) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            detector_tests::refused(&format!("{what} needs configuration {}, which this kernel does not run: {e:#}", kind.as_str()));
+            None
+        }
+    }
 }
 
-fn try_load(hook: Option<SendHook>) -> Result<loader::Loaded, loader::LoadError> {
-    let mut cfg = loader::kernel_config(&Tracefs::find_or_mount().unwrap(), &KernelBtf::load().unwrap()).unwrap();
-    // This process sends: do not ignore it as the agent would ignore itself.
-    cfg.agent_tgid = 0;
-    let sizes = loader::Sizes { max_sockets: 1024, ring_buffer_bytes: 64 * 1024 };
-    loader::load(kernel::object(), &cfg, sizes, hook)
+/// As `start`, and the piece `id` must be part of it; else named as refused.
+fn start_with(kind: Kind, id: HookId, what: &str) -> Option<KernelStart> {
+    let k = start(kind, what)?;
+    if k.loaded.configuration.hooks().contains(&id) {
+        return Some(k);
+    }
+    let h = k.hooks.iter().find(|h| h.id == id).unwrap();
+    detector_tests::refused(&format!("{what} needs {}: {}", h.hook, detector::kernel::hooks::describe(&h.state)));
+    assert!(!h.state.works(), "{} works here but the configuration left it out: {:?}", h.hook, h.state);
+    None
 }
 
-/// Loaded with a send hook that keeps a hash map (the reconcile's plain pass).
-fn load_hash_map() -> loader::Loaded {
-    [SendHook::SockSendLength, SendHook::KprobeTcpSendmsg].into_iter().find_map(|h| try_load(Some(h)).ok()).expect("a hash-map send hook attaches here")
+/// The agent runs the best configuration this kernel accepts: each better kind is refused when
+/// tried whole (the refusal is named), and the one chosen loads. No piece is assumed to load.
+#[test]
+fn the_agent_runs_the_best_configuration_this_kernel_accepts() {
+    if !privileged() {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = agent::probe_kernel_ignoring(0).unwrap();
+    for h in p.hooks.iter().filter(|h| !h.state.works()) {
+        detector_tests::refused(&format!("{}: {}", h.hook, detector::kernel::hooks::describe(&h.state)));
+    }
+    let chosen = p.start(Want::default(), SIZES).expect("some configuration runs on every kernel of this project's matrix").loaded.configuration;
+    eprintln!("the agent runs {}", chosen.describe());
+    for kind in Kind::ALL.into_iter().filter(|k| *k < chosen.kind) {
+        let e = p
+            .start(Want { kind: Some(kind), send: None }, SIZES)
+            .err()
+            .unwrap_or_else(|| panic!("{} runs here, yet the agent chose {}", kind.as_str(), chosen.kind.as_str()));
+        detector_tests::refused(&format!("configuration {}: {e:#}", kind.as_str()));
+    }
+    // Within its kind, no better send hook loads either.
+    for h in p.hooks.iter().filter(|h| matches!(h.id, HookId::Send(s) if s.socket_storage() == chosen.kind.socket_storage() && (s as u8) < (chosen.send as u8)))
+    {
+        assert!(matches!(h.state, HookState::Refused(_)), "{} works here, yet {} was chosen", h.hook, chosen.describe());
+    }
 }
 
 /// The programs are loaded once per process: the tests run one at a time.
@@ -110,14 +155,8 @@ fn the_walk_reports_what_sock_diag_reports_and_only_sockets_with_bytes_waiting()
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut loaded = load();
-    let Some(link) = loaded.walk.take() else {
-        let h = loaded.hooks.iter().find(|h| h.id == loader::HookId::Walk).unwrap();
-        assert!(!loaded.send_hook.socket_storage(), "the walk was refused with socket storage: {:?}", h.state);
-        eprintln!("skipped: this kernel's send hook keeps a hash map; sock_diag samples");
-        return;
-    };
-    let mut walker = Walker::start(link).unwrap();
+    let Some(mut k) = start(Kind::StorageWalk, "the walk") else { return };
+    let mut walker = k.walker.take().expect("storage-walk runs with its walk started");
     if let Some(hz) = std::fs::read_to_string(format!("/boot/config-{}", kernel::kernel_release()))
         .ok()
         .and_then(|c| c.lines().find_map(|l| l.strip_prefix("CONFIG_HZ=").and_then(|v| v.parse::<u32>().ok())))
@@ -231,10 +270,9 @@ fn the_tcp_pass_finds_what_a_dump_finds_in_every_namespace() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut loaded = load_hash_map();
-    let scan = loaded.hooks.iter().find(|h| h.id == loader::HookId::Scan).unwrap();
-    assert_eq!(scan.program, "scan_tcp", "with a hash map, the plain pass");
-    let mut scanner = Scanner::new(loaded.scan.take().expect("the TCP iterator runs on this kernel"), None);
+    let Some(mut k) = start_with(Kind::StorageDiag, HookId::Scan, "the plain TCP pass") else { return };
+    assert_eq!(k.loaded.configuration.startup, Some(HookId::Scan), "where sock_diag samples, the plain pass");
+    let mut scanner = Scanner::new(k.loaded.scan.take().unwrap(), None);
     let pool = NetnsPool::new().unwrap();
     // Here.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -255,15 +293,9 @@ fn the_adopting_tcp_pass_hands_stuck_sockets_to_the_walk_in_every_namespace() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut loaded = load();
-    if !loaded.send_hook.socket_storage() {
-        eprintln!("skipped: this kernel's send hook keeps a hash map");
-        return;
-    }
-    let scan = loaded.hooks.iter().find(|h| h.id == loader::HookId::Scan).unwrap();
-    assert_eq!(scan.program, loader::SCAN_ADOPT_PROGRAM, "with socket storage, the adopting pass: {:?}", scan.state);
-    let mut scanner = Scanner::new(loaded.scan.take().expect("the TCP iterator runs on this kernel"), None);
-    let mut walker = Walker::start(loaded.walk.take().expect("the walk runs with socket storage")).unwrap();
+    let Some(mut k) = start_with(Kind::StorageWalk, HookId::ScanAdopt, "the adopting TCP pass") else { return };
+    let mut scanner = Scanner::new(k.loaded.scan.take().unwrap(), None);
+    let mut walker = k.walker.take().unwrap();
     let pool = NetnsPool::new().unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let here = kinds(&l);
@@ -306,17 +338,17 @@ fn the_pass_over_files_finds_in_one_pass_what_the_tcp_passes_find_in_each_namesp
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut loaded = load_hash_map();
-    let files = loaded.hooks.iter().find(|h| h.id == loader::HookId::ScanFiles).unwrap();
-    assert_eq!((files.program, files.attached()), ("scan_files", true), "with a hash map, the plain pass: {:?}", files.state);
-    let files = loaded.scan_files.take().expect("the task_file iterator runs on this kernel");
-    let mut scanner = Scanner::new(loaded.scan.take().expect("the TCP iterator runs on this kernel"), Some(files));
-    let pool = NetnsPool::new().unwrap();
+    let Some(mut k) = start_with(Kind::StorageDiag, HookId::ScanFiles, "the plain pass over files") else { return };
+    let Some(tcp) = k.loaded.scan.take() else {
+        return detector_tests::refused("iter tcp, which the pass over files is compared with");
+    };
+    let mut scanner = Scanner::new(tcp, k.loaded.scan_files.take());
+    let mut pool = NetnsPool::new().unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let here = kinds(&l);
     let there = Elsewhere::new("files", &pool);
     std::thread::sleep(Duration::from_millis(100));
-    let held = scanner.stuck_held().expect("the pass over files is loaded").unwrap();
+    let held = scanner.stuck_held(&mut pool).expect("the pass over files is loaded").unwrap();
     for (ns, hint, k) in [(pool.own(), None, &here), (there.inum, Some(there.holder.pid()), &there.kinds)] {
         let (want, idle) = k.ports();
         let rows: Vec<Dumped> = held.iter().filter(|h| h.netns == ns).map(|h| h.row).collect();
@@ -338,21 +370,17 @@ fn the_adopting_pass_over_files_hands_stuck_sockets_of_every_namespace_to_the_wa
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut loaded = load();
-    if !loaded.send_hook.socket_storage() {
-        eprintln!("skipped: this kernel's send hook keeps a hash map");
-        return;
-    }
-    let files = loaded.hooks.iter().find(|h| h.id == loader::HookId::ScanFiles).unwrap();
-    assert_eq!(files.program, loader::SCAN_FILES_ADOPT_PROGRAM, "with socket storage, the adopting pass: {:?}", files.state);
-    let files = loaded.scan_files.take().expect("the task_file iterator runs on this kernel");
-    let mut scanner = Scanner::new(loaded.scan.take().expect("the TCP iterator runs on this kernel"), Some(files));
-    let mut walker = Walker::start(loaded.walk.take().expect("the walk runs with socket storage")).unwrap();
-    let pool = NetnsPool::new().unwrap();
+    let Some(mut k) = start_with(Kind::StorageWalk, HookId::ScanFilesAdopt, "the adopting pass over files") else { return };
+    let Some(tcp) = k.loaded.scan.take() else {
+        return detector_tests::refused("iter tcp, which the adopting pass over files is checked beside");
+    };
+    let mut scanner = Scanner::new(tcp, k.loaded.scan_files.take());
+    let mut walker = k.walker.take().unwrap();
+    let mut pool = NetnsPool::new().unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let here = kinds(&l);
     let there = Elsewhere::new("files-adopt", &pool);
-    let held = scanner.stuck_held().expect("the pass over files is loaded").unwrap();
+    let held = scanner.stuck_held(&mut pool).expect("the pass over files is loaded").unwrap();
     let walked = walker.walk().unwrap().records;
     for (ns, hint, k) in [(pool.own(), None, &here), (there.inum, Some(there.holder.pid()), &there.kinds)] {
         let written: Vec<Dumped> = held.iter().filter(|h| h.netns == ns).map(|h| h.row).collect();

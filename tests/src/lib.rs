@@ -30,6 +30,23 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// Names a piece of the kernel side this kernel refused, which a test would otherwise have
+/// proven: on stderr, and under `cargo xtask test` in the file `DETECTOR_REFUSALS` names, which
+/// the run prints at its end. A refused piece is never skipped silently.
+pub fn refused(what: &str) {
+    use std::io::Write as _;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let line = format!("{}: {}\n", release.trim(), what.replace('\n', " "));
+    eprint!("REFUSED on {line}");
+    if let Some(path) = std::env::var_os("DETECTOR_REFUSALS") {
+        // One write of one line with O_APPEND: lines of tests running side by side never mix.
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+        if let Err(e) = f.and_then(|mut f| f.write_all(line.as_bytes())) {
+            panic!("recording a refusal in {}: {e}", std::path::Path::new(&path).display());
+        }
+    }
+}
+
 /// How many times longer than on a real machine a test may wait for something to happen:
 /// `DETECTOR_TEST_SLACK` (default 1). `cargo xtask vmtest` sets it for kernels booted under
 /// software emulation, which run everything several times slower. It stretches only the time
@@ -139,9 +156,15 @@ impl AgentBuilder {
         if !has("--interval") {
             cmd.args(["--interval", "250ms"]);
         }
-        // `cargo xtask test` runs the matrix again with each send hook this kernel offers.
-        if let Some(hook) = std::env::var_os("DETECTOR_TEST_SEND_HOOK").filter(|_| !has("--send-hook")) {
-            cmd.arg("--send-hook").arg(hook);
+        // `cargo xtask test` runs the matrix again with each configuration this kernel runs
+        // (a kind and a send hook); a test that forces either keeps what it forces.
+        if !has("--send-hook") && !has("--configuration") {
+            if let Some(hook) = std::env::var_os("DETECTOR_TEST_SEND_HOOK") {
+                cmd.arg("--send-hook").arg(hook);
+            }
+            if let Some(kind) = std::env::var_os("DETECTOR_TEST_CONFIGURATION") {
+                cmd.arg("--configuration").arg(kind);
+            }
         }
         if !has("--metrics-addr") {
             cmd.args(["--metrics-addr", "off"]);

@@ -39,8 +39,13 @@ fn metrics_during_a_real_stall() {
     let status = agent.query("status").expect("status");
     let hook = status["send_hook"].as_str().expect("send_hook").to_string();
     assert_eq!(metric(&text, &format!("detector_hook_attached{{role=\"send\",hook=\"{hook}\"}}")), Some(1.0), "{text}");
-    // With socket storage, the kernel walk samples (sock_diag otherwise).
-    let walks = status["storage"] == "socket storage";
+    // In the storage-walk configuration, the kernel walk samples (sock_diag otherwise).
+    let walks = status["configuration"] == "storage-walk";
+    assert_eq!(
+        metric(&text, &format!("detector_configuration{{configuration={},best=\"{}\"}}", status["configuration"], status["not_best"] == serde_json::json!([]))),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(metric(&text, "detector_hook_attached{role=\"sample\",hook=\"iter bpf_sk_storage_map\"}"), Some(walks as u8 as f64), "{text}");
     assert_eq!(status["sampling"].as_str().unwrap().starts_with("kernel walk"), walks, "{status}");
     assert!(metric(&text, "detector_sweep_duration_seconds_count").unwrap() >= 1.0);
@@ -80,11 +85,24 @@ fn check_reports_every_hook_and_passes_here() {
         "hook raw_tp inet_sock_set_state (lifetime)",
         "hook tracepoint tcp:tcp_retransmit_skb (lifetime)",
         "hook iter bpf_sk_storage_map (sample)",
-        "send hook",
+        "hook iter tcp (reconcile)",
+        "hook iter task_file (reconcile)",
         "socket destroy",
     ] {
         assert!(names.contains(&want), "check has no {want:?}: {names:?}");
     }
+    // Exactly one configuration is the one `run` would use, and an agent started with no flags
+    // runs it: check and run never disagree.
+    let chosen: Vec<&serde_json::Value> = v.as_array().unwrap().iter().filter(|c| c["chosen"] == true).collect();
+    assert_eq!(chosen.len(), 1, "{v}");
+    let agent = Agent::start("30s", &[]);
+    let status = agent.query("status").expect("status");
+    assert_eq!(status["configuration"], chosen[0]["configuration"], "check: {}\nstatus: {status}", chosen[0]);
+    let hook = status["hooks"].as_array().unwrap().iter().find(|h| h["role"] == "send" && h["state"] == "attached").expect("a send hook attached");
+    let flag = v.as_array().unwrap().iter().find(|c| c["name"] == format!("hook {} (send)", hook["hook"].as_str().unwrap())).unwrap()["send_hook"].clone();
+    assert_eq!(flag, chosen[0]["send_hook"], "{status}");
+    // The configurations it also runs were loaded whole; the best one is named as best or not.
+    assert_eq!(status["not_best"].as_array().unwrap().is_empty(), !names.contains(&"not the best"), "{status}");
 }
 
 #[test]

@@ -62,11 +62,11 @@ fn a_non_reading_stall_older_than_the_agent_is_listed_at_once_with_its_age() {
     assert!(age <= lifetime, "older than the connection: {age} ms of {lifetime} ms: {e}");
 }
 
-// Such a stall costs no sock_diag lookup per pass when the send hook keeps socket storage: the
-// reconcile's scan puts the socket into storage and the kernel walk samples it with the others
+// Such a stall costs no sock_diag lookup per pass where the kernel walk samples (storage-walk):
+// the reconcile's scan puts the socket into storage and the walk samples it with the others
 // (`detector explain` shows the kernel side's record of it; a socket found by a dump, sampled
-// with sock_diag, has none). With the hash map, sock_diag samples it (the metric is seen to
-// count). The metric is not compared for storage: it counts every socket of the node, and the
+// with sock_diag, has none). In the other configurations, sock_diag samples it (the metric is
+// seen to count). The metric is not compared for storage: it counts every socket of the node, and the
 // tests running beside this one make some (a few bytes in flight when a pass looks: one
 // lookup, then forgotten as idle).
 #[test]
@@ -79,7 +79,7 @@ fn a_stall_older_than_the_agent_is_sampled_by_the_kernel_walk_with_socket_storag
     std::thread::sleep(GRACE * 2);
     let metrics = format!("127.0.0.1:{}", free_port());
     let agent = Agent::start(GRACE_ARG, &["--metrics-addr", &metrics]);
-    let storage = agent.query("status").expect("status")["storage"] == "socket storage";
+    let walks = agent.query("status").expect("status")["configuration"] == "storage-walk";
     let (e, _) = expect_stalled(&agent, &p.local, Instant::now(), Duration::from_millis(1500));
     let lookups = || metric(&http_get(&metrics, "/metrics").1, "detector_sock_diag_lookups_total").expect("detector_sock_diag_lookups_total");
     let before = lookups();
@@ -87,10 +87,10 @@ fn a_stall_older_than_the_agent_is_sampled_by_the_kernel_walk_with_socket_storag
     let after = lookups();
     assert!(agent.stalled(&p.local).is_some(), "no longer listed");
     let explained = agent.explain(&e["socket_cookie"].to_string()).expect("explain");
-    if storage {
+    if walks {
         assert!(explained["kernel"].is_object(), "sampled as a socket found by a dump (sock_diag), not by the walk: {explained}\nagent log:\n{}", agent.log());
     } else {
-        assert!(after > before, "a hash-map agent samples the stall with sock_diag: {before} then {after}");
+        assert!(after > before, "without the walk, the agent samples the stall with sock_diag: {before} then {after}");
     }
 }
 

@@ -2,9 +2,10 @@
 //! under qemu by virtme-ng (`vng`) over this machine's root file system (read-only, with
 //! writable overlays), against the binaries just built here.
 //!
-//! In each kernel the guest half (`xtask vm-guest`, [`guest`]) asks `detector check` which send
-//! hooks the kernel offers and runs the selected tests once per hook, forcing it with
-//! `DETECTOR_TEST_SEND_HOOK`. It writes one JSON line per test result into a directory shared
+//! In each kernel the guest half (`xtask vm-guest`, [`guest`]) asks `detector check` which
+//! configurations the kernel runs and which one the agent picks, and runs the selected tests
+//! with no flags and once per configuration (forcing it with `DETECTOR_TEST_CONFIGURATION` and
+//! `DETECTOR_TEST_SEND_HOOK`). It writes one JSON line per test result into a directory shared
 //! with the host, so a guest that crashes or hangs still leaves what it proved.
 //!
 //! Debian's kernel packages (the generic flavour: it has the 9p modules the guest's root needs),
@@ -21,15 +22,26 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-/// A kernel the matrix runs on.
+/// A kernel the matrix runs on: a Debian kernel series, in the shape a fleet runs it (plain,
+/// locked down as Secure Boot does, PREEMPT_RT), or this machine's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kernel {
     /// Debian 12's 6.1 LTS (`linux-image-6.1.0-N-amd64-unsigned`).
     #[value(name = "6.1")]
     V6_1,
+    /// The same, booted with `lockdown=integrity`.
+    #[value(name = "6.1-lockdown-integrity")]
+    V6_1Integrity,
     /// Debian 12's backported 6.12 LTS (`linux-image-6.12.N+deb12-amd64-unsigned`).
     #[value(name = "6.12")]
     V6_12,
+    /// Its PREEMPT_RT flavour (`linux-image-6.12.N+deb12-rt-amd64-unsigned`).
+    #[value(name = "6.12-rt")]
+    V6_12Rt,
+    /// 6.12 booted with `lockdown=confidentiality` (Secure Boot's strict mode: no tracefs, no
+    /// kprobes, no `bpf_probe_read_kernel`).
+    #[value(name = "6.12-lockdown-confidentiality")]
+    V6_12Confidentiality,
     /// The kernel this machine runs, without a VM.
     Host,
     /// All of the above.
@@ -38,11 +50,11 @@ pub enum Kernel {
 
 impl Kernel {
     /// The kernels VMs boot (what `cargo xtask test` adds to the host's run).
-    pub const VMS: [Kernel; 2] = [Kernel::V6_1, Kernel::V6_12];
+    pub const VMS: [Kernel; 5] = [Kernel::V6_1, Kernel::V6_12, Kernel::V6_1Integrity, Kernel::V6_12Rt, Kernel::V6_12Confidentiality];
 
     pub fn each(self) -> Vec<Kernel> {
         match self {
-            Kernel::All => vec![Kernel::V6_1, Kernel::V6_12, Kernel::Host],
+            Kernel::All => Self::VMS.into_iter().chain([Kernel::Host]).collect(),
             k => vec![k],
         }
     }
@@ -50,7 +62,10 @@ impl Kernel {
     fn name(self) -> &'static str {
         match self {
             Kernel::V6_1 => "6.1",
+            Kernel::V6_1Integrity => "6.1-lockdown-integrity",
             Kernel::V6_12 => "6.12",
+            Kernel::V6_12Rt => "6.12-rt",
+            Kernel::V6_12Confidentiality => "6.12-lockdown-confidentiality",
             Kernel::Host => "host",
             Kernel::All => "all",
         }
@@ -60,9 +75,28 @@ impl Kernel {
     /// they install: `(prefix, suffix)` around the version.
     fn debian(self) -> Option<(&'static str, &'static str)> {
         match self {
-            Kernel::V6_1 => Some(("6.1.0-", "-amd64")),
-            Kernel::V6_12 => Some(("6.12.", "+deb12-amd64")),
+            Kernel::V6_1 | Kernel::V6_1Integrity => Some(("6.1.0-", "-amd64")),
+            Kernel::V6_12 | Kernel::V6_12Confidentiality => Some(("6.12.", "+deb12-amd64")),
+            Kernel::V6_12Rt => Some(("6.12.", "+deb12-rt-amd64")),
             _ => None,
+        }
+    }
+
+    /// Kernel parameters the shape boots with.
+    fn append(self) -> Option<&'static str> {
+        match self {
+            Kernel::V6_1Integrity => Some("lockdown=integrity"),
+            Kernel::V6_12Confidentiality => Some("lockdown=confidentiality"),
+            _ => None,
+        }
+    }
+
+    /// What `cargo xtask test` runs on it: the plain LTS kernels the subset, each other shape
+    /// the walking skeleton with no agent flags.
+    fn subset(self) -> Selection {
+        match self {
+            Kernel::V6_1 | Kernel::V6_12 | Kernel::Host => Selection::Subset,
+            _ => Selection::Skeleton,
         }
     }
 }
@@ -70,9 +104,13 @@ impl Kernel {
 /// Which tests run, and how many times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Selection {
-    /// What `cargo xtask test` runs in each VM: the walking skeleton, an unreachable peer and
-    /// the closed-socket leak check with the hook the kernel picks and each hook the host's
-    /// kernel cannot prove (fentry, kprobe), one reap.
+    /// The walking skeleton with the configuration the agent picks, no flags: a kernel shape
+    /// proven to run.
+    Skeleton,
+    /// What `cargo xtask test` runs on the plain LTS kernels: the walking skeleton, an
+    /// unreachable peer and the closed-socket leak check with the configuration the kernel
+    /// picks and each other it runs that the host's kernel cannot prove, the kernel iterators,
+    /// one reap.
     Subset,
     /// The whole matrix of the kernel-matrix issue.
     Full,
@@ -82,12 +120,14 @@ pub enum Selection {
 struct Case {
     binary: &'static str,
     tests: &'static [&'static str],
-    /// Run once per send hook (`true`) or once with the hook the agent picks.
-    per_hook: bool,
+    /// Run once per configuration the kernel runs (`true`) or once with the one the agent
+    /// picks, with no flags.
+    per_config: bool,
 }
 
-/// The walking skeleton's tests that run with any hook (the fallback-hook one forces the
-/// classic tracepoint, which 6.1 lacks: the per-hook runs cover it where it exists).
+/// The walking skeleton's tests that run with any configuration (the fallback-hook one forces
+/// the classic tracepoint, which 6.1 lacks: the per-configuration runs cover it where it
+/// exists).
 const WALKING: &[&str] = &[
     "non_reading_client_is_reported_with_owner_and_forgotten_on_close",
     "reading_client_is_tracked_but_never_reported",
@@ -101,19 +141,24 @@ const ITERATORS: &[&str] = &[
     "the_adopting_tcp_pass_hands_stuck_sockets_to_the_walk_in_every_namespace",
     "the_pass_over_files_finds_in_one_pass_what_the_tcp_passes_find_in_each_namespace",
     "the_adopting_pass_over_files_hands_stuck_sockets_of_every_namespace_to_the_walk",
+    "the_agent_runs_the_best_configuration_this_kernel_accepts",
 ];
 
 fn plan(sel: Selection) -> Vec<Case> {
+    if sel == Selection::Skeleton {
+        return vec![Case { binary: "walking_skeleton", tests: WALKING, per_config: false }];
+    }
     let mut cases = vec![
-        Case { binary: "walking_skeleton", tests: WALKING, per_hook: true },
-        Case { binary: "kernel_matrix", tests: &["closed_sockets_that_are_sent_on_leave_nothing_tracked"], per_hook: true },
+        Case { binary: "walking_skeleton", tests: WALKING, per_config: true },
+        Case { binary: "kernel_matrix", tests: &["closed_sockets_that_are_sent_on_leave_nothing_tracked"], per_config: true },
         // The iterators against sock_diag (each loads the programs itself, with the hooks it needs).
-        Case { binary: "kernel_iterators", tests: ITERATORS, per_hook: false },
+        Case { binary: "kernel_iterators", tests: ITERATORS, per_config: false },
     ];
     match sel {
+        Selection::Skeleton => {}
         Selection::Subset => {
-            cases.push(Case { binary: "scenarios", tests: &["s01_peer_unreachable_mid_stream"], per_hook: true });
-            cases.push(Case { binary: "reaping", tests: &["destroy_frees_the_seat_of_a_dead_client"], per_hook: false });
+            cases.push(Case { binary: "scenarios", tests: &["s01_peer_unreachable_mid_stream"], per_config: true });
+            cases.push(Case { binary: "reaping", tests: &["destroy_frees_the_seat_of_a_dead_client"], per_config: false });
         }
         Selection::Full => {
             cases.push(Case {
@@ -127,7 +172,7 @@ fn plan(sel: Selection) -> Vec<Case> {
                     "s05_clean_close_is_never_reported_and_forgotten",
                     "s10_idle_connection_never",
                 ],
-                per_hook: true,
+                per_config: true,
             });
             cases.push(Case {
                 binary: "verdict_truth",
@@ -138,7 +183,7 @@ fn plan(sel: Selection) -> Vec<Case> {
                     "a_close_wait_socket_that_never_sent_is_peer_closed",
                     "a_first_send_that_blocks_forever_is_found",
                 ],
-                per_hook: true,
+                per_config: true,
             });
             cases.push(Case {
                 binary: "attribution",
@@ -148,7 +193,7 @@ fn plan(sel: Selection) -> Vec<Case> {
                     "a_socket_no_process_holds_is_owner_unknown_never_a_wrong_pid",
                     "a_reused_sender_pid_is_never_reported_as_owner",
                 ],
-                per_hook: true,
+                per_config: true,
             });
             cases.push(Case {
                 binary: "reaping",
@@ -157,7 +202,7 @@ fn plan(sel: Selection) -> Vec<Case> {
                     "destroy_frees_a_seat_held_by_an_unreachable_peer_in_another_namespace",
                     "shutdown_through_the_owners_fd_frees_the_seat",
                 ],
-                per_hook: true,
+                per_config: true,
             });
         }
     }
@@ -172,6 +217,7 @@ const SLACK_KVM: u32 = 2;
 /// The longest one kernel's run may take before its VM is killed, per selection.
 fn vm_timeout(sel: Selection) -> Duration {
     match sel {
+        Selection::Skeleton => Duration::from_secs(15 * 60),
         Selection::Subset => Duration::from_secs(30 * 60),
         Selection::Full => Duration::from_secs(120 * 60),
     }
@@ -184,13 +230,13 @@ pub fn run(root: &Path, kernels: &[Kernel], sel: Selection) -> anyhow::Result<()
     let started = Instant::now();
     let binaries = build(root)?;
     let out_root = root.join("target/vmtest").join(match sel {
-        Selection::Subset => "subset",
+        Selection::Skeleton | Selection::Subset => "subset",
         Selection::Full => "full",
     });
-    // The subset leaves out, in VMs, the hooks the host's suite proves (on a newer kernel)
-    // unless the VM's kernel picks one of them.
+    // The subset leaves out, in VMs, the configurations the host's suite proves (on a newer
+    // kernel) unless the VM's kernel picks one of them.
     let skip = match sel {
-        Selection::Subset => host_send_hooks(root)?,
+        Selection::Skeleton | Selection::Subset => host_configurations(root)?,
         Selection::Full => vec![],
     };
     // Kernel images first: the KVM probe boots one.
@@ -208,9 +254,11 @@ pub fn run(root: &Path, kernels: &[Kernel], sel: Selection) -> anyhow::Result<()
             (Some(vm), _) if vm.kvm => SLACK_KVM,
             _ => SLACK_TCG,
         };
+        // In the subset, each shape beyond the plain LTS kernels runs the walking skeleton.
+        let sel = if sel == Selection::Subset { k.subset() } else { sel };
         write_plan(&out, root, &binaries, sel, slack, &skip)?;
         let ran = match (&vm, images.get(k.name())) {
-            (Some(vm), Some(image)) => vm.boot(root, image, &out, vm_timeout(sel)),
+            (Some(vm), Some(image)) => vm.boot(root, image, k.append(), &out, vm_timeout(sel)),
             _ => guest(&out),
         };
         if let Err(e) = &ran {
@@ -277,23 +325,23 @@ fn build(root: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     Ok(bins)
 }
 
-/// The send hooks this machine's kernel runs.
-fn host_send_hooks(root: &Path) -> anyhow::Result<Vec<String>> {
+/// The configurations this machine's kernel runs (`kind/send-hook`).
+fn host_configurations(root: &Path) -> anyhow::Result<Vec<String>> {
     let out = Command::new(root.join("target/release/detector")).args(["check", "--output", "json"]).output().context("running detector check")?;
     let checks: Value = serde_json::from_slice(&out.stdout).context("detector check printed no JSON")?;
-    Ok(send_hooks(&checks).0)
+    Ok(configurations(&checks).0)
 }
 
 fn write_plan(out: &Path, root: &Path, binaries: &BTreeMap<String, PathBuf>, sel: Selection, slack: u32, skip: &[String]) -> anyhow::Result<()> {
     let mut cases = vec![];
     for c in plan(sel) {
         let bin = binaries.get(c.binary).with_context(|| format!("no integration test binary named {}", c.binary))?;
-        cases.push(json!({"binary": c.binary, "path": bin, "tests": c.tests, "per_hook": c.per_hook}));
+        cases.push(json!({"binary": c.binary, "path": bin, "tests": c.tests, "per_config": c.per_config}));
     }
     let plan = json!({
         "detector": root.join("target/release/detector"),
         "slack": slack,
-        "skip_hooks": skip,
+        "skip_configurations": skip,
         "cases": cases,
     });
     std::fs::write(out.join("plan.json"), serde_json::to_vec_pretty(&plan)?).context("writing the VM plan")
@@ -342,12 +390,16 @@ impl Vm {
         Ok(matches!(run_for(cmd, Duration::from_secs(30))?, Some(true)))
     }
 
-    /// Boots `kernel` and runs the guest half in it, the results going to `out`.
-    fn boot(&self, root: &Path, kernel: &Path, out: &Path, limit: Duration) -> anyhow::Result<()> {
+    /// Boots `kernel` (with the kernel parameters `append`) and runs the guest half in it,
+    /// the results going to `out`.
+    fn boot(&self, root: &Path, kernel: &Path, append: Option<&str>, out: &Path, limit: Duration) -> anyhow::Result<()> {
         let console = std::fs::File::create(out.join("console.log")).context("creating console.log")?;
         let mut cmd = self.vng();
         if !self.kvm {
             cmd.arg("--disable-kvm");
+        }
+        if let Some(a) = append {
+            cmd.arg(format!("--append={a}"));
         }
         cmd.args(["--memory", "2G", "--cpus", "2"])
             .arg(format!("--rwdir={}", out.display()))
@@ -465,55 +517,71 @@ fn ensure_kernel(series: (&str, &str)) -> anyhow::Result<PathBuf> {
 // ---------------------------------------------------------------------------------------------
 // The guest half: runs inside the VM (or on the host for `--kernel host`).
 
-/// Runs the plan in `dir`: `detector check`, then each case with each send hook it needs.
+/// Runs the plan in `dir`: `detector check`, then each case with each configuration it needs.
 /// Results are appended to `dir/results.jsonl` as they come.
 pub fn guest(dir: &Path) -> anyhow::Result<()> {
     let plan: Value = serde_json::from_slice(&std::fs::read(dir.join("plan.json")).context("reading plan.json")?).context("parsing plan.json")?;
     let detector = PathBuf::from(plan["detector"].as_str().context("plan: detector")?);
     let slack = plan["slack"].as_u64().unwrap_or(1);
+    std::fs::write(dir.join("lockdown.txt"), lockdown())?;
     let check = Command::new(&detector).args(["check", "--output", "json"]).output().context("running detector check")?;
     std::fs::write(dir.join("check.json"), &check.stdout)?;
     let checks: Value = serde_json::from_slice(&check.stdout).context("detector check printed no JSON")?;
-    let (mut hooks, picked) = send_hooks(&checks);
-    let skip: Vec<&str> = plan["skip_hooks"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    hooks.retain(|h| !skip.contains(&h.as_str()) || picked.as_deref() == Some(h));
+    let (mut all, picked) = configurations(&checks);
+    let skip: Vec<&str> = plan["skip_configurations"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    all.retain(|c| !skip.contains(&c.as_str()) || picked.as_deref() == Some(c));
     let mut results = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("results.jsonl"))?;
     for case in plan["cases"].as_array().context("plan: cases")? {
-        let per_hook = case["per_hook"].as_bool().unwrap_or(false);
-        let run_with: Vec<&str> = if per_hook { hooks.iter().map(String::as_str).collect() } else { picked.iter().map(String::as_str).collect() };
-        for hook in run_with {
-            for (test, outcome, secs) in run_case(dir, &detector, case, hook, slack)? {
-                let line = json!({"binary": case["binary"], "test": test, "hook": hook, "outcome": outcome, "secs": secs});
+        // With no flags, the configuration the agent picks; per configuration, each forced.
+        let run_with: Vec<Option<&str>> =
+            if case["per_config"].as_bool().unwrap_or(false) { all.iter().map(|c| Some(c.as_str())).collect() } else { vec![None] };
+        for forced in run_with {
+            let label = forced.or(picked.as_deref()).unwrap_or("none");
+            for (test, outcome, secs) in run_case(dir, &detector, case, forced, slack)? {
+                let line = json!({"binary": case["binary"], "test": test, "configuration": label, "outcome": outcome, "secs": secs});
                 writeln!(results, "{line}")?;
-                eprintln!("vm-guest: {hook} {}::{test} {outcome}", case["binary"].as_str().unwrap_or("?"));
+                eprintln!("vm-guest: {label} {}::{test} {outcome}", case["binary"].as_str().unwrap_or("?"));
             }
         }
     }
     Ok(())
 }
 
-/// The `--send-hook` values of every send hook this kernel can run, and the one the agent picks.
-fn send_hooks(checks: &Value) -> (Vec<String>, Option<String>) {
+/// The kernel's lockdown mode (`none`, `integrity`, `confidentiality`), as securityfs says.
+fn lockdown() -> String {
+    let path = Path::new("/sys/kernel/security/lockdown");
+    if !path.exists() {
+        let _ = Command::new("mount").args(["-t", "securityfs", "securityfs", "/sys/kernel/security"]).status();
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_whitespace().find_map(|w| w.strip_prefix('[')?.strip_suffix(']').map(str::to_string)).unwrap_or_else(|| "unknown".into())
+}
+
+/// Every configuration `detector check` loaded on this kernel (`kind/send-hook`), and the one
+/// the agent picks.
+fn configurations(checks: &Value) -> (Vec<String>, Option<String>) {
     let mut all = vec![];
     let mut picked = None;
     for c in checks.as_array().into_iter().flatten() {
-        let Some(h) = c["send_hook"].as_str() else { continue };
+        let (Some(kind), Some(hook)) = (c["configuration"].as_str(), c["send_hook"].as_str()) else { continue };
         if c["ok"] == true {
-            all.push(h.to_string());
-            if c["detail"] == "attached" {
-                picked = Some(h.to_string());
+            let name = format!("{kind}/{hook}");
+            if c["chosen"] == true {
+                picked = Some(name.clone());
             }
+            all.push(name);
         }
     }
     (all, picked)
 }
 
-/// Runs one case's tests with `hook` forced; each test's name, `ok`/`FAILED`, and the seconds
-/// the whole binary took. A test that never printed a result (the binary crashed) is `FAILED`.
-fn run_case(dir: &Path, detector: &Path, case: &Value, hook: &str, slack: u64) -> anyhow::Result<Vec<(String, String, f64)>> {
+/// Runs one case's tests, with the configuration `forced` (`kind/send-hook`) or with none; each
+/// test's name, `ok`/`FAILED`, and the seconds the whole binary took. A test that never printed
+/// a result (the binary crashed) is `FAILED`.
+fn run_case(dir: &Path, detector: &Path, case: &Value, forced: Option<&str>, slack: u64) -> anyhow::Result<Vec<(String, String, f64)>> {
     let binary = case["binary"].as_str().context("plan: binary")?;
     let tests: Vec<&str> = case["tests"].as_array().context("plan: tests")?.iter().filter_map(Value::as_str).collect();
-    let log = dir.join(format!("{binary}-{hook}.log"));
+    let log = dir.join(format!("{binary}-{}.log", forced.unwrap_or("picked").replace('/', "-")));
     let logf = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let t = Instant::now();
     let mut cmd = Command::new(case["path"].as_str().context("plan: path")?);
@@ -521,12 +589,14 @@ fn run_case(dir: &Path, detector: &Path, case: &Value, hook: &str, slack: u64) -
         .args(&tests)
         .env("DETECTOR_BIN", detector)
         .env("DETECTOR_REQUIRE_PRIVILEGED", "1")
-        .env("DETECTOR_TEST_SEND_HOOK", hook)
         .env("DETECTOR_TEST_SLACK", slack.to_string())
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(logf.try_clone()?)
         .stderr(logf);
+    if let Some((kind, hook)) = forced.and_then(|f| f.split_once('/')) {
+        cmd.env("DETECTOR_TEST_CONFIGURATION", kind).env("DETECTOR_TEST_SEND_HOOK", hook);
+    }
     // A test that hangs fails alone (killed with what it started), not the whole VM run.
     let limit = TEST_LIMIT * tests.len() as u32;
     if run_for(cmd, limit).with_context(|| format!("running {binary}"))?.is_none() {
@@ -551,9 +621,10 @@ fn run_case(dir: &Path, detector: &Path, case: &Value, hook: &str, slack: u64) -
 struct Summary {
     kernel: Kernel,
     release: String,
+    lockdown: String,
     picked: Option<String>,
-    /// Per send hook: (passed, failed).
-    hooks: BTreeMap<String, (usize, usize)>,
+    /// Per configuration (`kind/send-hook`): (passed, failed).
+    configurations: BTreeMap<String, (usize, usize)>,
     destroy: String,
     took: Duration,
     error: Option<String>,
@@ -564,33 +635,44 @@ impl Summary {
         let checks: Value = std::fs::read(out.join("check.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
         let detail =
             |name: &str| checks.as_array().into_iter().flatten().find(|c| c["name"] == name).and_then(|c| c["detail"].as_str()).unwrap_or("?").to_string();
-        let mut hooks = BTreeMap::new();
+        let mut proven = BTreeMap::new();
         let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap_or_default();
         for v in results.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
-            let e: &mut (usize, usize) = hooks.entry(v["hook"].as_str().unwrap_or("?").to_string()).or_default();
+            let e: &mut (usize, usize) = proven.entry(v["configuration"].as_str().unwrap_or("?").to_string()).or_default();
             if v["outcome"] == "ok" {
                 e.0 += 1;
             } else {
                 e.1 += 1;
             }
         }
-        let error = std::fs::read_to_string(out.join("error.txt")).ok().or_else(|| hooks.is_empty().then(|| "no test ran (see console.log)".to_string()));
-        Ok(Summary { kernel, release: detail("kernel"), picked: send_hooks(&checks).1, hooks, destroy: detail("socket destroy"), took, error })
+        let error = std::fs::read_to_string(out.join("error.txt")).ok().or_else(|| proven.is_empty().then(|| "no test ran (see console.log)".to_string()));
+        let lockdown = std::fs::read_to_string(out.join("lockdown.txt")).unwrap_or_else(|_| "?".into());
+        Ok(Summary {
+            kernel,
+            release: detail("kernel"),
+            lockdown,
+            picked: configurations(&checks).1,
+            configurations: proven,
+            destroy: detail("socket destroy"),
+            took,
+            error,
+        })
     }
 
     fn passed(&self) -> bool {
-        self.error.is_none() && self.hooks.values().all(|(_, f)| *f == 0)
+        self.error.is_none() && self.configurations.values().all(|(_, f)| *f == 0)
     }
 
     fn line(&self) -> String {
-        let hooks: Vec<String> = self.hooks.iter().map(|(h, (p, f))| format!("{h} {p} passed {f} failed")).collect();
+        let proven: Vec<String> = self.configurations.iter().map(|(c, (p, f))| format!("{c} {p} passed {f} failed")).collect();
         format!(
-            "xtask vmtest: {} ({}) in {:.0} s: {}; the agent picks {}{}",
+            "xtask vmtest: {} ({}, lockdown {}) in {:.0} s: {}; the agent picks {}{}",
             self.kernel.name(),
             self.release,
+            self.lockdown,
             self.took.as_secs_f64(),
-            hooks.join(", "),
-            self.picked.as_deref().unwrap_or("no hook"),
+            proven.join(", "),
+            self.picked.as_deref().unwrap_or("nothing"),
             self.error.as_deref().map(|e| format!("; ERROR: {e}")).unwrap_or_default()
         )
     }
@@ -598,12 +680,13 @@ impl Summary {
 
 /// The README's "supported kernels" table.
 fn table(summaries: &[Summary]) -> String {
-    let mut t = String::from("| Kernel | Send hooks proven (tests passed) | The agent picks | Socket destroy |\n|---|---|---|---|\n");
+    let mut t =
+        String::from("| Kernel | Lockdown | The agent picks (no flags) | Configurations proven (tests passed) | Socket destroy |\n|---|---|---|---|---|\n");
     for s in summaries {
-        let hooks: Vec<String> =
-            s.hooks.iter().map(|(h, (p, f))| if *f == 0 { format!("`{h}` ({p})") } else { format!("`{h}` ({p}, **{f} failed**)") }).collect();
-        let hooks = if s.error.is_some() && hooks.is_empty() { "did not run".to_string() } else { hooks.join(", ") };
-        t += &format!("| {} | {} | `{}` | {} |\n", s.release, hooks, s.picked.as_deref().unwrap_or("none"), s.destroy);
+        let proven: Vec<String> =
+            s.configurations.iter().map(|(c, (p, f))| if *f == 0 { format!("`{c}` ({p})") } else { format!("`{c}` ({p}, **{f} failed**)") }).collect();
+        let proven = if s.error.is_some() && proven.is_empty() { "did not run".to_string() } else { proven.join(", ") };
+        t += &format!("| {} | {} | `{}` | {} | {} |\n", s.release, s.lockdown, s.picked.as_deref().unwrap_or("none"), proven, s.destroy);
     }
     t
 }
@@ -638,12 +721,23 @@ mod tests {
     }
 
     #[test]
-    fn the_picked_hook_is_the_attached_one() {
+    fn the_picked_configuration_is_the_chosen_one() {
         let checks = json!([
             {"name": "hook fentry tcp_sendmsg (send)", "ok": true, "detail": "attached", "send_hook": "fentry"},
-            {"name": "hook kprobe tcp_sendmsg (send)", "ok": true, "detail": "available; not used", "send_hook": "kprobe"},
-            {"name": "hook tracepoint sock:sock_send_length (send)", "ok": false, "detail": "absent", "send_hook": "sock-send-length"},
+            {"name": "configuration storage-walk", "ok": true, "chosen": true, "configuration": "storage-walk", "send_hook": "fentry"},
+            {"name": "configuration hash-map", "ok": true, "configuration": "hash-map", "send_hook": "kprobe"},
+            {"name": "configuration --configuration storage-diag", "ok": false, "detail": "refused"},
         ]);
-        assert_eq!(send_hooks(&checks), (vec!["fentry".to_string(), "kprobe".to_string()], Some("fentry".to_string())));
+        assert_eq!(configurations(&checks), (vec!["storage-walk/fentry".to_string(), "hash-map/kprobe".to_string()], Some("storage-walk/fentry".to_string())));
+    }
+
+    #[test]
+    fn every_shape_boots_a_debian_series_with_its_parameters() {
+        assert_eq!(Kernel::V6_12Rt.debian(), Some(("6.12.", "+deb12-rt-amd64")));
+        assert_eq!(package_pattern(Kernel::V6_12Rt.debian().unwrap()), "^linux-image-6\\.12\\.[0-9]+\\+deb12-rt-amd64-unsigned$");
+        assert_eq!(Kernel::V6_12Confidentiality.append(), Some("lockdown=confidentiality"));
+        assert_eq!(Kernel::V6_1Integrity.append(), Some("lockdown=integrity"));
+        assert!(Kernel::VMS.iter().all(|k| k.debian().is_some()));
+        assert_eq!(Kernel::All.each().len(), Kernel::VMS.len() + 1);
     }
 }

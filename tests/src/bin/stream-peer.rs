@@ -9,6 +9,8 @@
 //!       burst:<n>     write n bytes, then hold the socket open and idle, never reading
 //!       burst-close:<n>  write n bytes, then read until the client's EOF and close (clean close)
 //!       paced:<r>     write r bytes per second, in 10 chunks a second
+//!       bursts:<n>:<ms>  write n bytes (blocking), then nothing for ms milliseconds, again and
+//!                     again; prints `BURST <k> local=<addr>` as burst k begins
 //!       fill-idle     fill the send path (until the socket takes no more), then hold it idle
 //!       fill-close    fill the send path (prints `FILLED local=<addr>`), then read until the
 //!                     client's EOF and close
@@ -312,6 +314,16 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
         // Hold the socket, idle, and never read: the app that missed the EOF.
         "burst" => write_n(&mut s, arg_num(mode)).map(|()| hold()),
         "paced" => paced(s, arg_num(mode)),
+        "bursts" => {
+            let (n, gap) = mode.trim_start_matches("bursts:").split_once(':').expect("bursts:<n>:<ms>");
+            let (n, gap) = (n.parse::<u64>().expect("bytes"), Duration::from_millis(gap.parse().expect("ms")));
+            for k in 1u64.. {
+                say(format!("BURST {k} local={}", s.local_addr()?));
+                write_n(&mut s, n)?;
+                std::thread::sleep(gap);
+            }
+            Ok(())
+        }
         _ => panic!("unknown server mode {mode:?}"),
     }
 }
