@@ -16,7 +16,7 @@ fn docs(file: &str) -> Vec<Value> {
 /// What a running agent exports (the hook series appear when the agent attaches its hooks;
 /// the pod family when it is asked for and a pod holds a stall).
 fn exported_series() -> String {
-    let m = Metrics::new().with_pod_series(10);
+    let m = Metrics::new().with_pod_series(10).with_configuration("storage-diag", false);
     let mut s = crate::report::StalledSocket::example();
     (s.pod_namespace, s.pod_name) = (Some("shop".into()), Some("ws-1".into()));
     m.set_pod_stalls(&[s]);
@@ -160,7 +160,14 @@ fn alert_rules_query_exported_metrics() {
     let groups = all[0]["spec"]["groups"].as_sequence().unwrap();
     let rules: Vec<&Value> = groups.iter().flat_map(|g| g["rules"].as_sequence().unwrap()).collect();
     let names: Vec<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
-    for want in ["DetectorStalledSocketsRising", "DetectorReapsFailing", "DetectorEventsDropped", "DetectorPodStalledSockets", "DetectorAgentDown"] {
+    for want in [
+        "DetectorStalledSocketsRising",
+        "DetectorReapsFailing",
+        "DetectorEventsDropped",
+        "DetectorPodStalledSockets",
+        "DetectorLesserConfiguration",
+        "DetectorAgentDown",
+    ] {
         assert!(names.contains(&want), "no alert {want}");
     }
     for r in rules {

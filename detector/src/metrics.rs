@@ -40,7 +40,8 @@ pub struct HookLabel {
 }
 
 /// The configuration running (`storage-walk`, `storage-diag`, `hash-map`), and whether it is
-/// the best the agent knows (`false`: the kernel refused a piece of a better one).
+/// of the best kind (`false`: the kernel refused a piece every better kind needs; a better send
+/// hook an older kernel lacks does not count: `detector status` lists those).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConfigurationLabel {
     pub configuration: String,
@@ -225,11 +226,11 @@ impl Metrics {
     }
 
     /// Adds `configuration{configuration,best}` = 1 for the configuration the agent runs: a
-    /// fleet sees which nodes run a lesser one.
+    /// fleet sees which nodes run a lesser kind.
     pub fn with_configuration(mut self, configuration: &str, best: bool) -> Self {
         let f: Family<ConfigurationLabel, Gauge> = Family::default();
         f.get_or_create(&ConfigurationLabel { configuration: configuration.into(), best: best.to_string() }).set(1);
-        self.registry.register("configuration", "The configuration the agent runs (1), and whether it is the best it knows", f);
+        self.registry.register("configuration", "The configuration the agent runs (1), and whether it is of the best kind", f);
         self
     }
 

@@ -100,7 +100,9 @@ fn start(kind: Kind, what: &str) -> Option<KernelStart> {
     match p.start(Want { kind: Some(kind), send: None }, SIZES) {
         Ok(k) => Some(k),
         Err(e) => {
-            detector_tests::refused(&format!("{what} needs configuration {}, which this kernel does not run: {e:#}", kind.as_str()));
+            let why = format!("{e:#}");
+            let why = why.lines().find(|l| l.trim_start().starts_with(&format!("- {}", kind.as_str()))).unwrap_or(&why).trim_start_matches([' ', '-']);
+            detector_tests::refused(&format!("{what} needs configuration {}, which this kernel does not run: {why}", kind.as_str()));
             None
         }
     }

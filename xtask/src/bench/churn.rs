@@ -24,7 +24,7 @@ const CONCURRENCY: &str = "20";
 
 /// The agent configurations measured against "off".
 const CONFIGS: [(&str, &[&str]); 2] =
-    [("default hook", &[]), ("fallback hook (tracepoint sock:sock_send_length, hash map)", &["--send-hook", "sock-send-length"])];
+    [("default configuration (no flags)", &[]), ("fallback hook (tracepoint sock:sock_send_length, hash map)", &["--send-hook", "sock-send-length"])];
 
 pub struct Churn {
     pub rounds: usize,

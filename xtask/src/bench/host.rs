@@ -107,6 +107,17 @@ pub fn default_send_hook(b: &Bins) -> anyhow::Result<Option<String>> {
         .map(str::to_string))
 }
 
+/// The configuration the agent runs on this kernel with no flags, as `detector check` loads it
+/// (`storage-walk`, `storage-diag`, `hash-map`), with its send hook's flag.
+pub fn default_configuration(b: &Bins) -> String {
+    let chosen = Command::new(&b.detector).args(["check", "--output", "json"]).output().ok().and_then(|o| {
+        let checks: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        let c = checks.as_array()?.iter().find(|c| c["chosen"] == true)?.clone();
+        Some(format!("{} with {}", c["configuration"].as_str()?, c["send_hook"].as_str()?))
+    });
+    chosen.unwrap_or_else(|| "none (detector check loaded no configuration)".into())
+}
+
 /// Per program of the agent: (run count, run time ns), as the kernel accounts them.
 pub fn program_stats(a: &Agent) -> anyhow::Result<HashMap<String, (f64, f64)>> {
     let st = a.query("status").map_err(anyhow::Error::msg)?;

@@ -70,7 +70,8 @@ pub fn run(root: &Path, quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     let send = send::run(&b, plan.send_rounds)?;
     let scale = scale_all(&b, &plan)?;
     let latency = latency_all(&b, &plan)?;
-    let results = report::Results { churn, send, scale, latency, took_s: started.elapsed().as_secs_f64() };
+    let configuration = host::default_configuration(&b);
+    let results = report::Results { configuration, churn, send, scale, latency, took_s: started.elapsed().as_secs_f64() };
     let path = root.join("BENCHMARKS.md");
     let text = report::write(&std::fs::read_to_string(&path).unwrap_or_default(), &results);
     std::fs::write(&path, &text)?;

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use super::{churn::Churn, latency::Latency, scale::Scale, send::Send};
 
 pub struct Results {
+    /// The configuration the agent runs here with no flags (`host::default_configuration`).
+    pub configuration: String,
     pub churn: Churn,
     pub send: Send,
     pub scale: Vec<Scale>,
@@ -62,10 +64,11 @@ fn trend(previous: &str, r: &Results) -> Vec<String> {
     let send = r.send.cpu_delta_64().map_or(String::new(), |d| format!("{d:+.1} ns"));
     let p99 = r.latency.iter().map(|l| l.p99).fold(f64::NAN, f64::max);
     let stopped = r.latency.iter().map(|l| l.stopped_p99).fold(f64::NAN, f64::max);
+    let kernel = format!("{} ({})", sh("uname", &["-r"]), r.configuration.split(' ').next().unwrap_or("?"));
     rows.push(format!(
         "| {} | {} | {} | {churn} | {send} | {} | {} | {} | {p99:.2} s / {stopped:.2} s |",
         sh("date", &["-u", "+%Y-%m-%d"]),
-        sh("uname", &["-r"]),
+        kernel,
         sh("git", &["rev-parse", "--short", "HEAD"]),
         cpu(50_000, 0),
         cpu(200_000, 0),
@@ -79,11 +82,12 @@ pub fn write(previous: &str, r: &Results) -> String {
     let _ = writeln!(s, "# Benchmarks\n");
     let _ = writeln!(
         s,
-        "Written by `cargo xtask bench` on {}, kernel {}, {}; the run took {:.0} s.{} Every figure is a median over interleaved rounds with its spread (quartiles in brackets, range in parentheses), judged against an off/off control measured in the same rounds: a target the control's spread covers is \"not resolved\", neither met nor missed. This machine kind's throughput is noisy (single off/off runs differ by up to ±30 %); the medians of paired rounds are what these numbers rest on.\n",
+        "Written by `cargo xtask bench` on {}, kernel {}, {}; the run took {:.0} s. With no flags the agent runs configuration `{}` on this kernel (README, Supported kernels): the \"default\" rows below measure it.{} Every figure is a median over interleaved rounds with its spread (quartiles in brackets, range in parentheses), judged against an off/off control measured in the same rounds: a target the control's spread covers is \"not resolved\", neither met nor missed. This machine kind's throughput is noisy (single off/off runs differ by up to ±30 %); the medians of paired rounds are what these numbers rest on.\n",
         machine(),
         sh("uname", &["-r"]),
         sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         r.took_s,
+        r.configuration,
         mitigations()
     );
     super::churn::report(&mut s, &r.churn);
