@@ -62,6 +62,11 @@ pub struct RunArgs {
     /// How long queued bytes may go unacknowledged before a socket counts as stalled (e.g. 30s, 2m).
     #[arg(long, env = "DETECTOR_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// How long a socket the peer closed (CLOSE_WAIT) may sit with nothing queued before it is
+    /// listed, as a leak suspect (`close_wait_idle`): a client that half-closed after its request
+    /// may still wait for the answer. Never acted on unless a selector names that reason.
+    #[arg(long, env = "DETECTOR_CLOSE_WAIT_GRACE", default_value = "5m", value_parser = parse_duration)]
+    pub close_wait_grace: Duration,
     /// How often tracked sockets are sampled.
     #[arg(long, env = "DETECTOR_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,

@@ -101,6 +101,7 @@ fn options(a: RunArgs) -> anyhow::Result<Options> {
     };
     Ok(Options {
         grace: a.grace,
+        close_wait_grace: a.close_wait_grace,
         interval: a.interval,
         reconcile_cpu: a.reconcile_cpu,
         api_socket: a.api_socket,

@@ -42,27 +42,64 @@ pub enum Reason {
     PeerUnreachable,
     /// The peer answers but takes nothing: its window stays closed and nothing drains.
     PeerNotReading,
-    /// The peer closed its side; the owner holds the CLOSE_WAIT socket without draining or
-    /// closing it.
+    /// The peer closed its side and bytes the owner queued since do not drain: the owner holds
+    /// a CLOSE_WAIT socket it still writes to, to a peer that no longer reads.
     PeerClosed,
+    /// The peer closed its side, nothing is queued, and the owner holds the CLOSE_WAIT socket
+    /// longer than `--close-wait-grace`: a leak suspect, not a dead connection (a client that
+    /// half-closed after its request still waits for the answer). Reported and counted, never
+    /// acted on unless a selector names this reason.
+    CloseWaitIdle,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 3] = [Self::PeerUnreachable, Self::PeerNotReading, Self::PeerClosed];
+    pub const ALL: [Reason; 4] = [Self::PeerUnreachable, Self::PeerNotReading, Self::PeerClosed, Self::CloseWaitIdle];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PeerUnreachable => "peer_unreachable",
             Self::PeerNotReading => "peer_not_reading",
             Self::PeerClosed => "peer_closed",
+            Self::CloseWaitIdle => "close_wait_idle",
         }
+    }
+
+    /// Whether a selector that names no reason acts on it: not for a leak suspect, whose
+    /// connection may still be waiting for its answer.
+    pub fn acted_on_unnamed(self) -> bool {
+        self != Self::CloseWaitIdle
+    }
+}
+
+/// How long a socket must be stuck, without progress, to be stalled: the grace window, and the
+/// longer one of a CLOSE_WAIT socket with nothing queued (`--close-wait-grace`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grace {
+    pub stuck_ms: u64,
+    pub close_wait_idle_ms: u64,
+}
+
+impl Grace {
+    /// The grace of a socket sampled as `s`.
+    pub fn of(&self, close_wait_idle: bool) -> u64 {
+        if close_wait_idle { self.close_wait_idle_ms } else { self.stuck_ms }
+    }
+}
+
+/// One grace for every stuck socket (tests, and `detector scan`'s single window).
+impl From<u64> for Grace {
+    fn from(ms: u64) -> Grace {
+        Grace { stuck_ms: ms, close_wait_idle_ms: ms }
     }
 }
 
 impl std::str::FromStr for Reason {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| format!("`{s}` is not a reason; use peer_unreachable, peer_not_reading or peer_closed"))
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a reason; use peer_unreachable, peer_not_reading, peer_closed or close_wait_idle"))
     }
 }
 
@@ -197,9 +234,16 @@ pub fn peer_answers(s: &Sample) -> bool {
     }
 }
 
+/// The peer's FIN is in, nothing is queued: the socket waits on its owner alone.
+pub fn close_wait_idle(s: &Sample) -> bool {
+    s.state == TCP_CLOSE_WAIT && s.queued == 0
+}
+
 /// Why a socket that is not progressing is stuck, from one sample.
 pub fn classify(s: &Sample) -> Reason {
-    if s.state == TCP_CLOSE_WAIT {
+    if close_wait_idle(s) {
+        Reason::CloseWaitIdle
+    } else if s.state == TCP_CLOSE_WAIT {
         Reason::PeerClosed
     } else if peer_answers(s) {
         Reason::PeerNotReading
@@ -257,6 +301,8 @@ pub struct StallTracker {
     retrans_at_onset: u32,
     /// `segs_out` at the first sample of this stuck period that saw a closed window.
     segs_out_at_closed: Option<u32>,
+    /// Whether the last sample was a CLOSE_WAIT socket with nothing queued (its own grace).
+    close_wait_idle: bool,
     stall: Option<Stall>,
 }
 
@@ -270,6 +316,7 @@ impl StallTracker {
             retrans_prev: 0,
             retrans_at_onset: 0,
             segs_out_at_closed: None,
+            close_wait_idle: false,
             stall: None,
         }
     }
@@ -285,8 +332,9 @@ impl StallTracker {
 
     /// When this socket will have been stuck for a full grace window, if it is stuck and not
     /// stalled yet: the sweep samples it again right then instead of up to one interval later.
-    pub fn due_at(&self, grace_ms: u64) -> Option<u64> {
-        self.onset.filter(|_| self.stall.is_none()).map(|(t, _)| t + grace_ms)
+    pub fn due_at(&self, grace: impl Into<Grace>) -> Option<u64> {
+        let grace = grace.into().of(self.close_wait_idle);
+        self.onset.filter(|_| self.stall.is_none()).map(|(t, _)| t + grace)
     }
 
     /// Milliseconds since the stall's onset, measured at `now_ms`.
@@ -294,7 +342,11 @@ impl StallTracker {
         self.stall.map(|s| now_ms.saturating_sub(s.since_ms))
     }
 
-    pub fn observe(&mut self, s: &Sample, grace_ms: u64) -> Transition {
+    pub fn observe(&mut self, s: &Sample, grace: impl Into<Grace>) -> Transition {
+        let grace_ms = grace.into().of(close_wait_idle(s));
+        // Bytes queued on a CLOSE_WAIT socket that had none (the answer a half-closed client
+        // waited for): a stuck period of another kind, which began no earlier than they did.
+        let answered = std::mem::replace(&mut self.close_wait_idle, close_wait_idle(s)) && !close_wait_idle(s);
         let first = self.prev.is_none();
         let advanced = !first && acked_advanced(self.acked, s.bytes_acked);
         if first || advanced {
@@ -309,12 +361,14 @@ impl StallTracker {
                 None => Transition::None,
             };
         }
-        if let Some((prev_at, false)) = prev {
-            self.floor = stuck_since_bound(s, prev_at);
+        match prev {
+            Some((prev_at, false)) => self.floor = stuck_since_bound(s, prev_at),
+            Some((prev_at, true)) if answered => self.floor = stuck_since_bound(s, prev_at),
+            _ => {}
         }
         let bound = progress_bound(s);
         let candidate = if self.floor.0 > bound.0 { self.floor } else { bound };
-        let new_period = advanced || self.onset.is_none();
+        let new_period = advanced || answered || self.onset.is_none();
         self.onset = Some(match self.onset {
             Some(o) if !new_period => {
                 if candidate.0 < o.0 {
@@ -333,7 +387,11 @@ impl StallTracker {
         if probing_closed_window(s) && self.segs_out_at_closed.is_none() {
             self.segs_out_at_closed = Some(s.segs_out);
         }
-        if advanced && let Some(st) = self.stall.take() {
+        // Progress ends a stall; so does the owner answering a leak suspect (its bytes are
+        // judged from now on, with the grace of queued bytes).
+        if (advanced || answered)
+            && let Some(st) = self.stall.take()
+        {
             return Transition::Recovered { stalled_for_ms: s.at_ms.saturating_sub(st.since_ms) };
         }
         self.judge(s, grace_ms)

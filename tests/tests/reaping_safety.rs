@@ -440,3 +440,40 @@ fn the_api_socket_refuses_what_it_should() {
     assert!(run.log().contains("is not a socket"), "{}", run.log());
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
 }
+
+// A client that sends its request, half-closes (shutdown(SHUT_WR), as `nc -N`, batch tools and
+// proxies passing a half-close do) and waits longer than grace for its answer: the server's
+// socket sits in CLOSE_WAIT with nothing queued while its backend works. A selector that acts
+// on every stalled socket of this server (naming no reason) never tears it down: once it
+// outlasts `--close-wait-grace` it is listed as a leak suspect (`close_wait_idle`), not acted
+// on, and the answer arrives whole.
+#[test]
+fn a_half_closed_request_waiting_for_its_answer_is_never_torn_down() {
+    if !privileged("a_half_closed_request_waiting_for_its_answer") {
+        return;
+    }
+    let _s = serial();
+    let peer = stream_peer();
+    let server = Peer::spawn(&peer, &["server", "127.0.0.1:0", "answer-late:7000:65536"]);
+    let listen = server.expect("LISTEN", Duration::from_secs(5));
+    let port = listen.rsplit(':').next().unwrap();
+    let dir = Scratch::new("halfclosed-request");
+    let p = policy(&dir, &format!("[[selector]]\nname = \"this-test\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"destroy\" }}]\n"));
+    let mut a = args(&p);
+    a.extend(["--close-wait-grace", "4s"]);
+    let agent = Agent::start("2s", &a);
+    let client = Peer::spawn(&peer, &["client", &listen, "half-close:10000000"]);
+    let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
+    let asked = Instant::now();
+    // Past the stall grace, not past the leak grace: not listed at all.
+    while asked.elapsed() < Duration::from_millis(3_500) {
+        assert!(agent.stalled(&local).is_none(), "a half-closed client waiting {:?} for its answer was reported:\n{}", asked.elapsed(), agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let e = poll(Duration::from_secs(3), || agent.stalled(&local)).unwrap_or_else(|| panic!("not listed past the leak grace:\n{}", agent.log()));
+    assert_eq!((e["reason"].as_str(), e["queued_bytes"].as_u64()), (Some("close_wait_idle"), Some(0)), "{e}");
+    let eof = client.expect("EOF", Duration::from_secs(10));
+    assert_eq!(field(&eof, "bytes"), "65536", "the answer did not arrive whole: {eof}\n{}", agent.log());
+    assert!(server.saw("ANSWERED", |_| true));
+    assert!(!agent.log().contains("\"action\":\"destroy\",\"result\":\"ok\""), "destroyed:\n{}", agent.log());
+}

@@ -194,18 +194,19 @@ fn a_half_closed_peer_that_stops_reading_is_peer_closed() {
 }
 
 // The classic CLOSE_WAIT leak: a server accepted, never wrote, and never closed after the
-// peer's FIN. No send announces it; it must be reported peer_closed, with its owner.
+// peer's FIN. No send announces it; it must be reported as a leak suspect once it outlasts
+// `--close-wait-grace` (the grace here), with its owner.
 #[test]
-fn a_close_wait_socket_that_never_sent_is_peer_closed() {
+fn a_close_wait_socket_that_never_sent_is_a_leak_suspect() {
     if !privileged("a_close_wait_socket_that_never_sent") {
         return;
     }
-    let agent = Agent::start(GRACE_ARG, &[]);
+    let agent = Agent::start(GRACE_ARG, &["--close-wait-grace", GRACE_ARG]);
     let p = pair("silent", "close:0");
     let t0 = Instant::now();
     let (e, took) = expect_stalled(&agent, &p.local, t0, GRACE + SLACK);
-    latency_line("peer_closed (never sent)", took, GRACE);
-    assert_eq!(e["reason"], "peer_closed", "{e}");
+    latency_line("close_wait_idle (never sent)", took, GRACE);
+    assert_eq!(e["reason"], "close_wait_idle", "{e}");
     assert_eq!(e["state"], "CLOSE_WAIT", "{e}");
     assert_eq!(e["queued_bytes"], 0, "{e}");
     assert_eq!(e["pid"], p.server.pid(), "{e}");

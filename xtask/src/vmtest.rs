@@ -180,7 +180,7 @@ fn plan(sel: Selection) -> Vec<Case> {
                     "a_non_reading_stall_older_than_the_agent_is_listed_at_once_with_its_age",
                     "a_stall_older_than_the_agent_is_sampled_by_the_kernel_walk_with_socket_storage",
                     "a_restarted_agent_lists_an_existing_stall_at_once_and_keeps_its_age",
-                    "a_close_wait_socket_that_never_sent_is_peer_closed",
+                    "a_close_wait_socket_that_never_sent_is_a_leak_suspect",
                     "a_first_send_that_blocks_forever_is_found",
                 ],
                 per_config: true,

@@ -195,8 +195,13 @@ mod tests {
     #[test]
     fn a_destroy_proves_the_holders_again_whatever_the_recheck_window_says() {
         use super::super::sweep::{Config, Sweep};
-        let mut s =
-            Sweep::new(Config { grace: Duration::from_secs(3), interval: Duration::from_secs(1), reconcile_cpu: 0.001, pod_logs_dir: "/nonexistent".into() });
+        let mut s = Sweep::new(Config {
+            grace: Duration::from_secs(3),
+            close_wait_grace: Duration::from_secs(300),
+            interval: Duration::from_secs(1),
+            reconcile_cpu: 0.001,
+            pod_logs_dir: "/nonexistent".into(),
+        });
         let (sock, inode, hs) = me_holding();
         s.holders.insert(7, hs);
         assert!(s.holders_hold_now(7, inode).is_ok());

@@ -38,6 +38,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Options {
     pub grace: Duration,
+    /// The grace of a CLOSE_WAIT socket with nothing queued (a leak suspect).
+    pub close_wait_grace: Duration,
     pub interval: Duration,
     /// The reconcile's CPU budget, a fraction of a core.
     pub reconcile_cpu: f64,
@@ -114,7 +116,9 @@ impl Agent {
         let status = Arc::new(status_info(opts, &k));
         log_hooks(&status);
         let metrics = Arc::new(
-            Metrics::new().with_pod_series(opts.pod_metrics_max_series).with_configuration(k.loaded.configuration.kind.as_str(), k.not_best.is_empty()),
+            Metrics::new()
+                .with_pod_series(opts.pod_metrics_max_series)
+                .with_configuration(k.loaded.configuration.kind.as_str(), k.loaded.configuration.kind == Kind::ALL[0]),
         );
         for h in &k.hooks {
             metrics.hook_attached.get_or_create(&HookLabel { role: h.role.as_str().into(), hook: h.hook.into() }).set(h.attached() as i64);
@@ -132,7 +136,13 @@ impl Agent {
             reaper: Reaper::new(opts.policy.clone(), opts.grace, rt, metrics.clone(), opts.state_file.clone()),
             stop: stop.clone(),
         };
-        let cfg = sweep::Config { grace: opts.grace, interval: opts.interval, reconcile_cpu: opts.reconcile_cpu, pod_logs_dir: opts.pod_logs_dir.clone() };
+        let cfg = sweep::Config {
+            grace: opts.grace,
+            close_wait_grace: opts.close_wait_grace,
+            interval: opts.interval,
+            reconcile_cpu: opts.reconcile_cpu,
+            pod_logs_dir: opts.pod_logs_dir.clone(),
+        };
         metrics.set_heartbeat_limit(opts.interval * 10 + Duration::from_secs(30));
         let ended = Arc::new(tokio::sync::Notify::new());
         let tell = EndedGuard(ended.clone());

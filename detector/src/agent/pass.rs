@@ -15,7 +15,7 @@ use crate::{
         walk::{Samples, Walker},
     },
     tracker::{Forget, Tracked},
-    verdict::{self, Reason, StallTracker, Transition},
+    verdict::{self, Grace, Reason, StallTracker, Transition},
 };
 
 impl Sweep {
@@ -76,7 +76,7 @@ impl Sweep {
     /// socket was forgotten as idle): taken up and judged. An entry of another socket they
     /// displace (same kernel address, or a dump's entry for the same addresses) is replaced.
     fn take_up(&mut self, walked: Samples, m: &Metrics) {
-        let (now, grace_ms) = (self.now_ms(), self.grace_ms());
+        let (now, grace) = (self.now_ms(), self.grace());
         for (sk, d, st) in walked.rest() {
             if !verdict::stuck(&d.sample) {
                 continue;
@@ -89,7 +89,7 @@ impl Sweep {
             }
             if let Some(t) = self.tracker.get_mut(sk) {
                 t.kernel_state = Some(st);
-                observe(t, d, grace_ms, m);
+                observe(t, d, grace, m);
             }
         }
     }
@@ -106,18 +106,18 @@ impl Sweep {
         only_due: Option<u64>,
         epoch: Option<u32>,
     ) -> Vec<(u64, Forget)> {
-        let (now, grace_ms) = (self.now_ms(), self.grace_ms());
+        let (now, grace) = (self.now_ms(), self.grace());
         let (mut gone, mut idle_kept) = (Vec::new(), 0);
         // Namespace → (its sockets to look up, a pid likely to live there).
         let mut diag: HashMap<u32, (Vec<(u64, Lookup)>, u32)> = HashMap::new();
         for t in self.tracker.iter_mut() {
             if let Some(w) = walked.as_deref_mut().filter(|_| !t.found_by_dump()) {
-                if let Some(why) = from_walk(t, w.take(t.sk), grace_ms, m) {
+                if let Some(why) = from_walk(t, w.take(t.sk), grace, m) {
                     gone.push((t.sk, why));
                 }
                 continue;
             }
-            if only_due.is_some_and(|by| t.verdict.as_ref().and_then(|v| v.due_at(grace_ms)).is_none_or(|d| d > by)) {
+            if only_due.is_some_and(|by| t.verdict.as_ref().and_then(|v| v.due_at(grace)).is_none_or(|d| d > by)) {
                 continue;
             }
             // Only states in which a socket can be stuck (bytes waiting, or the peer's FIN).
@@ -139,7 +139,7 @@ impl Sweep {
             };
             for ((sk, _), answer) in socks.into_iter().zip(answers) {
                 let Some(t) = self.tracker.get_mut(sk) else { continue };
-                match from_diag(t, answer, grace_ms, m, epoch) {
+                match from_diag(t, answer, grace, m, epoch) {
                     Ok(Some(why)) => gone.push((sk, why)),
                     Ok(None) => {}
                     Err(IdleKept) => idle_kept += 1,
@@ -160,8 +160,8 @@ impl Sweep {
     /// stalled now; if it failed, the next interval's pass tries again. Early passes never
     /// chase it.
     pub(super) fn next_due(&self, tried_ms: u64) -> Option<u64> {
-        let grace_ms = self.grace_ms();
-        self.tracker.iter().filter_map(|t| t.verdict.as_ref()?.due_at(grace_ms)).filter(|&d| d > tried_ms).min()
+        let grace = self.grace();
+        self.tracker.iter().filter_map(|t| t.verdict.as_ref()?.due_at(grace)).filter(|&d| d > tried_ms).min()
     }
 
     /// Attributes the stalled sockets, counts open stalls by reason, and builds the report,
@@ -201,7 +201,7 @@ impl Sweep {
 /// (reported before, so it would have said "none waiting"; storage has no close event); one
 /// reported with none waiting leaves as idle once judged (bytes waiting again bring it back
 /// through `take_up`).
-fn from_walk(t: &mut Tracked, walked: Option<(DiagSocket, SockState)>, grace_ms: u64, m: &Metrics) -> Option<Forget> {
+fn from_walk(t: &mut Tracked, walked: Option<(DiagSocket, SockState)>, grace: Grace, m: &Metrics) -> Option<Forget> {
     let Some((d, st)) = walked else {
         return Some(if t.last.is_some() { Forget::Closed } else { Forget::Idle });
     };
@@ -211,7 +211,7 @@ fn from_walk(t: &mut Tracked, walked: Option<(DiagSocket, SockState)>, grace_ms:
         return Some(Forget::Closed);
     }
     t.kernel_state = Some(st);
-    observe(t, d, grace_ms, m);
+    observe(t, d, grace, m);
     (!verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none())).then_some(Forget::Idle)
 }
 
@@ -224,12 +224,12 @@ struct IdleKept;
 /// and no stall open) when something will bring it back if it gets stuck again: a later dump
 /// for a dump's find, the send hook's next announcement for a socket in socket storage
 /// (`epoch`: the agent's current one; a socket announced in it is kept until the next).
-fn from_diag(t: &mut Tracked, answer: Result<Option<DiagSocket>, String>, grace_ms: u64, m: &Metrics, epoch: Option<u32>) -> Result<Option<Forget>, IdleKept> {
+fn from_diag(t: &mut Tracked, answer: Result<Option<DiagSocket>, String>, grace: Grace, m: &Metrics, epoch: Option<u32>) -> Result<Option<Forget>, IdleKept> {
     let idle = |t: &Tracked, d: &DiagSocket| !verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none());
     match answer {
         Ok(Some(d)) if t.found_by_dump() && idle(t, &d) => Ok(Some(Forget::Idle)),
         Ok(Some(d)) => {
-            observe(t, d, grace_ms, m);
+            observe(t, d, grace, m);
             // Only sockets in socket storage are announced again (a hash-map record stays
             // until its close); where the walk samples them, they never come here.
             let announced_again = !t.found_by_dump() && !t.close_announced();
@@ -254,12 +254,12 @@ fn from_diag(t: &mut Tracked, answer: Result<Option<DiagSocket>, String>, grace_
 }
 
 /// Feeds one sample to a socket's verdict and notes what changed.
-fn observe(t: &mut Tracked, d: DiagSocket, grace_ms: u64, m: &Metrics) {
+fn observe(t: &mut Tracked, d: DiagSocket, grace: Grace, m: &Metrics) {
     t.tcp_state = d.sample.state;
     t.last = Some(d);
     t.history.push(d.sample);
     let now = d.sample.at_ms;
-    match t.verdict.get_or_insert_with(StallTracker::new).observe(&d.sample, grace_ms) {
+    match t.verdict.get_or_insert_with(StallTracker::new).observe(&d.sample, grace) {
         Transition::Stalled(stall) => {
             let age = now.saturating_sub(stall.since_ms);
             t.history.note(
@@ -312,17 +312,17 @@ mod tests {
         let storage = SendHook::TcpSendmsgLocked;
         // Announced in the current epoch: it may have taken the epoch's one announcement, so a
         // later wedge would not be announced again: kept.
-        assert!(matches!(from_diag(&mut hooked(storage, 3), sampled(0), 2_000, &m, Some(3)), Err(IdleKept)));
+        assert!(matches!(from_diag(&mut hooked(storage, 3), sampled(0), 2_000.into(), &m, Some(3)), Err(IdleKept)));
         // Announced in an earlier epoch: its next send with bytes waiting announces it again.
-        assert!(matches!(from_diag(&mut hooked(storage, 2), sampled(0), 2_000, &m, Some(3)), Ok(Some(Forget::Idle))));
+        assert!(matches!(from_diag(&mut hooked(storage, 2), sampled(0), 2_000.into(), &m, Some(3)), Ok(Some(Forget::Idle))));
         // Bytes waiting: judged and kept, whatever the epoch.
-        assert!(matches!(from_diag(&mut hooked(storage, 2), sampled(4096), 2_000, &m, Some(3)), Ok(None)));
+        assert!(matches!(from_diag(&mut hooked(storage, 2), sampled(4096), 2_000.into(), &m, Some(3)), Ok(None)));
         // Where the walk samples (no epochs), or with the hash map (its record stays until the
         // close), an idle hooked socket is not forgotten here.
-        assert!(matches!(from_diag(&mut hooked(storage, 2), sampled(0), 2_000, &m, None), Ok(None)));
-        assert!(matches!(from_diag(&mut hooked(SendHook::SockSendLength, 2), sampled(0), 2_000, &m, Some(3)), Ok(None)));
+        assert!(matches!(from_diag(&mut hooked(storage, 2), sampled(0), 2_000.into(), &m, None), Ok(None)));
+        assert!(matches!(from_diag(&mut hooked(SendHook::SockSendLength, 2), sampled(0), 2_000.into(), &m, Some(3)), Ok(None)));
         // Not found: closed (storage dies silently) or gone (its close event never came).
-        assert!(matches!(from_diag(&mut hooked(storage, 3), Ok(None), 2_000, &m, Some(3)), Ok(Some(Forget::Closed))));
-        assert!(matches!(from_diag(&mut hooked(SendHook::SockSendLength, 0), Ok(None), 2_000, &m, Some(3)), Ok(Some(Forget::Gone))));
+        assert!(matches!(from_diag(&mut hooked(storage, 3), Ok(None), 2_000.into(), &m, Some(3)), Ok(Some(Forget::Closed))));
+        assert!(matches!(from_diag(&mut hooked(SendHook::SockSendLength, 0), Ok(None), 2_000.into(), &m, Some(3)), Ok(Some(Forget::Gone))));
     }
 }

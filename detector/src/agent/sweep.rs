@@ -23,6 +23,7 @@ use crate::{
     report::{self, Published},
     sample::netns::NetnsPool,
     tracker::{Forget, Tracked, Tracker},
+    verdict::Grace,
 };
 
 /// How long events may wait in the ring buffer: the sweep drains it at least this often (and at
@@ -34,6 +35,8 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(400);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub grace: Duration,
+    /// The grace of a CLOSE_WAIT socket with nothing queued (`--close-wait-grace`).
+    pub close_wait_grace: Duration,
     pub interval: Duration,
     /// The reconcile's CPU budget, a fraction of a core (see `reconcile_every`).
     pub reconcile_cpu: f64,
@@ -259,6 +262,11 @@ impl Sweep {
         self.cfg.grace.as_millis() as u64
     }
 
+    /// The grace windows the verdict judges by.
+    pub(super) fn grace(&self) -> Grace {
+        Grace { stuck_ms: self.grace_ms(), close_wait_idle_ms: self.cfg.close_wait_grace.as_millis() as u64 }
+    }
+
     /// Every tracked socket, for `detector sockets`.
     fn rows(&mut self) -> Vec<report::TrackedSocket> {
         // Pods of senders, resolved once per pid and forgotten every minute.
@@ -341,8 +349,13 @@ mod tests {
 
     #[test]
     fn a_deadline_a_pass_has_tried_is_not_chased_by_early_passes() {
-        let mut s =
-            Sweep::new(Config { grace: Duration::from_secs(3), interval: Duration::from_secs(1), reconcile_cpu: 0.001, pod_logs_dir: "/nonexistent".into() });
+        let mut s = Sweep::new(Config {
+            grace: Duration::from_secs(3),
+            close_wait_grace: Duration::from_secs(300),
+            interval: Duration::from_secs(1),
+            reconcile_cpu: 0.001,
+            pod_logs_dir: "/nonexistent".into(),
+        });
         s.tracker.adopt(1, &SockState::default());
         // Bytes in flight, first seen at 1,000 ms: due at 4,000 ms.
         let mut v = StallTracker::new();

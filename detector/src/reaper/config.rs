@@ -306,13 +306,30 @@ fn globs(ps: &[&str]) -> Vec<Glob> {
     ps.iter().map(|p| Glob(glob::Pattern::new(p).expect("built-in patterns are valid"))).collect()
 }
 
+/// What a node cannot lose a session of: remote logins (OpenSSH 9.8+ runs each session as
+/// `sshd-session`, 10.0 its authentication as `sshd-auth`, beside the listening `sshd`), the
+/// kubelet, container runtimes, init, etcd, the API server, and storage initiators whose
+/// connections carry a node's disks (open-iscsi's `iscsid` and `iscsiuio`).
 fn default_protected_comms() -> Vec<Glob> {
-    globs(&["sshd", "kubelet", "containerd*", "dockerd", "crio", "systemd*", "etcd", "kube-apiserver"])
+    globs(&["sshd", "sshd-session", "sshd-auth", "kubelet", "containerd*", "dockerd", "crio", "systemd*", "etcd", "kube-apiserver", "iscsid", "iscsiuio"])
 }
 
 /// The same programs by executable, for names longer than a comm (`containerd-shim-runc-v2`).
 fn default_protected_exes() -> Vec<Glob> {
-    globs(&["*/sshd", "*/kubelet", "*/containerd*", "*/dockerd", "*/crio", "*/systemd*", "*/etcd", "*/kube-apiserver"])
+    globs(&[
+        "*/sshd",
+        "*/sshd-session",
+        "*/sshd-auth",
+        "*/kubelet",
+        "*/containerd*",
+        "*/dockerd",
+        "*/crio",
+        "*/systemd*",
+        "*/etcd",
+        "*/kube-apiserver",
+        "*/iscsid",
+        "*/iscsiuio",
+    ])
 }
 
 fn default_protected_ports() -> Vec<u16> {

@@ -84,7 +84,8 @@ impl Engine {
                 && opt(&m.pod_name, s.pod_name.as_deref())
                 && m.local_port.is_none_or(|p| p == s.local.port())
                 && m.remote_cidr.is_none_or(|c| c.contains(&s.remote.ip().to_canonical()))
-                && m.reason.is_none_or(|r| r == s.reason)
+                // A leak suspect is acted on only by a selector that names its reason.
+                && m.reason.map_or(s.reason.acted_on_unnamed(), |r| r == s.reason)
         })
     }
 

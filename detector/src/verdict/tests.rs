@@ -220,7 +220,7 @@ fn a_fresh_stream_seen_first_is_not_an_old_stall() {
 }
 
 #[test]
-fn close_wait_held_idle_is_peer_closed_from_the_fin() {
+fn close_wait_held_idle_is_a_leak_suspect_from_the_fin() {
     let mut t = StallTracker::new();
     t.observe(&sample(0, 0, 100), GRACE);
     // The FIN came 400 ms before this sample, with the last ACK.
@@ -232,7 +232,53 @@ fn close_wait_held_idle_is_peer_closed_from_the_fin() {
     assert_eq!(t.observe(&s, GRACE), Transition::None);
     s.at_ms = 3_610;
     let st = stalled(t.observe(&s, GRACE));
-    assert_eq!((st.reason, st.since_ms), (Reason::PeerClosed, 610));
+    assert_eq!((st.reason, st.since_ms), (Reason::CloseWaitIdle, 610));
+}
+
+/// The grace of a leak suspect (`--close-wait-grace`, 5 minutes by default) is its own: a
+/// half-closed client waiting for its answer longer than the stall grace is not reported.
+const CLOSE_WAIT_GRACE: Grace = Grace { stuck_ms: GRACE, close_wait_idle_ms: 300_000 };
+
+#[test]
+fn a_half_closed_client_waiting_for_its_answer_longer_than_grace_is_not_stalled() {
+    let mut t = StallTracker::new();
+    let mut s = Sample { state: TCP_CLOSE_WAIT, unacked: 0, last_ack_recv_ms: 0, ..sample(0, 0, 100) };
+    for at in (0..299_000).step_by(1_000) {
+        (s.at_ms, s.last_ack_recv_ms) = (at, at as u32);
+        assert_eq!(t.observe(&s, CLOSE_WAIT_GRACE), Transition::None, "reported at {at} ms");
+    }
+    assert_eq!(t.due_at(CLOSE_WAIT_GRACE), Some(300_000), "sampled again when the leak grace ends");
+    (s.at_ms, s.last_ack_recv_ms) = (300_000, 300_000);
+    assert_eq!(stalled(t.observe(&s, CLOSE_WAIT_GRACE)).reason, Reason::CloseWaitIdle);
+}
+
+#[test]
+fn an_answer_queued_after_a_half_close_is_judged_from_when_it_was_queued() {
+    // The client half-closed at 0 and waited 40 s (past the stall grace of 3 s); the server
+    // then writes its answer: its bytes are a stuck period of their own, never dated from the
+    // FIN, so the answer on its way is not a stall.
+    let mut t = StallTracker::new();
+    let idle = Sample { state: TCP_CLOSE_WAIT, unacked: 0, last_ack_recv_ms: 0, ..sample(0, 0, 100) };
+    for at in (0..40_000).step_by(1_000) {
+        assert_eq!(t.observe(&Sample { at_ms: at, last_ack_recv_ms: at as u32, ..idle }, CLOSE_WAIT_GRACE), Transition::None);
+    }
+    let answer = Sample { state: TCP_CLOSE_WAIT, at_ms: 40_000, last_ack_recv_ms: 40_000, last_data_sent_ms: 5, ..sample(40_000, 50_000, 100) };
+    assert_eq!(t.observe(&answer, CLOSE_WAIT_GRACE), Transition::None, "the answer was reported as it left");
+    assert!(t.onset().unwrap().0 >= 39_000, "dated from the FIN: {:?}", t.onset());
+    // Its bytes stay unacknowledged past grace: a peer that no longer reads.
+    let stuck = Sample { at_ms: 44_000, last_ack_recv_ms: 4_000, ..answer };
+    assert_eq!(stalled(t.observe(&stuck, CLOSE_WAIT_GRACE)).reason, Reason::PeerClosed);
+}
+
+#[test]
+fn a_leak_suspect_whose_owner_answers_is_no_longer_stalled() {
+    let mut t = StallTracker::new();
+    let idle = Sample { state: TCP_CLOSE_WAIT, unacked: 0, last_ack_recv_ms: 0, ..sample(0, 0, 100) };
+    t.observe(&idle, GRACE);
+    assert_eq!(stalled(t.observe(&Sample { at_ms: 4_000, last_ack_recv_ms: 4_000, ..idle }, GRACE)).reason, Reason::CloseWaitIdle);
+    let answer = Sample { state: TCP_CLOSE_WAIT, last_data_sent_ms: 5, ..sample(5_000, 50_000, 100) };
+    assert!(matches!(t.observe(&answer, GRACE), Transition::Recovered { .. }), "the owner acted: the suspicion ends");
+    assert!(t.stall().is_none());
 }
 
 #[test]
@@ -335,7 +381,9 @@ fn liveness_by_probes_answered_and_retransmits_unanswered() {
     s.snd_wnd = None;
     assert_eq!(classify(&s), Reason::PeerNotReading);
     s.state = TCP_CLOSE_WAIT;
-    assert_eq!(classify(&s), Reason::PeerClosed);
+    assert_eq!(classify(&s), Reason::PeerClosed, "bytes queued to a peer that closed");
+    s.queued = 0;
+    assert_eq!(classify(&s), Reason::CloseWaitIdle, "nothing queued: the owner holds it");
 }
 
 #[test]

@@ -23,6 +23,8 @@
 //!       sendall:<n>   one blocking send() call of n bytes
 //!       respond-after-eof:<n>  read until the client's EOF, then write n bytes and close; prints
 //!                     `RESPONDED local=<addr>` when all n bytes were handed to the kernel
+//!       answer-late:<ms>:<n>  read until the client's EOF, wait ms (a slow backend), then write
+//!                     n bytes and close; prints `ANSWERED local=<addr>` when they are written
 //!       fill-handoff  fill the send path, fork; the child keeps the socket (never sends again),
 //!                     the parent closes its copy. Prints `HANDOFF child=<pid> fd=<n>`.
 //!       fill-inflight fill the send path, put the fd in flight in a unix socket message
@@ -273,6 +275,14 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
             say(format!("RESPONDED local={}", s.local_addr()?));
             Ok(())
         }
+        "answer-late" => {
+            let (ms, n) = mode.trim_start_matches("answer-late:").split_once(':').expect("answer-late:<ms>:<n>");
+            drain(&mut s);
+            std::thread::sleep(Duration::from_millis(ms.parse().expect("ms")));
+            write_n(&mut s, n.parse().expect("bytes"))?;
+            say(format!("ANSWERED local={}", s.local_addr()?));
+            Ok(())
+        }
         "fill-abandon" => {
             fill(&mut s)?;
             say(format!("ABANDONED local={}", s.local_addr()?));
@@ -406,11 +416,13 @@ fn read_one(mut s: TcpStream, mode: &str) {
             if rate == 0 {
                 hold()
             }
-            read_at(&mut s, rate);
-            say(format!("EOF local={}", s.local_addr().expect("local addr")));
+            let got = read_at(&mut s, rate);
+            say(format!("EOF local={} bytes={got}", s.local_addr().expect("local addr")));
             hold()
         }
-        "slow" => read_at(&mut s, arg_num(mode)),
+        "slow" => {
+            read_at(&mut s, arg_num(mode));
+        }
         "late" => {
             std::thread::sleep(Duration::from_millis(arg_num(mode)));
             while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
@@ -441,22 +453,27 @@ fn read_one(mut s: TcpStream, mode: &str) {
     }
 }
 
-/// Reads `rate` bytes a second, in ten reads a second, until EOF.
-fn read_at(s: &mut TcpStream, rate: u64) {
+/// Reads `rate` bytes a second, in ten reads a second, until EOF; returns how many it read.
+fn read_at(s: &mut TcpStream, rate: u64) -> u64 {
     let mut buf = vec![0u8; 64 * 1024];
     let per_tick = (rate / 10).max(1) as usize;
     let start = Instant::now();
+    let mut got = 0;
     for tick in 1u32.. {
         let mut left = per_tick;
         while left > 0 {
             match s.read(&mut buf[..left.min(64 * 1024)]) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => left -= n,
+                Ok(0) | Err(_) => return got,
+                Ok(n) => {
+                    left -= n;
+                    got += n as u64;
+                }
             }
         }
         let next = start + Duration::from_millis(100) * tick;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
+    got
 }
 
 /// Reads for `d` (or until EOF).

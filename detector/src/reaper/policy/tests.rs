@@ -204,3 +204,37 @@ fn reports_are_not_rate_limited_and_do_not_count_as_actions() {
     }
     assert_eq!(act_name(e.decide(&stalled(1, 10, 31_000), T)), "destroy", "no cooldown or owner limit from the reports");
 }
+
+#[test]
+fn a_leak_suspect_is_acted_on_only_by_a_selector_that_names_its_reason() {
+    use crate::verdict::Reason;
+    let mut s = stalled(1, 10, 400_000);
+    s.reason = Reason::CloseWaitIdle;
+    // `--action destroy` is one selector matching everything: not a half-closed client.
+    let flags = Policy::from_flags(Action::Destroy, None, None, false).unwrap();
+    let mut e = Engine::new(flags, Duration::from_secs(30), 999, LadderState::default());
+    assert_eq!(act_name(e.decide(&s, T)), "none");
+    s.reason = Reason::PeerClosed;
+    assert_eq!(act_name(e.decide(&s, T)), "destroy", "bytes that do not drain to a peer that closed are still acted on");
+    // A selector that names it does.
+    let mut e = engine_with("", "match = { reason = \"close_wait_idle\" }");
+    s.reason = Reason::CloseWaitIdle;
+    assert_eq!(act_name(e.decide(&s, T)), "rpc");
+}
+
+#[test]
+fn ssh_sessions_and_storage_initiators_are_protected_by_default() {
+    // OpenSSH 9.8+ serves each login from `sshd-session` (10.0 authenticates in `sshd-auth`);
+    // open-iscsi's daemons carry the node's disks.
+    for comm in ["sshd", "sshd-session", "sshd-auth", "iscsid", "iscsiuio"] {
+        let mut e = Engine::new(Policy::from_flags(Action::Destroy, None, None, false).unwrap(), Duration::from_secs(30), 999, LadderState::default());
+        let mut s = stalled(1, 10, 60_000);
+        s.comm = Some(comm.into());
+        std::sync::Arc::get_mut(&mut s.holders).unwrap()[0].comm = comm.into();
+        assert_eq!(act_name(e.decide(&s, T)), "skip:protected", "{comm}");
+    }
+    let mut e = Engine::new(Policy::from_flags(Action::Destroy, None, None, false).unwrap(), Duration::from_secs(30), 999, LadderState::default());
+    let mut s = stalled(1, 10, 60_000);
+    s.exe = Some("/usr/lib/openssh/sshd-session".into());
+    assert_eq!(act_name(e.decide(&s, T)), "skip:protected", "by executable");
+}
