@@ -212,6 +212,11 @@ fn rpc_finds_a_unix_socket_in_the_owners_mount_namespace() {
 
 /// A stand-in RPC endpoint that answers 200 and counts the requests it got.
 fn counting_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    flaky_endpoint(0)
+}
+
+/// As `counting_endpoint`, answering 503 to its first `failing` requests.
+fn flaky_endpoint(failing: usize) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -221,8 +226,9 @@ fn counting_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize
             let mut buf = [0u8; 4096];
             let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
             let _ = s.read(&mut buf);
-            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let status = if n < failing { "503 Service Unavailable" } else { "200 OK" };
+            let _ = s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes());
         }
     });
     (addr, n)
@@ -476,4 +482,37 @@ fn a_half_closed_request_waiting_for_its_answer_is_never_torn_down() {
     assert_eq!(field(&eof, "bytes"), "65536", "the answer did not arrive whole: {eof}\n{}", agent.log());
     assert!(server.saw("ANSWERED", |_| true));
     assert!(!agent.log().contains("\"action\":\"destroy\",\"result\":\"ok\""), "destroyed:\n{}", agent.log());
+}
+
+// A ladder's stage is done only once it ran: an RPC whose endpoint fails is tried again (every
+// few seconds), and the harsher stage after it waits until it ran and then its own `after`,
+// never running on the ladder's clock as if the gentle one had.
+#[test]
+fn a_failing_rpc_is_tried_again_and_the_destroy_waits_for_it() {
+    if !privileged("a_failing_rpc_is_tried_again") {
+        return;
+    }
+    let _s = serial();
+    let dir = Scratch::new("failing-rpc");
+    let (endpoint, calls) = flaky_endpoint(2);
+    let (server, addr, dead_fd, healthy_fd, _clients) = seated(&[]);
+    let port = addr.rsplit(':').next().unwrap();
+    let p = policy(
+        &dir,
+        &format!(
+            "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port}, reason = \"peer_not_reading\" }}\nactions = [\n  {{ action = \"rpc\", url = \"http://{endpoint}/reap\", retries = 0 }},\n  {{ action = \"destroy\", after = \"2s\" }},\n]\n"
+        ),
+    );
+    let a = Agent::start("2s", &args(&p));
+    let calls_now = || calls.load(std::sync::atomic::Ordering::SeqCst);
+    // Two refusals, then an answer; the seat stays taken until the answer, and 2 s past it.
+    let answered =
+        poll(Duration::from_secs(25), || (calls_now() >= 3).then(Instant::now)).unwrap_or_else(|| panic!("the rpc was not tried again:\n{}", a.log()));
+    assert!(!server.saw("SEAT freed", |l| field(l, "fd") == dead_fd), "destroyed before the rpc ran:\n{}", a.log());
+    let freed = server.expect_where("SEAT freed", Duration::from_secs(8), |l| field(l, "fd") == dead_fd);
+    assert!(freed.is_some(), "the ladder did not go on to destroy:\n{}", a.log());
+    assert!(answered.elapsed() >= Duration::from_millis(1_500), "destroyed {:?} after the rpc ran, not its 2 s", answered.elapsed());
+    assert_eq!(calls_now(), 3, "the rpc ran again after it was answered:\n{}", a.log());
+    assert!(!server.saw("SEAT freed", |l| field(l, "fd") == healthy_fd), "the healthy seat was freed");
+    assert!(a.log().contains("\"action\":\"rpc\"") && a.log().contains("\"result\":\"failed\""), "{}", a.log());
 }

@@ -17,7 +17,7 @@ use self::{
     actions::{ActionError, RpcBody},
     audit::{Audit, AuditSink},
     config::{Policy, Stage},
-    policy::{Decision, Engine},
+    policy::{Decision, Engine, Outcome},
 };
 use crate::{
     metrics::Metrics,
@@ -100,6 +100,12 @@ impl SkipWhy {
         Self::FdChanged,
     ];
 
+    /// Whether the stage it holds back can never run for this socket (its ladder moves on),
+    /// rather than not yet.
+    pub fn permanent(self) -> bool {
+        matches!(self, Self::Protected | Self::NoFile | Self::KernelSocket)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Protected => "protected",
@@ -122,6 +128,8 @@ pub struct Reaper {
     metrics: Arc<Metrics>,
     audit: AuditSink,
     state_file: Option<PathBuf>,
+    /// Stages carried out off the sweep thread (RPCs): (cookie, stage, outcome) once answered.
+    answered: (std::sync::mpsc::Sender<(u64, usize, Outcome)>, std::sync::mpsc::Receiver<(u64, usize, Outcome)>),
 }
 
 impl Reaper {
@@ -129,7 +137,7 @@ impl Reaper {
     pub fn new(policy: Policy, grace: std::time::Duration, rt: tokio::runtime::Handle, metrics: Arc<Metrics>, state_file: Option<PathBuf>) -> Self {
         let saved = state_file.as_deref().map(state::load).unwrap_or_default();
         let audit = AuditSink::stdout(metrics.clone());
-        Self { engine: Engine::new(policy, grace, std::process::id(), saved), rt, metrics, audit, state_file }
+        Self { engine: Engine::new(policy, grace, std::process::id(), saved), rt, metrics, audit, state_file, answered: std::sync::mpsc::channel() }
     }
 
     /// Decides and acts for this pass's stalled sockets. `destroy` destroys one socket in its
@@ -137,9 +145,13 @@ impl Reaper {
     /// Returns the cookies of sockets whose action was skipped because their owner or its fd
     /// is no longer what the report said: their holders must be found again.
     pub fn tick(&mut self, stalled: &[StalledSocket], now_ms: u64, destroy: &mut Destroy) -> Vec<u64> {
+        let mut settled = false;
+        while let Ok((cookie, k, outcome)) = self.answered.1.try_recv() {
+            self.engine.settle(cookie, k, outcome, now_ms);
+            settled = true;
+        }
         let live: HashSet<u64> = stalled.iter().map(|s| s.socket_cookie).collect();
         self.engine.retain(&live);
-        let mut acted = false;
         let mut owner_changed = Vec::new();
         for s in stalled {
             match self.engine.decide(s, now_ms) {
@@ -148,25 +160,29 @@ impl Reaper {
                     self.record(Audit::skipped(s, action, &selector, why));
                 }
                 Some(Decision::Act { selector, stage_index, stage, dry_run }) => {
-                    acted = true;
-                    if self.act(s, &selector, stage_index, &stage, dry_run, destroy) {
+                    settled = true;
+                    // An RPC is settled when its answer comes (a later tick).
+                    let Some(outcome) = self.act(s, &selector, stage_index, &stage, dry_run, destroy) else { continue };
+                    if outcome == Outcome::Retry {
                         owner_changed.push(s.socket_cookie);
                     }
+                    self.engine.settle(s.socket_cookie, stage_index, outcome, now_ms);
                 }
             }
         }
-        if acted && let Some(f) = &self.state_file {
+        if settled && let Some(f) = &self.state_file {
             state::save(f, &self.engine.state);
         }
         owner_changed
     }
 
-    /// Carries out one stage; `true` when it was skipped because the owner or its fd changed.
-    fn act(&self, s: &StalledSocket, selector: &str, k: usize, stage: &Stage, dry_run: bool, destroy: &mut Destroy) -> bool {
+    /// Carries out one stage and says how it went; `None` for an RPC, whose answer comes later
+    /// (on `answered`).
+    fn act(&self, s: &StalledSocket, selector: &str, k: usize, stage: &Stage, dry_run: bool, destroy: &mut Destroy) -> Option<Outcome> {
         let action = stage.action();
         if dry_run {
             self.record(Audit::done(s, action, k, selector, "dry_run", "dry run: nothing done"));
-            return false;
+            return Some(Outcome::Ran);
         }
         let result = match stage {
             Stage::Report { .. } => Ok("reported".to_string()),
@@ -175,22 +191,24 @@ impl Reaper {
             Stage::Destroy { .. } => destroy(s).map(|()| "destroyed by SOCK_DESTROY".into()),
             Stage::Rpc { target: Some(target), timeout, retries, .. } => match actions::verify_owner(s) {
                 Ok(owner) => {
-                    // Runs off the sweep thread; the answer is audited when it comes.
+                    // Runs off the sweep thread; the answer is audited and settled when it comes.
                     let (target, body, (timeout, retries)) = (target.clone(), RpcBody::of(s), (timeout.0, *retries));
                     let (audit, line) = (self.audit.clone(), Audit::done(s, action, k, selector, "", ""));
+                    let (answered, cookie) = (self.answered.0.clone(), s.socket_cookie);
                     self.rt.spawn(async move {
-                        let r = actions::rpc(&target, &owner, &body, timeout, retries).await;
-                        audit.send(line.with_result(r.map_err(ActionError::Failed)));
+                        let r = actions::rpc(&target, &owner, &body, timeout, retries).await.map_err(ActionError::Failed);
+                        let _ = answered.send((cookie, k, outcome(&r)));
+                        audit.send(line.with_result(r));
                     });
-                    return false;
+                    return None;
                 }
                 Err(e) => Err(e),
             },
             Stage::Rpc { target: None, .. } => Err(ActionError::Failed("rpc has no target".into())),
         };
-        let changed = matches!(result, Err(ActionError::Skip(SkipWhy::OwnerChanged | SkipWhy::FdChanged, _)));
+        let o = outcome(&result);
         self.record(Audit::done(s, action, k, selector, "", "").with_result(result));
-        changed
+        Some(o)
     }
 
     fn record(&self, line: Audit) {
@@ -203,6 +221,17 @@ impl Reaper {
     /// The metrics sink (for the audit of asynchronous results).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+}
+
+/// What an action's result means for its ladder: done when it ran or can never run; tried again
+/// when what it aims at moved (attributed afresh first) or when it failed (after a while).
+fn outcome(r: &Result<String, ActionError>) -> Outcome {
+    match r {
+        Ok(_) => Outcome::Ran,
+        Err(ActionError::Skip(why, _)) if why.permanent() => Outcome::DecidedAgainst,
+        Err(ActionError::Skip(..)) => Outcome::Retry,
+        Err(ActionError::Failed(_)) => Outcome::Failed,
     }
 }
 

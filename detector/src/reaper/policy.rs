@@ -3,9 +3,12 @@
 //! saved and reloaded: see `state`).
 //!
 //! Each socket walks its selector's ladder once: stage k is due when the socket has been
-//! stalled for the selector's grace plus the `after`s of stages 0..=k, and runs at most once.
-//! A stage is done only when it ran, or when it was decided against for a reason that will not
-//! change. Protected processes and ports, and sockets with no file, are never acted on; a
+//! stalled for the selector's grace plus the `after`s of stages 0..=k, and no sooner than its
+//! `after` past the moment stage k-1 was done. A stage is done only when it ran, or when it was
+//! decided against for a reason that will not change: the engine decides ([`Engine::decide`]),
+//! the reaper carries the stage out and says how it went ([`Engine::settle`]). A stage skipped
+//! because its owner or fd changed is tried again once attributed afresh; one that failed is
+//! tried again after `RETRY_FAILED_MS`; the next (harsher) stage waits for it either way. Protected processes and ports, and sockets with no file, are never acted on; a
 //! socket no process can be shown to hold is acted on only where the selector allows it, and
 //! then only by stages that need no owner. Rate limits and the per-owner cooldown hold an
 //! action back (it runs on a later pass if the socket is still stalled).
@@ -40,6 +43,24 @@ pub enum Decision {
 pub type OwnerKey = (u32, u64);
 
 const MINUTE_MS: u64 = 60_000;
+/// A stage that failed (an endpoint that did not answer, a destroy the kernel refused) is tried
+/// again this long after, while the socket stays stalled.
+pub const RETRY_FAILED_MS: u64 = 5_000;
+
+/// How carrying a stage out went, as far as the ladder is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ran (or, in a dry run, would have): the stage is done.
+    Ran,
+    /// It was decided against for a reason that will not change (the owner catches no such
+    /// signal, its fds cannot be read here): done, never tried again.
+    DecidedAgainst,
+    /// Not run because what it aims at moved (the owner or its fd changed): tried again once
+    /// the holders are found afresh.
+    Retry,
+    /// Tried and failed: tried again after `RETRY_FAILED_MS`.
+    Failed,
+}
 
 /// Everything the engine remembers, in a form that survives a restart of the agent.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
@@ -53,6 +74,12 @@ pub struct LadderState {
     pub per_owner: HashMap<String, VecDeque<u64>>,
     /// Owner → no new socket of it is acted on before this time.
     pub cooldown_until: HashMap<String, u64>,
+    /// Socket cookie → when its last done stage was done (the next waits its `after` from then).
+    #[serde(default)]
+    pub done_at: HashMap<u64, u64>,
+    /// Socket cookie → a failed stage is not tried again before this time.
+    #[serde(default)]
+    pub retry_at: HashMap<u64, u64>,
 }
 
 fn owner_id(o: OwnerKey) -> String {
@@ -66,11 +93,14 @@ pub struct Engine {
     pub state: LadderState,
     /// Skip reasons already reported (not saved: a restart reports them once more).
     noted: HashSet<(u64, SkipWhy)>,
+    /// Sockets whose stage is being carried out (an RPC waiting for its answer): not decided
+    /// on again until it is settled. Not saved: a stage interrupted by a restart is tried again.
+    in_flight: HashMap<u64, Option<OwnerKey>>,
 }
 
 impl Engine {
     pub fn new(policy: Policy, grace: std::time::Duration, agent_pid: u32, state: LadderState) -> Self {
-        Self { policy, grace_ms: grace.as_millis() as u64, agent_pid, state, noted: HashSet::new() }
+        Self { policy, grace_ms: grace.as_millis() as u64, agent_pid, state, noted: HashSet::new(), in_flight: HashMap::new() }
     }
 
     fn selector(&self, s: &StalledSocket) -> Option<&Selector> {
@@ -111,16 +141,21 @@ impl Engine {
     pub fn retain(&mut self, live: &HashSet<u64>) {
         self.state.next_stage.retain(|c, _| live.contains(c));
         self.state.settled.retain(|c| live.contains(c));
+        self.state.done_at.retain(|c, _| live.contains(c));
+        self.state.retry_at.retain(|c, _| live.contains(c));
         self.noted.retain(|(c, _)| live.contains(c));
+        self.in_flight.retain(|c, _| live.contains(c));
     }
 
     fn skip(&mut self, cookie: u64, selector: &str, action: Action, why: SkipWhy) -> Option<Decision> {
         self.noted.insert((cookie, why)).then(|| Decision::Skip { selector: selector.to_string(), action, why })
     }
 
+    /// The stage due for `s` now, if any: the decision is the caller's to carry out and to
+    /// [`settle`](Self::settle); until then the socket is not decided on again.
     pub fn decide(&mut self, s: &StalledSocket, now_ms: u64) -> Option<Decision> {
         let cookie = s.socket_cookie;
-        if self.state.settled.contains(&cookie) {
+        if self.state.settled.contains(&cookie) || self.in_flight.contains_key(&cookie) {
             return None;
         }
         let sel = self.selector(s)?.clone();
@@ -129,7 +164,8 @@ impl Engine {
         let action = stage.action();
         let grace = sel.grace.map_or(self.grace_ms, |g| g.0.as_millis() as u64);
         let due = |k: usize| grace + sel.actions[..=k].iter().map(|s| s.after().as_millis() as u64).sum::<u64>();
-        if s.stalled_for_ms < due(k) {
+        let after_last = self.state.done_at.get(&cookie).map_or(0, |&t| t + stage.after().as_millis() as u64);
+        if s.stalled_for_ms < due(k) || now_ms < after_last || self.state.retry_at.get(&cookie).is_some_and(|&t| now_ms < t) {
             return None;
         }
         if self.protected(s) {
@@ -157,20 +193,46 @@ impl Engine {
                 // window (until the next stage is due) has passed without one.
                 if k + 1 < sel.actions.len() && s.stalled_for_ms >= due(k + 1) {
                     self.state.next_stage.insert(cookie, k + 1);
+                    self.state.done_at.insert(cookie, now_ms.saturating_sub(sel.actions[k + 1].after().as_millis() as u64));
                 }
                 return self.skip(cookie, &sel.name, action, SkipWhy::OwnerUnknown);
             }
         }
-        if action == Action::Report {
-            // Touches nothing: no limit holds it back, none counts it.
-            self.state.next_stage.insert(cookie, k + 1);
-            return Some(Decision::Act { selector: sel.name.clone(), stage_index: k, stage, dry_run: self.policy.dry_run });
+        // A report touches nothing: no limit holds it back, none counts it.
+        if action != Action::Report {
+            if let Some(why) = self.limited(owner, k, now_ms) {
+                return self.skip(cookie, &sel.name, action, why);
+            }
+            self.count(owner, now_ms);
         }
-        if let Some(why) = self.limited(owner, k, now_ms) {
-            return self.skip(cookie, &sel.name, action, why);
-        }
-        self.record(cookie, owner, k, now_ms);
+        self.in_flight.insert(cookie, owner);
         Some(Decision::Act { selector: sel.name.clone(), stage_index: k, stage, dry_run: self.policy.dry_run })
+    }
+
+    /// How stage `k` of socket `cookie`, decided at some `decide`, went: done (ran, or decided
+    /// against for good), or to be tried again.
+    pub fn settle(&mut self, cookie: u64, k: usize, outcome: Outcome, now_ms: u64) {
+        let owner = self.in_flight.remove(&cookie).flatten();
+        if outcome == Outcome::Ran
+            && let Some(o) = owner
+        {
+            // The owner's other sockets wait: what it does about this one may fix them too.
+            let cooldown = self.policy.limits.cooldown.0.as_millis() as u64;
+            self.state.cooldown_until.insert(owner_id(o), now_ms + cooldown);
+        }
+        match outcome {
+            Outcome::Ran | Outcome::DecidedAgainst => {
+                self.state.next_stage.insert(cookie, k + 1);
+                self.state.done_at.insert(cookie, now_ms);
+                self.state.retry_at.remove(&cookie);
+            }
+            Outcome::Retry => {}
+            Outcome::Failed => {
+                self.state.retry_at.insert(cookie, now_ms + RETRY_FAILED_MS);
+            }
+        }
+        // A skip of another reason may be reported again for the next try.
+        self.noted.retain(|(c, _)| *c != cookie);
     }
 
     /// Cooldown and rate limits.
@@ -200,15 +262,13 @@ impl Engine {
         None
     }
 
-    fn record(&mut self, cookie: u64, owner: Option<OwnerKey>, k: usize, now_ms: u64) {
-        let cooldown = self.policy.limits.cooldown.0.as_millis() as u64;
+    /// Counts an attempt toward the rate limits.
+    fn count(&mut self, owner: Option<OwnerKey>, now_ms: u64) {
         let st = &mut self.state;
         if let Some(o) = owner {
             st.per_owner.entry(owner_id(o)).or_default().push_back(now_ms);
-            st.cooldown_until.insert(owner_id(o), now_ms + cooldown);
         }
         st.global.push_back(now_ms);
-        st.next_stage.insert(cookie, k + 1);
         // Owners whose limits lapsed a minute ago are forgotten.
         st.per_owner.retain(|_, q| q.back().is_some_and(|&t| now_ms.saturating_sub(t) < MINUTE_MS));
         st.cooldown_until.retain(|_, &mut u| u > now_ms);

@@ -40,18 +40,27 @@ fn act_name(d: Option<Decision>) -> String {
     }
 }
 
+/// Decides for `s` at `now` and, when the engine acts, settles the stage as run.
+fn step(e: &mut Engine, s: &StalledSocket, now: u64) -> String {
+    let d = e.decide(s, now);
+    if let Some(Decision::Act { stage_index, .. }) = &d {
+        e.settle(s.socket_cookie, *stage_index, Outcome::Ran, now);
+    }
+    act_name(d)
+}
+
 const T: u64 = 1_000_000;
 const MINUTE: u64 = 60_000;
 
 #[test]
 fn ladder_runs_each_stage_once_at_its_time() {
     let mut e = engine("");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 29_000), T)), "none");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T)), "rpc");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 31_000), T)), "none", "once only");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 39_999), T)), "none");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 40_000), T + MINUTE)), "destroy");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 90_000), T + MINUTE)), "none", "ladder done");
+    assert_eq!(step(&mut e, &stalled(1, 10, 29_000), T), "none");
+    assert_eq!(step(&mut e, &stalled(1, 10, 30_000), T), "rpc");
+    assert_eq!(step(&mut e, &stalled(1, 10, 31_000), T), "none", "once only");
+    assert_eq!(step(&mut e, &stalled(1, 10, 39_999), T), "none");
+    assert_eq!(step(&mut e, &stalled(1, 10, 40_000), T + MINUTE), "destroy");
+    assert_eq!(step(&mut e, &stalled(1, 10, 90_000), T + MINUTE), "none", "ladder done");
 }
 
 #[test]
@@ -59,14 +68,14 @@ fn non_matching_sockets_are_left_alone_and_ipv4_ranges_match_mapped_peers() {
     let mut e = engine("");
     let mut s = stalled(1, 10, 60_000);
     s.remote = "10.1.1.1:5".parse().unwrap();
-    assert_eq!(act_name(e.decide(&s, T)), "none");
+    assert_eq!(step(&mut e, &s, T), "none");
     let mut s = stalled(2, 10, 60_000);
     s.comm = Some("nginx".into());
-    assert_eq!(act_name(e.decide(&s, T)), "none");
+    assert_eq!(step(&mut e, &s, T), "none");
     // A dual-stack socket's IPv4 peer, if it ever came in v6 form, still matches an IPv4 range.
     let mut s = stalled(3, 11, 60_000);
     s.remote = "[::ffff:192.168.7.9]:50000".parse().unwrap();
-    assert_eq!(act_name(e.decide(&s, T)), "rpc");
+    assert_eq!(step(&mut e, &s, T), "rpc");
 }
 
 #[test]
@@ -77,17 +86,17 @@ fn protected_processes_and_ports_are_never_touched() {
             s.cmdline = Some("".into());
         }
         let mut e = engine("");
-        assert_eq!(act_name(e.decide(&s, T)), "skip:protected", "{s:?}");
-        assert_eq!(act_name(e.decide(&s, T)), "none", "reported once, then silent");
-        assert_eq!(act_name(e.decide(&stalled(s.socket_cookie, s.pid.unwrap(), 600_000), T)), "none");
+        assert_eq!(step(&mut e, &s, T), "skip:protected", "{s:?}");
+        assert_eq!(step(&mut e, &s, T), "none", "reported once, then silent");
+        assert_eq!(step(&mut e, &stalled(s.socket_cookie, s.pid.unwrap(), 600_000), T), "none");
     }
     let mut e = engine("[protect]\ncomms = [\"ws-*\"]\n");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 60_000), T)), "skip:protected");
+    assert_eq!(step(&mut e, &stalled(1, 10, 60_000), T), "skip:protected");
     let mut e = engine("[protect]\nlocal_ports = [8080]\n");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 60_000), T)), "skip:protected");
+    assert_eq!(step(&mut e, &stalled(1, 10, 60_000), T), "skip:protected");
     // A process name longer than the kernel keeps is protected by its executable.
     let mut e = engine("[protect]\nexes = [\"*/ws-server\"]\n");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 60_000), T)), "skip:protected");
+    assert_eq!(step(&mut e, &stalled(1, 10, 60_000), T), "skip:protected");
     // Any holder protected protects the socket (a forked helper sharing it with sshd).
     let mut e = engine("");
     let mut s = stalled(4, 10, 60_000);
@@ -95,57 +104,57 @@ fn protected_processes_and_ports_are_never_touched() {
     sshd.pid = 20;
     sshd.comm = "sshd".into();
     s.holders = s.holders.iter().cloned().chain([sshd]).collect();
-    assert_eq!(act_name(e.decide(&s, T)), "skip:protected");
+    assert_eq!(step(&mut e, &s, T), "skip:protected");
 }
 
 #[test]
 fn rate_limits_and_cooldown_hold_actions_back() {
     let mut e = engine("[limits]\nper_minute = 2\ncooldown = \"0s\"\nper_owner_per_minute = 100\n");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T)), "rpc");
-    assert_eq!(act_name(e.decide(&stalled(2, 11, 30_000), T)), "rpc");
-    assert_eq!(act_name(e.decide(&stalled(3, 12, 30_000), T)), "skip:rate_limited");
-    assert_eq!(act_name(e.decide(&stalled(3, 12, 30_000), T)), "none", "skip reported once");
-    assert_eq!(act_name(e.decide(&stalled(3, 12, 90_000), T + MINUTE)), "rpc", "acts once the window passes");
+    assert_eq!(step(&mut e, &stalled(1, 10, 30_000), T), "rpc");
+    assert_eq!(step(&mut e, &stalled(2, 11, 30_000), T), "rpc");
+    assert_eq!(step(&mut e, &stalled(3, 12, 30_000), T), "skip:rate_limited");
+    assert_eq!(step(&mut e, &stalled(3, 12, 30_000), T), "none", "skip reported once");
+    assert_eq!(step(&mut e, &stalled(3, 12, 90_000), T + MINUTE), "rpc", "acts once the window passes");
 
     let mut e = engine("[limits]\ncooldown = \"20s\"\n");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T)), "rpc");
-    assert_eq!(act_name(e.decide(&stalled(2, 10, 30_000), T)), "skip:cooldown");
-    assert_eq!(act_name(e.decide(&stalled(2, 10, 30_000), T + 21_000)), "rpc");
+    assert_eq!(step(&mut e, &stalled(1, 10, 30_000), T), "rpc");
+    assert_eq!(step(&mut e, &stalled(2, 10, 30_000), T), "skip:cooldown");
+    assert_eq!(step(&mut e, &stalled(2, 10, 30_000), T + 21_000), "rpc");
 
     let mut e = engine("[limits]\nper_owner_per_minute = 1\ncooldown = \"0s\"\n");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T)), "rpc");
-    assert_eq!(act_name(e.decide(&stalled(2, 10, 30_000), T)), "skip:owner_rate_limited");
-    assert_eq!(act_name(e.decide(&stalled(3, 11, 30_000), T)), "rpc", "another owner is not limited");
+    assert_eq!(step(&mut e, &stalled(1, 10, 30_000), T), "rpc");
+    assert_eq!(step(&mut e, &stalled(2, 10, 30_000), T), "skip:owner_rate_limited");
+    assert_eq!(step(&mut e, &stalled(3, 11, 30_000), T), "rpc", "another owner is not limited");
 }
 
 #[test]
 fn an_unknown_owner_is_never_acted_on_unless_the_selector_allows_it() {
     let mut e = engine_with("", "match = { }");
     let s = orphaned(stalled(1, 10, 60_000));
-    assert_eq!(act_name(e.decide(&s, T)), "skip:owner_unknown");
-    assert_eq!(act_name(e.decide(&s, T)), "none", "noted once");
-    assert_eq!(act_name(e.decide(&orphaned(stalled(1, 10, 600_000)), T)), "none", "never escalated to destroy");
+    assert_eq!(step(&mut e, &s, T), "skip:owner_unknown");
+    assert_eq!(step(&mut e, &s, T), "none", "noted once");
+    assert_eq!(step(&mut e, &orphaned(stalled(1, 10, 600_000)), T), "none", "never escalated to destroy");
 }
 
 #[test]
 fn a_one_pass_attribution_miss_does_not_skip_the_gentle_stage() {
     let mut e = engine("");
     // The owner is unknown on one pass (not matched: no comm), then found again.
-    assert_eq!(act_name(e.decide(&orphaned(stalled(1, 10, 30_000)), T)), "none");
+    assert_eq!(step(&mut e, &orphaned(stalled(1, 10, 30_000)), T), "none");
     let mut e = engine_with("", "match = { }");
-    assert_eq!(act_name(e.decide(&orphaned(stalled(1, 10, 30_000)), T)), "skip:owner_unknown");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 31_000), T)), "rpc", "the gentle stage runs once the owner is back");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 41_000), T + MINUTE)), "destroy");
+    assert_eq!(step(&mut e, &orphaned(stalled(1, 10, 30_000)), T), "skip:owner_unknown");
+    assert_eq!(step(&mut e, &stalled(1, 10, 31_000), T), "rpc", "the gentle stage runs once the owner is back");
+    assert_eq!(step(&mut e, &stalled(1, 10, 41_000), T + MINUTE), "destroy");
 }
 
 #[test]
 fn with_unknown_owners_allowed_only_ownerless_stages_run_after_the_gentle_one_had_its_window() {
     let mut e = engine_with("", "match = { }\nallow_unknown_owner = true");
     let s = |ms| orphaned(stalled(1, 10, ms));
-    assert_eq!(act_name(e.decide(&s(30_000), T)), "skip:owner_unknown", "rpc needs an owner");
-    assert_eq!(act_name(e.decide(&s(35_000), T)), "none", "waits: the owner may show up");
-    assert_eq!(act_name(e.decide(&s(40_000), T)), "none", "rpc's window over: decided against, now");
-    assert_eq!(act_name(e.decide(&s(40_000), T)), "destroy");
+    assert_eq!(step(&mut e, &s(30_000), T), "skip:owner_unknown", "rpc needs an owner");
+    assert_eq!(step(&mut e, &s(35_000), T), "none", "waits: the owner may show up");
+    assert_eq!(step(&mut e, &s(40_000), T), "none", "rpc's window over: decided against, now");
+    assert_eq!(step(&mut e, &s(40_000), T), "destroy");
 }
 
 #[test]
@@ -153,15 +162,15 @@ fn sockets_without_a_file_are_never_acted_on_even_when_allowed() {
     let mut e = engine_with("", "match = { }\nallow_unknown_owner = true");
     let mut k = orphaned(stalled(1, 10, 60_000));
     k.kernel_socket = Some(true);
-    assert_eq!(act_name(e.decide(&k, T)), "skip:kernel_socket");
-    assert_eq!(act_name(e.decide(&k, T + MINUTE)), "none", "settled for good");
+    assert_eq!(step(&mut e, &k, T), "skip:kernel_socket");
+    assert_eq!(step(&mut e, &k, T + MINUTE), "none", "settled for good");
     let mut closed = stalled(2, 10, 60_000);
     closed.inode = 0;
-    assert_eq!(act_name(e.decide(&closed, T)), "skip:no_file");
+    assert_eq!(step(&mut e, &closed, T), "skip:no_file");
     // Found by a dump with nobody holding it: whether it is the kernel's is unknown: waits.
     let mut dumped = orphaned(stalled(3, 10, 60_000));
     dumped.kernel_socket = None;
-    assert_eq!(act_name(e.decide(&dumped, T)), "skip:file_unknown");
+    assert_eq!(step(&mut e, &dumped, T), "skip:file_unknown");
 }
 
 #[test]
@@ -170,26 +179,26 @@ fn reports_run_for_any_socket_and_dry_run_is_carried() {
     let mut e = Engine::new(Policy::parse(text, "t", Duration::from_secs(30)).unwrap(), Duration::from_secs(30), 999, LadderState::default());
     let mut k = orphaned(stalled(1, 10, 30_000));
     k.kernel_socket = Some(true);
-    assert_eq!(act_name(e.decide(&k, T)), "report", "reporting touches nothing");
+    assert_eq!(step(&mut e, &k, T), "report", "reporting touches nothing");
     let mut e = engine("dry_run = true");
     match e.decide(&stalled(1, 10, 30_000), T) {
         Some(Decision::Act { dry_run, .. }) => assert!(dry_run),
         other => panic!("{other:?}"),
     }
     e.retain(&HashSet::new());
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T + MINUTE)), "rpc", "a recovered socket's new stall starts over");
+    assert_eq!(step(&mut e, &stalled(1, 10, 30_000), T + MINUTE), "rpc", "a recovered socket's new stall starts over");
 }
 
 #[test]
 fn a_restarted_engine_with_the_saved_state_runs_no_stage_twice() {
     let mut e = engine("");
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T)), "rpc");
+    assert_eq!(step(&mut e, &stalled(1, 10, 30_000), T), "rpc");
     let saved = e.state.clone();
     let mut again = engine("");
     again.state = serde_json::from_str(&serde_json::to_string(&saved).unwrap()).unwrap();
-    assert_eq!(act_name(again.decide(&stalled(1, 10, 31_000), T + 1_000)), "none", "rpc ran before the restart");
-    assert_eq!(act_name(again.decide(&stalled(2, 10, 31_000), T + 1_000)), "skip:cooldown", "the owner's cooldown survives too");
-    assert_eq!(act_name(again.decide(&stalled(1, 10, 40_000), T + MINUTE)), "destroy");
+    assert_eq!(step(&mut again, &stalled(1, 10, 31_000), T + 1_000), "none", "rpc ran before the restart");
+    assert_eq!(step(&mut again, &stalled(2, 10, 31_000), T + 1_000), "skip:cooldown", "the owner's cooldown survives too");
+    assert_eq!(step(&mut again, &stalled(1, 10, 40_000), T + MINUTE), "destroy");
 }
 
 /// A report touches nothing: it is never held back by the rate limits or a cooldown, and it
@@ -200,9 +209,9 @@ fn reports_are_not_rate_limited_and_do_not_count_as_actions() {
     let text = "[limits]\nper_minute = 2\nper_owner_per_minute = 1\ncooldown = \"20s\"\n[[selector]]\nname = \"all\"\nactions = [{ action = \"report\" }, { action = \"destroy\", after = \"1s\" }]\n";
     let mut e = Engine::new(Policy::parse(text, "t", Duration::from_secs(30)).unwrap(), Duration::from_secs(30), 999, LadderState::default());
     for cookie in 1..=50 {
-        assert_eq!(act_name(e.decide(&stalled(cookie, 10, 30_000), T)), "report", "socket {cookie}");
+        assert_eq!(step(&mut e, &stalled(cookie, 10, 30_000), T), "report", "socket {cookie}");
     }
-    assert_eq!(act_name(e.decide(&stalled(1, 10, 31_000), T)), "destroy", "no cooldown or owner limit from the reports");
+    assert_eq!(step(&mut e, &stalled(1, 10, 31_000), T + 1_000), "destroy", "no cooldown or owner limit from the reports");
 }
 
 #[test]
@@ -213,13 +222,13 @@ fn a_leak_suspect_is_acted_on_only_by_a_selector_that_names_its_reason() {
     // `--action destroy` is one selector matching everything: not a half-closed client.
     let flags = Policy::from_flags(Action::Destroy, None, None, false).unwrap();
     let mut e = Engine::new(flags, Duration::from_secs(30), 999, LadderState::default());
-    assert_eq!(act_name(e.decide(&s, T)), "none");
+    assert_eq!(step(&mut e, &s, T), "none");
     s.reason = Reason::PeerClosed;
-    assert_eq!(act_name(e.decide(&s, T)), "destroy", "bytes that do not drain to a peer that closed are still acted on");
+    assert_eq!(step(&mut e, &s, T), "destroy", "bytes that do not drain to a peer that closed are still acted on");
     // A selector that names it does.
     let mut e = engine_with("", "match = { reason = \"close_wait_idle\" }");
     s.reason = Reason::CloseWaitIdle;
-    assert_eq!(act_name(e.decide(&s, T)), "rpc");
+    assert_eq!(step(&mut e, &s, T), "rpc");
 }
 
 #[test]
@@ -231,10 +240,58 @@ fn ssh_sessions_and_storage_initiators_are_protected_by_default() {
         let mut s = stalled(1, 10, 60_000);
         s.comm = Some(comm.into());
         std::sync::Arc::get_mut(&mut s.holders).unwrap()[0].comm = comm.into();
-        assert_eq!(act_name(e.decide(&s, T)), "skip:protected", "{comm}");
+        assert_eq!(step(&mut e, &s, T), "skip:protected", "{comm}");
     }
     let mut e = Engine::new(Policy::from_flags(Action::Destroy, None, None, false).unwrap(), Duration::from_secs(30), 999, LadderState::default());
     let mut s = stalled(1, 10, 60_000);
     s.exe = Some("/usr/lib/openssh/sshd-session".into());
-    assert_eq!(act_name(e.decide(&s, T)), "skip:protected", "by executable");
+    assert_eq!(step(&mut e, &s, T), "skip:protected", "by executable");
+}
+
+/// Decides for `s` at `now` and, when the engine acts, settles the stage with `outcome`.
+fn step_as(e: &mut Engine, s: &StalledSocket, now: u64, outcome: Outcome) -> String {
+    let d = e.decide(s, now);
+    if let Some(Decision::Act { stage_index, .. }) = &d {
+        e.settle(s.socket_cookie, *stage_index, outcome, now);
+    }
+    act_name(d)
+}
+
+#[test]
+fn a_stage_whose_owner_or_fd_moved_is_tried_again_and_the_harsher_one_waits() {
+    let mut e = engine("[limits]\ncooldown = \"0s\"\n");
+    // The rpc found the owner's fd changed: not done; the destroy is not due past it.
+    assert_eq!(step_as(&mut e, &stalled(1, 10, 30_000), T, Outcome::Retry), "rpc");
+    assert_eq!(step(&mut e, &stalled(1, 10, 45_000), T + 15_000), "rpc", "tried again, not skipped past");
+    // It ran at T + 15 s: the destroy waits its 10 s from then, not from the ladder's start.
+    assert_eq!(step(&mut e, &stalled(1, 10, 50_000), T + 20_000), "none");
+    assert_eq!(step(&mut e, &stalled(1, 10, 55_000), T + 25_000), "destroy");
+}
+
+#[test]
+fn a_failed_stage_is_tried_again_after_a_while_and_the_harsher_one_waits_for_it() {
+    let mut e = engine("[limits]\ncooldown = \"0s\"\nper_owner_per_minute = 100\n");
+    assert_eq!(step_as(&mut e, &stalled(1, 10, 30_000), T, Outcome::Failed), "rpc");
+    assert_eq!(step(&mut e, &stalled(1, 10, 41_000), T + 1_000), "none", "not at once: RETRY_FAILED_MS");
+    assert_eq!(step_as(&mut e, &stalled(1, 10, 45_000), T + RETRY_FAILED_MS, Outcome::Failed), "rpc", "and never the destroy while the rpc has not run");
+    assert_eq!(step(&mut e, &stalled(1, 10, 60_000), T + 2 * RETRY_FAILED_MS), "rpc");
+    assert_eq!(step(&mut e, &stalled(1, 10, 80_000), T + 2 * RETRY_FAILED_MS + 10_000), "destroy");
+}
+
+#[test]
+fn a_stage_decided_against_for_good_lets_the_ladder_move_on() {
+    let mut e = engine("[limits]\ncooldown = \"0s\"\n");
+    assert_eq!(step_as(&mut e, &stalled(1, 10, 30_000), T, Outcome::DecidedAgainst), "rpc");
+    assert_eq!(step(&mut e, &stalled(1, 10, 35_000), T + 5_000), "none");
+    assert_eq!(step(&mut e, &stalled(1, 10, 40_000), T + 10_000), "destroy");
+}
+
+#[test]
+fn a_stage_being_carried_out_is_not_decided_on_again() {
+    let mut e = engine("");
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T)), "rpc");
+    // Its answer has not come: nothing is decided for that socket meanwhile.
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 60_000), T + MINUTE)), "none");
+    e.settle(1, 0, Outcome::Ran, T + MINUTE);
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 70_000), T + MINUTE + 10_000)), "destroy");
 }
