@@ -129,8 +129,11 @@ pub struct Reaper {
     audit: AuditSink,
     state_file: Option<PathBuf>,
     /// Stages carried out off the sweep thread (RPCs): (cookie, stage, outcome) once answered.
-    answered: (std::sync::mpsc::Sender<(u64, usize, Outcome)>, std::sync::mpsc::Receiver<(u64, usize, Outcome)>),
+    answered: (std::sync::mpsc::Sender<Settled>, std::sync::mpsc::Receiver<Settled>),
 }
+
+/// A stage carried out off the sweep thread, once it is: (socket cookie, stage, outcome).
+type Settled = (u64, usize, Outcome);
 
 impl Reaper {
     /// `state_file` keeps the ladders across restarts (loaded now, saved after every action).
