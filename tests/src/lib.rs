@@ -381,6 +381,11 @@ impl Peer {
         self.history.lock().unwrap().iter().any(|l| l.starts_with(prefix) && pred(l))
     }
 
+    /// Whether the process has exited, and how (reaped then).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: a signal to a child this handle owns (reaped only on drop).
         unsafe { libc::kill(self.child.id() as i32, sig) };

@@ -516,3 +516,36 @@ fn a_failing_rpc_is_tried_again_and_the_destroy_waits_for_it() {
     assert!(!server.saw("SEAT freed", |l| field(l, "fd") == healthy_fd), "the healthy seat was freed");
     assert!(a.log().contains("\"action\":\"rpc\"") && a.log().contains("\"result\":\"failed\""), "{}", a.log());
 }
+
+// `--action signal` proves the owner, and now also that it catches the signal: a wedged server
+// with no handler (a plain client or worker: curl, a Python or JVM process) would be ended by
+// the signal's default action, with every healthy session it serves. It is skipped
+// (`no_handler`, audited) and the process lives on.
+#[test]
+fn a_signal_is_never_sent_to_an_owner_that_does_not_catch_it() {
+    if !privileged("a_signal_is_never_sent_to_an_owner_that_does_not_catch_it") {
+        return;
+    }
+    let _s = serial();
+    let peer = stream_peer();
+    // stream-peer installs no handler for SIGRTMIN+1 (35).
+    let mut server = Peer::spawn(&peer, &["server", "127.0.0.1:0", "stream"]);
+    let listen = server.expect("LISTEN", Duration::from_secs(5));
+    let port = listen.rsplit(':').next().unwrap();
+    let dir = Scratch::new("no-handler");
+    let p = policy(
+        &dir,
+        &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"signal\", signal = \"SIGRTMIN+1\" }}]\n"),
+    );
+    let a = Agent::start("2s", &args(&p));
+    let _client = Peer::spawn(&peer, &["client", &listen, "none"]);
+    assert!(logged_within(&a, &["\"result\":\"skipped\"", "\"why\":\"no_handler\""], GRACE + Duration::from_secs(5)), "no no_handler skip:\n{}", a.log());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(server.exited().is_none(), "the server was ended by the signal:\n{}", a.log());
+    assert!(!a.log().contains("\"action\":\"signal\",\"stage\":0,\"selector\":\"t\",\"result\":\"ok\""), "{}", a.log());
+}
+
+/// Waits up to `d` for every one of `needles` in the agent's log.
+fn logged_within(a: &Agent, needles: &[&str], d: Duration) -> bool {
+    poll(d, || needles.iter().all(|n| a.log().contains(n)).then_some(())).is_some()
+}

@@ -88,10 +88,16 @@ fn socket_identity(fd: &OwnedFd) -> (Option<u64>, Option<u64>) {
     (ino, ok.then_some(cookie))
 }
 
-/// Sends `sig` to the verified owner. A real-time signal is queued with the fd as its value
-/// (`si_value.sival_int`), so the server knows which connection to drop.
+/// Sends `sig` to the verified owner, if it catches it. A real-time signal is queued with the fd
+/// as its value (`si_value.sival_int`), so the server knows which connection to drop.
 pub fn signal(s: &StalledSocket, sig: Sig) -> Result<String, ActionError> {
     let o = verify_owner(s)?;
+    if !catches(&o, sig)? {
+        return Err(ActionError::Skip(
+            SkipWhy::NoHandler,
+            format!("pid {} does not catch signal {}: its default action would end the process and every session it serves", o.pid, sig.0),
+        ));
+    }
     // siginfo_t for SI_QUEUE on Linux: signo, errno, code, then (at 16) pid, uid, value.
     let mut info = [0u8; 128];
     info[0..4].copy_from_slice(&sig.0.to_ne_bytes());
@@ -106,6 +112,25 @@ pub fn signal(s: &StalledSocket, sig: Sig) -> Result<String, ActionError> {
         return Err(os_err(&format!("pidfd_send_signal({}, {})", o.pid, sig.0)));
     }
     Ok(format!("signal {} sent to pid {}{}", sig.0, o.pid, if sig.is_realtime() { format!(" with fd {}", o.fd) } else { String::new() }))
+}
+
+/// Whether the verified owner catches `sig` (the `SigCgt` mask of /proc/<pid>/status: a handler
+/// installed, neither the default action nor ignored). Read through /proc by pid, so the pidfd
+/// is asked afterwards whether that process still lives: a pid is not reused while it does.
+fn catches(o: &VerifiedOwner, sig: Sig) -> Result<bool, ActionError> {
+    let changed = |why: String| ActionError::Skip(SkipWhy::OwnerChanged, why);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", o.pid)).map_err(|e| changed(format!("pid {}: {e}", o.pid)))?;
+    let caught = parse_sig_cgt(&status).ok_or_else(|| ActionError::Failed(format!("pid {}: no SigCgt line in its status", o.pid)))?;
+    // SAFETY: signal 0 through our pidfd only checks that its process lives.
+    if unsafe { libc::syscall(libc::SYS_pidfd_send_signal, o.pidfd.as_raw_fd(), 0, std::ptr::null::<u8>(), 0) } < 0 {
+        return Err(changed(format!("pid {} exited", o.pid)));
+    }
+    Ok(sig.0 >= 1 && sig.0 <= 64 && caught & (1u64 << (sig.0 - 1)) != 0)
+}
+
+/// The caught-signals mask of a /proc/<pid>/status text (bit n-1 for signal n).
+fn parse_sig_cgt(status: &str) -> Option<u64> {
+    status.lines().find_map(|l| l.strip_prefix("SigCgt:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 /// `shutdown(SHUT_RDWR)` on the owner's own socket: its blocked send fails with EPIPE and its
@@ -344,6 +369,26 @@ mod tests {
         // SAFETY: closing the descriptor dup2 made.
         unsafe { libc::close(fd) };
         assert_eq!(skip_why(verify_owner(&s)), SkipWhy::FdChanged, "a closed fd");
+    }
+
+    #[test]
+    fn caught_signals_are_read_from_the_status_mask() {
+        let status = "Name:\tws\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000001000\nSigCgt:\t0000000400004002\n";
+        let m = parse_sig_cgt(status).unwrap();
+        assert!(m & (1 << (2 - 1)) != 0, "SIGINT caught");
+        assert!(m & (1 << (13 - 1)) == 0, "SIGPIPE only ignored: not caught");
+        assert!(m & (1 << (35 - 1)) != 0, "SIGRTMIN+1 (35) caught");
+        assert_eq!(parse_sig_cgt("Name:\tws\n"), None);
+    }
+
+    #[test]
+    fn a_signal_the_owner_does_not_catch_is_never_sent() {
+        // This test process catches no SIGUSR2 (the test harness installs none).
+        let (_l, s) = own_socket();
+        match signal(&s, Sig(libc::SIGUSR2)) {
+            Err(ActionError::Skip(SkipWhy::NoHandler, why)) => assert!(why.contains("does not catch"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -84,10 +84,13 @@ pub enum SkipWhy {
     OwnerChanged,
     /// Right before acting, the owner's fd no longer was this socket.
     FdChanged,
+    /// The owner does not catch the signal: its default action would end the process, with
+    /// every healthy session it serves.
+    NoHandler,
 }
 
 impl SkipWhy {
-    pub const ALL: [SkipWhy; 10] = [
+    pub const ALL: [SkipWhy; 11] = [
         Self::Protected,
         Self::OwnerUnknown,
         Self::FileUnknown,
@@ -98,12 +101,13 @@ impl SkipWhy {
         Self::OwnerRateLimited,
         Self::OwnerChanged,
         Self::FdChanged,
+        Self::NoHandler,
     ];
 
     /// Whether the stage it holds back can never run for this socket (its ladder moves on),
     /// rather than not yet.
     pub fn permanent(self) -> bool {
-        matches!(self, Self::Protected | Self::NoFile | Self::KernelSocket)
+        matches!(self, Self::Protected | Self::NoFile | Self::KernelSocket | Self::NoHandler)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -118,6 +122,7 @@ impl SkipWhy {
             Self::OwnerRateLimited => "owner_rate_limited",
             Self::OwnerChanged => "owner_changed",
             Self::FdChanged => "fd_changed",
+            Self::NoHandler => "no_handler",
         }
     }
 }
