@@ -549,3 +549,49 @@ fn a_signal_is_never_sent_to_an_owner_that_does_not_catch_it() {
 fn logged_within(a: &Agent, needles: &[&str], d: Duration) -> bool {
     poll(d, || needles.iter().all(|n| a.log().contains(n)).then_some(())).is_some()
 }
+
+// A container (here a chroot in its own mount namespace) plants its RPC "socket" as an
+// absolute symlink to a unix socket of the host. Resolved through /proc/<pid>/root, that
+// symlink would be followed from the agent's own root, and the privileged agent would POST to
+// the host's socket. The path is resolved inside the owner's root only: the RPC fails (no
+// such socket there) and the host's socket never sees a connection.
+#[test]
+fn an_rpc_unix_path_never_leaves_the_owners_root() {
+    if !privileged("an_rpc_unix_path_never_leaves_the_owners_root") {
+        return;
+    }
+    let _s = serial();
+    let dir = Scratch::new("rpcroot");
+    // The host's socket, which the owner must not reach.
+    let host_sock = dir.0.join("host.sock");
+    let host = std::os::unix::net::UnixListener::bind(&host_sock).unwrap();
+    host.set_nonblocking(true).unwrap();
+    // The owner's root: the system's programs and libraries bound in, its own /run with the
+    // planted link, and the server binary.
+    let root = dir.0.join("root");
+    for d in ["usr", "run", "tmp", "srv", "proc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (l, t) in [("lib", "usr/lib"), ("lib64", "usr/lib64"), ("bin", "usr/bin"), ("sbin", "usr/sbin")] {
+        std::os::unix::fs::symlink(t, root.join(l)).unwrap();
+    }
+    std::os::unix::fs::symlink(&host_sock, root.join("run/reap.sock")).unwrap();
+    let bin_dir = std::path::Path::new(SERVER).parent().unwrap().display().to_string();
+    let script = format!("mount --bind /usr {r}/usr && mount --bind {bin_dir} {r}/srv && exec chroot {r} /srv/wedged-server 127.0.0.1:0 2", r = root.display());
+    let server = Peer::spawn("unshare", &["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let _healthy = Peer::spawn(&stream_peer(), &["client", &addr, "read"]);
+    server.expect("SEAT taken", Duration::from_secs(5));
+    let _dead = Peer::spawn(&stream_peer(), &["client", &addr, "none"]);
+    server.expect("SEAT taken", Duration::from_secs(5));
+    let port = addr.rsplit(':').next().unwrap();
+    let p = policy(
+        &dir,
+        &format!(
+            "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"rpc\", unix = \"/run/reap.sock\", path = \"/reap\", retries = 0 }}]\n"
+        ),
+    );
+    let a = Agent::start("2s", &args(&p));
+    assert!(logged_within(&a, &["\"action\":\"rpc\"", "\"result\":\"failed\""], GRACE + Duration::from_secs(6)), "no failed rpc:\n{}", a.log());
+    assert!(host.accept().is_err(), "the agent connected to the host's socket through the owner's symlink:\n{}", a.log());
+}

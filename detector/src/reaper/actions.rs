@@ -242,6 +242,43 @@ async fn connect_in_netns(pidfd: RawFd, authority: &str, timeout: Duration) -> R
     tokio::net::TcpStream::from_std(std_stream).map_err(|e| e.to_string())
 }
 
+/// `struct open_how` of openat2(2), and its `resolve` bits.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// A connection to the unix socket at `path` as the verified owner sees it, and nowhere else: its
+/// root directory is opened through /proc while the pidfd proves the process lives (so the pid
+/// names it, not a successor), and the path is resolved with `openat2(RESOLVE_IN_ROOT)` from
+/// there: `..` and absolute symlinks the owner planted stay inside its root (a container cannot
+/// point the privileged agent at a host socket). The socket is then connected through
+/// `/proc/self/fd/N`, the file just resolved.
+fn connect_in_root(owner: &VerifiedOwner, path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let root = std::fs::File::open(format!("/proc/{}/root", owner.pid))?;
+    // SAFETY: signal 0 through our pidfd only checks that its process lives.
+    if unsafe { libc::syscall(libc::SYS_pidfd_send_signal, owner.pidfd.as_raw_fd(), 0, std::ptr::null::<u8>(), 0) } < 0 {
+        return Err(std::io::Error::other(format!("pid {} exited", owner.pid)));
+    }
+    let rel = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let how = OpenHow { flags: (libc::O_PATH | libc::O_CLOEXEC) as u64, mode: 0, resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+    // SAFETY: a directory fd we hold, a NUL-terminated path and an open_how of the size given.
+    let fd = unsafe { libc::syscall(libc::SYS_openat2, root.as_raw_fd(), rel.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor owned by no one else.
+    let file = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let s = std::os::unix::net::UnixStream::connect(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
 async fn post_once(target: &RpcTarget, owner: &VerifiedOwner, body: &[u8], timeout: Duration) -> Result<String, String> {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
@@ -266,9 +303,8 @@ async fn post_once(target: &RpcTarget, owner: &VerifiedOwner, body: &[u8], timeo
     let resp = match target {
         RpcTarget::Http { authority, .. } => send!(connect_in_netns(owner.pidfd.as_raw_fd(), authority, timeout).await?),
         RpcTarget::Unix { socket, .. } => {
-            // The path as the owner sees it: through its root, in its mount namespace.
-            let seen = std::path::Path::new("/proc").join(owner.pid.to_string()).join("root").join(socket.strip_prefix("/").unwrap_or(socket));
-            send!(tokio::net::UnixStream::connect(&seen).await.map_err(|e| format!("connect {} (as {}): {e}", socket.display(), seen.display()))?)
+            let s = connect_in_root(owner, socket).map_err(|e| format!("connect {} in the owner's root: {e}", socket.display()))?;
+            send!(tokio::net::UnixStream::from_std(s).map_err(|e| e.to_string())?)
         }
     };
     let status = resp.status();
