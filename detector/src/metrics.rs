@@ -131,6 +131,8 @@ pub struct Metrics {
     pub reaps: Family<ActionLabel, Counter>,
     pub audit_lines_dropped: Counter,
     pub log_lines_dropped: Counter,
+    /// Metrics connections closed at once because `MAX_CONNECTIONS` were open.
+    pub metrics_connections_refused: Counter,
     pub build_info: Family<BuildLabel, Gauge>,
     pods: Option<PodSeries>,
 }
@@ -158,6 +160,7 @@ impl Metrics {
             reaps: Family::default(),
             audit_lines_dropped: Counter::default(),
             log_lines_dropped: Counter::default(),
+            metrics_connections_refused: Counter::default(),
             build_info: Family::default(),
             pods: None,
             registry: Registry::default(),
@@ -200,6 +203,11 @@ impl Metrics {
         registry.register("reaps", "Reaping decisions, by action, result (ok, failed, dry_run, skipped) and, for skipped, why", m.reaps.clone());
         registry.register("audit_lines_dropped", "Audit lines dropped because stdout did not keep up", m.audit_lines_dropped.clone());
         registry.register("log_lines_dropped", "Log lines dropped because stderr did not keep up", m.log_lines_dropped.clone());
+        registry.register(
+            "metrics_connections_refused",
+            "Connections to this endpoint closed at once because the most it serves at a time were open",
+            m.metrics_connections_refused.clone(),
+        );
         registry.register("build_info", "Agent version and kernel release", m.build_info.clone());
         for r in crate::verdict::Reason::ALL {
             // Export zeros from the start so alerts see every series.
@@ -305,37 +313,64 @@ impl Default for Metrics {
 }
 
 /// Serves `/metrics` (and `/healthz`) until the task is dropped.
+/// Scrape connections served at once: a scraper or two, a curl, a probe. The DaemonSet listens
+/// on 0.0.0.0, so anyone on the network can connect: past this, new connections are closed at
+/// once, and the agent's memory and fds stay bounded.
+pub const MAX_CONNECTIONS: usize = 32;
+/// A connection must have sent its request head this long after it came (or after its last
+/// answer, kept alive): a connection that sends nothing holds a slot no longer.
+pub const HEADER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest a connection is kept, however busy (Prometheus reconnects).
+pub const CONNECTION_TIME: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of fds (EMFILE) or a connection reset before it was accepted: never a
+                // busy loop.
+                log::debug!("metrics listener: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.metrics_connections_refused.inc();
             continue;
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
-                async move {
-                    let openmetrics =
-                        req.headers().get_all(hyper::header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
-                    let resp = match req.uri().path() {
-                        "/metrics" if openmetrics => Response::builder()
-                            .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
-                            .body(Full::new(Bytes::from(metrics.render()))),
-                        "/metrics" => Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                            .body(Full::new(Bytes::from(prometheus_text(&metrics.render())))),
-                        "/healthz" if metrics.alive() => Response::builder().body(Full::new(Bytes::from("ok\n"))),
-                        "/healthz" => Response::builder().status(503).body(Full::new(Bytes::from("the detection loop has not run for too long\n"))),
-                        "/readyz" if metrics.ready.load(std::sync::atomic::Ordering::Relaxed) => Response::builder().body(Full::new(Bytes::from("ready\n"))),
-                        "/readyz" => Response::builder().status(503).body(Full::new(Bytes::from("starting: no detection pass yet\n"))),
-                        _ => Response::builder().status(404).body(Full::new(Bytes::from("not found; try /metrics\n"))),
-                    };
-                    Ok::<_, hyper::http::Error>(resp.expect("static response parts are valid"))
-                }
+                async move { Ok::<_, hyper::http::Error>(answer(&metrics, &req)) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let conn =
+                http1::Builder::new().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIME).serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(CONNECTION_TIME, conn).await;
         });
     }
+}
+
+/// The answer to one request.
+fn answer(metrics: &Metrics, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let openmetrics = req.headers().get_all(hyper::header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+    let resp = match req.uri().path() {
+        "/metrics" if openmetrics => Response::builder()
+            .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(Full::new(Bytes::from(metrics.render()))),
+        "/metrics" => Response::builder()
+            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+            .body(Full::new(Bytes::from(prometheus_text(&metrics.render())))),
+        "/healthz" if metrics.alive() => Response::builder().body(Full::new(Bytes::from("ok\n"))),
+        "/healthz" => Response::builder().status(503).body(Full::new(Bytes::from("the detection loop has not run for too long\n"))),
+        "/readyz" if metrics.ready.load(std::sync::atomic::Ordering::Relaxed) => Response::builder().body(Full::new(Bytes::from("ready\n"))),
+        "/readyz" => Response::builder().status(503).body(Full::new(Bytes::from("starting: no detection pass yet\n"))),
+        _ => Response::builder().status(404).body(Full::new(Bytes::from("not found; try /metrics\n"))),
+    };
+    resp.expect("static response parts are valid")
 }
 
 /// The Prometheus text format (0.0.4) of an OpenMetrics exposition, for scrapers and tools

@@ -232,3 +232,36 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(levels >= 1, "no log line at info level:\n{log}");
 }
+
+// The metrics endpoint listens on 0.0.0.0 in the DaemonSet: anyone on the network can open
+// connections and send nothing. It serves a bounded number at once (the rest are closed at
+// once and counted), closes a connection that sends no request head within a few seconds, and
+// answers scrapes again once they are gone: the agent's fds stay bounded.
+#[test]
+fn the_metrics_listener_bounds_connections_that_send_nothing() {
+    if !privileged("the_metrics_listener_bounds_connections") {
+        return;
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::start("30s", &["--metrics-addr", &addr]);
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", agent.pid())).unwrap().count();
+    let before = fds();
+    let silent: Vec<std::net::TcpStream> = (0..200).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = fds() - before.min(fds());
+    assert!(held <= 40, "200 silent connections hold {held} of the agent's fds");
+    // Each is closed by the agent: at once past the cap, after the header time otherwise.
+    let closed_by = std::time::Instant::now() + Duration::from_secs(9);
+    for (i, mut s) in silent.into_iter().enumerate() {
+        s.set_read_timeout(Some(closed_by.saturating_duration_since(std::time::Instant::now()).max(Duration::from_millis(10)))).unwrap();
+        let mut b = [0u8; 16];
+        match std::io::Read::read(&mut s, &mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("silent connection {i} still open 9 s later: {other:?}\n{}", agent.log()),
+        }
+    }
+    let (status, text) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    assert!(metric(&text, "detector_metrics_connections_refused_total").unwrap() >= 150.0, "{text}");
+}
