@@ -86,7 +86,7 @@ fn lookup(diag: &mut DiagConn, r: &WalkRecord) -> DiagSocket {
         ifindex: t.bound_dev_if,
         cookie: Some(r.cookie),
     };
-    diag.lookup(&l, 0).unwrap().expect("sock_diag finds the walked socket by its cookie")
+    diag.lookup(&l).unwrap().expect("sock_diag finds the walked socket by its cookie")
 }
 
 const SIZES: loader::Sizes = loader::Sizes { max_sockets: 1024, ring_buffer_bytes: 64 * 1024 };
@@ -465,8 +465,15 @@ fn batched_lookups_answer_each_socket_as_a_single_lookup_does() {
     ls.insert(70, gone);
     ls.insert(3, lookup_of(&pairs[3].0, Some(1)));
     let mut diag = DiagConn::open().unwrap();
-    let single: Vec<Option<(u64, u32, u8)>> = ls.iter().map(|l| diag.lookup(l, 0).unwrap().map(|d| (d.cookie, d.inode, d.sample.state))).collect();
-    let batched: Vec<Option<(u64, u32, u8)>> = diag.lookup_many(&ls, 0).into_iter().map(|a| a.unwrap().map(|d| (d.cookie, d.inode, d.sample.state))).collect();
+    let single: Vec<Option<(u64, u32, u8)>> = ls.iter().map(|l| diag.lookup(l).unwrap().map(|d| (d.cookie, d.inode, d.sample.state))).collect();
+    let asked = detector::sample::monotonic_ms();
+    let answers = diag.lookup_many(&ls);
+    let answered = detector::sample::monotonic_ms();
+    // Each sample is dated by its own answer, within the call, not by an instant before it.
+    for d in answers.iter().flatten().flatten() {
+        assert!((asked..=answered).contains(&d.sample.at_ms), "dated {} ms, asked at {asked}, answered by {answered}", d.sample.at_ms);
+    }
+    let batched: Vec<Option<(u64, u32, u8)>> = answers.into_iter().map(|a| a.unwrap().map(|d| (d.cookie, d.inode, d.sample.state))).collect();
     assert_eq!(batched, single);
     assert_eq!((single[3], single[71]), (None, None), "the wrong cookie and the closed socket find nothing: {single:?}");
     let inodes: std::collections::HashSet<u32> = batched.iter().flatten().map(|a| a.1).collect();

@@ -134,7 +134,7 @@ impl Sweep {
             let lookups: Vec<Lookup> = socks.iter().map(|(_, l)| *l).collect();
             m.sock_diag_lookups.inc_by(lookups.len() as u64);
             let answers = match pool.conn(netns, Some(hint)) {
-                Ok(c) => c.lookup_many(&lookups, now).into_iter().map(|a| a.map_err(|e| e.to_string())).collect(),
+                Ok(c) => c.lookup_many(&lookups).into_iter().map(|a| a.map_err(|e| e.to_string())).collect(),
                 Err(e) => vec![Err(e.to_string()); lookups.len()],
             };
             for ((sk, _), answer) in socks.into_iter().zip(answers) {

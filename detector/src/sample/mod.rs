@@ -274,23 +274,27 @@ impl DiagConn {
         msg
     }
 
-    /// Exact lookup of one socket. `Ok(None)` when it no longer exists.
-    pub fn lookup(&mut self, l: &Lookup, at_ms: u64) -> Result<Option<DiagSocket>, SampleError> {
+    /// Exact lookup of one socket. `Ok(None)` when it no longer exists. Its sample is dated
+    /// when the answer was read (see [`monotonic_ms`]).
+    pub fn lookup(&mut self, l: &Lookup) -> Result<Option<DiagSocket>, SampleError> {
         let msg = self.request(l, ExtensionFlags::INFO);
-        lookup_answer(self.roundtrip(&msg)?, at_ms)
+        let answer = self.roundtrip(&msg)?;
+        lookup_answer(answer, monotonic_ms())
     }
 
     /// Exact lookups of many sockets, `BATCH` requests per `sendmsg`; one answer per lookup, in
-    /// order.
-    pub fn lookup_many(&mut self, ls: &[Lookup], at_ms: u64) -> Vec<Result<Option<DiagSocket>, SampleError>> {
+    /// order, each dated when it was read: a pass over thousands of sockets takes milliseconds,
+    /// and the kernel's "ago" clocks of an answer count from when it was made, not from the
+    /// pass's start (dated earlier, a stall would look older than it is).
+    pub fn lookup_many(&mut self, ls: &[Lookup]) -> Vec<Result<Option<DiagSocket>, SampleError>> {
         let mut out = Vec::with_capacity(ls.len());
         for chunk in ls.chunks(BATCH) {
-            out.extend(self.batch(chunk, at_ms));
+            out.extend(self.batch(chunk));
         }
         out
     }
 
-    fn batch(&mut self, ls: &[Lookup], at_ms: u64) -> Vec<Result<Option<DiagSocket>, SampleError>> {
+    fn batch(&mut self, ls: &[Lookup]) -> Vec<Result<Option<DiagSocket>, SampleError>> {
         if injected_diag_error() {
             return ls.iter().map(|_| Err(SampleError::Io(io::Error::other("DETECTOR_FAULT=diag-error: injected netlink error")))).collect();
         }
@@ -310,7 +314,7 @@ impl DiagConn {
         self.out = out;
         let mut answers: Vec<Option<Result<Option<DiagSocket>, SampleError>>> = std::iter::repeat_with(|| None).take(ls.len()).collect();
         match sent {
-            Ok(_) => self.collect(first, at_ms, &mut answers),
+            Ok(_) => self.collect(first, &mut answers),
             Err(e) => answers.iter_mut().for_each(|a| *a = Some(Err(SampleError::Io(io::Error::new(e.kind(), e.to_string()))))),
         }
         answers.into_iter().map(|a| a.unwrap_or_else(|| Err(SampleError::Decode("no answer".into())))).collect()
@@ -318,7 +322,7 @@ impl DiagConn {
 
     /// Reads answers until every request from sequence number `first` has one (a timeout or
     /// an error ends it: the rest stay unanswered, errors, never "no progress").
-    fn collect(&mut self, first: u32, at_ms: u64, answers: &mut [Option<Result<Option<DiagSocket>, SampleError>>]) {
+    fn collect(&mut self, first: u32, answers: &mut [Option<Result<Option<DiagSocket>, SampleError>>]) {
         let mut left = answers.len();
         while left > 0 {
             let n = match self.sock.recv(&mut &mut self.buf[..], 0) {
@@ -328,6 +332,8 @@ impl DiagConn {
                     return;
                 }
             };
+            // Read after the kernel made these answers: an upper bound of when each was true.
+            let at_ms = monotonic_ms();
             let mut off = 0;
             while off < n {
                 let Ok(m) = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[off..n]) else { break };
@@ -344,6 +350,12 @@ impl DiagConn {
             }
         }
     }
+}
+
+/// CLOCK_MONOTONIC in milliseconds: the sample clock (the agent's, and the kernel's own clocks
+/// are on it too).
+pub fn monotonic_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() as u64 * 1_000 + t.tv_nsec() as u64 / 1_000_000).unwrap_or(0)
 }
 
 /// The first message in `buf` whose sequence number is `seq`; `None` if there is none.

@@ -48,7 +48,7 @@ fn with_cookies(pool: &mut NetnsPool, held: Vec<Held>) -> Vec<Held> {
     for (netns, rows) in by_ns {
         let Ok(conn) = pool.conn(netns, Some(rows[0].pid)) else { continue };
         let ls: Vec<Lookup> = rows.iter().map(|h| lookup_of(&h.row)).collect();
-        for (mut h, answer) in rows.into_iter().zip(conn.lookup_many(&ls, 0)) {
+        for (mut h, answer) in rows.into_iter().zip(conn.lookup_many(&ls)) {
             if let Ok(Some(d)) = answer {
                 h.row.cookie = d.cookie;
                 out.push(h);
