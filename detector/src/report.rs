@@ -46,6 +46,10 @@ pub struct StalledSocket {
     pub state: TcpState,
     pub queued_bytes: u32,
     pub notsent_bytes: u32,
+    /// Bytes the peer acknowledged over the connection's life (`tcpi_bytes_acked`): unchanged
+    /// for as long as the stall lasts, so a new value is a new stall.
+    #[serde(default)]
+    pub bytes_acked: u64,
     pub stalled_for_ms: u64,
     pub reason: Reason,
     /// What fixed the stall's onset (`detector explain` says more).
@@ -223,6 +227,7 @@ pub fn stalled(t: &Tracked, holders: &std::sync::Arc<[Holder]>, pod: Option<&Pod
         state: TcpState::from_kernel(d.sample.state),
         queued_bytes: d.sample.queued,
         notsent_bytes: d.sample.notsent,
+        bytes_acked: d.sample.bytes_acked,
         stalled_for_ms: v.stalled_for_ms(d.sample.at_ms).unwrap_or(0),
         reason: stall.reason,
         onset_proof: stall.proof,
@@ -357,6 +362,7 @@ impl StalledSocket {
             remote: "192.168.7.9:50000".parse().unwrap(),
             state: TcpState::Established,
             queued_bytes: 1000,
+            bytes_acked: 4096,
             notsent_bytes: 0,
             stalled_for_ms: 31_500,
             reason: Reason::PeerUnreachable,

@@ -47,6 +47,13 @@ pub fn refused(what: &str) {
     }
 }
 
+/// Whether `detector check` loaded configuration `kind` (`storage-walk`, ...) on this kernel.
+pub fn kernel_runs(kind: &str) -> bool {
+    let out = detector_cmd().args(["check", "--output", "json"]).output().expect("detector check");
+    let checks: Value = serde_json::from_slice(&out.stdout).expect("check prints JSON");
+    checks.as_array().expect("check prints an array").iter().any(|c| c["configuration"] == kind && c["ok"] == true)
+}
+
 /// How many times longer than on a real machine a test may wait for something to happen:
 /// `DETECTOR_TEST_SLACK` (default 1). `cargo xtask vmtest` sets it for kernels booted under
 /// software emulation, which run everything several times slower. It stretches only the time

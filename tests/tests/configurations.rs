@@ -3,16 +3,9 @@
 //! hears again of a socket it forgot.
 use std::time::{Duration, Instant};
 
-use detector_tests::{Agent, Peer, detector_cmd, field, patient, poll, privileged, refused};
+use detector_tests::{Agent, Peer, field, kernel_runs, patient, poll, privileged, refused};
 
 const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
-
-/// Whether `detector check` loaded configuration `kind` on this kernel.
-fn runs(kind: &str) -> bool {
-    let out = detector_cmd().args(["check", "--output", "json"]).output().expect("detector check");
-    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check prints JSON");
-    checks.as_array().unwrap().iter().any(|c| c["configuration"] == kind && c["ok"] == true)
-}
 
 // Where sock_diag samples socket storage, the agent forgets a tracked socket that went idle
 // (else every socket that once filled its buffer would be sampled until it closes), and the
@@ -26,7 +19,7 @@ fn storage_diag_forgets_an_idle_socket_and_hears_of_it_again_when_it_wedges() {
     if !privileged("storage_diag_forgets_an_idle_socket") {
         return;
     }
-    if !runs("storage-diag") {
+    if !kernel_runs("storage-diag") {
         return refused("configuration storage-diag (detector check did not load it): its epochs are not proven here");
     }
     let agent = Agent::start("2s", &["--configuration", "storage-diag"]);

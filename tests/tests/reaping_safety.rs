@@ -595,3 +595,34 @@ fn an_rpc_unix_path_never_leaves_the_owners_root() {
     assert!(logged_within(&a, &["\"action\":\"rpc\"", "\"result\":\"failed\""], GRACE + Duration::from_secs(6)), "no failed rpc:\n{}", a.log());
     assert!(host.accept().is_err(), "the agent connected to the host's socket through the owner's symlink:\n{}", a.log());
 }
+
+// A walk of socket storage that skips a stalled socket (an iterator resumed after a read may
+// skip entries when others are freed; here every other walk leaves it out) proves nothing: the
+// socket is looked up by cookie, found, and kept, and its ladder goes on: the rpc ran once,
+// the destroy after it runs on time, never stage 0 again.
+#[test]
+fn a_walk_that_skips_a_socket_neither_forgets_it_nor_restarts_its_ladder() {
+    if !privileged("a_walk_that_skips_a_socket") {
+        return;
+    }
+    if !detector_tests::kernel_runs("storage-walk") {
+        return detector_tests::refused("configuration storage-walk (detector check did not load it): a walk that skips a socket is not proven here");
+    }
+    let _s = serial();
+    let dir = Scratch::new("walk-skip");
+    let (endpoint, calls) = counting_endpoint();
+    let (server, addr, dead_fd, _h, _clients) = seated(&[]);
+    let port = addr.rsplit(':').next().unwrap();
+    let p = policy(
+        &dir,
+        &format!(
+            "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port}, reason = \"peer_not_reading\" }}\nactions = [\n  {{ action = \"rpc\", url = \"http://{endpoint}/reap\" }},\n  {{ action = \"destroy\", after = \"4s\" }},\n]\n"
+        ),
+    );
+    let mut a = args(&p);
+    a.extend(["--configuration", "storage-walk"]);
+    let agent = AgentBuilder::new("2s").args(&a).env("DETECTOR_FAULT", &format!("walk-skip:{port}")).start();
+    let freed = server.expect_where("SEAT freed", Duration::from_secs(12), |l| field(l, "fd") == dead_fd);
+    assert!(freed.is_some(), "the ladder did not reach its destroy:\n{}", agent.log());
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "stage 0 ran again:\n{}", agent.log());
+}

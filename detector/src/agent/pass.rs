@@ -112,8 +112,20 @@ impl Sweep {
         let mut diag: HashMap<u32, (Vec<(u64, Lookup)>, u32)> = HashMap::new();
         for t in self.tracker.iter_mut() {
             if let Some(w) = walked.as_deref_mut().filter(|_| !t.found_by_dump()) {
-                if let Some(why) = from_walk(t, w.take(t.sk), grace, m) {
-                    gone.push((t.sk, why));
+                match w.take(t.sk) {
+                    // Not reported though it had bytes waiting at the last walk: an iterator
+                    // resumed after a read may skip an entry when others are freed, so that is
+                    // no proof of a close. sock_diag asks by cookie below: a lookup that finds
+                    // nothing is.
+                    None if t.last.is_some() => {
+                        let e = diag.entry(t.tuple.netns).or_insert_with(|| (Vec::new(), t.netns_hint.unwrap_or(t.sender.tgid)));
+                        e.0.push((t.sk, t.lookup()));
+                    }
+                    walked => {
+                        if let Some(why) = from_walk(t, walked, grace, m) {
+                            gone.push((t.sk, why));
+                        }
+                    }
                 }
                 continue;
             }
@@ -197,13 +209,12 @@ impl Sweep {
 
 /// A socket in socket storage, as the walk saw it: judged, or why it leaves the table. The
 /// walk reports every socket with bytes waiting, and once more the first time it has none, so
-/// a socket it did not report is idle (never reported: nothing waited at the walk) or closed
-/// (reported before, so it would have said "none waiting"; storage has no close event); one
-/// reported with none waiting leaves as idle once judged (bytes waiting again bring it back
-/// through `take_up`).
+/// a socket it never reported is idle (nothing waited at the walk; bytes waiting later bring it
+/// back through `take_up`); one reported before and not now is looked up by cookie instead
+/// (see `sample_all`); one reported with none waiting leaves as idle once judged.
 fn from_walk(t: &mut Tracked, walked: Option<(DiagSocket, SockState)>, grace: Grace, m: &Metrics) -> Option<Forget> {
     let Some((d, st)) = walked else {
-        return Some(if t.last.is_some() { Forget::Closed } else { Forget::Idle });
+        return Some(Forget::Idle);
     };
     // Closed (aborted, e.g. destroyed) but its file still held somewhere (an fd in flight):
     // its write_seq and snd_una keep the old gap.

@@ -159,7 +159,7 @@ impl Reaper {
             settled = true;
         }
         let live: HashSet<u64> = stalled.iter().map(|s| s.socket_cookie).collect();
-        self.engine.retain(&live);
+        self.engine.retain(&live, now_ms);
         let mut owner_changed = Vec::new();
         for s in stalled {
             match self.engine.decide(s, now_ms) {

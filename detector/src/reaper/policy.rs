@@ -80,7 +80,17 @@ pub struct LadderState {
     /// Socket cookie → a failed stage is not tried again before this time.
     #[serde(default)]
     pub retry_at: HashMap<u64, u64>,
+    /// Socket cookie → its acknowledged bytes when its ladder began: the stall it walks. Bytes
+    /// acknowledged since are progress, so another value is a new stall with a new ladder.
+    #[serde(default)]
+    pub acked: HashMap<u64, u64>,
 }
+
+/// How long a ladder outlives its socket's absence from the report: a pass that could not
+/// sample it, a walk that skipped it, an agent restarted whose first sample cannot prove the
+/// stall yet. A socket gone for good (closed) never comes back; one that recovered comes back
+/// with other acknowledged bytes. Past this, the entry goes (the state stays bounded).
+pub const LADDER_KEEP_MS: u64 = 10 * MINUTE_MS;
 
 fn owner_id(o: OwnerKey) -> String {
     format!("{}@{}", o.0, o.1)
@@ -96,11 +106,14 @@ pub struct Engine {
     /// Sockets whose stage is being carried out (an RPC waiting for its answer): not decided
     /// on again until it is settled. Not saved: a stage interrupted by a restart is tried again.
     in_flight: HashMap<u64, Option<OwnerKey>>,
+    /// When each socket with a ladder was last in the report (not saved: a restart starts the
+    /// count of its loaded ladders afresh).
+    seen: HashMap<u64, u64>,
 }
 
 impl Engine {
     pub fn new(policy: Policy, grace: std::time::Duration, agent_pid: u32, state: LadderState) -> Self {
-        Self { policy, grace_ms: grace.as_millis() as u64, agent_pid, state, noted: HashSet::new(), in_flight: HashMap::new() }
+        Self { policy, grace_ms: grace.as_millis() as u64, agent_pid, state, noted: HashSet::new(), in_flight: HashMap::new(), seen: HashMap::new() }
     }
 
     fn selector(&self, s: &StalledSocket) -> Option<&Selector> {
@@ -136,15 +149,39 @@ impl Engine {
             || p.local_ports.contains(&s.local.port())
     }
 
-    /// Forgets sockets that are no longer stalled (closed or recovered): a new stall starts a
-    /// new ladder.
-    pub fn retain(&mut self, live: &HashSet<u64>) {
-        self.state.next_stage.retain(|c, _| live.contains(c));
-        self.state.settled.retain(|c| live.contains(c));
-        self.state.done_at.retain(|c, _| live.contains(c));
-        self.state.retry_at.retain(|c, _| live.contains(c));
+    /// Notes the sockets stalled in this pass's report (`live`), and forgets the ladders of
+    /// sockets absent from it for `LADDER_KEEP_MS`. A socket missing from one report keeps its
+    /// ladder: its absence proves neither a close nor progress (a recovery comes back as a new
+    /// stall: see `LadderState::acked`).
+    pub fn retain(&mut self, live: &HashSet<u64>, now_ms: u64) {
+        for &c in live {
+            self.seen.insert(c, now_ms);
+        }
+        let st = &self.state;
+        let known =
+            st.next_stage.keys().chain(&st.settled).chain(st.done_at.keys()).chain(st.retry_at.keys()).chain(st.acked.keys()).chain(self.in_flight.keys());
+        let known: Vec<u64> = known.copied().collect();
+        for c in known {
+            // A ladder loaded from the state file counts its absence from the first look.
+            let seen = *self.seen.entry(c).or_insert(now_ms);
+            if now_ms.saturating_sub(seen) >= LADDER_KEEP_MS {
+                self.forget(c);
+            }
+        }
         self.noted.retain(|(c, _)| live.contains(c));
-        self.in_flight.retain(|c, _| live.contains(c));
+    }
+
+    /// Drops everything known of socket `cookie`'s ladder.
+    fn forget(&mut self, cookie: u64) {
+        let st = &mut self.state;
+        st.next_stage.remove(&cookie);
+        st.settled.remove(&cookie);
+        st.done_at.remove(&cookie);
+        st.retry_at.remove(&cookie);
+        st.acked.remove(&cookie);
+        self.in_flight.remove(&cookie);
+        self.seen.remove(&cookie);
+        self.noted.retain(|(c, _)| *c != cookie);
     }
 
     fn skip(&mut self, cookie: u64, selector: &str, action: Action, why: SkipWhy) -> Option<Decision> {
@@ -155,6 +192,11 @@ impl Engine {
     /// [`settle`](Self::settle); until then the socket is not decided on again.
     pub fn decide(&mut self, s: &StalledSocket, now_ms: u64) -> Option<Decision> {
         let cookie = s.socket_cookie;
+        // Bytes acknowledged since its ladder began: it recovered, and this is a new stall.
+        if self.state.acked.get(&cookie).is_some_and(|&a| a != s.bytes_acked) && !self.in_flight.contains_key(&cookie) {
+            self.forget(cookie);
+        }
+        self.state.acked.insert(cookie, s.bytes_acked);
         if self.state.settled.contains(&cookie) || self.in_flight.contains_key(&cookie) {
             return None;
         }
