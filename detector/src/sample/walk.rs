@@ -158,7 +158,7 @@ impl Walker {
         let mut walk = parse(&self.buf)?;
         if let Some(port) = injected_walk_skip() {
             self.walks += 1;
-            if self.walks % 2 == 0 {
+            if self.walks.is_multiple_of(2) {
                 walk.records.retain(|r| r.st.tuple.sport != port);
             }
         }
