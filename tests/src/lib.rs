@@ -54,6 +54,16 @@ pub fn kernel_runs(kind: &str) -> bool {
     checks.as_array().expect("check prints an array").iter().any(|c| c["configuration"] == kind && c["ok"] == true)
 }
 
+/// A process this test did not spawn itself (a peer's forked child), killed when dropped.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: a signal to a pid the test was handed; at worst it is gone already.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
 /// How many times longer than on a real machine a test may wait for something to happen:
 /// `DETECTOR_TEST_SLACK` (default 1). `cargo xtask vmtest` sets it for kernels booted under
 /// software emulation, which run everything several times slower. It stretches only the time

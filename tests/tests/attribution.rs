@@ -2,7 +2,7 @@
 //! hold it, or is honestly marked unknown.
 use std::{os::unix::fs::MetadataExt, time::Duration};
 
-use detector_tests::{Agent, NS_A_ADDR, NetnsPair, Peer, Scratch, TestCgroup, field, free_port, http_get, metric, poll, privileged};
+use detector_tests::{Agent, KillOnDrop, NS_A_ADDR, NetnsPair, Peer, Scratch, TestCgroup, field, free_port, http_get, metric, poll, privileged};
 
 const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
 const WITHIN: Duration = Duration::from_secs(6);
@@ -84,6 +84,28 @@ fn a_socket_handed_to_a_child_is_attributed_to_the_child() {
     assert_eq!(holders[0]["pid"], child, "{e}");
 }
 
+// A socket the sender still holds and a forked child holds too (a pre-forking server, a helper
+// sharing the connection): every process holding it is listed, not the sender alone.
+#[test]
+fn a_socket_held_by_the_sender_and_its_child_lists_both() {
+    if !privileged("a_socket_held_by_the_sender_and_its_child") {
+        return;
+    }
+    let agent = Agent::start("2s", &[]);
+    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "fill-fork"]);
+    let addr = server.expect("LISTEN", Duration::from_secs(5));
+    let _client = Peer::spawn(PEER, &["client", &addr, "none"]);
+    let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
+    let child: u32 = field(&server.expect("HANDOFF", Duration::from_secs(10)), "child").parse().unwrap();
+    let _reap = KillOnDrop(child);
+    let e = poll(WITHIN, || agent.stalled(&local)).unwrap_or_else(|| panic!("not reported:\n{}", agent.log()));
+    let mut pids: Vec<u64> = e["holders"].as_array().unwrap().iter().map(|h| h["pid"].as_u64().unwrap()).collect();
+    pids.sort();
+    let mut want = vec![u64::from(server.pid()), u64::from(child)];
+    want.sort();
+    assert_eq!(pids, want, "{e}");
+}
+
 #[test]
 fn a_socket_no_process_holds_is_owner_unknown_never_a_wrong_pid() {
     if !privileged("a_socket_no_process_holds") {
@@ -105,14 +127,6 @@ fn a_socket_no_process_holds_is_owner_unknown_never_a_wrong_pid() {
     std::thread::sleep(Duration::from_secs(1));
     let e = agent.stalled(&local).expect("still stalled");
     assert!(e["pid"].is_null(), "{e}");
-}
-
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-    }
 }
 
 /// The sender exits after handing the socket to its child, and its pid is given to a new,

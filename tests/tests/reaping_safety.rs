@@ -626,3 +626,32 @@ fn a_walk_that_skips_a_socket_neither_forgets_it_nor_restarts_its_ladder() {
     assert!(freed.is_some(), "the ladder did not reach its destroy:\n{}", agent.log());
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "stage 0 ran again:\n{}", agent.log());
 }
+
+// A protected process that shares the socket (here a forked child, protected by its pid) keeps
+// it from being destroyed although the selector matches and the sender is not protected: the
+// protected list sees every holder, not the sender alone.
+#[test]
+fn a_socket_shared_with_a_protected_process_is_never_destroyed() {
+    if !privileged("a_socket_shared_with_a_protected_process") {
+        return;
+    }
+    let _s = serial();
+    let peer = stream_peer();
+    let server = Peer::spawn(&peer, &["server", "127.0.0.1:0", "fill-fork"]);
+    let listen = server.expect("LISTEN", Duration::from_secs(5));
+    let port = listen.rsplit(':').next().unwrap();
+    let _client = Peer::spawn(&peer, &["client", &listen, "none"]);
+    let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
+    let child: u32 = field(&server.expect("HANDOFF", Duration::from_secs(10)), "child").parse().unwrap();
+    let _child = detector_tests::KillOnDrop(child);
+    let dir = Scratch::new("shared-protected");
+    let p = policy(
+        &dir,
+        &format!("[protect]\npids = [{child}]\n[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"destroy\" }}]\n"),
+    );
+    let a = Agent::start("2s", &args(&p));
+    assert!(logged_within(&a, &["\"why\":\"protected\""], GRACE + Duration::from_secs(5)), "not skipped as protected:\n{}", a.log());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(a.stalled(&local).is_some(), "the shared socket was destroyed:\n{}", a.log());
+    assert!(!a.log().contains("\"result\":\"ok\""), "{}", a.log());
+}

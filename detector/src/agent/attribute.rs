@@ -49,9 +49,11 @@ impl Holders {
 
 impl Sweep {
     /// Finds who holds each stalled socket. Cached holders are re-verified (see
-    /// [`Holders::still_valid`]); else each last sender's fds are read once for all its
-    /// sockets; only sockets their sender no longer holds go into one /proc scan, and a socket
-    /// nobody holds is not scanned for again for 30 s.
+    /// [`Holders::still_valid`]); else the fds of each last sender and of its relatives (the
+    /// processes a fork can have handed the socket to: its workers, its parent) are read once
+    /// for all its sockets. Sockets none of them holds, and those an action found held by
+    /// another process too (`full_scan`: an fd passed to an unrelated process), go into one
+    /// /proc scan; a socket nobody holds is not scanned for again for 30 s.
     pub(super) fn attribute(&mut self, stalled: &[u64]) {
         let now = Instant::now();
         // Sender → (inode → socket) of the sockets whose holders must be found again.
@@ -69,16 +71,17 @@ impl Sweep {
                 continue;
             }
             self.holders.remove(&sk);
-            by_sender.entry(t.sender.tgid).or_default().insert(inode, sk);
+            let pid = if self.full_scan.contains(&sk) { 0 } else { t.sender.tgid };
+            by_sender.entry(pid).or_default().insert(inode, sk);
         }
         let mut scan: HashMap<u32, u64> = HashMap::new();
         for (pid, socks) in by_sender {
             let inodes: HashSet<u32> = socks.keys().copied().collect();
-            let mut found = if pid == 0 { HashMap::new() } else { owner::holders_in(pid, &inodes) };
+            let mut found = if pid == 0 { HashMap::new() } else { owner::holders_near(pid, &inodes) };
             for (inode, sk) in socks {
                 match found.remove(&inode) {
-                    Some(h) => {
-                        self.holders.insert(sk, Holders::new(vec![h], now));
+                    Some(hs) => {
+                        self.holders.insert(sk, Holders::new(hs, now));
                     }
                     None if self.unknown_until.get(&sk).is_none_or(|&u| now >= u) => {
                         scan.insert(inode, sk);
@@ -111,6 +114,7 @@ impl Sweep {
         let inodes: HashSet<u32> = scan.keys().copied().collect();
         let mut found = owner::scan_holders(&inodes);
         for (inode, sk) in scan {
+            self.full_scan.remove(&sk);
             match found.remove(&inode) {
                 Some(hs) if !hs.is_empty() => {
                     self.unknown_until.remove(&sk);
@@ -125,16 +129,22 @@ impl Sweep {
 
     /// Hands this pass's stalled sockets to the reaper; destroy runs here, in each socket's
     /// own network namespace (the sweep owns the namespace sockets). A socket whose action was
-    /// skipped because its owner changed is attributed afresh at the next pass.
+    /// skipped because its owner or holders changed is attributed afresh at the next pass, by a
+    /// pass over /proc (a holder outside its sender's family was seen).
     pub(super) fn reap(&mut self, reaper: &mut Reaper, stalled: &[StalledSocket], pool: &mut NetnsPool) {
         for cookie in self.reap_once(reaper, stalled, pool) {
             if let Some(sk) = self.by_cookie(cookie).map(|t| t.sk) {
                 self.holders.remove(&sk);
+                self.full_scan.insert(sk);
             }
         }
     }
 
     fn reap_once(&self, reaper: &mut Reaper, stalled: &[StalledSocket], pool: &mut NetnsPool) -> Vec<u64> {
+        let mut prove = |s: &StalledSocket| -> Result<(), ActionError> {
+            let t = self.by_cookie(s.socket_cookie).ok_or_else(|| ActionError::Failed("socket no longer tracked".into()))?;
+            self.holders_are_all(t.sk, s.inode).map_err(|why| ActionError::Skip(SkipWhy::OwnerChanged, why))
+        };
         let mut destroy = |s: &StalledSocket| -> Result<(), ActionError> {
             let failed = |e: String| ActionError::Failed(e);
             let t = self.by_cookie(s.socket_cookie).ok_or_else(|| failed("socket no longer tracked".into()))?;
@@ -144,7 +154,22 @@ impl Sweep {
             let conn = pool.conn(t.tuple.netns, Some(hint)).map_err(|e| failed(e.to_string()))?;
             conn.destroy(&t.lookup()).map_err(|e| failed(e.to_string()))
         };
-        reaper.tick(stalled, self.now_ms(), &mut destroy)
+        reaper.tick(stalled, self.now_ms(), &mut prove, &mut destroy)
+    }
+
+    /// Whether the holders the report names are every process holding the socket right now:
+    /// one pass over /proc, made before any action (so the protected list and the selector saw
+    /// them all, an fd passed to an unrelated process included). Actions are rate-limited, and
+    /// so is this.
+    fn holders_are_all(&self, sk: u64, inode: u32) -> Result<(), String> {
+        let known: HashSet<u32> = self.holders.get(&sk).map(|hs| hs.list.iter().map(|h| h.pid).collect()).unwrap_or_default();
+        let mut found = owner::scan_holders(&HashSet::from([inode]));
+        let now: HashSet<u32> = found.remove(&inode).unwrap_or_default().iter().map(|h| h.pid).collect();
+        if now.is_subset(&known) {
+            return Ok(());
+        }
+        let extra: Vec<u32> = now.difference(&known).copied().collect();
+        Err(format!("held also by pid {extra:?}, not among its holders yet; attributed again next pass"))
     }
 }
 

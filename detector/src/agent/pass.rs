@@ -221,9 +221,19 @@ fn from_walk(t: &mut Tracked, walked: Option<(DiagSocket, SockState)>, grace: Gr
     if d.sample.state == detector_common::TCP_CLOSE {
         return Some(Forget::Closed);
     }
+    repair_sender(t, &st);
     t.kernel_state = Some(st);
     observe(t, d, grace, m);
     (!verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none())).then_some(Forget::Idle)
+}
+
+/// The kernel side's record names the process that last sent (it changes it as it sends an
+/// `OwnerChanged` event): an event lost to a full ring buffer is repaired from the record the
+/// walk carries.
+fn repair_sender(t: &mut Tracked, st: &SockState) {
+    if st.tgid != 0 && st.tgid != t.sender.tgid {
+        t.sender = crate::tracker::Sender { tgid: st.tgid, tid: st.tid, comm: crate::tracker::comm_str(&st.comm).into(), cgroup_id: st.cgroup_id };
+    }
 }
 
 /// A socket sampled through sock_diag that went idle but is kept one more epoch: it was
@@ -315,6 +325,22 @@ mod tests {
         let mut t = Tracked::new(1 << 63, SockTuple::default(), Sender::default(), hook as u8, 1, TCP_ESTABLISHED);
         t.announced_epoch = announced_epoch;
         t
+    }
+
+    #[test]
+    fn a_lost_owner_change_is_repaired_from_the_walks_record() {
+        let m = Metrics::new();
+        let mut t = hooked(SendHook::TcpSendmsgLocked, 0);
+        t.sender.tgid = 42;
+        let d = sampled(4096).unwrap().unwrap();
+        let mut st = SockState { tgid: 77, tid: 78, ..Default::default() };
+        st.comm[..6].copy_from_slice(b"worker");
+        assert_eq!(from_walk(&mut t, Some((d, st)), 3_000.into(), &m), None);
+        assert_eq!((t.sender.tgid, t.sender.tid, &*t.sender.comm), (77, 78, "worker"));
+        // A record adopted by a reconcile names nobody: the sender known stays.
+        st.tgid = 0;
+        from_walk(&mut t, Some((d, st)), 3_000.into(), &m);
+        assert_eq!(t.sender.tgid, 77);
     }
 
     #[test]

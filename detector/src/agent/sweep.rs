@@ -62,6 +62,9 @@ pub struct Sweep {
     pub(super) pinned: owner::Pinned,
     /// Stalled sockets no process was found to hold: not scanned for again before this time.
     pub(super) unknown_until: HashMap<u64, Instant>,
+    /// Stalled sockets an action found held by a process their attribution did not name: their
+    /// holders are found by a pass over /proc next time.
+    pub(super) full_scan: std::collections::HashSet<u64>,
     pub(super) pods: PodNames,
     /// Sender pid → its pod (`namespace/name`), for `detector sockets`.
     pod_of: HashMap<u32, Option<String>>,
@@ -118,6 +121,7 @@ impl Sweep {
             holders: HashMap::new(),
             pinned: owner::Pinned::default(),
             unknown_until: HashMap::new(),
+            full_scan: std::collections::HashSet::new(),
             pods,
             pod_of: HashMap::new(),
             due: None,

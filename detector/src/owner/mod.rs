@@ -255,6 +255,60 @@ fn poll_now(fds: &mut [libc::pollfd]) -> std::io::Result<()> {
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// The most relatives of a sender searched for holders (a pre-forking server's workers, its
+/// supervisor): past it, a socket held elsewhere is found by the pass over /proc an action
+/// makes anyway (see `agent::attribute`).
+const RELATIVES_MAX: usize = 256;
+
+/// The processes a socket can have reached by fork from `pid`: its ancestors up to (not
+/// including) init, and its descendants (the children of each of its threads), breadth first.
+pub fn relatives(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut up = pid;
+    while out.len() < RELATIVES_MAX {
+        let Some(ppid) = std::fs::read(format!("/proc/{up}/stat")).ok().and_then(|b| parent_in(&b)) else { break };
+        if ppid <= 1 || out.contains(&ppid) {
+            break;
+        }
+        out.push(ppid);
+        up = ppid;
+    }
+    let mut queue = std::collections::VecDeque::from([pid]);
+    while let Some(p) = queue.pop_front() {
+        for t in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for c in kids.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+                if out.len() >= RELATIVES_MAX {
+                    return out;
+                }
+                if c != pid && !out.contains(&c) {
+                    out.push(c);
+                    queue.push_back(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The parent pid (field 4) in the text of `/proc/<pid>/stat`.
+fn parent_in(stat: &[u8]) -> Option<u32> {
+    let after = stat.iter().rposition(|&b| b == b')')? + 1;
+    let field = stat[after..].split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(1)?;
+    std::str::from_utf8(field).ok()?.trim().parse().ok()
+}
+
+/// Every holder of `inodes` among `pid` and its relatives (see [`relatives`]).
+pub fn holders_near(pid: u32, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
+    let mut found: HashMap<u32, Vec<Holder>> = HashMap::new();
+    for p in std::iter::once(pid).chain(relatives(pid)) {
+        for (inode, h) in holders_in(p, inodes) {
+            found.entry(inode).or_default().push(h);
+        }
+    }
+    found
+}
+
 /// One pass over /proc: every process holding any of `inodes`.
 pub fn scan_holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
     let mut found: HashMap<u32, Vec<Holder>> = HashMap::new();
@@ -283,6 +337,17 @@ mod tests {
     /// A `sleep` child, killed and reaped when dropped (so a failing test leaves no process).
     fn sleeper() -> Peer {
         Peer::spawn("sleep", &["600"])
+    }
+
+    #[test]
+    fn a_child_and_the_parent_chain_are_relatives() {
+        let child = sleeper();
+        let rel = super::relatives(std::process::id());
+        assert!(rel.contains(&child.pid()), "{rel:?}");
+        assert!(!rel.contains(&1) && !rel.contains(&std::process::id()), "{rel:?}");
+        let up = super::relatives(child.pid());
+        assert!(up.contains(&std::process::id()), "its parent: {up:?}");
+        assert_eq!(super::parent_in(b"42 (a) b) S 7 42 42 0\n"), Some(7));
     }
 
     #[test]

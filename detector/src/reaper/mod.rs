@@ -28,6 +28,10 @@ use crate::{
 /// Destroys one socket in its own network namespace (the sweep owns the namespace sockets).
 pub type Destroy<'a> = dyn FnMut(&StalledSocket) -> Result<(), ActionError> + 'a;
 
+/// Proves, right before any action, that the report's holders of the socket are all of them
+/// (the sweep knows them).
+pub type Prove<'a> = dyn FnMut(&StalledSocket) -> Result<(), ActionError> + 'a;
+
 /// Every action, one spelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -152,7 +156,7 @@ impl Reaper {
     /// own namespace (the sweep owns the namespace sockets). `now_ms` is CLOCK_MONOTONIC.
     /// Returns the cookies of sockets whose action was skipped because their owner or its fd
     /// is no longer what the report said: their holders must be found again.
-    pub fn tick(&mut self, stalled: &[StalledSocket], now_ms: u64, destroy: &mut Destroy) -> Vec<u64> {
+    pub fn tick(&mut self, stalled: &[StalledSocket], now_ms: u64, prove: &mut Prove, destroy: &mut Destroy) -> Vec<u64> {
         let mut settled = false;
         while let Ok((cookie, k, outcome)) = self.answered.1.try_recv() {
             self.engine.settle(cookie, k, outcome, now_ms);
@@ -170,7 +174,7 @@ impl Reaper {
                 Some(Decision::Act { selector, stage_index, stage, dry_run }) => {
                     settled = true;
                     // An RPC is settled when its answer comes (a later tick).
-                    let Some(outcome) = self.act(s, &selector, stage_index, &stage, dry_run, destroy) else { continue };
+                    let Some(outcome) = self.act(s, &selector, stage_index, &stage, dry_run, prove, destroy) else { continue };
                     if outcome == Outcome::Retry {
                         owner_changed.push(s.socket_cookie);
                     }
@@ -186,11 +190,20 @@ impl Reaper {
 
     /// Carries out one stage and says how it went; `None` for an RPC, whose answer comes later
     /// (on `answered`).
-    fn act(&self, s: &StalledSocket, selector: &str, k: usize, stage: &Stage, dry_run: bool, destroy: &mut Destroy) -> Option<Outcome> {
+    #[allow(clippy::too_many_arguments)]
+    fn act(&self, s: &StalledSocket, selector: &str, k: usize, stage: &Stage, dry_run: bool, prove: &mut Prove, destroy: &mut Destroy) -> Option<Outcome> {
         let action = stage.action();
         if dry_run {
             self.record(Audit::done(s, action, k, selector, "dry_run", "dry run: nothing done"));
             return Some(Outcome::Ran);
+        }
+        if action != Action::Report
+            && let Err(e) = prove(s)
+        {
+            let r: Result<String, ActionError> = Err(e);
+            let o = outcome(&r);
+            self.record(Audit::done(s, action, k, selector, "", "").with_result(r));
+            return Some(o);
         }
         let result = match stage {
             Stage::Report { .. } => Ok("reported".to_string()),
@@ -287,13 +300,20 @@ mod tests {
         let (_rt, mut r) = reaper(Action::Signal);
         let s = StalledSocket::example();
         let mut destroy = |_: &StalledSocket| -> Result<(), ActionError> { panic!("no destroy in this policy") };
-        assert_eq!(r.tick(std::slice::from_ref(&s), 40_000, &mut destroy), vec![s.socket_cookie]);
+        let mut proven = |_: &StalledSocket| Ok(());
+        assert_eq!(r.tick(std::slice::from_ref(&s), 40_000, &mut proven, &mut destroy), vec![s.socket_cookie]);
         // A destroy skipped by the sweep for the same reason says so too; one that ran does not.
         let (_rt, mut r) = reaper(Action::Destroy);
         let mut refused = |_: &StalledSocket| Err(ActionError::Skip(super::SkipWhy::OwnerChanged, "holders changed".into()));
-        assert_eq!(r.tick(std::slice::from_ref(&s), 40_000, &mut refused), vec![s.socket_cookie]);
+        assert_eq!(r.tick(std::slice::from_ref(&s), 40_000, &mut proven, &mut refused), vec![s.socket_cookie]);
         let (_rt, mut r) = reaper(Action::Destroy);
         let mut done = |_: &StalledSocket| Ok(());
-        assert_eq!(r.tick(std::slice::from_ref(&s), 40_000, &mut done), Vec::<u64>::new());
+        assert_eq!(r.tick(std::slice::from_ref(&s), 40_000, &mut proven, &mut done), Vec::<u64>::new());
+        // A holder found right before acting that the report did not name: not acted on, and
+        // attributed again.
+        let (_rt, mut r) = reaper(Action::Destroy);
+        let mut unnamed = |_: &StalledSocket| Err(ActionError::Skip(super::SkipWhy::OwnerChanged, "held also by pid 7".into()));
+        let mut never = |_: &StalledSocket| -> Result<(), ActionError> { panic!("destroyed although a holder was not named") };
+        assert_eq!(r.tick(std::slice::from_ref(&s), 40_000, &mut unnamed, &mut never), vec![s.socket_cookie]);
     }
 }

@@ -134,14 +134,13 @@ impl Engine {
 
     fn protected(&self, s: &StalledSocket) -> bool {
         let p = &self.policy.protect;
-        if let Some(pid) = s.pid {
-            if pid == 1 || pid == self.agent_pid || p.pids.contains(&pid) {
-                return true;
-            }
-            // Kernel threads have no executable and no command line.
-            if s.exe.is_none() && s.cmdline.as_deref().is_none_or(str::is_empty) {
-                return true;
-            }
+        // Every process holding the socket, not its owner alone.
+        if s.pid.into_iter().chain(s.holders.iter().map(|h| h.pid)).any(|pid| pid == 1 || pid == self.agent_pid || p.pids.contains(&pid)) {
+            return true;
+        }
+        // Kernel threads have no executable and no command line.
+        if s.pid.is_some() && s.exe.is_none() && s.cmdline.as_deref().is_none_or(str::is_empty) {
+            return true;
         }
         s.holders.iter().any(|h| p.comms.iter().any(|g| g.matches(&h.comm)) || h.exe.as_deref().is_some_and(|e| p.exes.iter().any(|g| g.matches(e))))
             || s.comm.as_deref().is_some_and(|c| p.comms.iter().any(|g| g.matches(c)))

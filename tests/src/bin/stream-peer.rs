@@ -27,6 +27,8 @@
 //!                     n bytes and close; prints `ANSWERED local=<addr>` when they are written
 //!       fill-handoff  fill the send path, fork; the child keeps the socket (never sends again),
 //!                     the parent closes its copy. Prints `HANDOFF child=<pid> fd=<n>`.
+//!       fill-fork     as fill-handoff, but the parent keeps its copy too: two processes hold
+//!                     the socket.
 //!       fill-inflight fill the send path, put the fd in flight in a unix socket message
 //!                     (SCM_RIGHTS, never received), close it: no process holds it. Prints
 //!                     `INFLIGHT`.
@@ -309,7 +311,11 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
         }
         "fill-handoff" => {
             fill(&mut s)?;
-            handoff(s)
+            handoff(s, false)
+        }
+        "fill-fork" => {
+            fill(&mut s)?;
+            handoff(s, true)
         }
         "fill-inflight" => {
             fill(&mut s)?;
@@ -520,7 +526,8 @@ fn fill(s: &mut TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-fn handoff(s: TcpStream) -> std::io::Result<()> {
+/// Forks; the child keeps `s` (and prints HANDOFF); the parent closes its copy unless `keep`.
+fn handoff(s: TcpStream, keep: bool) -> std::io::Result<()> {
     let fd = s.as_raw_fd();
     // SAFETY: the child only calls async-signal-safe functions (getpid, write, pause).
     match unsafe { libc::fork() } {
@@ -533,7 +540,9 @@ fn handoff(s: TcpStream) -> std::io::Result<()> {
             }
         }
         _child => {
-            drop(s);
+            if !keep {
+                drop(s);
+            }
             loop {
                 std::thread::park();
             }

@@ -105,6 +105,13 @@ fn protected_processes_and_ports_are_never_touched() {
     sshd.comm = "sshd".into();
     s.holders = s.holders.iter().cloned().chain([sshd]).collect();
     assert_eq!(step(&mut e, &s, T), "skip:protected");
+    // ...and so does a protected pid among them.
+    let mut e = engine("[protect]\npids = [20]\n");
+    let mut s = stalled(5, 10, 60_000);
+    let mut child = s.holders[0].clone();
+    child.pid = 20;
+    s.holders = s.holders.iter().cloned().chain([child]).collect();
+    assert_eq!(step(&mut e, &s, T), "skip:protected");
 }
 
 #[test]
