@@ -233,7 +233,9 @@ pub struct WalkRecord {
     pub retransmits: u8,
     pub backoff: u8,
     pub probes: u8,
-    pub _pad: [u8; 3],
+    /// 1 while the socket is in TCP_REPAIR (a checkpoint in progress): not judged.
+    pub repair: u8,
+    pub _pad: [u8; 2],
     /// Kernel address of `struct sock`: the key of the agent's table.
     pub sk: u64,
     pub cookie: u64,
@@ -370,6 +372,9 @@ pub struct KernelConfig {
     pub inode_ino: u32,
     /// `struct sock_common` → `skc_cookie` (0 until something asked for the cookie).
     pub sk_cookie: u32,
+    /// `struct tcp_sock` → `repair` (a one-bit field): the byte holding it and its mask.
+    pub tcp_repair_byte: u32,
+    pub tcp_repair_mask: u32,
     /// Sends from this process are ignored (the agent itself).
     pub agent_tgid: u32,
     /// Non-zero where nothing walks socket storage: a send that finds bytes waiting on a
@@ -420,6 +425,8 @@ impl KernelConfig {
         file_inode: OFFSET_ABSENT,
         inode_ino: OFFSET_ABSENT,
         sk_cookie: OFFSET_ABSENT,
+        tcp_repair_byte: OFFSET_ABSENT,
+        tcp_repair_mask: 0,
         agent_tgid: 0,
         announce: 0,
     };
@@ -432,7 +439,7 @@ const _: () = assert!(core::mem::size_of::<SockEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<WalkClock>() == 24);
 const _: () = assert!(core::mem::size_of::<ScanRecord>() == 64);
 const _: () = assert!(core::mem::size_of::<WalkRecord>() == 88 + 112);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 42 * 4);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 44 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -87,7 +87,8 @@ fn record(sk: *const u8, tp: *const u8, st: &SockState, una: u32, write_seq: u32
         retransmits: load(tp, conf!(icsk_retransmits)),
         backoff: load(tp, conf!(icsk_backoff)),
         probes: load(tp, conf!(icsk_probes_out)),
-        _pad: [0; 3],
+        repair: in_repair(tp),
+        _pad: [0; 2],
         sk: sk as u64,
         // SAFETY: a valid socket; the cookie is made on first use, as sock_diag would.
         cookie: unsafe { bpf_get_socket_cookie(sk as *mut _) },
@@ -107,6 +108,16 @@ fn record(sk: *const u8, tp: *const u8, st: &SockState, una: u32, write_seq: u32
         inode: inode_of(tp),
         st: *st,
     }
+}
+
+/// 1 while the socket is in TCP_REPAIR (`tcp_sock.repair`, a bit of a byte the BTF names).
+#[inline(always)]
+fn in_repair(tp: *const u8) -> u8 {
+    let byte = conf!(tcp_repair_byte);
+    if byte == detector_common::OFFSET_ABSENT {
+        return 0;
+    }
+    u8::from(u32::from(load::<u8>(tp, byte)) & conf!(tcp_repair_mask) != 0)
 }
 
 /// The inode number of the socket's file (0 without one), as sock_diag reports it: through the

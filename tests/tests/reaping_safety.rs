@@ -655,3 +655,35 @@ fn a_socket_shared_with_a_protected_process_is_never_destroyed() {
     assert!(a.stalled(&local).is_some(), "the shared socket was destroyed:\n{}", a.log());
     assert!(!a.log().contains("\"result\":\"ok\""), "{}", a.log());
 }
+
+// A socket in TCP_REPAIR (CRIU checkpointing it: its queue held on purpose) is never judged
+// where the kernel walk samples (it is not listed), and never acted on anywhere (sock_diag
+// cannot tell: the reaper asks the socket itself, through its owner's fd, before acting).
+#[test]
+fn a_socket_in_tcp_repair_is_never_acted_on() {
+    if !privileged("a_socket_in_tcp_repair_is_never_acted_on") {
+        return;
+    }
+    let _s = serial();
+    let peer = stream_peer();
+    let server = Peer::spawn(&peer, &["server", "127.0.0.1:0", "fill-repair"]);
+    let listen = server.expect("LISTEN", Duration::from_secs(5));
+    let port = listen.rsplit(':').next().unwrap();
+    let dir = Scratch::new("repair");
+    let p = policy(&dir, &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"destroy\" }}]\n"));
+    let a = Agent::start("2s", &args(&p));
+    let _client = Peer::spawn(&peer, &["client", &listen, "none"]);
+    let local = field(&server.expect("REPAIR", Duration::from_secs(10)), "local").to_string();
+    let walks = a.query("status").unwrap()["configuration"] == "storage-walk";
+    let until = Instant::now() + GRACE + Duration::from_secs(4);
+    while Instant::now() < until {
+        if walks {
+            assert!(a.stalled(&local).is_none(), "a socket in TCP_REPAIR was judged:\n{}", a.log());
+        }
+        assert!(!a.log().contains("destroyed by SOCK_DESTROY"), "a socket in TCP_REPAIR was destroyed:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if !walks {
+        assert!(a.log().contains("\"why\":\"in_repair\""), "no in_repair skip:\n{}", a.log());
+    }
+}

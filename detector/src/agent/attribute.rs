@@ -7,7 +7,10 @@ use std::{
 use super::sweep::Sweep;
 use crate::{
     owner,
-    reaper::{Reaper, SkipWhy, actions::ActionError},
+    reaper::{
+        Reaper, SkipWhy,
+        actions::{self, ActionError},
+    },
     report::StalledSocket,
     sample::netns::NetnsPool,
 };
@@ -143,6 +146,9 @@ impl Sweep {
     fn reap_once(&self, reaper: &mut Reaper, stalled: &[StalledSocket], pool: &mut NetnsPool) -> Vec<u64> {
         let mut prove = |s: &StalledSocket| -> Result<(), ActionError> {
             let t = self.by_cookie(s.socket_cookie).ok_or_else(|| ActionError::Failed("socket no longer tracked".into()))?;
+            if let Some(h) = s.holders.iter().find(|h| h.fds.first().is_some_and(|&fd| actions::holder_in_repair(h.pid, fd))) {
+                return Err(ActionError::Skip(SkipWhy::InRepair, format!("pid {} holds it in TCP_REPAIR: a checkpoint holds it", h.pid)));
+            }
             self.holders_are_all(t.sk, s.inode).map_err(|why| ActionError::Skip(SkipWhy::OwnerChanged, why))
         };
         let mut destroy = |s: &StalledSocket| -> Result<(), ActionError> {

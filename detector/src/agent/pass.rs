@@ -274,11 +274,21 @@ fn from_diag(t: &mut Tracked, answer: Result<Option<DiagSocket>, String>, grace:
     }
 }
 
-/// Feeds one sample to a socket's verdict and notes what changed.
+/// Feeds one sample to a socket's verdict and notes what changed. A socket in TCP_REPAIR is not
+/// judged: a checkpoint holds its queue on purpose, and its verdict starts afresh after.
 fn observe(t: &mut Tracked, d: DiagSocket, grace: Grace, m: &Metrics) {
     t.tcp_state = d.sample.state;
     t.last = Some(d);
     t.history.push(d.sample);
+    if d.sample.repair {
+        if let Some(v) = t.verdict.take() {
+            if let Some(age) = v.stalled_for_ms(d.sample.at_ms) {
+                m.stall_duration.observe(age as f64 / 1e3);
+            }
+            t.history.note(d.sample.at_ms, "in TCP_REPAIR (a checkpoint in progress): not judged".into());
+        }
+        return;
+    }
     let now = d.sample.at_ms;
     match t.verdict.get_or_insert_with(StallTracker::new).observe(&d.sample, grace) {
         Transition::Stalled(stall) => {

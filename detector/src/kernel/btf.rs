@@ -2,7 +2,7 @@
 //! BTF (/sys/kernel/btf/vmlinux) at start-up. Rust eBPF has no CO-RE, so this is how the same
 //! object runs on every kernel.
 use btf_rs::{Btf, Type};
-use detector_common::KernelConfig;
+use detector_common::{KernelConfig, OFFSET_ABSENT};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -55,6 +55,22 @@ impl KernelBtf {
     /// struct and union members (sock_common nests its addresses in several). A bitfield has no
     /// byte offset a program could load from: `None`.
     pub fn member_offset(&self, strukt: &str, name: &str) -> Option<u32> {
+        let (bits, size) = self.member_bits(strukt, name)?;
+        (size.is_none() && bits.is_multiple_of(8)).then_some(bits / 8)
+    }
+
+    /// A one-bit field of `strukt` (a bitfield the kernel packs with others) as the byte that
+    /// holds it and its mask there (little-endian: bit n of the struct is bit n % 8 of byte
+    /// n / 8).
+    pub fn member_flag(&self, strukt: &str, name: &str) -> Option<(u32, u32)> {
+        match self.member_bits(strukt, name)? {
+            (bits, Some(1)) => Some((bits / 8, 1 << (bits % 8))),
+            _ => None,
+        }
+    }
+
+    /// Bit offset of member `name` in `strukt` and, for a bitfield, its width in bits.
+    fn member_bits(&self, strukt: &str, name: &str) -> Option<(u32, Option<u32>)> {
         let types = self.btf.resolve_types_by_name(strukt).ok()?;
         types.iter().find_map(|t| match t {
             Type::Struct(s) => self.find_in(s, name, 0, 0),
@@ -62,7 +78,7 @@ impl KernelBtf {
         })
     }
 
-    fn find_in(&self, s: &btf_rs::Struct, name: &str, base_bits: u32, depth: u8) -> Option<u32> {
+    fn find_in(&self, s: &btf_rs::Struct, name: &str, base_bits: u32, depth: u8) -> Option<(u32, Option<u32>)> {
         if depth > 8 {
             return None;
         }
@@ -70,8 +86,7 @@ impl KernelBtf {
             let bits = base_bits + m.bit_offset();
             let mname = self.btf.resolve_name(m).unwrap_or_default();
             if mname == name {
-                let bitfield = m.bitfield_size().is_some_and(|b| b != 0);
-                return (!bitfield && bits.is_multiple_of(8)).then_some(bits / 8);
+                return Some((bits, m.bitfield_size().filter(|&b| b != 0)));
             }
             if mname.is_empty() {
                 // Anonymous struct/union: its members are ours.
@@ -151,6 +166,10 @@ impl KernelBtf {
         t.sk_uid = need("sock", "sk_uid")?;
         t.file_inode = need("file", "f_inode")?;
         t.inode_ino = need("inode", "i_ino")?;
+        // Optional: without it, a socket in TCP_REPAIR is judged (and never acted on: see
+        // `reaper::actions`).
+        let (byte, mask) = self.member_flag("tcp_sock", "repair").unwrap_or((OFFSET_ABSENT, 0));
+        (t.tcp_repair_byte, t.tcp_repair_mask) = (byte, mask);
         *c = t;
         Ok(())
     }
@@ -191,6 +210,8 @@ mod tests {
         assert!(t.icsk_rto > o.sndbuf && t.tcp_snd_una > t.icsk_rto && t.tcp_bytes_acked.is_multiple_of(8), "{t:?}");
         assert!(t.tcp_delivered_mstamp > t.icsk_rto && t.tcp_delivered_mstamp.is_multiple_of(8), "a u64 of tcp_sock, past inet_connection_sock: {t:?}");
         assert!(t.file_inode > 0 && t.inode_ino > 0, "{t:?}");
+        assert!(t.tcp_repair_byte > t.icsk_rto && t.tcp_repair_mask.is_power_of_two() && t.tcp_repair_mask < 256, "tcp_sock.repair, one bit: {t:?}");
+        assert_eq!(btf.member_offset("tcp_sock", "repair"), None, "a bitfield has no byte offset");
         assert!(!btf.has_function("no_such_function_here"));
     }
 }

@@ -71,7 +71,36 @@ pub fn verify_owner(s: &StalledSocket) -> Result<VerifiedOwner, ActionError> {
             format!("fd {fd} of pid {pid} is no longer socket {} (cookie {}): inode {ino:?}, cookie {cookie:?}", s.inode, s.socket_cookie),
         ));
     }
+    if in_repair(&dup) {
+        return Err(ActionError::Skip(SkipWhy::InRepair, format!("fd {fd} of pid {pid} is in TCP_REPAIR: a checkpoint holds it")));
+    }
     Ok(VerifiedOwner { pid, fd, pidfd, dup })
+}
+
+/// `TCP_REPAIR` (include/uapi/linux/tcp.h).
+const TCP_REPAIR: libc::c_int = 19;
+
+/// Whether the TCP socket behind `fd` is in repair mode (a checkpoint in progress): what no
+/// sample through sock_diag shows.
+fn in_repair(fd: &OwnedFd) -> bool {
+    let mut on: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: TCP_REPAIR writes an int into our buffer.
+    let ok = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, TCP_REPAIR, (&raw mut on).cast(), &mut len) } == 0;
+    ok && on != 0
+}
+
+/// Whether the socket process `pid` holds at `fd` is in TCP_REPAIR (asked through a duplicate
+/// of that fd); `false` when it cannot be asked (the holders' proof says why separately).
+pub fn holder_in_repair(pid: u32, fd: i32) -> bool {
+    let Ok(pidfd) = crate::owner::pidfd_open(pid) else { return false };
+    // SAFETY: plain syscall; the returned descriptor is ours.
+    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if dup < 0 {
+        return false;
+    }
+    // SAFETY: a new descriptor owned by no one else.
+    in_repair(&unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
 }
 
 /// Inode and socket cookie of a descriptor (`None` when it is not a socket).

@@ -91,10 +91,12 @@ pub enum SkipWhy {
     /// The owner does not catch the signal: its default action would end the process, with
     /// every healthy session it serves.
     NoHandler,
+    /// The socket is in TCP_REPAIR: a checkpoint (CRIU) holds it on purpose.
+    InRepair,
 }
 
 impl SkipWhy {
-    pub const ALL: [SkipWhy; 11] = [
+    pub const ALL: [SkipWhy; 12] = [
         Self::Protected,
         Self::OwnerUnknown,
         Self::FileUnknown,
@@ -106,6 +108,7 @@ impl SkipWhy {
         Self::OwnerChanged,
         Self::FdChanged,
         Self::NoHandler,
+        Self::InRepair,
     ];
 
     /// Whether the stage it holds back can never run for this socket (its ladder moves on),
@@ -127,6 +130,7 @@ impl SkipWhy {
             Self::OwnerChanged => "owner_changed",
             Self::FdChanged => "fd_changed",
             Self::NoHandler => "no_handler",
+            Self::InRepair => "in_repair",
         }
     }
 }

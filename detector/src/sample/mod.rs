@@ -53,6 +53,9 @@ pub struct Sample {
     pub last_delivery_ms: Option<u32>,
     /// Retransmission timeout, milliseconds (rounded up).
     pub rto_ms: u32,
+    /// In TCP_REPAIR (a checkpoint, e.g. CRIU, in progress): not judged. Only the kernel walk
+    /// can tell (`tcp_info` does not say); the reaper asks the socket itself before acting.
+    pub repair: bool,
 }
 
 /// What sock_diag returned for one socket.
@@ -420,6 +423,7 @@ pub fn lookup_answer(m: NetlinkMessage<SockDiagMessage>, at_ms: u64) -> Result<O
             last_data_sent_ms: info.last_data_sent_ms,
             last_delivery_ms: None,
             rto_ms: info.rto_us.div_ceil(1000),
+            repair: false,
         },
     }))
 }

@@ -243,6 +243,7 @@ pub fn to_diag(r: &WalkRecord, clock: &WalkClock, hz: u32, at_ms: u64) -> DiagSo
             last_delivery_ms: delivery_ago(r.delivered_us, clock.ktime_ns),
             // tcpi_rto is jiffies_to_usecs(icsk_rto); the sample rounds it up to milliseconds.
             rto_ms: (u64::from(r.rto) * 1_000_000 / u64::from(hz)).div_ceil(1000) as u32,
+            repair: r.repair != 0,
         },
     }
 }

@@ -29,6 +29,8 @@
 //!                     the parent closes its copy. Prints `HANDOFF child=<pid> fd=<n>`.
 //!       fill-fork     as fill-handoff, but the parent keeps its copy too: two processes hold
 //!                     the socket.
+//!       fill-repair   fill the send path, then put the socket in TCP_REPAIR (as CRIU does to
+//!                     checkpoint it) and hold it; prints `REPAIR local=<addr>`
 //!       fill-inflight fill the send path, put the fd in flight in a unix socket message
 //!                     (SCM_RIGHTS, never received), close it: no process holds it. Prints
 //!                     `INFLIGHT`.
@@ -316,6 +318,16 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
         "fill-fork" => {
             fill(&mut s)?;
             handoff(s, true)
+        }
+        "fill-repair" => {
+            fill(&mut s)?;
+            let on: libc::c_int = 1;
+            // SAFETY: TCP_REPAIR (19) reads an int from our buffer.
+            if unsafe { libc::setsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, 19, (&raw const on).cast(), std::mem::size_of::<libc::c_int>() as u32) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            say(format!("REPAIR local={}", s.local_addr()?));
+            hold()
         }
         "fill-inflight" => {
             fill(&mut s)?;
