@@ -160,7 +160,11 @@ fn plan(sel: Selection) -> Vec<Case> {
             cases.push(Case { binary: "scenarios", tests: &["s01_peer_unreachable_mid_stream"], per_config: true });
             cases.push(Case { binary: "reaping", tests: &["destroy_frees_the_seat_of_a_dead_client"], per_config: false });
             // Walk-only faults the host may not run (its kernel refuses the walk).
-            cases.push(Case { binary: "reaping_safety", tests: &["a_walk_that_skips_a_socket_neither_forgets_it_nor_restarts_its_ladder"], per_config: false });
+            cases.push(Case {
+                binary: "reaping_safety",
+                tests: &["a_walk_that_skips_a_socket_neither_forgets_it_nor_restarts_its_ladder", "a_socket_in_tcp_repair_is_never_acted_on"],
+                per_config: false,
+            });
         }
         Selection::Full => {
             cases.push(Case {
