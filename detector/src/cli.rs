@@ -87,6 +87,11 @@ pub struct RunArgs {
     /// never silent). The BTF hooks keep their state in each socket: no map to size.
     #[arg(long, env = "DETECTOR_MAX_SOCKETS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub max_sockets: u32,
+    /// Most sockets the agent keeps state for at once (~1 KB each once undetailed; at most 1,024
+    /// stalled sockets are kept in full). Past it, a socket to a peer with fewer sockets kept
+    /// takes the place of one of the peer with the most; the rest are counted, never silent.
+    #[arg(long, env = "DETECTOR_MAX_TRACKED", default_value_t = crate::tracker::TRACKED_MAX, value_parser = parse_max_tracked)]
+    pub max_tracked: usize,
     /// Send-path hook: `auto` takes the best the kernel offers; naming one forces it (for testing
     /// a fallback, or to avoid one).
     #[arg(long, env = "DETECTOR_SEND_HOOK", value_enum, default_value_t = SendHookChoice::Auto)]
@@ -318,6 +323,13 @@ fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
         return Ok(MetricsAddr(None));
     }
     s.parse().map(|a| MetricsAddr(Some(a))).map_err(|e| format!("`{s}` is not an address like 0.0.0.0:9465 or `off` ({e})"))
+}
+
+fn parse_max_tracked(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1024..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number of sockets from 1024 to 1000000")),
+    }
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {

@@ -107,6 +107,7 @@ fn options(a: RunArgs) -> anyhow::Result<Options> {
         api_socket: a.api_socket,
         metrics_addr: a.metrics_addr.0,
         max_sockets: a.max_sockets,
+        max_tracked: a.max_tracked,
         ring_buffer_bytes: a.ring_buffer_bytes,
         want: Want { send: a.send_hook.hook(), kind: a.configuration.kind() },
         pod_logs_dir: a.pod_logs_dir,

@@ -133,6 +133,10 @@ pub struct Metrics {
     pub log_lines_dropped: Counter,
     /// Metrics connections closed at once because `MAX_CONNECTIONS` were open.
     pub metrics_connections_refused: Counter,
+    /// Stalled sockets past the detail cap (counted by reason, not reported one by one).
+    pub stalls_undetailed: Gauge,
+    /// Sockets not taken into the full table.
+    pub sockets_refused: Counter,
     pub build_info: Family<BuildLabel, Gauge>,
     pods: Option<PodSeries>,
 }
@@ -161,6 +165,8 @@ impl Metrics {
             audit_lines_dropped: Counter::default(),
             log_lines_dropped: Counter::default(),
             metrics_connections_refused: Counter::default(),
+            stalls_undetailed: Gauge::default(),
+            sockets_refused: Counter::default(),
             build_info: Family::default(),
             pods: None,
             registry: Registry::default(),
@@ -203,6 +209,12 @@ impl Metrics {
         registry.register("reaps", "Reaping decisions, by action, result (ok, failed, dry_run, skipped) and, for skipped, why", m.reaps.clone());
         registry.register("audit_lines_dropped", "Audit lines dropped because stdout did not keep up", m.audit_lines_dropped.clone());
         registry.register("log_lines_dropped", "Log lines dropped because stderr did not keep up", m.log_lines_dropped.clone());
+        registry.register(
+            "stalled_sockets_undetailed",
+            "Stalled sockets past the detail cap: counted in stalled_sockets, not reported one by one, never reaped (a flood)",
+            m.stalls_undetailed.clone(),
+        );
+        registry.register("sockets_refused", "Sockets not taken into the table because it was full (--max-tracked)", m.sockets_refused.clone());
         registry.register(
             "metrics_connections_refused",
             "Connections to this endpoint closed at once because the most it serves at a time were open",

@@ -140,9 +140,10 @@ pub fn status(s: &Status) -> String {
         if a.dry_run { ", dry run" } else { "" }
     );
     out.push_str(&format!(
-        "sockets: {} tracked, {} stalled{}; {} passes, the last {:.1} ms; reconcile every {:.1} s, the last {:.1} ms of CPU\n\nhooks:\n",
+        "sockets: {} tracked, {} stalled{}{}; {} passes, the last {:.1} ms; reconcile every {:.1} s, the last {:.1} ms of CPU\n\nhooks:\n",
         s.sockets_tracked,
         s.sockets_stalled,
+        if s.sockets_stalled_undetailed > 0 { format!(" ({} past the detail cap: counted, not listed)", s.sockets_stalled_undetailed) } else { String::new() },
         s.kernel_map_entries.map_or(String::new(), |n| format!(", {n} in the kernel's map")),
         s.sweeps,
         s.last_sweep_ms,

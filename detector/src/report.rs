@@ -197,6 +197,8 @@ pub struct Published {
     /// to stay within its CPU budget).
     pub reconcile_cpu_ms: f64,
     pub reconcile_every_ms: u64,
+    /// Stalled sockets past the detail cap, counted by reason (not in `stalled`).
+    pub stalled_undetailed: Vec<(crate::verdict::Reason, usize)>,
 }
 
 /// The report line of a stalled socket, from its table entry, its verified holders (first =

@@ -14,7 +14,14 @@ use crate::{
 pub fn run(grace: Duration, interval: Duration, pod_logs_dir: std::path::PathBuf) -> anyhow::Result<Vec<StalledSocket>> {
     let mut pool = NetnsPool::new()?;
     // One reconcile, at the start: its budget does not apply.
-    let mut sweep = Sweep::new(Config { grace, close_wait_grace: grace, interval, reconcile_cpu: crate::agent::reconcile::RECONCILE_CPU, pod_logs_dir });
+    let mut sweep = Sweep::new(Config {
+        grace,
+        close_wait_grace: grace,
+        max_tracked: crate::tracker::TRACKED_MAX,
+        interval,
+        reconcile_cpu: crate::agent::reconcile::RECONCILE_CPU,
+        pod_logs_dir,
+    });
     sweep.reconcile(&mut pool, None);
     // Counted nowhere: a scan exports no metrics.
     let metrics = Metrics::new();

@@ -43,10 +43,14 @@ pub struct Tracked {
     pub recoveries: u32,
     /// A process in the socket's network namespace, for sockets found at start-up (no sender).
     pub netns_hint: Option<u32>,
-    /// The kernel side's record of it, as the last walk carried it (socket storage).
-    pub kernel_state: Option<SockState>,
+    /// The kernel side's record of it, as the last walk carried it (socket storage; kept for
+    /// detailed sockets only).
+    pub kernel_state: Option<Box<SockState>>,
     /// Recent samples and verdict changes, for `detector explain`.
     pub history: History,
+    /// Kept in full (see `agent::detail`): every socket while the table is small; under a
+    /// flood, only the stalled sockets chosen for detail. Others keep a short history.
+    pub detailed: bool,
 }
 
 /// Bounded per-socket history: the last samples while bytes are queued (an idle socket keeps
@@ -61,20 +65,39 @@ impl History {
     pub const SAMPLES: usize = 12;
     pub const IDLE_SAMPLES: usize = 3;
     pub const CHANGES: usize = 8;
+    pub const UNDETAILED_SAMPLES: usize = 1;
+    pub const UNDETAILED_CHANGES: usize = 0;
 
-    pub fn push(&mut self, s: crate::sample::Sample) {
-        let cap = if s.queued > 0 { Self::SAMPLES } else { Self::IDLE_SAMPLES };
+    pub fn push(&mut self, s: crate::sample::Sample, detailed: bool) {
+        let cap = match (detailed, s.queued > 0) {
+            (true, true) => Self::SAMPLES,
+            (true, false) => Self::IDLE_SAMPLES,
+            (false, _) => Self::UNDETAILED_SAMPLES,
+        };
         self.samples.push_back(s);
         while self.samples.len() > cap {
             self.samples.pop_front();
         }
     }
 
-    pub fn note(&mut self, at_ms: u64, what: String) {
+    pub fn note(&mut self, at_ms: u64, what: String, detailed: bool) {
         self.changes.push_back((at_ms, what));
-        while self.changes.len() > Self::CHANGES {
+        let cap = if detailed { Self::CHANGES } else { Self::UNDETAILED_CHANGES };
+        while self.changes.len() > cap {
             self.changes.pop_front();
         }
+    }
+
+    /// Down to what an undetailed socket keeps, its memory given back.
+    pub fn shrink(&mut self) {
+        while self.samples.len() > Self::UNDETAILED_SAMPLES {
+            self.samples.pop_front();
+        }
+        while self.changes.len() > Self::UNDETAILED_CHANGES {
+            self.changes.pop_front();
+        }
+        self.samples.shrink_to_fit();
+        self.changes.shrink_to_fit();
     }
 }
 
@@ -94,7 +117,17 @@ impl Tracked {
             netns_hint: None,
             kernel_state: None,
             history: History::default(),
+            detailed: true,
         }
+    }
+
+    /// Keeps this socket in full, or not (see `agent::detail`).
+    pub fn set_detailed(&mut self, detailed: bool) {
+        if self.detailed && !detailed {
+            self.history.shrink();
+            self.kernel_state = None;
+        }
+        self.detailed = detailed;
     }
 
     /// Found by a dump, not announced by a send hook.
@@ -171,10 +204,13 @@ pub enum Forget {
     Idle,
     /// A new socket took its addresses (or its kernel address).
     Replaced,
+    /// The table was full: it made room for a socket of a peer with fewer sockets tracked (an
+    /// undetailed socket of the peer with the most goes; see [`Tracker::with_cap`]).
+    Evicted,
 }
 
 impl Forget {
-    pub const ALL: [Forget; 4] = [Self::Closed, Self::Gone, Self::Idle, Self::Replaced];
+    pub const ALL: [Forget; 5] = [Self::Closed, Self::Gone, Self::Idle, Self::Replaced, Self::Evicted];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -182,6 +218,7 @@ impl Forget {
             Self::Gone => "gone",
             Self::Idle => "idle",
             Self::Replaced => "replaced",
+            Self::Evicted => "evicted",
         }
     }
 }
@@ -197,14 +234,57 @@ fn tuple_key(t: &SockTuple) -> TupleKey {
 }
 
 /// The table, keyed by `struct sock` address (or `SEEDED | cookie`), with an index by
-/// addresses so a dump can tell in O(1) whether a socket is already known.
-#[derive(Debug, Default)]
+/// addresses so a dump can tell in O(1) whether a socket is already known, and one by peer
+/// address for fairness when it is full.
+#[derive(Debug)]
 pub struct Tracker {
-    socks: HashMap<u64, Tracked>,
+    /// Boxed: an entry is ~500 bytes, and the map's buckets are allocated to a power of two.
+    socks: HashMap<u64, Box<Tracked>>,
     by_tuple: HashMap<TupleKey, u64>,
+    /// Peer address (and namespace) → the sockets to it.
+    by_peer: HashMap<PeerKey, std::collections::HashSet<u64>>,
+    /// (sockets, peer) for every peer in `by_peer`: the peer with the most, in O(log n).
+    by_count: std::collections::BTreeSet<(usize, PeerKey)>,
+    /// Most sockets kept (see [`Tracker::with_cap`]).
+    cap: usize,
+    /// Sockets not taken in because the table was full (never reset).
+    pub refused: u64,
+    /// Entries evicted to make room, not yet counted by the caller.
+    pub evicted: Vec<Tracked>,
+}
+
+type PeerKey = ([u8; 16], u32);
+
+fn peer_key(t: &SockTuple) -> PeerKey {
+    (t.daddr, t.netns)
+}
+
+/// Sockets the agent keeps by default (`--max-tracked`): ~1 KB each once undetailed.
+pub const TRACKED_MAX: usize = 25_000;
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self::with_cap(TRACKED_MAX)
+    }
 }
 
 impl Tracker {
+    /// A table of at most `cap` sockets. When it is full, a new socket takes the place of an
+    /// undetailed one of the peer with the most sockets in the table, if its own peer has
+    /// fewer: a client that stalls thousands of connections cannot crowd out everyone else's;
+    /// otherwise it is refused (counted in `refused`).
+    pub fn with_cap(cap: usize) -> Self {
+        Tracker {
+            socks: HashMap::new(),
+            by_tuple: HashMap::new(),
+            by_peer: HashMap::new(),
+            by_count: Default::default(),
+            cap: cap.max(1),
+            refused: 0,
+            evicted: Vec::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.socks.len()
     }
@@ -214,19 +294,19 @@ impl Tracker {
     }
 
     pub fn get(&self, sk: u64) -> Option<&Tracked> {
-        self.socks.get(&sk)
+        self.socks.get(&sk).map(|b| &**b)
     }
 
     pub fn get_mut(&mut self, sk: u64) -> Option<&mut Tracked> {
-        self.socks.get_mut(&sk)
+        self.socks.get_mut(&sk).map(|b| &mut **b)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Tracked> {
-        self.socks.values()
+        self.socks.values().map(|b| &**b)
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Tracked> {
-        self.socks.values_mut()
+        self.socks.values_mut().map(|b| &mut **b)
     }
 
     /// Whether a socket with these addresses is tracked.
@@ -236,27 +316,73 @@ impl Tracker {
 
     fn insert(&mut self, t: Tracked) -> Option<Tracked> {
         let (sk, k) = (t.sk, tuple_key(&t.tuple));
-        let old = self.socks.insert(sk, t);
-        if let Some(o) = &old {
-            self.unindex(o);
+        let new = !self.socks.contains_key(&sk) && !self.by_tuple.contains_key(&k);
+        if new && self.socks.len() >= self.cap && !self.make_room(peer_key(&t.tuple)) {
+            self.refused += 1;
+            return None;
         }
+        let old = self.take(sk);
         // Another entry with these addresses (a seeded one the hook now announces, or one
         // whose close went unseen) is replaced.
-        let displaced = self.by_tuple.insert(k, sk).filter(|&other| other != sk).and_then(|other| self.socks.remove(&other));
+        let displaced = self.by_tuple.get(&k).copied().and_then(|other| self.take(other));
+        self.by_tuple.insert(k, sk);
+        self.count_peer(peer_key(&t.tuple), sk, true);
+        self.socks.insert(sk, Box::new(t));
         displaced.or(old)
     }
 
-    fn unindex(&mut self, t: &Tracked) {
+    /// Adds `sk` to (or removes it from) its peer's sockets, keeping `by_count` in step.
+    fn count_peer(&mut self, p: PeerKey, sk: u64, add: bool) {
+        let set = self.by_peer.entry(p).or_default();
+        let before = set.len();
+        if add {
+            set.insert(sk)
+        } else {
+            set.remove(&sk)
+        };
+        let after = set.len();
+        if after == 0 {
+            self.by_peer.remove(&p);
+        }
+        if before != after {
+            self.by_count.remove(&(before, p));
+            if after > 0 {
+                self.by_count.insert((after, p));
+            }
+        }
+    }
+
+    /// Evicts a socket of the peer with the most sockets (an undetailed one if it has any), if
+    /// `for_peer` has fewer than it less one; `false` when nothing may go. O(1) when nothing
+    /// may (a flood's own sockets, every pass).
+    fn make_room(&mut self, for_peer: PeerKey) -> bool {
+        let mine = self.by_peer.get(&for_peer).map_or(0, |s| s.len());
+        let Some(&(most, peer)) = self.by_count.last() else { return false };
+        if most <= mine + 1 {
+            return false;
+        }
+        let set = &self.by_peer[&peer];
+        let undetailed = set.iter().copied().find(|sk| self.socks.get(sk).is_some_and(|t| !t.detailed));
+        let Some(victim) = undetailed.or_else(|| set.iter().copied().next()) else { return false };
+        if let Some(t) = self.take(victim) {
+            self.evicted.push(t);
+        }
+        true
+    }
+
+    /// Removes `sk` from the table and every index.
+    fn take(&mut self, sk: u64) -> Option<Tracked> {
+        let t = *self.socks.remove(&sk)?;
         let k = tuple_key(&t.tuple);
         if self.by_tuple.get(&k) == Some(&t.sk) {
             self.by_tuple.remove(&k);
         }
+        self.count_peer(peer_key(&t.tuple), sk, false);
+        Some(t)
     }
 
     pub fn remove(&mut self, sk: u64) -> Option<Tracked> {
-        let t = self.socks.remove(&sk)?;
-        self.unindex(&t);
-        Some(t)
+        self.take(sk)
     }
 
     /// Applies one kernel event; returns the entry it ended, if any, and why (a closed socket,
@@ -307,7 +433,7 @@ impl Tracker {
         let mut t = Tracked::new(SEEDED | cookie, tuple, Sender::default(), 0, 0, state);
         t.netns_hint = Some(netns_pid);
         self.insert(t);
-        true
+        self.socks.contains_key(&(SEEDED | cookie))
     }
 
     /// Adds a socket the kernel side keeps that the table lacks (its event dropped, or the walk
@@ -375,17 +501,22 @@ mod tests {
         let mut s = crate::sample::Sample { state: 1, queued: 10, ..Default::default() };
         for i in 0..100 {
             s.at_ms = i;
-            h.push(s);
+            h.push(s, true);
         }
         assert_eq!(h.samples.len(), History::SAMPLES);
         s.queued = 0;
-        h.push(s);
+        h.push(s, true);
         assert_eq!(h.samples.len(), History::IDLE_SAMPLES);
         for i in 0..20 {
-            h.note(i, format!("change {i}"));
+            h.note(i, format!("change {i}"), true);
         }
         assert_eq!(h.changes.len(), History::CHANGES);
-        assert_eq!(h.changes.back().unwrap().1, "change 19");
+        // Undetailed (a flood): a short history, whatever is queued.
+        s.queued = 10;
+        h.push(s, false);
+        assert_eq!(h.samples.len(), History::UNDETAILED_SAMPLES);
+        h.shrink();
+        assert_eq!(h.changes.len(), History::UNDETAILED_CHANGES);
     }
 
     #[test]
@@ -465,6 +596,61 @@ mod tests {
         w.epoch = 6;
         assert!(t.apply(&w).is_none());
         assert_eq!((t.get(1).unwrap().announced_epoch, t.get(1).unwrap().sender.tgid), (6, 99));
+    }
+
+    #[test]
+    fn a_full_table_makes_room_for_a_peer_with_fewer_sockets_and_refuses_the_flooding_one() {
+        let mut t = Tracker::with_cap(4);
+        let to = |peer: u8, port: u16| {
+            let mut e = ev(EventKind::Tracked, 0xffff_0000_0000_0000 | u64::from(peer) << 16 | u64::from(port), 1);
+            (e.tuple.daddr[3], e.tuple.sport) = (peer, port);
+            e
+        };
+        for port in 1..=4 {
+            t.apply(&to(9, port));
+        }
+        for x in t.iter_mut() {
+            x.set_detailed(false);
+        }
+        // The flooding peer gets no more room.
+        t.apply(&to(9, 5));
+        assert_eq!((t.len(), t.refused), (4, 1));
+        // Another peer's socket takes the place of one of the flood's.
+        t.apply(&to(7, 1));
+        assert_eq!(t.len(), 4);
+        assert_eq!(t.evicted.len(), 1);
+        assert_eq!(t.evicted[0].tuple.daddr[3], 9);
+        assert!(t.iter().any(|x| x.tuple.daddr[3] == 7));
+        // A seed into a full table is refused too, and says so.
+        let mut d = to(9, 6).tuple;
+        d.daddr[3] = 9;
+        assert!(!t.seed(55, d, 1, 1));
+        // Undetailed sockets go first; when the flood has none (a table no bigger than the
+        // detail cap), a detailed one goes: the flood must not keep every other peer out.
+        for x in t.iter_mut() {
+            x.set_detailed(true);
+        }
+        t.apply(&to(8, 1));
+        assert_eq!((t.len(), t.evicted.len()), (4, 2));
+        assert_eq!(t.evicted[1].tuple.daddr[3], 9);
+        assert!(t.iter().any(|x| x.tuple.daddr[3] == 8));
+    }
+
+    #[test]
+    fn a_socket_announced_again_counts_once_for_its_peer() {
+        let mut t = Tracker::with_cap(8);
+        let mut e = ev(EventKind::Tracked, 0xffff_0000_0000_0100, 1);
+        e.tuple.daddr[3] = 9;
+        t.apply(&e);
+        t.apply(&e);
+        let mut other = ev(EventKind::Tracked, 0xffff_0000_0000_0200, 1);
+        (other.tuple.daddr[3], other.tuple.sport) = (9, 4242);
+        t.apply(&other);
+        assert_eq!(t.by_peer.values().map(|s| s.len()).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(t.by_count.iter().copied().map(|(n, _)| n).collect::<Vec<_>>(), vec![2]);
+        t.remove(other.sk);
+        t.remove(e.sk);
+        assert!(t.by_peer.is_empty() && t.by_count.is_empty() && t.by_tuple.is_empty());
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl KernelSide {
             return None;
         }
         // The hash map can be read from here; socket storage only through the walk's records.
-        let st = self.socks.as_ref().and_then(|m| m.get(&t.sk, 0).ok()).or(t.kernel_state);
+        let st = self.socks.as_ref().and_then(|m| m.get(&t.sk, 0).ok()).or(t.kernel_state.as_deref().copied());
         Some(KernelRecord {
             tracked_for_ms: now_ns.saturating_sub(t.first_send_ns) / 1_000_000,
             retransmits: st.map(|st| st.retransmits),

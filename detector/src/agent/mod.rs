@@ -2,6 +2,7 @@
 //! samples and verdicts → report → reaper). What it publishes is read through [`Handle`]; the
 //! surfaces (API, metrics, CLI) live elsewhere and are wired to it by `daemon`.
 mod attribute;
+mod detail;
 pub mod kernel_side;
 mod pass;
 pub mod reconcile;
@@ -46,6 +47,8 @@ pub struct Options {
     pub api_socket: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
     pub max_sockets: u32,
+    /// Most sockets the agent keeps state for (see `tracker::Tracker::with_cap`).
+    pub max_tracked: usize,
     pub ring_buffer_bytes: u32,
     /// The configuration or send hook forced by flags (none: the best this kernel runs).
     pub want: Want,
@@ -113,6 +116,8 @@ impl Agent {
         caps::check_self()?;
         let sizes = loader::Sizes { max_sockets: opts.max_sockets, ring_buffer_bytes: opts.ring_buffer_bytes };
         let mut k = start_kernel(opts.want, sizes)?;
+        // The kernel's BTF, parsed to find offsets (tens of MiB), is freed by now.
+        give_back_memory();
         let status = Arc::new(status_info(opts, &k));
         log_hooks(&status);
         let metrics = Arc::new(
@@ -139,6 +144,7 @@ impl Agent {
         let cfg = sweep::Config {
             grace: opts.grace,
             close_wait_grace: opts.close_wait_grace,
+            max_tracked: opts.max_tracked,
             interval: opts.interval,
             reconcile_cpu: opts.reconcile_cpu,
             pod_logs_dir: opts.pod_logs_dir.clone(),
@@ -364,6 +370,17 @@ fn kernel_side(k: &mut KernelStart) -> anyhow::Result<kernel_side::KernelSide> {
     side.epochs = epochs;
     side.scanner = loaded.scan.take().map(|tcp| Scanner::new(tcp, loaded.scan_files.take()));
     Ok(side)
+}
+
+/// Returns freed heap to the system where the allocator keeps it (glibc's arenas; musl's, which
+/// the shipped image uses, returns it by itself): after start-up's BTF parse and after each
+/// reconcile (both allocate in bulk and free it), so the agent's RSS follows what it keeps.
+pub fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// For `detector bench-control`: the empty program of `hook`, attached with this kernel's

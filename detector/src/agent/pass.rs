@@ -2,7 +2,7 @@
 //! the verdict, note what changed, forget what is gone, and assemble the report.
 use std::collections::{HashMap, HashSet};
 
-use super::{kernel_side::KernelSide, sweep::Sweep};
+use super::{detail, kernel_side::KernelSide, sweep::Sweep};
 use detector_common::SockState;
 
 use crate::{
@@ -88,7 +88,7 @@ impl Sweep {
                 }
             }
             if let Some(t) = self.tracker.get_mut(sk) {
-                t.kernel_state = Some(st);
+                t.kernel_state = t.detailed.then(|| Box::new(st));
                 observe(t, d, grace, m);
             }
         }
@@ -143,18 +143,21 @@ impl Sweep {
             e.0.push((t.sk, t.lookup()));
         }
         for (netns, (socks, hint)) in diag {
-            let lookups: Vec<Lookup> = socks.iter().map(|(_, l)| *l).collect();
-            m.sock_diag_lookups.inc_by(lookups.len() as u64);
-            let answers = match pool.conn(netns, Some(hint)) {
-                Ok(c) => c.lookup_many(&lookups).into_iter().map(|a| a.map_err(|e| e.to_string())).collect(),
-                Err(e) => vec![Err(e.to_string()); lookups.len()],
-            };
-            for ((sk, _), answer) in socks.into_iter().zip(answers) {
-                let Some(t) = self.tracker.get_mut(sk) else { continue };
-                match from_diag(t, answer, grace, m, epoch) {
-                    Ok(Some(why)) => gone.push((sk, why)),
-                    Ok(None) => {}
-                    Err(IdleKept) => idle_kept += 1,
+            m.sock_diag_lookups.inc_by(socks.len() as u64);
+            // In chunks: the lookups and answers of a whole table at once would be megabytes.
+            for chunk in socks.chunks(LOOKUP_CHUNK) {
+                let lookups: Vec<Lookup> = chunk.iter().map(|(_, l)| *l).collect();
+                let answers: Vec<Result<Option<DiagSocket>, String>> = match pool.conn(netns, Some(hint)) {
+                    Ok(c) => c.lookup_many(&lookups).into_iter().map(|a| a.map_err(|e| e.to_string())).collect(),
+                    Err(e) => vec![Err(e.to_string()); lookups.len()],
+                };
+                for (&(sk, _), answer) in chunk.iter().zip(answers) {
+                    let Some(t) = self.tracker.get_mut(sk) else { continue };
+                    match from_diag(t, answer, grace, m, epoch) {
+                        Ok(Some(why)) => gone.push((sk, why)),
+                        Ok(None) => {}
+                        Err(IdleKept) => idle_kept += 1,
+                    }
                 }
             }
         }
@@ -176,15 +179,20 @@ impl Sweep {
         self.tracker.iter().filter_map(|t| t.verdict.as_ref()?.due_at(grace)).filter(|&d| d > tried_ms).min()
     }
 
-    /// Attributes the stalled sockets, counts open stalls by reason, and builds the report,
-    /// longest stall first.
+    /// Attributes the stalled sockets, counts open stalls by reason, and builds the report:
+    /// in a fair order across owners (see `detail`), in full for the first `DETAIL_MAX`, the
+    /// rest counted by reason (`undetailed`).
     fn assemble(&mut self, m: &Metrics) -> Vec<StalledSocket> {
-        let stalled: Vec<u64> = self.tracker.iter().filter(|t| t.verdict.as_ref().is_some_and(|v| v.stall().is_some())).map(|t| t.sk).collect();
-        self.attribute(&stalled);
+        let now = self.now_ms();
+        let stalled: Vec<(u64, u64, u64)> = self.tracker.iter().filter_map(|t| Some((t.sk, owner_key(t), t.verdict.as_ref()?.stalled_for_ms(now)?))).collect();
+        let order = detail::fair_order(&stalled);
+        let (detailed, rest) = order.split_at(order.len().min(detail::DETAIL_MAX));
+        self.mark_detailed(detailed);
+        self.attribute(detailed);
         let mut open: HashMap<Reason, i64> = Reason::ALL.iter().map(|&r| (r, 0)).collect();
-        let mut out = Vec::with_capacity(stalled.len());
+        let mut out = Vec::with_capacity(detailed.len());
         let nobody: std::sync::Arc<[owner::Holder]> = std::sync::Arc::new([]);
-        for sk in &stalled {
+        for sk in detailed {
             let Some(t) = self.tracker.get(*sk) else { continue };
             let holders = self.holders.get(sk).map_or(&nobody, |h| &h.list);
             let pod = holders.first().and_then(|h| h.pod_uid.as_deref()).and_then(|u| self.pods.get(u));
@@ -193,18 +201,40 @@ impl Sweep {
                 out.push(line);
             }
         }
+        self.undetailed.clear();
+        for r in rest.iter().filter_map(|sk| self.tracker.get(*sk)?.verdict.as_ref()?.stall().map(|st| st.reason)) {
+            *open.entry(r).or_default() += 1;
+            *self.undetailed.entry(r).or_default() += 1;
+        }
         for (r, n) in open {
             m.stalls_open.get_or_create(&ReasonLabel::of(r)).set(n);
         }
-        let live: HashSet<u64> = stalled.into_iter().collect();
+        m.stalls_undetailed.set(rest.len() as i64);
+        let live: HashSet<u64> = detailed.iter().copied().collect();
         self.holders.retain(|sk, _| live.contains(sk));
         self.unknown_until.retain(|sk, _| live.contains(sk));
+        self.full_scan.retain(|sk| live.contains(sk));
         let held: HashSet<(u32, u64)> = self.holders.values().flat_map(|hs| hs.list.iter().map(|h| (h.pid, h.start_time))).collect();
         self.pinned.retain(|pid, start| held.contains(&(pid, start)));
-        out.sort_by_key(|s| std::cmp::Reverse(s.stalled_for_ms));
         m.set_pod_stalls(&out);
         out
     }
+
+    /// Every socket kept in full while the table is small; past `DETAIL_MAX` entries, only the
+    /// stalled sockets chosen for detail (the others' history shrinks).
+    fn mark_detailed(&mut self, detailed: &[u64]) {
+        let all = self.tracker.len() <= detail::DETAIL_MAX;
+        let chosen: HashSet<u64> = if all { HashSet::new() } else { detailed.iter().copied().collect() };
+        for t in self.tracker.iter_mut() {
+            t.set_detailed(all || chosen.contains(&t.sk));
+        }
+    }
+}
+
+/// Who a stalled socket's stall belongs to, for fairness: its sender, else (found by a dump)
+/// its namespace and local port.
+fn owner_key(t: &Tracked) -> u64 {
+    if t.sender.tgid != 0 { u64::from(t.sender.tgid) } else { 1 << 63 | u64::from(t.tuple.netns) << 16 | u64::from(t.tuple.sport) }
 }
 
 /// A socket in socket storage, as the walk saw it: judged, or why it leaves the table. The
@@ -222,7 +252,7 @@ fn from_walk(t: &mut Tracked, walked: Option<(DiagSocket, SockState)>, grace: Gr
         return Some(Forget::Closed);
     }
     repair_sender(t, &st);
-    t.kernel_state = Some(st);
+    t.kernel_state = t.detailed.then(|| Box::new(st));
     observe(t, d, grace, m);
     (!verdict::stuck(&d.sample) && t.verdict.as_ref().is_none_or(|v| v.stall().is_none())).then_some(Forget::Idle)
 }
@@ -235,6 +265,9 @@ fn repair_sender(t: &mut Tracked, st: &SockState) {
         t.sender = crate::tracker::Sender { tgid: st.tgid, tid: st.tid, comm: crate::tracker::comm_str(&st.comm).into(), cgroup_id: st.cgroup_id };
     }
 }
+
+/// Lookups asked and answered at a time.
+const LOOKUP_CHUNK: usize = 1024;
 
 /// A socket sampled through sock_diag that went idle but is kept one more epoch: it was
 /// announced in the current one (see `kernel_side::Epochs`).
@@ -279,13 +312,13 @@ fn from_diag(t: &mut Tracked, answer: Result<Option<DiagSocket>, String>, grace:
 fn observe(t: &mut Tracked, d: DiagSocket, grace: Grace, m: &Metrics) {
     t.tcp_state = d.sample.state;
     t.last = Some(d);
-    t.history.push(d.sample);
+    t.history.push(d.sample, t.detailed);
     if d.sample.repair {
         if let Some(v) = t.verdict.take() {
             if let Some(age) = v.stalled_for_ms(d.sample.at_ms) {
                 m.stall_duration.observe(age as f64 / 1e3);
             }
-            t.history.note(d.sample.at_ms, "in TCP_REPAIR (a checkpoint in progress): not judged".into());
+            t.history.note(d.sample.at_ms, "in TCP_REPAIR (a checkpoint in progress): not judged".into(), t.detailed);
         }
         return;
     }
@@ -296,6 +329,7 @@ fn observe(t: &mut Tracked, d: DiagSocket, grace: Grace, m: &Metrics) {
             t.history.note(
                 now,
                 format!("stalled ({}): stuck for {age} ms with {} queued, since {}", stall.reason.as_str(), d.sample.queued, stall.proof.describe()),
+                t.detailed,
             );
             m.stalls_detected.get_or_create(&ReasonLabel::of(stall.reason)).inc();
             log::info!(
@@ -312,7 +346,7 @@ fn observe(t: &mut Tracked, d: DiagSocket, grace: Grace, m: &Metrics) {
             m.stalls_recovered.inc();
             m.stall_duration.observe(stalled_for_ms as f64 / 1e3);
             t.recoveries += 1;
-            t.history.note(now, format!("recovered after {stalled_for_ms} ms: bytes acknowledged again"));
+            t.history.note(now, format!("recovered after {stalled_for_ms} ms: bytes acknowledged again"), t.detailed);
             log::info!("recovered after {stalled_for_ms} ms: {} -> {}", t.local_addr(), t.remote_addr());
         }
         Transition::None => {}

@@ -135,7 +135,14 @@ mod tests {
     };
 
     fn config(grace: Duration, reconcile_cpu: f64) -> Config {
-        Config { grace, close_wait_grace: Duration::from_secs(300), interval: Duration::from_secs(1), reconcile_cpu, pod_logs_dir: "/nonexistent".into() }
+        Config {
+            grace,
+            close_wait_grace: Duration::from_secs(300),
+            max_tracked: 25_000,
+            interval: Duration::from_secs(1),
+            reconcile_cpu,
+            pod_logs_dir: "/nonexistent".into(),
+        }
     }
 
     #[test]

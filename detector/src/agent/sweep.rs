@@ -37,6 +37,8 @@ pub struct Config {
     pub grace: Duration,
     /// The grace of a CLOSE_WAIT socket with nothing queued (`--close-wait-grace`).
     pub close_wait_grace: Duration,
+    /// Most sockets kept in the table (`--max-tracked`).
+    pub max_tracked: usize,
     pub interval: Duration,
     /// The reconcile's CPU budget, a fraction of a core (see `reconcile_every`).
     pub reconcile_cpu: f64,
@@ -85,6 +87,10 @@ pub struct Sweep {
     /// Sockets the last pass found idle but kept, announced in the current epoch (see
     /// `kernel_side::Epochs`): a new epoch lets the next pass forget them.
     pub(super) idle_kept: usize,
+    /// Stalled sockets past the detail cap, by reason (see `detail`).
+    pub(super) undetailed: HashMap<crate::verdict::Reason, usize>,
+    /// `tracker.refused` as already counted in the metrics.
+    refused_seen: u64,
     kernel_map_entries: Option<usize>,
     sweeps: u64,
 }
@@ -97,6 +103,7 @@ pub fn run(cfg: Config, mut ctx: Context) -> anyhow::Result<()> {
     // found by one dump per network namespace.
     let found = s.reconcile(&mut pool, ctx.kernel.scanner.as_mut());
     log::info!("start-up scan: {found} sockets stuck (bytes queued, or in CLOSE_WAIT)");
+    super::give_back_memory();
     ctx.kernel.resync(&mut s.tracker);
     // Fault injection for the tests: the agent must exit, not serve a frozen report.
     let panic_after_first = std::env::var("DETECTOR_FAULT").is_ok_and(|f| f == "sweep-panic");
@@ -116,8 +123,8 @@ impl Sweep {
     pub fn new(cfg: Config) -> Self {
         let pods = PodNames::new(cfg.pod_logs_dir.clone());
         Sweep {
+            tracker: Tracker::with_cap(cfg.max_tracked),
             cfg,
-            tracker: Tracker::default(),
             holders: HashMap::new(),
             pinned: owner::Pinned::default(),
             unknown_until: HashMap::new(),
@@ -132,6 +139,8 @@ impl Sweep {
             files_pass_failing: false,
             gone_hooked: Vec::new(),
             idle_kept: 0,
+            undetailed: HashMap::new(),
+            refused_seen: 0,
             kernel_map_entries: None,
             sweeps: 0,
         }
@@ -151,6 +160,7 @@ impl Sweep {
         if self.last_reconcile.elapsed() >= self.reconcile_every() {
             let found = self.reconcile(pool, ctx.kernel.scanner.as_mut());
             ctx.metrics.reconcile_cpu.observe(self.reconcile_took.as_secs_f64());
+            super::give_back_memory();
             if found > 0 {
                 log::debug!("reconcile: {found} sockets no hook announced");
             }
@@ -192,9 +202,17 @@ impl Sweep {
         });
     }
 
-    fn publish(&self, ctx: &Context, took: Duration) {
+    fn publish(&mut self, ctx: &Context, took: Duration) {
         let m = &ctx.metrics;
         m.sockets_tracked.set(self.tracker.len() as i64);
+        m.sockets_refused.inc_by(self.tracker.refused - std::mem::replace(&mut self.refused_seen, self.tracker.refused));
+        let now = self.now_ms();
+        for t in std::mem::take(&mut self.tracker.evicted) {
+            m.forgot(Forget::Evicted);
+            if let Some(age) = t.verdict.and_then(|v| v.stalled_for_ms(now)) {
+                m.stall_duration.observe(age as f64 / 1e3);
+            }
+        }
         let dropped = crate::daemon::LOG_LINES_DROPPED.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             m.log_lines_dropped.inc_by(dropped);
@@ -208,6 +226,7 @@ impl Sweep {
             p.last_sweep_ms = took.as_secs_f64() * 1e3;
             p.reconcile_cpu_ms = self.reconcile_took.as_secs_f64() * 1e3;
             p.reconcile_every_ms = self.reconcile_every().as_millis() as u64;
+            p.stalled_undetailed = self.undetailed.iter().map(|(r, n)| (*r, *n)).collect();
         }
     }
 
@@ -356,6 +375,7 @@ mod tests {
         let mut s = Sweep::new(Config {
             grace: Duration::from_secs(3),
             close_wait_grace: Duration::from_secs(300),
+            max_tracked: 25_000,
             interval: Duration::from_secs(1),
             reconcile_cpu: 0.001,
             pod_logs_dir: "/nonexistent".into(),

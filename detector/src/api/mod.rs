@@ -79,7 +79,11 @@ pub struct Status {
     pub hooks: Vec<HookLine>,
     pub uptime_s: u64,
     pub sockets_tracked: usize,
+    /// Every stalled socket, those past the detail cap included.
     pub sockets_stalled: usize,
+    /// Of them, past the detail cap: counted, not listed by `detector stalled` (a flood).
+    #[serde(default)]
+    pub sockets_stalled_undetailed: usize,
     /// Entries in the kernel's hash map (fallback hooks only).
     pub kernel_map_entries: Option<usize>,
     pub sweeps: u64,

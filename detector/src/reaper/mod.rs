@@ -169,7 +169,7 @@ impl Reaper {
         let live: HashSet<u64> = stalled.iter().map(|s| s.socket_cookie).collect();
         self.engine.retain(&live, now_ms);
         let mut owner_changed = Vec::new();
-        for s in stalled {
+        for s in self.engine.order(stalled).into_iter().map(|i| &stalled[i]) {
             match self.engine.decide(s, now_ms) {
                 None => {}
                 Some(Decision::Skip { selector, action, why }) => {
@@ -177,6 +177,10 @@ impl Reaper {
                 }
                 Some(Decision::Act { selector, stage_index, stage, dry_run }) => {
                     settled = true;
+                    // Saved as started before it runs: a kill meanwhile never runs it twice.
+                    if let Some(f) = self.state_file.as_ref().filter(|_| !dry_run) {
+                        state::save(f, &self.engine.state);
+                    }
                     // An RPC is settled when its answer comes (a later tick).
                     let Some(outcome) = self.act(s, &selector, stage_index, &stage, dry_run, prove, destroy) else { continue };
                     if outcome == Outcome::Retry {

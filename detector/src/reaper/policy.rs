@@ -84,6 +84,12 @@ pub struct LadderState {
     /// acknowledged since are progress, so another value is a new stall with a new ladder.
     #[serde(default)]
     pub acked: HashMap<u64, u64>,
+    /// Socket cookie → the stage being carried out and when it began, saved before it runs: an
+    /// agent killed meanwhile counts it as done then when it restarts (a stage runs at most
+    /// once across a restart, and the next waits its `after` from then; only within one run is
+    /// a failed stage tried again).
+    #[serde(default)]
+    pub started: HashMap<u64, (usize, u64)>,
 }
 
 /// How long a ladder outlives its socket's absence from the report: a pass that could not
@@ -104,16 +110,37 @@ pub struct Engine {
     /// Skip reasons already reported (not saved: a restart reports them once more).
     noted: HashSet<(u64, SkipWhy)>,
     /// Sockets whose stage is being carried out (an RPC waiting for its answer): not decided
-    /// on again until it is settled. Not saved: a stage interrupted by a restart is tried again.
+    /// on again until it is settled. Not saved (`LadderState::started` is: a stage interrupted by
+    /// a restart is not tried again).
     in_flight: HashMap<u64, Option<OwnerKey>>,
     /// When each socket with a ladder was last in the report (not saved: a restart starts the
     /// count of its loaded ladders afresh).
     seen: HashMap<u64, u64>,
+    /// When each owner was last acted on, for [`order`](Self::order); kept `LADDER_KEEP_MS`
+    /// (at most ten minutes of actions, so bounded by the rate limit). Not saved.
+    served: HashMap<OwnerKey, u64>,
 }
 
 impl Engine {
-    pub fn new(policy: Policy, grace: std::time::Duration, agent_pid: u32, state: LadderState) -> Self {
-        Self { policy, grace_ms: grace.as_millis() as u64, agent_pid, state, noted: HashSet::new(), in_flight: HashMap::new(), seen: HashMap::new() }
+    pub fn new(policy: Policy, grace: std::time::Duration, agent_pid: u32, mut state: LadderState) -> Self {
+        // Stages a killed agent had started: they may have run.
+        for (cookie, (k, at)) in std::mem::take(&mut state.started) {
+            let next = state.next_stage.entry(cookie).or_insert(0);
+            if *next <= k {
+                *next = k + 1;
+                state.done_at.insert(cookie, at);
+            }
+        }
+        Self {
+            policy,
+            grace_ms: grace.as_millis() as u64,
+            agent_pid,
+            state,
+            noted: HashSet::new(),
+            in_flight: HashMap::new(),
+            seen: HashMap::new(),
+            served: HashMap::new(),
+        }
     }
 
     fn selector(&self, s: &StalledSocket) -> Option<&Selector> {
@@ -157,8 +184,15 @@ impl Engine {
             self.seen.insert(c, now_ms);
         }
         let st = &self.state;
-        let known =
-            st.next_stage.keys().chain(&st.settled).chain(st.done_at.keys()).chain(st.retry_at.keys()).chain(st.acked.keys()).chain(self.in_flight.keys());
+        let known = st
+            .next_stage
+            .keys()
+            .chain(&st.settled)
+            .chain(st.done_at.keys())
+            .chain(st.retry_at.keys())
+            .chain(st.acked.keys())
+            .chain(st.started.keys())
+            .chain(self.in_flight.keys());
         let known: Vec<u64> = known.copied().collect();
         for c in known {
             // A ladder loaded from the state file counts its absence from the first look.
@@ -178,6 +212,7 @@ impl Engine {
         st.done_at.remove(&cookie);
         st.retry_at.remove(&cookie);
         st.acked.remove(&cookie);
+        st.started.remove(&cookie);
         self.in_flight.remove(&cookie);
         self.seen.remove(&cookie);
         self.noted.retain(|(c, _)| *c != cookie);
@@ -185,6 +220,17 @@ impl Engine {
 
     fn skip(&mut self, cookie: u64, selector: &str, action: Action, why: SkipWhy) -> Option<Decision> {
         self.noted.insert((cookie, why)).then(|| Decision::Skip { selector: selector.to_string(), action, why })
+    }
+
+    /// The order to decide on `stalled` in: the owner acted on least recently first (never
+    /// first of all), otherwise as given (the report's fair order). Under the global rate limit
+    /// the slots free one by one; taken longest stall first, a flood on one owner would take
+    /// every slot, and another owner's younger stall would wait as long as the flood lasts.
+    pub fn order(&self, stalled: &[StalledSocket]) -> Vec<usize> {
+        let last = |s: &StalledSocket| s.pid.zip(s.start_time).and_then(|o| self.served.get(&o).copied()).unwrap_or(0);
+        let mut order: Vec<(u64, usize)> = stalled.iter().enumerate().map(|(i, s)| (last(s), i)).collect();
+        order.sort_by_key(|&(t, _)| t);
+        order.into_iter().map(|(_, i)| i).collect()
     }
 
     /// The stage due for `s` now, if any: the decision is the caller's to carry out and to
@@ -247,6 +293,7 @@ impl Engine {
             self.count(owner, now_ms);
         }
         self.in_flight.insert(cookie, owner);
+        self.state.started.insert(cookie, (k, now_ms));
         Some(Decision::Act { selector: sel.name.clone(), stage_index: k, stage, dry_run: self.policy.dry_run })
     }
 
@@ -254,6 +301,7 @@ impl Engine {
     /// against for good), or to be tried again.
     pub fn settle(&mut self, cookie: u64, k: usize, outcome: Outcome, now_ms: u64) {
         let owner = self.in_flight.remove(&cookie).flatten();
+        self.state.started.remove(&cookie);
         if outcome == Outcome::Ran
             && let Some(o) = owner
         {
@@ -305,6 +353,10 @@ impl Engine {
 
     /// Counts an attempt toward the rate limits.
     fn count(&mut self, owner: Option<OwnerKey>, now_ms: u64) {
+        if let Some(o) = owner {
+            self.served.insert(o, now_ms);
+        }
+        self.served.retain(|_, &mut t| now_ms.saturating_sub(t) < LADDER_KEEP_MS);
         let st = &mut self.state;
         if let Some(o) = owner {
             st.per_owner.entry(owner_id(o)).or_default().push_back(now_ms);

@@ -35,9 +35,9 @@ fn entry(t: SockTuple, stall: bool) -> Tracked {
     for at in [500, last] {
         let s = sample(at, 5_000);
         if let Transition::Stalled(_) = v.observe(&s, GRACE) {
-            x.history.note(at, "stalled".into());
+            x.history.note(at, "stalled".into(), true);
         }
-        x.history.push(s);
+        x.history.push(s, true);
         x.last = Some(DiagSocket { cookie: 99, inode: 1234, uid: 0, sample: s });
     }
     x.verdict = Some(v);

@@ -32,14 +32,15 @@ struct Plan {
 
 impl Plan {
     fn new(quick: bool) -> Plan {
-        let case = |conns, namespaces, baseline| scale::Case { conns, namespaces, baseline };
+        let case = |conns, namespaces, baseline| scale::Case { conns, namespaces, baseline, stalled_pct: 1 };
+        let flood = |conns| scale::Case { conns, namespaces: 0, baseline: false, stalled_pct: 100 };
         if quick {
-            Plan { churn_rounds: 2, send_rounds: 2, scale: vec![case(10_000, 0, true)], scale_window: Duration::from_secs(20), latency_runs: 1 }
+            Plan { churn_rounds: 2, send_rounds: 2, scale: vec![case(10_000, 0, true), flood(5_000)], scale_window: Duration::from_secs(20), latency_runs: 1 }
         } else {
             Plan {
                 churn_rounds: 10,
                 send_rounds: 10,
-                scale: vec![case(50_000, 0, true), case(200_000, 0, false), case(50_000, 100, false)],
+                scale: vec![case(50_000, 0, true), case(200_000, 0, false), case(50_000, 100, false), flood(20_000), flood(40_000)],
                 scale_window: Duration::from_secs(40),
                 latency_runs: 3,
             }
@@ -83,7 +84,7 @@ fn scale_all(b: &Bins, plan: &Plan) -> anyhow::Result<Vec<scale::Scale>> {
     plan.scale
         .iter()
         .map(|c| {
-            eprintln!("bench: scale, {} connections in {} namespace(s)", c.conns, c.namespaces.max(1));
+            eprintln!("bench: scale, {} connections in {} namespace(s), {} % stalled", c.conns, c.namespaces.max(1), c.stalled_pct);
             scale::run(b, c, plan.scale_window)
         })
         .collect()

@@ -20,10 +20,14 @@ pub struct Case {
     pub conns: usize,
     pub namespaces: usize,
     pub baseline: bool,
+    /// Percent of the connections stalled: 1 on a node at work, 100 for a flood (one client
+    /// stalling every connection it opens).
+    pub stalled_pct: u32,
 }
 
 pub struct Scale {
     pub case_conns: usize,
+    pub stalled_pct: u32,
     pub namespaces: usize,
     pub tracked: f64,
     pub stalled: f64,
@@ -37,6 +41,8 @@ pub struct Scale {
     pub map_mib: f64,
     pub pass_ms: f64,
     pub sock_diag_lookups_per_s: f64,
+    /// How long `detector stalled` took to answer (median of three).
+    pub stalled_answer_ms: f64,
     /// CPU seconds of the agent's first 45 s (start-up scan, the first reconcile, listing the
     /// stalls and finding their owners).
     pub startup_cpu_s: f64,
@@ -52,10 +58,12 @@ impl Scale {
 }
 
 /// `loadgen hold` processes: 10 % of the connections send 512 B twice a second (and are read),
-/// 1 % are stalled (a reader that never reads), the rest idle. Per process, as many as its fd
+/// `stalled_pct` % are stalled (a reader that never reads), the rest idle; a flood (100 %)
+/// sends on none but the stalled. Per process, as many as its fd
 /// limit holds (two per connection) and at most 25,000 (one listener's ephemeral ports),
 /// spread over `namespaces` (loopback in each).
-fn hold(b: &Bins, conns: usize, ns: &Namespaces) -> anyhow::Result<Vec<Peer>> {
+fn hold(b: &Bins, conns: usize, stalled_pct: u32, ns: &Namespaces) -> anyhow::Result<Vec<Peer>> {
+    let (sending, stalled) = if stalled_pct >= 100 { ("0", "100".to_string()) } else { ("10", stalled_pct.to_string()) };
     let most = ((host::raise_nofile(1 << 20) as usize).saturating_sub(200) / 2).clamp(1000, 25_000);
     let places = ns.0.len().max(1);
     let per_place = conns.div_ceil(places);
@@ -65,8 +73,8 @@ fn hold(b: &Bins, conns: usize, ns: &Namespaces) -> anyhow::Result<Vec<Peer>> {
         while left > 0 {
             let n = left.min(most).to_string();
             let peer = match ns.0.get(p) {
-                Some(name) => Peer::spawn("ip", &["netns", "exec", name, b.loadgen(), "hold", &n, "10", "1"]),
-                None => Peer::spawn(b.loadgen(), &["hold", &n, "10", "1"]),
+                Some(name) => Peer::spawn("ip", &["netns", "exec", name, b.loadgen(), "hold", &n, sending, &stalled]),
+                None => Peer::spawn(b.loadgen(), &["hold", &n, sending, &stalled]),
             };
             if let Err(e) = peer.try_expect("READY", Duration::from_secs(120)) {
                 bail!("loadgen hold {n}: {e}");
@@ -80,7 +88,7 @@ fn hold(b: &Bins, conns: usize, ns: &Namespaces) -> anyhow::Result<Vec<Peer>> {
 
 pub fn run(b: &Bins, case: &Case, window: Duration) -> anyhow::Result<Scale> {
     let ns = Namespaces::create("scale", case.namespaces).map_err(anyhow::Error::msg)?;
-    let load = hold(b, case.conns, &ns)?;
+    let load = hold(b, case.conns, case.stalled_pct, &ns)?;
     let metrics = format!("127.0.0.1:{}", detector_tests::free_port());
     let agent = host::agent(b, "30s", &["--interval", "1s", "--max-sockets", "262144", "--metrics-addr", &metrics]);
     // Past the start-up scan and the first grace window (30 s): the stalls are listed and their
@@ -105,12 +113,20 @@ pub fn run(b: &Bins, case: &Case, window: Duration) -> anyhow::Result<Scale> {
     let st = agent.query("status").map_err(anyhow::Error::msg)?;
     let num = |k: &str| st[k].as_f64().unwrap_or(0.0);
     let (reconcile_cpu_ms, reconcile_every_s) = (num("reconcile_cpu_ms"), num("reconcile_every_ms") / 1e3);
+    let mut answers: Vec<f64> = (0..3)
+        .map(|_| {
+            let asked = Instant::now();
+            let _ = agent.query("stalled");
+            asked.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
     let (rss_mib, map_mib) = (host::rss_mib(pid), host::bpf_map_mib(pid));
     drop(agent);
     let base = if case.baseline { Some(baseline(window)?) } else { None };
     drop(load);
     Ok(Scale {
         case_conns: case.conns,
+        stalled_pct: case.stalled_pct,
         namespaces: case.namespaces,
         tracked: num("sockets_tracked"),
         stalled: num("sockets_stalled"),
@@ -122,6 +138,7 @@ pub fn run(b: &Bins, case: &Case, window: Duration) -> anyhow::Result<Scale> {
         map_mib,
         pass_ms: median(&mut passes),
         sock_diag_lookups_per_s: lookups,
+        stalled_answer_ms: median(&mut answers),
         startup_cpu_s,
         base,
     })
@@ -167,19 +184,20 @@ pub fn report(s: &mut String, all: &[Scale]) {
     let _ = writeln!(s, "## 2. Scale (and 4. the userspace baseline)\n");
     let _ = writeln!(
         s,
-        "Connections held by `loadgen hold` processes, opened before the agent starts (loopback; in the namespace case, loopback inside each namespace): 10 % send 512 B twice a second and are read, 1 % are stalled (a reader that never reads, small buffers), the rest idle. Agent: release build, `--grace 30s --interval 1s`, measured from 45 s after its start (the stalls listed and their owners found; that start-up's CPU is its own column). Its CPU is counted in two parts: between reconciles (10 s slices, less any reconcile in them: median [quartiles]), and the reconcile (after the start-up pass over each namespace's TCP sockets, which is counted in the start-up, one pass over every process's open files; its interval stretches to stay within its CPU budget) as its last CPU time over its interval. Tracked: sockets with bytes waiting (the walk's records) and those found by the reconcile. sock_diag lookups: per-socket samples the kernel walk could not take. Baseline: what a team writes today, one `ss -tin` dump of every socket per second, parsed for Send-Q and bytes_acked (it sees one namespace).\n"
+        "Connections held by `loadgen hold` processes, opened before the agent starts (loopback; in the namespace case, loopback inside each namespace): 10 % send 512 B twice a second and are read, 1 % are stalled (a reader that never reads, small buffers), the rest idle; in the flood case every connection is stalled, all from one client process and address (what any remote client can do: ask for a large answer, never read), past the default `--max-tracked` and the 1,024 stalls kept in full. Agent: release build, `--grace 30s --interval 1s`, measured from 45 s after its start (the stalls listed and their owners found; that start-up's CPU is its own column). Its CPU is counted in two parts: between reconciles (10 s slices, less any reconcile in them: median [quartiles]), and the reconcile (after the start-up pass over each namespace's TCP sockets, which is counted in the start-up, one pass over every process's open files; its interval stretches to stay within its CPU budget) as its last CPU time over its interval. Tracked: sockets with bytes waiting (the walk's records) and those found by the reconcile. sock_diag lookups: per-socket samples the kernel walk could not take. Baseline: what a team writes today, one `ss -tin` dump of every socket per second, parsed for Send-Q and bytes_acked (it sees one namespace).\n"
     );
     let _ = writeln!(
         s,
-        "| connections | namespaces | tracked | stalled | agent CPU (% of a core) | between reconciles | reconcile | sock_diag lookups | agent RSS | BPF maps | pass | start-up CPU | baseline CPU | baseline dump |"
+        "| connections | namespaces | tracked | stalled | agent CPU (% of a core) | between reconciles | reconcile | sock_diag lookups | agent RSS | BPF maps | pass | `detector stalled` | start-up CPU | baseline CPU | baseline dump |"
     );
-    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for x in all {
         let (bc, bp) = x.base.map_or(("".into(), "".into()), |(c, p)| (format!("{c:.1} %"), format!("{p:.0} ms")));
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.0} | {:.2} % | {:.2} [{:.2}…{:.2}] % | {:.2} % ({:.0} ms every {:.0} s) | {:.1}/s | {:.1} MiB | {:.1} MiB | {:.1} ms | {:.1} s | {bc} | {bp} |",
+            "| {}{} | {} | {:.0} | {:.0} | {:.2} % | {:.2} [{:.2}…{:.2}] % | {:.2} % ({:.0} ms every {:.0} s) | {:.1}/s | {:.1} MiB | {:.1} MiB | {:.1} ms | {:.0} ms | {:.1} s | {bc} | {bp} |",
             x.case_conns,
+            if x.stalled_pct >= 100 { " (flood: all stalled)" } else { "" },
             x.namespaces.max(1),
             x.tracked,
             x.stalled,
@@ -194,21 +212,48 @@ pub fn report(s: &mut String, all: &[Scale]) {
             x.rss_mib,
             x.map_mib,
             x.pass_ms,
+            x.stalled_answer_ms,
             x.startup_cpu_s
         );
     }
     let _ = writeln!(s, "\nTargets:\n");
     let verdict = |ok: bool| if ok { "met" } else { "not met" };
-    for x in all {
+    for x in all.iter().filter(|x| x.stalled_pct < 100) {
         let target = if x.case_conns >= 200_000 { 1.0 } else { 0.3 };
         let _ = writeln!(
             s,
-            "- {} connections in {} namespace(s): CPU ≤ {target} %: {} ({:.2} %); RSS ≤ 48 MiB: {}",
+            "- {} connections in {} namespace(s): CPU ≤ {target} %: {} ({:.2} %); RSS ≤ 48 MiB: {} ({:.1} MiB)",
             x.case_conns,
             x.namespaces.max(1),
             verdict(x.total_pct() <= target),
             x.total_pct(),
-            verdict(x.rss_mib <= 48.0)
+            verdict(x.rss_mib <= 48.0),
+            x.rss_mib
+        );
+    }
+    let floods: Vec<&Scale> = all.iter().filter(|x| x.stalled_pct >= 100).collect();
+    for x in &floods {
+        let _ = writeln!(
+            s,
+            "- a flood of {} stalled connections from one client: RSS ≤ 64 MiB: {} ({:.1} MiB); `detector stalled` ≤ 1 s: {} ({:.0} ms)",
+            x.case_conns,
+            verdict(x.rss_mib <= 64.0),
+            x.rss_mib,
+            verdict(x.stalled_answer_ms <= 1000.0),
+            x.stalled_answer_ms
+        );
+    }
+    if let [small, .., big] = floods[..] {
+        // Flat: past the first, more stalled sockets add at most a tenth to the RSS.
+        let _ = writeln!(
+            s,
+            "- flat beyond: {} stalled sockets cost {:.1} MiB, {} cost {:.1} MiB ({:+.0} %; target ≤ +10 %): {}",
+            small.case_conns,
+            small.rss_mib,
+            big.case_conns,
+            big.rss_mib,
+            (big.rss_mib / small.rss_mib - 1.0) * 100.0,
+            verdict(big.rss_mib <= small.rss_mib * 1.1)
         );
     }
     let _ = writeln!(s);

@@ -134,6 +134,35 @@ fn rate_limits_and_cooldown_hold_actions_back() {
     assert_eq!(step(&mut e, &stalled(3, 11, 30_000), T), "rpc", "another owner is not limited");
 }
 
+/// Decides on `stalled` in the engine's order, as a tick does: the cookies acted on.
+fn tick(e: &mut Engine, stalled: &[StalledSocket], now: u64) -> Vec<u64> {
+    let mut acted = Vec::new();
+    for i in e.order(stalled) {
+        if step(e, &stalled[i], now) == "destroy" {
+            acted.push(stalled[i].socket_cookie);
+        }
+    }
+    acted
+}
+
+#[test]
+fn a_freed_rate_limit_slot_goes_to_the_owner_served_least() {
+    let text = "[limits]\nper_minute = 1\ncooldown = \"0s\"\nper_owner_per_minute = 100\n[[selector]]\nname = \"all\"\nactions = [{ action = \"destroy\" }]\n";
+    let mut e = Engine::new(Policy::parse(text, "t.toml", Duration::from_secs(30)).unwrap(), Duration::from_secs(30), 999, LadderState::default());
+    // Owner 10 floods with older stalls; owner 20's single stall is younger and comes later.
+    let flood = |age: u64| (1..=5).map(|c| stalled(c, 10, age + 1_000 - c)).collect::<Vec<_>>();
+    assert_eq!(tick(&mut e, &flood(30_000), T), vec![1]);
+    let mut both = flood(40_000);
+    both.push(stalled(9, 20, 30_000));
+    assert_eq!(tick(&mut e, &both, T + 10_000), Vec::<u64>::new(), "the minute's slot is taken");
+    let mut both = flood(90_000);
+    both.push(stalled(9, 20, 80_000));
+    assert_eq!(tick(&mut e, &both, T + MINUTE), vec![9], "not the flood's next-oldest stall");
+    let mut rest = flood(150_000);
+    rest.push(stalled(9, 20, 140_000));
+    assert_eq!(tick(&mut e, &rest, T + 2 * MINUTE), vec![2], "then the flood again");
+}
+
 #[test]
 fn an_unknown_owner_is_never_acted_on_unless_the_selector_allows_it() {
     let mut e = engine_with("", "match = { }");
@@ -336,4 +365,21 @@ fn a_restarted_engine_whose_first_report_lacks_the_socket_keeps_its_stage() {
     // before the restart, never again.
     assert_eq!(step(&mut again, &stalled(1, 10, 5_000), T + 4_000), "none");
     assert_eq!(step(&mut again, &stalled(1, 10, 41_000), T + 40_000), "destroy");
+}
+
+#[test]
+fn a_stage_started_when_the_agent_was_killed_is_done_after_the_restart() {
+    let mut e = engine("[limits]\ncooldown = \"0s\"\n");
+    // Decided (an rpc in flight), saved, and the agent killed before its answer.
+    assert_eq!(act_name(e.decide(&stalled(1, 10, 30_000), T)), "rpc");
+    let saved: LadderState = serde_json::from_str(&serde_json::to_string(&e.state).unwrap()).unwrap();
+    let mut again = engine("[limits]\ncooldown = \"0s\"\n");
+    again = Engine::new(again.policy.clone(), Duration::from_secs(30), 999, saved);
+    assert_eq!(step(&mut again, &stalled(1, 10, 31_000), T + 1_000), "none", "the rpc may have run: never twice");
+    // The destroy waits its 10 s from the rpc's start, whatever the ladder's clock says.
+    assert_eq!(step(&mut again, &stalled(1, 10, 60_000), T + 9_000), "none");
+    assert_eq!(step(&mut again, &stalled(1, 10, 61_000), T + 10_000), "destroy");
+    // Within one run, a stage that failed is settled and tried again.
+    assert_eq!(step_as(&mut e, &stalled(2, 11, 30_000), T, Outcome::Failed), "rpc");
+    assert!(!e.state.started.contains_key(&2));
 }
