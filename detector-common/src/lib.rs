@@ -12,6 +12,8 @@ pub const TASK_COMM_LEN: usize = 16;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
+/// Multipath TCP's protocol number (`IPPROTO_MPTCP`).
+pub const IPPROTO_MPTCP: u16 = 262;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`). The agent's
 /// `TcpState` enum is built from these.
@@ -32,36 +34,82 @@ pub const TCP_NEW_SYN_RECV: u8 = 12;
 pub const OFFSET_ABSENT: u32 = u32::MAX;
 
 /// Which program saw a send. Carried as `u8` in [`SockState::hook`] and [`SockEvent::hook`].
-/// The first three keep per-socket state in socket storage (`SK_STATE`, freed with the
-/// socket); the last two, for kernels whose BTF programs cannot load, in the `SOCKS` hash map.
+/// The main hooks ([`SendHook::ALL`]) see every TCP send; a configuration runs one. The others
+/// see the send paths a main hook may not: pages (sendfile, splice, kTLS) before 6.5, and
+/// Multipath TCP (whose subflows are sent on by the MPTCP layer). Hooks of socket storage keep
+/// per-socket state there (freed with the socket); the others, for kernels whose BTF programs
+/// cannot load, in the `SOCKS` hash map.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SendHook {
     /// BTF tracepoint `tcp_sendmsg_locked` (6.15+): TCP only, fires before a send can block.
     TcpSendmsgLocked = 1,
-    /// fentry on `tcp_sendmsg`: fires as a send starts.
-    FentryTcpSendmsg = 2,
+    /// fentry on `tcp_sendmsg_locked`: fires as a send starts (the application's, and kTLS's
+    /// records from 6.5).
+    FentryTcpSendmsgLocked = 2,
     /// BTF tracepoint `sock_send_length` (6.3+): fires as a send returns.
     SockSendLengthBtf = 3,
     /// Classic tracepoint `sock:sock_send_length` (stable ABI, fields from the format file).
     SockSendLength = 4,
     /// kprobe on `tcp_sendmsg`.
     KprobeTcpSendmsg = 5,
+    /// fentry on `do_tcp_sendpages` (before 6.5: sendfile, splice, kTLS records).
+    FentryDoTcpSendpages = 6,
+    /// kprobe on `do_tcp_sendpages`.
+    KprobeDoTcpSendpages = 7,
+    /// fentry on `mptcp_sendmsg`.
+    FentryMptcpSendmsg = 8,
+    /// BTF tracepoint `sock_send_length`, for MPTCP sockets only (where no fentry loads).
+    SockSendLengthBtfMptcp = 9,
+    /// kprobe on `mptcp_sendmsg`.
+    KprobeMptcpSendmsg = 10,
+    /// Classic tracepoint `sock:sock_send_length` on an MPTCP socket (the main hook's program).
+    SockSendLengthMptcp = 11,
 }
 
 impl SendHook {
-    pub const ALL: [SendHook; 5] = [Self::TcpSendmsgLocked, Self::FentryTcpSendmsg, Self::SockSendLengthBtf, Self::SockSendLength, Self::KprobeTcpSendmsg];
+    /// The main hooks, best first.
+    pub const ALL: [SendHook; 5] =
+        [Self::TcpSendmsgLocked, Self::FentryTcpSendmsgLocked, Self::SockSendLengthBtf, Self::SockSendLength, Self::KprobeTcpSendmsg];
+    /// Every hook, main or not.
+    pub const EVERY: [SendHook; 11] = [
+        Self::TcpSendmsgLocked,
+        Self::FentryTcpSendmsgLocked,
+        Self::SockSendLengthBtf,
+        Self::SockSendLength,
+        Self::KprobeTcpSendmsg,
+        Self::FentryDoTcpSendpages,
+        Self::KprobeDoTcpSendpages,
+        Self::FentryMptcpSendmsg,
+        Self::SockSendLengthBtfMptcp,
+        Self::KprobeMptcpSendmsg,
+        Self::SockSendLengthMptcp,
+    ];
 
     /// Whether this hook keeps its state in socket storage (else in the `SOCKS` hash map).
     pub const fn socket_storage(self) -> bool {
-        matches!(self, Self::TcpSendmsgLocked | Self::FentryTcpSendmsg | Self::SockSendLengthBtf)
+        matches!(
+            self,
+            Self::TcpSendmsgLocked
+                | Self::FentryTcpSendmsgLocked
+                | Self::SockSendLengthBtf
+                | Self::FentryDoTcpSendpages
+                | Self::FentryMptcpSendmsg
+                | Self::SockSendLengthBtfMptcp
+        )
+    }
+
+    /// Whether its records are Multipath TCP connections' (sampled through sock_diag by their
+    /// first subflow, whatever the configuration).
+    pub const fn mptcp(self) -> bool {
+        matches!(self, Self::FentryMptcpSendmsg | Self::SockSendLengthBtfMptcp | Self::KprobeMptcpSendmsg | Self::SockSendLengthMptcp)
     }
 }
 
 impl TryFrom<u8> for SendHook {
     type Error = u8;
     fn try_from(v: u8) -> Result<Self, u8> {
-        Self::ALL.into_iter().find(|h| *h as u8 == v).ok_or(v)
+        Self::EVERY.into_iter().find(|h| *h as u8 == v).ok_or(v)
     }
 }
 
@@ -141,6 +189,10 @@ pub const TUPLE_LOOKED: u16 = 1;
 /// [`SockTuple::flags`]: the socket has no file: the kernel created it for itself (NFS, iSCSI,
 /// NVMe/TCP, Ceph clients), or its owner closed it.
 pub const TUPLE_NO_FILE: u16 = 2;
+/// [`SockTuple::flags`]: the record is a Multipath TCP connection's: its addresses are those of
+/// its first subflow (a TCP socket, sampled through sock_diag), the record lives with the MPTCP
+/// socket the application sends on.
+pub const TUPLE_MPTCP: u16 = 4;
 
 /// A socket's addresses, in network byte order. IPv4 addresses sit in the first 4 bytes.
 #[repr(C)]
@@ -380,6 +432,10 @@ pub struct KernelConfig {
     /// Non-zero where nothing walks socket storage: a send that finds bytes waiting on a
     /// tracked socket announces it again (`Waiting`) once per agent epoch.
     pub announce: u32,
+    /// `struct mptcp_sock` → `first` (its first subflow), absent without MPTCP.
+    pub mptcp_first: u32,
+    /// `struct task_struct` → `flags` (for `PF_KTHREAD`).
+    pub task_flags: u32,
 }
 
 impl KernelConfig {
@@ -429,6 +485,8 @@ impl KernelConfig {
         tcp_repair_mask: 0,
         agent_tgid: 0,
         announce: 0,
+        mptcp_first: OFFSET_ABSENT,
+        task_flags: OFFSET_ABSENT,
     };
 }
 
@@ -439,7 +497,7 @@ const _: () = assert!(core::mem::size_of::<SockEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<WalkClock>() == 24);
 const _: () = assert!(core::mem::size_of::<ScanRecord>() == 64);
 const _: () = assert!(core::mem::size_of::<WalkRecord>() == 88 + 112);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 44 * 4);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 46 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -20,6 +20,8 @@ mod scan;
 mod scan_files;
 mod send_fentry;
 mod send_kprobe;
+mod send_mptcp;
+mod send_pages;
 mod send_sock_send_length;
 mod send_sock_send_length_btf;
 mod send_tcp_sendmsg_locked;

@@ -3,7 +3,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use detector_common::{COUNTER_SLOTS, Counter, EventKind, SockEvent, SockState, TCP_CLOSE};
 
@@ -15,6 +15,21 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 /// when a socket closes and no entry can go stale. Bounded by the sockets that exist.
 #[btf_map]
 pub static SK_STATE: SkStorage<SockState> = SkStorage::new();
+
+/// Per-connection state of the Multipath TCP hooks of socket storage, in the MPTCP socket the
+/// application sends on (its addresses those of its first subflow): apart from `SK_STATE`, so
+/// the walk of that map never reads an MPTCP socket as a TCP one. Bounded by the sockets.
+#[btf_map]
+pub static MPTCP_STATE: SkStorage<SockState> = SkStorage::new();
+
+/// The same for the MPTCP hooks of the fallback (kprobe, classic tracepoint), keyed by the
+/// MPTCP socket's address. LRU: no close program sees an MPTCP socket close (the MPTCP layer
+/// sets its state without the tracepoint), so an entry can outlive its socket; eviction only
+/// costs an announcement again (the agent dedups). LRU maps are preallocated: 4,096 (~0.8 MiB)
+/// MPTCP connections with bytes waiting at once, where the fallback hooks run; the loader
+/// sizes it to one slot otherwise.
+#[map]
+pub static MPTCP_LRU: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(4_096, 0);
 
 /// Per-socket state of the fallback hooks (classic tracepoint, kprobe), keyed by `struct sock`
 /// address. 65,536 by default (the 50k-connection scale target with headroom); the agent

@@ -3,9 +3,10 @@
 //!
 //! Kernel: `sock_msg_length` event class, `TP_STRUCT__entry(__field(void *, sk)
 //! __field(__u16, family) __field(__u16, protocol) __field(int, ret) __field(int, flags))`,
-//! recorded as a send returns; non-TCP sockets are dropped by the protocol field.
+//! recorded as a send returns; non-TCP sockets are dropped by the protocol field, but for
+//! MPTCP ones, which go to `send_mptcp`.
 use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext};
-use detector_common::{IPPROTO_TCP, SendHook};
+use detector_common::{IPPROTO_MPTCP, IPPROTO_TCP, SendHook};
 
 use crate::{
     config::conf,
@@ -21,6 +22,10 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
 
 fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i64> {
     let (sk, protocol) = sk_and_protocol(ctx, conf!(send_len_sk), conf!(send_len_protocol))?;
+    if protocol == IPPROTO_MPTCP {
+        crate::send_mptcp::on_send_raw(sk, SendHook::SockSendLengthMptcp);
+        return Ok(());
+    }
     if protocol != IPPROTO_TCP {
         return Ok(());
     }

@@ -14,7 +14,29 @@ use detector_common::{AF_INET, AF_INET6, OFFSET_ABSENT, SockTuple, TUPLE_LOOKED,
 use crate::config::conf;
 
 /// `-EINVAL`: a read the running kernel has no offset for.
-const EINVAL: i64 = -22;
+pub const EINVAL: i64 = -22;
+/// `task_struct.flags`: a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Whether the current task is a kernel thread, by a load from the BTF task pointer (no probe
+/// read: BTF programs must load under lockdown=confidentiality). False when unknown.
+#[inline(always)]
+pub fn current_is_kthread_btf() -> bool {
+    if conf!(task_flags) == OFFSET_ABSENT {
+        return false;
+    }
+    // SAFETY: no preconditions; the result is a BTF pointer to the current task (never null).
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() } as *const u8;
+    btf_load::<u32>(task, conf!(task_flags)) & PF_KTHREAD != 0
+}
+
+/// As [`current_is_kthread_btf`], by a copy (kprobes and classic tracepoints).
+#[inline(always)]
+pub fn current_is_kthread_raw() -> bool {
+    // SAFETY: no preconditions.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
+    read_at::<u32>(task, conf!(task_flags)).is_ok_and(|f| f & PF_KTHREAD != 0)
+}
 
 /// A socket reached through a BTF-typed pointer.
 #[derive(Clone, Copy)]
@@ -150,6 +172,15 @@ pub fn read_at<T>(base: u64, off: u32) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.map_err(|e| e as i64)
 }
 
+/// `TUPLE_LOOKED`, with `TUPLE_NO_FILE` when the socket at `sk` has no file (the kernel's own,
+/// or already closed by its owner: the agent never acts on one); 0 when it cannot be read.
+#[inline(always)]
+pub fn file_flags(sk: u64) -> u16 {
+    let Ok(sock) = read_at::<u64>(sk, conf!(sk_socket)) else { return 0 };
+    let file = if sock == 0 { Ok(0) } else { read_at::<u64>(sock, conf!(socket_file)) };
+    file.map_or(0, |file| TUPLE_LOOKED | if file == 0 { TUPLE_NO_FILE } else { 0 })
+}
+
 /// Addresses, ports and network namespace of the socket at `sk`, read into `t` (once, when
 /// tracking begins, so by copies whatever the program type). Written in place: a returned
 /// tuple plus the record it goes into put `track::start` over the 512-byte stack that 6.1's
@@ -170,14 +201,7 @@ pub fn read_tuple(sk: u64, t: &mut SockTuple) -> Result<(), i64> {
     t.sport = read_at::<u16>(sk, conf!(sk_num))?;
     t.dport = u16::from_be(read_at::<u16>(sk, conf!(sk_dport))?);
     t.bound_dev_if = read_at::<u32>(sk, conf!(sk_bound_dev_if)).unwrap_or(0);
-    // A socket without a file is the kernel's own (or already closed by its owner): the agent
-    // never acts on one.
-    if let Ok(sock) = read_at::<u64>(sk, conf!(sk_socket)) {
-        let file = if sock == 0 { Ok(0) } else { read_at::<u64>(sock, conf!(socket_file)) };
-        if let Ok(file) = file {
-            t.flags = TUPLE_LOOKED | if file == 0 { TUPLE_NO_FILE } else { 0 };
-        }
-    }
+    t.flags = file_flags(sk);
     let net: u64 = read_at(sk, conf!(sk_net))?;
     if net != 0 {
         t.netns = read_at::<u32>(net, conf!(net_ns_inum)).unwrap_or(0);

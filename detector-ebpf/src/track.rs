@@ -7,12 +7,12 @@
 //! socket's record: a tracked socket whose owner did not change costs one lookup and one
 //! compare, no store; an untracked one starts being tracked.
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use detector_common::{Counter, EventKind, SendHook, SockState, SockTuple, TASK_COMM_LEN, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED};
+use detector_common::{Counter, EventKind, SendHook, SockState, SockTuple, TASK_COMM_LEN, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TUPLE_MPTCP};
 
 use crate::{
     config::conf,
-    maps::{EPOCH, SK_STATE, SOCKS, close_record, count, emit, socks_remove},
-    sock::{BtfSock, RawSock, read_tuple},
+    maps::{EPOCH, MPTCP_LRU, MPTCP_STATE, SK_STATE, SOCKS, close_record, count, emit, socks_remove},
+    sock::{BtfSock, EINVAL, RawSock, file_flags, read_at, read_tuple},
 };
 
 /// `BPF_NOEXIST` for map inserts, and the `-EEXIST` it answers when the key is there.
@@ -33,6 +33,9 @@ pub trait Store: Copy {
     fn forget(self);
     /// Whether a close can pass without the program that ends the record (see `on_send`).
     const MISSES_CLOSES: bool;
+    /// Whether its records are announced again once per agent epoch whatever the
+    /// configuration (else only where the agent samples through sock_diag: `announce`).
+    const ANNOUNCES: bool = false;
     /// Ends the record of a socket a send found closed, announcing the close.
     fn close_missed(self);
 }
@@ -44,6 +47,11 @@ pub trait SendSock: Copy {
     fn send_backlog(self) -> Option<bool>;
     /// Addresses, ports, namespace, and whether it has a file (once, when tracking begins).
     fn read_tuple(self, t: &mut SockTuple) -> Result<(), i64>;
+    /// The socket's address.
+    fn addr(self) -> u64;
+    /// Whether the task running the program is a kernel thread (a kTLS or MPTCP worker pushing
+    /// the owner's bytes): never taken for the socket's owner.
+    fn current_is_kthread() -> bool;
 }
 
 impl SendSock for BtfSock {
@@ -61,6 +69,16 @@ impl SendSock for BtfSock {
     fn read_tuple(self, t: &mut SockTuple) -> Result<(), i64> {
         BtfSock::read_tuple(self, t)
     }
+
+    #[inline(always)]
+    fn addr(self) -> u64 {
+        BtfSock::addr(self)
+    }
+
+    #[inline(always)]
+    fn current_is_kthread() -> bool {
+        crate::sock::current_is_kthread_btf()
+    }
 }
 
 impl SendSock for RawSock {
@@ -77,6 +95,16 @@ impl SendSock for RawSock {
     #[inline(always)]
     fn read_tuple(self, t: &mut SockTuple) -> Result<(), i64> {
         read_tuple(self.0, t)
+    }
+
+    #[inline(always)]
+    fn addr(self) -> u64 {
+        self.0
+    }
+
+    #[inline(always)]
+    fn current_is_kthread() -> bool {
+        crate::sock::current_is_kthread_raw()
     }
 }
 
@@ -218,10 +246,10 @@ pub fn on_send<S: Store, K: SendSock>(store: S, hook: SendHook, sock: K) {
     if let Some(st) = store.get() {
         // SAFETY: a value pointer from the map or storage, valid for this program run.
         let st = unsafe { &mut *st };
-        if st.tgid != tgid && tgid != conf!(agent_tgid) {
+        if st.tgid != tgid && tgid != conf!(agent_tgid) && !K::current_is_kthread() {
             owner_changed(store.key(), st, pid_tgid);
         }
-        if conf!(announce) != 0 {
+        if S::ANNOUNCES || conf!(announce) != 0 {
             announce_again(store.key(), st, state);
         }
         if S::MISSES_CLOSES && sock.tcp_state() == Some(TCP_CLOSE) {
@@ -271,7 +299,7 @@ fn start<S: Store, K: SendSock>(store: S, hook: SendHook, pid_tgid: u64, state: 
         tid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
         hook: hook as u8,
-        epoch: if conf!(announce) != 0 { current_epoch() } else { 0 },
+        epoch: if S::ANNOUNCES || conf!(announce) != 0 { current_epoch() } else { 0 },
         ..SockState::default()
     };
     if sock.read_tuple(&mut st.tuple).is_err() {
@@ -294,5 +322,130 @@ fn start<S: Store, K: SendSock>(store: S, hook: SendHook, pid_tgid: u64, state: 
     if waiting(sock).is_none() {
         store.forget();
         emit(store.key(), &st, EventKind::Untracked, state);
+    }
+}
+
+/// Multipath TCP connections' records, in the MPTCP socket (see `maps::MPTCP_STATE`). They are
+/// always announced again once per agent epoch: the agent samples them through sock_diag (by
+/// their first subflow) whatever the configuration, and forgets them when idle.
+#[derive(Clone, Copy)]
+pub struct MptcpStorage(pub BtfSock);
+
+impl Store for MptcpStorage {
+    #[inline(always)]
+    fn key(self) -> u64 {
+        self.0.addr()
+    }
+
+    #[inline(always)]
+    fn get(self) -> Option<*mut SockState> {
+        let p = mptcp_storage_get(self.0, core::ptr::null(), 0);
+        (!p.is_null()).then_some(p)
+    }
+
+    #[inline(always)]
+    fn create(self, st: &SockState) -> bool {
+        if !mptcp_storage_get(self.0, st, BPF_SK_STORAGE_GET_F_CREATE).is_null() {
+            return true;
+        }
+        if self.get().is_none() {
+            count(Counter::MapFull);
+        }
+        false
+    }
+
+    #[inline(always)]
+    fn forget(self) {
+        let map = core::ptr::from_ref(&MPTCP_STATE).cast_mut().cast();
+        // SAFETY: the map definition and a BTF socket pointer, as the helper requires.
+        unsafe { aya_ebpf::helpers::generated::bpf_sk_storage_delete(map, self.0.as_ptr()) };
+    }
+
+    const MISSES_CLOSES: bool = false;
+    const ANNOUNCES: bool = true;
+
+    #[inline(always)]
+    fn close_missed(self) {}
+}
+
+#[inline(always)]
+fn mptcp_storage_get(sk: BtfSock, init: *const SockState, flags: u64) -> *mut SockState {
+    let map = core::ptr::from_ref(&MPTCP_STATE).cast_mut().cast();
+    // SAFETY: the map definition (the loader patches in its fd) and a BTF socket pointer.
+    unsafe { aya_ebpf::helpers::generated::bpf_sk_storage_get(map, sk.as_ptr(), init.cast_mut().cast(), flags) }.cast()
+}
+
+/// Multipath TCP connections' records for the fallback hooks, keyed by the MPTCP socket's
+/// address (see `maps::MPTCP_LRU`).
+#[derive(Clone, Copy)]
+pub struct MptcpLru(pub u64);
+
+impl Store for MptcpLru {
+    #[inline(always)]
+    fn key(self) -> u64 {
+        self.0
+    }
+
+    #[inline(always)]
+    fn get(self) -> Option<*mut SockState> {
+        MPTCP_LRU.get_ptr_mut(self.0)
+    }
+
+    #[inline(always)]
+    fn create(self, st: &SockState) -> bool {
+        MPTCP_LRU.insert(self.0, st, BPF_NOEXIST).is_ok()
+    }
+
+    #[inline(always)]
+    fn forget(self) {
+        let _ = MPTCP_LRU.remove(self.0);
+    }
+
+    const MISSES_CLOSES: bool = false;
+    const ANNOUNCES: bool = true;
+
+    #[inline(always)]
+    fn close_missed(self) {}
+}
+
+/// A Multipath TCP socket, as a send hook sees it: its state and send buffer are the MPTCP
+/// socket's (the application's bytes wait there), its addresses its first subflow's (the TCP
+/// socket sock_diag samples). `first` is read by copy: `struct mptcp_sock` extends the
+/// `struct sock` the hook's argument is typed as, past what the verifier lets a load reach.
+#[derive(Clone, Copy)]
+pub struct MptcpSock<K: SendSock>(pub K);
+
+impl<K: SendSock> SendSock for MptcpSock<K> {
+    #[inline(always)]
+    fn tcp_state(self) -> Option<u8> {
+        self.0.tcp_state()
+    }
+
+    #[inline(always)]
+    fn send_backlog(self) -> Option<bool> {
+        self.0.send_backlog()
+    }
+
+    #[inline(always)]
+    fn read_tuple(self, t: &mut SockTuple) -> Result<(), i64> {
+        let first: u64 = read_at(self.0.addr(), conf!(mptcp_first))?;
+        if first == 0 {
+            return Err(EINVAL);
+        }
+        read_tuple(first, t)?;
+        // Whether it has a file is the MPTCP socket's to say (older kernels do not graft the
+        // first subflow onto it).
+        t.flags = file_flags(self.0.addr()) | TUPLE_MPTCP;
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn addr(self) -> u64 {
+        self.0.addr()
+    }
+
+    #[inline(always)]
+    fn current_is_kthread() -> bool {
+        K::current_is_kthread()
     }
 }

@@ -57,6 +57,13 @@ pub enum Command {
     },
 }
 
+/// A switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// How long queued bytes may go unacknowledged before a socket counts as stalled (e.g. 30s, 2m).
@@ -67,6 +74,16 @@ pub struct RunArgs {
     /// may still wait for the answer. Never acted on unless a selector names that reason.
     #[arg(long, env = "DETECTOR_CLOSE_WAIT_GRACE", default_value = "5m", value_parser = parse_duration)]
     pub close_wait_grace: Duration,
+    /// A peer that keeps bytes queued this whole window, its receive window never open wide,
+    /// while draining under `--trickle-floor`, is listed as trickling (`peer_trickling`: the
+    /// slow-read attack, or a client on a dying link). Never acted on unless a selector names
+    /// that reason.
+    #[arg(long, env = "DETECTOR_TRICKLE_WINDOW", default_value = "5m", value_parser = parse_trickle_window)]
+    pub trickle_window: Duration,
+    /// The drain rate under which a peer trickles, in bytes a second (`1KiB/s`, `512B/s`,
+    /// `2KB/s`).
+    #[arg(long, env = "DETECTOR_TRICKLE_FLOOR", default_value = "1KiB/s", value_parser = parse_rate)]
+    pub trickle_floor: u64,
     /// How often tracked sockets are sampled.
     #[arg(long, env = "DETECTOR_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
@@ -100,6 +117,11 @@ pub struct RunArgs {
     /// this kernel accepts (`detector check` names it); naming one forces it.
     #[arg(long, env = "DETECTOR_CONFIGURATION", value_enum, default_value_t = ConfigurationChoice::Auto)]
     pub configuration: ConfigurationChoice,
+    /// Follow Multipath TCP sends (`on`, where the kernel has MPTCP). Where no fentry loads,
+    /// the MPTCP hook is a program on every socket's send (BENCHMARKS.md has its cost): `off`
+    /// saves it on nodes that run no MPTCP server (Go 1.24+ listens with MPTCP by default).
+    #[arg(long, env = "DETECTOR_MPTCP", value_enum, default_value_t = OnOff::On)]
+    pub mptcp: OnOff,
     /// The kubelet's pod log directory (`<namespace>_<name>_<uid>/` entries), used to name the
     /// pod a stalled socket belongs to without asking the API server.
     #[arg(long, env = "DETECTOR_POD_LOGS_DIR", default_value = "/var/log/pods")]
@@ -143,7 +165,7 @@ pub enum SendHookChoice {
     Auto,
     /// BTF tracepoint tcp_sendmsg_locked (socket storage)
     TcpSendmsgLocked,
-    /// fentry tcp_sendmsg (socket storage)
+    /// fentry tcp_sendmsg_locked (socket storage)
     Fentry,
     /// BTF tracepoint sock_send_length (socket storage)
     SockSendLengthBtf,
@@ -159,7 +181,7 @@ impl SendHookChoice {
         match self {
             Self::Auto => None,
             Self::TcpSendmsgLocked => Some(SendHook::TcpSendmsgLocked),
-            Self::Fentry => Some(SendHook::FentryTcpSendmsg),
+            Self::Fentry => Some(SendHook::FentryTcpSendmsgLocked),
             Self::SockSendLengthBtf => Some(SendHook::SockSendLengthBtf),
             Self::SockSendLength => Some(SendHook::SockSendLength),
             Self::Kprobe => Some(SendHook::KprobeTcpSendmsg),
@@ -298,6 +320,36 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_trickle_window(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !(Duration::from_secs(10)..=Duration::from_secs(24 * 3600)).contains(&d) {
+        return Err(format!("`{s}` is out of range; a trickle window is 10s to 24h"));
+    }
+    Ok(d)
+}
+
+/// A rate in bytes a second: a number, a unit (B, KB = 1000, KiB = 1024, MB, MiB), `/s`.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let bad = || format!("`{s}` is not a rate; write it like 1KiB/s, 512B/s or 2KB/s");
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t).trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "KiB" => 1024,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(mult) {
+        Some(r) if (1..=1 << 30).contains(&r) => Ok(r),
+        _ => Err(format!("`{s}` is out of range; use 1B/s to 1GiB/s")),
+    }
+}
+
 /// A share of one core, written in percent (`0.1%`, or `0.1`), as a fraction.
 pub fn parse_cpu_share(s: &str) -> Result<f64, String> {
     let v: f64 = s.trim().trim_end_matches('%').trim().parse().map_err(|_| format!("`{s}` is not a percentage; write it like 0.1%"))?;
@@ -352,6 +404,23 @@ mod tests {
         let e = parse_duration("thirty").unwrap_err();
         assert!(e.contains("30s"), "{e}");
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn rates_are_human_and_bounded() {
+        assert_eq!(parse_rate("1KiB/s"), Ok(1024));
+        assert_eq!(parse_rate("512B/s"), Ok(512));
+        assert_eq!(parse_rate("2KB/s"), Ok(2000));
+        assert_eq!(parse_rate("3MiB"), Ok(3 << 20));
+        assert_eq!(parse_rate("100"), Ok(100));
+        for bad in ["fast", "1 GB/s", "-5B/s", "1KiB/min", ""] {
+            let e = parse_rate(bad).unwrap_err();
+            assert!(e.contains("1KiB/s"), "{bad}: {e}");
+        }
+        assert!(parse_rate("0B/s").unwrap_err().contains("out of range"));
+        assert!(parse_rate("2048MiB/s").unwrap_err().contains("out of range"));
+        assert!(parse_trickle_window("5s").unwrap_err().contains("10s to 24h"));
+        assert_eq!(parse_trickle_window("5m"), Ok(Duration::from_secs(300)));
     }
 
     #[test]

@@ -162,6 +162,7 @@ fn alert_rules_query_exported_metrics() {
     let names: Vec<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
     for want in [
         "DetectorStalledSocketsRising",
+        "DetectorPeersTrickling",
         "DetectorReapsFailing",
         "DetectorEventsDropped",
         "DetectorPodStalledSockets",

@@ -102,6 +102,7 @@ fn options(a: RunArgs) -> anyhow::Result<Options> {
     Ok(Options {
         grace: a.grace,
         close_wait_grace: a.close_wait_grace,
+        trickle: detector::verdict::TrickleRule { window_ms: a.trickle_window.as_millis() as u64, floor_bytes_per_s: a.trickle_floor },
         interval: a.interval,
         reconcile_cpu: a.reconcile_cpu,
         api_socket: a.api_socket,
@@ -109,7 +110,7 @@ fn options(a: RunArgs) -> anyhow::Result<Options> {
         max_sockets: a.max_sockets,
         max_tracked: a.max_tracked,
         ring_buffer_bytes: a.ring_buffer_bytes,
-        want: Want { send: a.send_hook.hook(), kind: a.configuration.kind() },
+        want: Want { send: a.send_hook.hook(), kind: a.configuration.kind(), no_mptcp: a.mptcp == detector::cli::OnOff::Off },
         pod_logs_dir: a.pod_logs_dir,
         pod_metrics_max_series: a.pod_metrics_max_series as usize,
         state_file: (a.state_file.as_os_str() != "off").then_some(a.state_file),

@@ -81,6 +81,15 @@ pub fn explain(e: &Explain) -> String {
     if let Some(onset) = &v.onset {
         out.push_str(&format!("onset fixed by: {onset}\n"));
     }
+    if let Some(d) = &v.drain {
+        out.push_str(&format!(
+            "trickle: {} bytes drained in {:.0}s ({:.1} B/s; the floor is {} B/s)\n",
+            d.bytes,
+            d.over_ms as f64 / 1e3,
+            d.bytes_per_s(),
+            d.floor_bytes_per_s
+        ));
+    }
     if let Some(k) = &e.kernel {
         let last = k.last_retransmit_ms_ago.map_or(String::new(), |a| format!(", the last {:.1}s ago", a as f64 / 1e3));
         out.push_str(&format!(

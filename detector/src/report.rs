@@ -9,7 +9,7 @@ use crate::{
     owner::{Holder, Text, pods::PodName},
     tcp::TcpState,
     tracker::Tracked,
-    verdict::{OnsetProof, Reason},
+    verdict::{Drain, OnsetProof, Reason},
 };
 
 /// One stalled socket, as `detector stalled --output json` prints it.
@@ -60,6 +60,9 @@ pub struct StalledSocket {
     pub zero_window_probes: u32,
     /// Peer's advertised window (kernel 6.2+).
     pub peer_window: Option<u32>,
+    /// A trickling peer's figures: the bytes drained over the trickle window, and the floor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
     pub socket_cookie: u64,
     /// The socket's inode; 0 when it has no file (closed by its owner, the kernel finishing it).
     pub inode: u32,
@@ -68,6 +71,10 @@ pub struct StalledSocket {
     /// was found by a dump, where the kernel side did not look.
     #[serde(default)]
     pub kernel_socket: Option<bool>,
+    /// A Multipath TCP connection: `local`, `remote`, the samples and the cookie are its first
+    /// subflow's (a TCP socket); the owner holds the MPTCP socket (same inode).
+    #[serde(default)]
+    pub mptcp: bool,
 }
 
 /// What the agent is and runs with, fixed at start-up (part of `detector status`).
@@ -149,6 +156,9 @@ pub struct VerdictView {
     /// The same, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub onset: Option<String>,
+    /// A trickling peer's figures (see `StalledSocket::drain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -236,10 +246,12 @@ pub fn stalled(t: &Tracked, holders: &std::sync::Arc<[Holder]>, pod: Option<&Pod
         retransmits: stall.retransmits(&d.sample),
         zero_window_probes: stall.zero_window_probes(&d.sample),
         peer_window: d.sample.snd_wnd,
+        drain: stall.drain,
         socket_cookie: d.cookie,
         inode: d.inode,
         netns: t.tuple.netns,
         kernel_socket: t.kernel_socket(),
+        mptcp: t.mptcp(),
         holders: holders.clone(),
     })
 }
@@ -273,6 +285,7 @@ pub fn explain(t: &Tracked, kernel: Option<KernelRecord>, now_ms: u64, grace_ms:
             stuck_for_ms: None,
             onset_proof: Some(st.proof),
             onset: Some(st.proof.describe().into()),
+            drain: st.drain,
         },
         (None, Some((since, proof))) => VerdictView {
             stalled: false,
@@ -281,8 +294,9 @@ pub fn explain(t: &Tracked, kernel: Option<KernelRecord>, now_ms: u64, grace_ms:
             stuck_for_ms: Some(now_ms.saturating_sub(since)),
             onset_proof: Some(proof),
             onset: Some(proof.describe().into()),
+            drain: None,
         },
-        (None, None) => VerdictView { stalled: false, reason: None, stalled_for_ms: None, stuck_for_ms: None, onset_proof: None, onset: None },
+        (None, None) => VerdictView { stalled: false, reason: None, stalled_for_ms: None, stuck_for_ms: None, onset_proof: None, onset: None, drain: None },
     };
     let samples = t
         .history
@@ -372,10 +386,12 @@ impl StalledSocket {
             retransmits: 3,
             zero_window_probes: 0,
             peer_window: Some(1000),
+            drain: None,
             socket_cookie: 1,
             inode: 1,
             netns: 1,
             kernel_socket: Some(false),
+            mptcp: false,
         }
     }
 }

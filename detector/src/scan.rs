@@ -17,6 +17,7 @@ pub fn run(grace: Duration, interval: Duration, pod_logs_dir: std::path::PathBuf
     let mut sweep = Sweep::new(Config {
         grace,
         close_wait_grace: grace,
+        trickle: Default::default(),
         max_tracked: crate::tracker::TRACKED_MAX,
         interval,
         reconcile_cpu: crate::agent::reconcile::RECONCILE_CPU,

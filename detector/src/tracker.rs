@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use detector_common::{AF_INET6, EventKind, SockEvent, SockState, SockTuple, TASK_COMM_LEN, TUPLE_LOOKED, TUPLE_NO_FILE};
+use detector_common::{AF_INET6, EventKind, SockEvent, SockState, SockTuple, TASK_COMM_LEN, TUPLE_LOOKED, TUPLE_MPTCP, TUPLE_NO_FILE};
 
 use crate::{
     sample::{DiagSocket, Lookup},
@@ -136,9 +136,23 @@ impl Tracked {
     }
 
     /// Whether the kernel side announces its close: a record in the hash map (the fallback
-    /// hooks). Socket storage dies with the socket, silently; a dump's find has no record.
+    /// hooks). Socket storage dies with the socket, silently; a dump's find has no record; an
+    /// MPTCP connection's record is not ended by any close program (the MPTCP layer sets its
+    /// state without the tracepoint).
     pub fn close_announced(&self) -> bool {
-        !self.found_by_dump() && detector_common::SendHook::try_from(self.hook).is_ok_and(|h| !h.socket_storage())
+        !self.found_by_dump() && !self.mptcp() && detector_common::SendHook::try_from(self.hook).is_ok_and(|h| !h.socket_storage())
+    }
+
+    /// A Multipath TCP connection: its addresses are its first subflow's, and the record is
+    /// the MPTCP socket's (see `detector_common::TUPLE_MPTCP`).
+    pub fn mptcp(&self) -> bool {
+        self.tuple.flags & TUPLE_MPTCP != 0
+    }
+
+    /// Sampled through sock_diag whatever the configuration: a dump's find, or an MPTCP
+    /// connection (the kernel walk reads TCP sockets in `SK_STATE` only).
+    pub fn sampled_by_diag(&self) -> bool {
+        self.found_by_dump() || self.mptcp()
     }
 
     /// Whether the kernel created it (no file when tracking began); `None` if the kernel side

@@ -31,6 +31,10 @@ use serde::Serialize;
 
 use crate::sample::Sample;
 
+mod trickle;
+use trickle::TrickleMeter;
+pub use trickle::{Drain, TrickleRule, WIDE_WINDOW};
+
 use detector_common::{TCP_CLOSE, TCP_CLOSING, TCP_FIN_WAIT1, TCP_LAST_ACK};
 pub use detector_common::{TCP_CLOSE_WAIT, TCP_ESTABLISHED};
 
@@ -50,10 +54,15 @@ pub enum Reason {
     /// half-closed after its request still waits for the answer). Reported and counted, never
     /// acted on unless a selector names this reason.
     CloseWaitIdle,
+    /// The peer takes a few bytes now and then, never letting a grace window pass without
+    /// progress: bytes queued the whole trickle window, its window never open wide, and what
+    /// drained under the floor (see `trickle`). Reported and counted, never acted on unless a
+    /// selector names this reason.
+    PeerTrickling,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] = [Self::PeerUnreachable, Self::PeerNotReading, Self::PeerClosed, Self::CloseWaitIdle];
+    pub const ALL: [Reason; 5] = [Self::PeerUnreachable, Self::PeerNotReading, Self::PeerClosed, Self::CloseWaitIdle, Self::PeerTrickling];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -61,22 +70,26 @@ impl Reason {
             Self::PeerNotReading => "peer_not_reading",
             Self::PeerClosed => "peer_closed",
             Self::CloseWaitIdle => "close_wait_idle",
+            Self::PeerTrickling => "peer_trickling",
         }
     }
 
     /// Whether a selector that names no reason acts on it: not for a leak suspect, whose
-    /// connection may still be waiting for its answer.
+    /// connection may still be waiting for its answer, nor for a trickling peer, which is slow,
+    /// not gone.
     pub fn acted_on_unnamed(self) -> bool {
-        self != Self::CloseWaitIdle
+        !matches!(self, Self::CloseWaitIdle | Self::PeerTrickling)
     }
 }
 
 /// How long a socket must be stuck, without progress, to be stalled: the grace window, and the
-/// longer one of a CLOSE_WAIT socket with nothing queued (`--close-wait-grace`).
+/// longer one of a CLOSE_WAIT socket with nothing queued (`--close-wait-grace`); and when a
+/// socket that progresses trickles (`--trickle-window`, `--trickle-floor`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grace {
     pub stuck_ms: u64,
     pub close_wait_idle_ms: u64,
+    pub trickle: TrickleRule,
 }
 
 impl Grace {
@@ -89,7 +102,7 @@ impl Grace {
 /// One grace for every stuck socket (tests, and `detector scan`'s single window).
 impl From<u64> for Grace {
     fn from(ms: u64) -> Grace {
-        Grace { stuck_ms: ms, close_wait_idle_ms: ms }
+        Grace { stuck_ms: ms, close_wait_idle_ms: ms, trickle: TrickleRule::default() }
     }
 }
 
@@ -99,7 +112,7 @@ impl std::str::FromStr for Reason {
         Self::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("`{s}` is not a reason; use peer_unreachable, peer_not_reading, peer_closed or close_wait_idle"))
+            .ok_or_else(|| format!("`{s}` is not a reason; use peer_unreachable, peer_not_reading, peer_closed, close_wait_idle or peer_trickling"))
     }
 }
 
@@ -122,6 +135,9 @@ pub enum OnsetProof {
     /// Data in flight since its last transmission (`tcpi_last_data_sent`): the queue has been
     /// non-empty since then.
     InFlightSince,
+    /// A trickle: bytes queued at every sample since then, the peer's window never open wide,
+    /// and under the floor drained (`drain` has the figures).
+    DrainRate,
 }
 
 impl OnsetProof {
@@ -132,6 +148,7 @@ impl OnsetProof {
             Self::LastDataPlusRto => "the last data segment sent plus one RTO (tcpi_last_data_sent + tcpi_rto)",
             Self::LastDelivery => "the last ACK that acknowledged data (tcp_sock.delivered_mstamp), the window closed since",
             Self::InFlightSince => "unacknowledged data in flight since (tcpi_last_data_sent)",
+            Self::DrainRate => "bytes queued at every sample since, the peer's window never open wide, and under the trickle floor drained",
         }
     }
 }
@@ -148,6 +165,8 @@ pub struct Stall {
     /// `segs_out` at the first sample of the stall that saw the window closed with nothing in
     /// flight, to count window probes since (the segments before it may be data).
     pub segs_out_at_closed: Option<u32>,
+    /// A trickle's figures: what drained over the trickle window (the last sample's).
+    pub drain: Option<Drain>,
 }
 
 impl Stall {
@@ -304,6 +323,8 @@ pub struct StallTracker {
     /// Whether the last sample was a CLOSE_WAIT socket with nothing queued (its own grace).
     close_wait_idle: bool,
     stall: Option<Stall>,
+    /// What drained over the trickle window, for a socket that progresses too slowly.
+    meter: TrickleMeter,
 }
 
 impl StallTracker {
@@ -318,6 +339,7 @@ impl StallTracker {
             segs_out_at_closed: None,
             close_wait_idle: false,
             stall: None,
+            meter: TrickleMeter::default(),
         }
     }
 
@@ -343,7 +365,9 @@ impl StallTracker {
     }
 
     pub fn observe(&mut self, s: &Sample, grace: impl Into<Grace>) -> Transition {
-        let grace_ms = grace.into().of(close_wait_idle(s));
+        let grace = grace.into();
+        let grace_ms = grace.of(close_wait_idle(s));
+        let drain = self.meter.observe(s, grace.trickle);
         // Bytes queued on a CLOSE_WAIT socket that had none (the answer a half-closed client
         // waited for): a stuck period of another kind, which began no earlier than they did.
         let answered = std::mem::replace(&mut self.close_wait_idle, close_wait_idle(s)) && !close_wait_idle(s);
@@ -392,28 +416,68 @@ impl StallTracker {
         if (advanced || answered)
             && let Some(st) = self.stall.take()
         {
+            // Progress under the trickle floor does not end it: the stall goes on as a trickle.
+            if advanced
+                && !answered
+                && let Some(d) = drain.filter(|d| d.bytes > 0)
+            {
+                self.stall = Some(Stall { reason: Reason::PeerTrickling, drain: Some(d), ..st });
+                return Transition::None;
+            }
             return Transition::Recovered { stalled_for_ms: s.at_ms.saturating_sub(st.since_ms) };
         }
-        self.judge(s, grace_ms)
+        self.judge(s, grace_ms, drain)
     }
 
-    fn judge(&mut self, s: &Sample, grace_ms: u64) -> Transition {
+    fn judge(&mut self, s: &Sample, grace_ms: u64, drain: Option<Drain>) -> Transition {
         let Some((since, proof)) = self.onset else { return Transition::None };
-        let reason = classify(s);
-        match &mut self.stall {
-            Some(stall) => {
-                // Still stuck; the cause may change (a frozen peer that then dies).
-                stall.reason = reason;
-                stall.segs_out_at_closed = self.segs_out_at_closed;
+        let no_progress_for_grace = s.at_ms.saturating_sub(since) >= grace_ms;
+        // A trickle drains something: a window with nothing drained is a stall of the grace rule.
+        let drain = drain.filter(|d| d.bytes > 0);
+        match (&mut self.stall, drain) {
+            (Some(stall), Some(d)) => {
+                // Proven over the window: gaps between its few bytes do not make it another
+                // stall, nor end it.
+                (stall.reason, stall.drain) = (Reason::PeerTrickling, Some(d));
                 Transition::None
             }
-            None if s.at_ms.saturating_sub(since) >= grace_ms => {
-                let stall = Stall { since_ms: since, proof, reason, retrans_at_onset: self.retrans_at_onset, segs_out_at_closed: self.segs_out_at_closed };
-                self.stall = Some(stall);
-                Transition::Stalled(stall)
+            (Some(stall), None) if stall.reason == Reason::PeerTrickling && !no_progress_for_grace => {
+                // Drained above the floor over the window, or its window opened wide.
+                let since = stall.since_ms;
+                self.stall = None;
+                Transition::Recovered { stalled_for_ms: s.at_ms.saturating_sub(since) }
             }
-            None => Transition::None,
+            (Some(stall), None) => {
+                // Still stuck; the cause may change (a frozen peer that then dies, a trickle
+                // that stopped a window ago).
+                stall.reason = classify(s);
+                stall.segs_out_at_closed = self.segs_out_at_closed;
+                stall.drain = None;
+                Transition::None
+            }
+            (None, _) if no_progress_for_grace => self.open(Stall {
+                since_ms: since,
+                proof,
+                reason: classify(s),
+                retrans_at_onset: self.retrans_at_onset,
+                segs_out_at_closed: self.segs_out_at_closed,
+                drain: None,
+            }),
+            (None, Some(d)) => self.open(Stall {
+                since_ms: self.meter.since().unwrap_or(since),
+                proof: OnsetProof::DrainRate,
+                reason: Reason::PeerTrickling,
+                retrans_at_onset: self.retrans_at_onset,
+                segs_out_at_closed: None,
+                drain: Some(d),
+            }),
+            (None, None) => Transition::None,
         }
+    }
+
+    fn open(&mut self, stall: Stall) -> Transition {
+        self.stall = Some(stall);
+        Transition::Stalled(stall)
     }
 }
 

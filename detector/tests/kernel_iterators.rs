@@ -97,7 +97,7 @@ const SIZES: loader::Sizes = loader::Sizes { max_sockets: 1024, ring_buffer_byte
 /// proves it is the best there is).
 fn start(kind: Kind, what: &str) -> Option<KernelStart> {
     let mut p = agent::probe_kernel_ignoring(0).unwrap();
-    match p.start(Want { kind: Some(kind), send: None }, SIZES) {
+    match p.start(Want { kind: Some(kind), ..Want::default() }, SIZES) {
         Ok(k) => Some(k),
         Err(e) => {
             let why = format!("{e:#}");
@@ -136,7 +136,7 @@ fn the_agent_runs_the_best_configuration_this_kernel_accepts() {
     eprintln!("the agent runs {}", chosen.describe());
     for kind in Kind::ALL.into_iter().filter(|k| *k < chosen.kind) {
         let e = p
-            .start(Want { kind: Some(kind), send: None }, SIZES)
+            .start(Want { kind: Some(kind), ..Want::default() }, SIZES)
             .err()
             .unwrap_or_else(|| panic!("{} runs here, yet the agent chose {}", kind.as_str(), chosen.kind.as_str()));
         detector_tests::refused(&format!("configuration {}: {e:#}", kind.as_str()));

@@ -116,7 +116,7 @@ fn forced_fentry_either_attaches_or_fails_clearly() {
             std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
             assert!(!status.success());
             assert!(err.contains("no configuration of the agent can run on this kernel with --send-hook fentry"), "{err}");
-            assert!(err.contains("fentry tcp_sendmsg:"), "the refused hook's reason is missing: {err}");
+            assert!(err.contains("fentry tcp_sendmsg_locked:"), "the refused hook's reason is missing: {err}");
             assert!(!err.contains("panicked"), "{err}");
             return;
         }
@@ -126,7 +126,7 @@ fn forced_fentry_either_attaches_or_fails_clearly() {
                 let _ = child.kill();
                 let _ = child.wait();
                 let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                assert_eq!(v["send_hook"], "fentry tcp_sendmsg", "{v}");
+                assert_eq!(v["send_hook"], "fentry tcp_sendmsg_locked", "{v}");
                 return;
             }
         }

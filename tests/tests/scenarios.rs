@@ -266,6 +266,48 @@ fn s09_backpressured_plateau_never() {
     assert!(q0 > 64 * 1024 && q1 > 64 * 1024, "no backpressure: {q0} -> {q1}");
 }
 
+// 9b. The peer that trickles (the read side of Slowloris): it reads 1,000 bytes a second from a
+// 16 KiB receive buffer, so its window reopens by a few segments every 6 to 10 s (longer than
+// grace: a stall, then progress, again and again), and it is listed as `peer_trickling` once
+// the trickle window (20 s here) shows under the floor (2 KiB/s) drained; a reader that keeps
+// up with its stream at 64 KiB/s, its window as nearly closed, is never listed. Over veth (a
+// real MSS).
+#[test]
+fn s09b_trickling_peer_listed_and_a_slow_one_never() {
+    if !privileged("s09b") {
+        return;
+    }
+    let net = NetnsPair::new();
+    let agent = Agent::start(GRACE_ARG, &["--trickle-window", "20s", "--trickle-floor", "2KiB/s"]);
+    // One server each: the report tells them apart by their local address.
+    let serve = |client_mode: &str| {
+        let server = net.peer(&net.a, PEER, &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
+        let addr = server.expect("LISTEN", Duration::from_secs(5));
+        let client = net.peer(&net.b, PEER, &["client", &addr, client_mode]);
+        let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
+        (server, client, local)
+    };
+    let (_s1, _trickler, trickling) = serve("slow-rcvbuf:1000:16384");
+    let (_s2, _keeps_up, slow) = serve("slow-rcvbuf:65536:16384");
+    let t = wait_tracked(&agent, &trickling);
+    let window_known = !agent.explain(&t["id"].to_string()).expect("explain")["samples"].as_array().unwrap().iter().all(|s| s["peer_window"].is_null());
+    std::thread::scope(|sc| {
+        let never = sc.spawn(|| expect_never(&agent, &[&slow], Duration::from_secs(20) + GRACE * 4));
+        if window_known {
+            let e = poll(Duration::from_secs(20) + GRACE * 4, || agent.stalled(&trickling).filter(|e| e["reason"] == "peer_trickling"))
+                .unwrap_or_else(|| panic!("the trickler was not listed as trickling: {:?}\n{}", agent.stalled(&trickling), agent.log()));
+            let d = &e["drain"];
+            let rate = d["bytes"].as_f64().unwrap() * 1000.0 / d["over_ms"].as_f64().unwrap();
+            assert!(d["bytes"].as_u64() > Some(0) && rate < 2048.0 && d["over_ms"].as_u64() >= Some(20_000), "{e}");
+        } else {
+            // A kernel whose tcp_info lacks the peer's window (before 6.2), without the walk:
+            // a slow network and a slow reader look alike, so no trickle is judged.
+            expect_never(&agent, &[&trickling], Duration::from_secs(20) + GRACE * 4);
+        }
+        never.join().unwrap();
+    });
+}
+
 // 10. An idle connection with nothing queued, for several grace windows. Its send buffer
 // filled once (the client reads late), so it is tracked; once its bytes are read, nothing
 // waits and the agent stops watching it (bytes waiting again bring it back), never reporting it.

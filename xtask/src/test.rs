@@ -23,6 +23,8 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     // The real Prometheus and promtool the fleet-surface tests drive.
     crate::packages::ensure("prometheus", "prometheus")?;
     crate::packages::ensure("promtool", "prometheus")?;
+    // The send-path tests serve a large file with Debian's nginx (`sendfile on`).
+    crate::packages::ensure("nginx", "nginx-light")?;
     // The image test builds deploy/Containerfile as `cargo xtask image` does.
     crate::packages::ensure("podman", "podman")?;
     crate::packages::ensure("systemd-analyze", "systemd")?;

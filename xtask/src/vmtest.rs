@@ -144,6 +144,23 @@ const ITERATORS: &[&str] = &[
     "the_agent_runs_the_best_configuration_this_kernel_accepts",
 ];
 
+/// `tests/tests/send_paths.rs`, run with every configuration a kernel runs.
+const SEND_PATHS_PER_CONFIG: &[&str] = &[
+    "nginx_sendfile_to_a_client_that_stopped_reading_is_found_from_the_send_side",
+    "kernel_tls_records_to_a_reader_that_stopped_are_found_from_the_send_side",
+    "mptcp_to_a_reader_that_stopped_is_found_from_the_send_side",
+];
+
+/// ...and with the configuration the agent picks.
+const SEND_PATHS: &[&str] = &[
+    "sendfile_to_a_reader_that_stopped_is_found_from_the_send_side",
+    "splice_to_a_reader_that_stopped_is_found_from_the_send_side",
+    "zerocopy_sends_to_a_reader_that_stopped_are_found_from_the_send_side",
+    "io_uring_sends_to_a_reader_that_stopped_are_found_from_the_send_side",
+    "an_mptcp_fallback_connection_to_a_reader_that_stopped_is_found",
+    "destroy_ends_an_mptcp_connection_through_its_owners_socket",
+];
+
 fn plan(sel: Selection) -> Vec<Case> {
     if sel == Selection::Skeleton {
         return vec![Case { binary: "walking_skeleton", tests: WALKING, per_config: false }];
@@ -159,6 +176,10 @@ fn plan(sel: Selection) -> Vec<Case> {
         Selection::Subset => {
             cases.push(Case { binary: "scenarios", tests: &["s01_peer_unreachable_mid_stream"], per_config: true });
             cases.push(Case { binary: "reaping", tests: &["destroy_frees_the_seat_of_a_dead_client"], per_config: false });
+            // The send paths whose hook differs by kernel and configuration (pages before 6.5,
+            // kTLS's records, MPTCP), with each; the others with the one the agent picks.
+            cases.push(Case { binary: "send_paths", tests: SEND_PATHS_PER_CONFIG, per_config: true });
+            cases.push(Case { binary: "send_paths", tests: SEND_PATHS, per_config: false });
             // Walk-only faults the host may not run (its kernel refuses the walk).
             cases.push(Case {
                 binary: "reaping_safety",
@@ -167,6 +188,8 @@ fn plan(sel: Selection) -> Vec<Case> {
             });
         }
         Selection::Full => {
+            cases.push(Case { binary: "send_paths", tests: SEND_PATHS_PER_CONFIG, per_config: true });
+            cases.push(Case { binary: "send_paths", tests: SEND_PATHS, per_config: true });
             cases.push(Case {
                 binary: "scenarios",
                 tests: &[
@@ -729,7 +752,7 @@ mod tests {
     #[test]
     fn the_picked_configuration_is_the_chosen_one() {
         let checks = json!([
-            {"name": "hook fentry tcp_sendmsg (send)", "ok": true, "detail": "attached", "send_hook": "fentry"},
+            {"name": "hook fentry tcp_sendmsg_locked (send)", "ok": true, "detail": "attached", "send_hook": "fentry"},
             {"name": "configuration storage-walk", "ok": true, "chosen": true, "configuration": "storage-walk", "send_hook": "fentry"},
             {"name": "configuration hash-map", "ok": true, "configuration": "hash-map", "send_hook": "kprobe"},
             {"name": "configuration --configuration storage-diag", "ok": false, "detail": "refused"},

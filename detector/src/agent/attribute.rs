@@ -229,6 +229,7 @@ mod tests {
         let mut s = Sweep::new(Config {
             grace: Duration::from_secs(3),
             close_wait_grace: Duration::from_secs(300),
+            trickle: Default::default(),
             max_tracked: 25_000,
             interval: Duration::from_secs(1),
             reconcile_cpu: 0.001,

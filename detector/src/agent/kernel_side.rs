@@ -181,9 +181,7 @@ impl KernelSide {
             tracked_for_ms: now_ns.saturating_sub(t.first_send_ns) / 1_000_000,
             retransmits: st.map(|st| st.retransmits),
             last_retransmit_ms_ago: st.filter(|st| st.last_retrans_ns != 0).map(|st| now_ns.saturating_sub(st.last_retrans_ns) / 1_000_000),
-            send_hook: detector_common::SendHook::try_from(t.hook)
-                .ok()
-                .map(|h| crate::kernel::hooks::spec(crate::kernel::hooks::HookId::Send(h)).label.to_string()),
+            send_hook: detector_common::SendHook::try_from(t.hook).ok().map(|h| crate::kernel::hooks::send_label(h).to_string()),
         })
     }
 }

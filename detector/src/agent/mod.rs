@@ -41,6 +41,7 @@ pub struct Options {
     pub grace: Duration,
     /// The grace of a CLOSE_WAIT socket with nothing queued (a leak suspect).
     pub close_wait_grace: Duration,
+    pub trickle: crate::verdict::TrickleRule,
     pub interval: Duration,
     /// The reconcile's CPU budget, a fraction of a core.
     pub reconcile_cpu: f64,
@@ -144,6 +145,7 @@ impl Agent {
         let cfg = sweep::Config {
             grace: opts.grace,
             close_wait_grace: opts.close_wait_grace,
+            trickle: opts.trickle,
             max_tracked: opts.max_tracked,
             interval: opts.interval,
             reconcile_cpu: opts.reconcile_cpu,
@@ -291,9 +293,12 @@ pub fn probe_kernel_ignoring(tgid: u32) -> anyhow::Result<Probed> {
         }
     };
     // The parsed kernel BTF is tens of MiB: keep only the offsets taken from it.
-    let mut cfg = loader::kernel_config(tracefs.as_ref(), &KernelBtf::load()?)?;
+    let btf = KernelBtf::load()?;
+    let mut cfg = loader::kernel_config(tracefs.as_ref(), &btf)?;
+    let functions = loader::Functions::of(&btf);
+    drop(btf);
     cfg.agent_tgid = tgid;
-    let hooks = loader::probe(kernel::object(), &cfg)?;
+    let hooks = loader::probe(kernel::object(), &cfg, functions)?;
     let trials = Trials::new(hooks.iter().map(|h| (h.id, h.state.clone())));
     Ok(Probed { cfg, hooks, trials })
 }
@@ -362,7 +367,10 @@ fn kernel_side(k: &mut KernelStart) -> anyhow::Result<kernel_side::KernelSide> {
     let ring = RingBuf::try_from(take("EVENTS")?)?;
     // The hash map holds state only with the hash-map configuration.
     let socks: Option<BpfHashMap<_, u64, SockState>> = if kind.socket_storage() { None } else { Some(BpfHashMap::try_from(take("SOCKS")?)?) };
-    let epochs = if kind == Kind::StorageDiag { Some(kernel_side::Epochs::new(Array::try_from(take("EPOCH")?)?)) } else { None };
+    // Where sock_diag samples socket storage, and for MPTCP connections' records, which it
+    // samples whatever the configuration.
+    let epochs =
+        if kind == Kind::StorageDiag || loaded.configuration.mptcp() { Some(kernel_side::Epochs::new(Array::try_from(take("EPOCH")?)?)) } else { None };
     let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take("COUNTERS")?)?;
     let programs = loaded.ebpf.programs().filter_map(|(name, p)| Some((name.to_string(), p.fd().ok()?.try_clone().ok()?))).collect();
     let mut side = kernel_side::KernelSide::new(ring, socks, counters, programs);

@@ -111,7 +111,7 @@ impl Sweep {
         // Namespace → (its sockets to look up, a pid likely to live there).
         let mut diag: HashMap<u32, (Vec<(u64, Lookup)>, u32)> = HashMap::new();
         for t in self.tracker.iter_mut() {
-            if let Some(w) = walked.as_deref_mut().filter(|_| !t.found_by_dump()) {
+            if let Some(w) = walked.as_deref_mut().filter(|_| !t.sampled_by_diag()) {
                 match w.take(t.sk) {
                     // Not reported though it had bytes waiting at the last walk: an iterator
                     // resumed after a read may skip an entry when others are freed, so that is
@@ -328,7 +328,13 @@ fn observe(t: &mut Tracked, d: DiagSocket, grace: Grace, m: &Metrics) {
             let age = now.saturating_sub(stall.since_ms);
             t.history.note(
                 now,
-                format!("stalled ({}): stuck for {age} ms with {} queued, since {}", stall.reason.as_str(), d.sample.queued, stall.proof.describe()),
+                format!(
+                    "stalled ({}): stuck for {age} ms with {} queued, since {}{}",
+                    stall.reason.as_str(),
+                    d.sample.queued,
+                    stall.proof.describe(),
+                    stall.drain.map_or(String::new(), |d| format!(" ({} bytes in {} ms)", d.bytes, d.over_ms))
+                ),
                 t.detailed,
             );
             m.stalls_detected.get_or_create(&ReasonLabel::of(stall.reason)).inc();

@@ -138,6 +138,7 @@ mod tests {
         Config {
             grace,
             close_wait_grace: Duration::from_secs(300),
+            trickle: Default::default(),
             max_tracked: 25_000,
             interval: Duration::from_secs(1),
             reconcile_cpu,

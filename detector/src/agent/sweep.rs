@@ -37,6 +37,7 @@ pub struct Config {
     pub grace: Duration,
     /// The grace of a CLOSE_WAIT socket with nothing queued (`--close-wait-grace`).
     pub close_wait_grace: Duration,
+    pub trickle: crate::verdict::TrickleRule,
     /// Most sockets kept in the table (`--max-tracked`).
     pub max_tracked: usize,
     pub interval: Duration,
@@ -287,7 +288,7 @@ impl Sweep {
 
     /// The grace windows the verdict judges by.
     pub(super) fn grace(&self) -> Grace {
-        Grace { stuck_ms: self.grace_ms(), close_wait_idle_ms: self.cfg.close_wait_grace.as_millis() as u64 }
+        Grace { stuck_ms: self.grace_ms(), close_wait_idle_ms: self.cfg.close_wait_grace.as_millis() as u64, trickle: self.cfg.trickle }
     }
 
     /// Every tracked socket, for `detector sockets`.
@@ -375,6 +376,7 @@ mod tests {
         let mut s = Sweep::new(Config {
             grace: Duration::from_secs(3),
             close_wait_grace: Duration::from_secs(300),
+            trickle: Default::default(),
             max_tracked: 25_000,
             interval: Duration::from_secs(1),
             reconcile_cpu: 0.001,

@@ -68,6 +68,20 @@ impl Kind {
         }
     }
 
+    /// The other send paths' hooks it runs when the kernel has them, each path's best first;
+    /// `send` is the main hook (whose program may serve a path itself).
+    fn paths(self, send: SendHook) -> [&'static [HookId]; 2] {
+        use SendHook::*;
+        let pages: &[HookId] = if self.socket_storage() { &[HookId::Path(FentryDoTcpSendpages)] } else { &[HookId::Path(KprobeDoTcpSendpages)] };
+        // The sock_send_length programs take MPTCP sockets themselves.
+        let mptcp: &[HookId] = match (self.socket_storage(), send) {
+            (_, SockSendLengthBtf | SockSendLength) => &[],
+            (true, _) => &[HookId::Path(FentryMptcpSendmsg), HookId::Path(SockSendLengthBtfMptcp)],
+            (false, _) => &[HookId::Path(KprobeMptcpSendmsg)],
+        };
+        [pages, mptcp]
+    }
+
     /// Lifetime hooks it runs when the kernel has them.
     fn optional_lifetime(self) -> &'static [HookId] {
         if self.socket_storage() { &[HookId::RetransmitBtf] } else { &[HookId::Retransmit] }
@@ -91,6 +105,8 @@ impl Kind {
 pub struct Configuration {
     pub kind: Kind,
     pub send: SendHook,
+    /// The other send paths' hooks (pages before 6.5, MPTCP), where the kernel has them.
+    pub paths: Vec<HookId>,
     /// Lifetime hooks (retransmit counts; with the hash map, the close hook).
     pub lifetime: Vec<HookId>,
     /// The start-up reconcile's pass over each namespace (`None`: sock_diag dumps).
@@ -103,6 +119,7 @@ impl Configuration {
     /// Every hook it attaches.
     pub fn hooks(&self) -> Vec<HookId> {
         let mut v = vec![HookId::Send(self.send)];
+        v.extend(self.paths.iter().copied());
         v.extend(self.lifetime.iter().copied());
         if self.kind.walks() {
             v.push(HookId::Walk);
@@ -110,6 +127,12 @@ impl Configuration {
         v.extend(self.startup);
         v.extend(self.later);
         v
+    }
+
+    /// Whether it follows Multipath TCP sends (a path hook, or the sock_send_length programs,
+    /// which take MPTCP sockets themselves): their records are announced again per epoch.
+    pub fn mptcp(&self) -> bool {
+        matches!(self.send, SendHook::SockSendLengthBtf | SendHook::SockSendLength) || self.paths.iter().any(|p| matches!(p, HookId::Path(h) if h.mptcp()))
     }
 
     /// Whether the configuration cannot run without `id` (else it does without it, or with a
@@ -121,11 +144,13 @@ impl Configuration {
     /// One line for people.
     pub fn describe(&self) -> String {
         let pass = |p: Option<HookId>, none: &str| p.map_or(none.to_string(), |h| spec(h).label.to_string());
+        let paths: Vec<&str> = self.paths.iter().map(|&h| spec(h).label).collect();
         format!(
-            "{} ({}): send hook {}; reconcile at start-up: {}, after: {}",
+            "{} ({}): send hook {}{}; reconcile at start-up: {}, after: {}",
             self.kind.as_str(),
             self.kind.describe(),
             spec(HookId::Send(self.send)).label,
+            if paths.is_empty() { String::new() } else { format!(" with {}", paths.join(", ")) },
             pass(self.startup, "sock_diag dumps"),
             pass(self.later, "each namespace again"),
         )
@@ -183,6 +208,8 @@ impl Trials {
 pub struct Want {
     pub send: Option<SendHook>,
     pub kind: Option<Kind>,
+    /// `--mptcp off`: no hook of its own for Multipath TCP sends.
+    pub no_mptcp: bool,
 }
 
 impl Want {
@@ -253,7 +280,9 @@ fn best_of(t: &Trials, kind: Kind, want: Want) -> Result<Configuration, String> 
     let mut lifetime: Vec<HookId> = kind.required().iter().copied().filter(|id| *id != HookId::Walk).collect();
     lifetime.extend(kind.optional_lifetime().iter().copied().filter(|&id| t.works_in(kind, id)));
     let first = |ids: &[HookId]| ids.iter().copied().find(|&id| t.works_in(kind, id));
-    Ok(Configuration { kind, send, lifetime, startup: first(kind.startup()), later: first(kind.later()) })
+    let [pages, mptcp] = kind.paths(send);
+    let paths = [pages, if want.no_mptcp { &[] } else { mptcp }].into_iter().filter_map(first).collect();
+    Ok(Configuration { kind, send, paths, lifetime, startup: first(kind.startup()), later: first(kind.later()) })
 }
 
 /// The other configurations worth proving on this kernel besides `chosen`: each other kind it
@@ -269,12 +298,12 @@ pub fn alternatives(t: &Trials, chosen: &Configuration) -> Vec<Want> {
     for send in SendHook::ALL {
         if send != chosen.send
             && !out.iter().any(|(_, s)| *s == send)
-            && let Ok(c) = choose(t, Want { send: Some(send), kind: None })
+            && let Ok(c) = choose(t, Want { send: Some(send), kind: None, ..Want::default() })
         {
             out.push((c.kind, c.send));
         }
     }
-    out.into_iter().map(|(kind, send)| Want { kind: Some(kind), send: Some(send) }).collect()
+    out.into_iter().map(|(kind, send)| Want { kind: Some(kind), send: Some(send), ..Want::default() }).collect()
 }
 
 /// Why the configuration in use is not the best the agent knows, one line per reason: each
@@ -293,6 +322,15 @@ pub fn not_best(t: &Trials, c: &Configuration) -> Vec<String> {
     for id in lesser(c.kind.startup(), c.startup).into_iter().chain(lesser(c.kind.later(), c.later)) {
         out.push(t.why_not(c.kind, id));
     }
+    // A path's better hooks; one the kernel lacks altogether is no lesser configuration.
+    for ids in c.kind.paths(c.send) {
+        let used = ids.iter().copied().find(|id| c.paths.contains(id));
+        for id in lesser(ids, used) {
+            if !matches!(t.state(id), HookState::NotTried(_)) {
+                out.push(t.why_not(c.kind, id));
+            }
+        }
+    }
     for &id in c.kind.optional_lifetime().iter().filter(|id| !c.lifetime.contains(id)) {
         out.push(t.why_not(c.kind, id));
     }
@@ -309,10 +347,18 @@ mod tests {
         HookState::Refused(why.into())
     }
 
-    /// A kernel where `works` load and everything else is refused.
+    /// A kernel where `works` load and everything else is refused, but the page hooks, whose
+    /// function a kernel from 6.5 lacks (not tried).
     fn kernel(works: &[HookId]) -> Trials {
         let all = super::super::hooks::HOOKS.iter().map(|h| h.id);
-        Trials::new(all.map(|id| (id, if works.contains(&id) { HookState::Available } else { refused("EPERM") })))
+        Trials::new(all.map(|id| {
+            let state = match id {
+                _ if works.contains(&id) => HookState::Available,
+                Path(FentryDoTcpSendpages | KprobeDoTcpSendpages) => HookState::NotTried("6.5+"),
+                _ => refused("EPERM"),
+            };
+            (id, state)
+        }))
     }
 
     const EVERY_ITER: [HookId; 5] = [Walk, ScanAdopt, Scan, ScanFilesAdopt, ScanFiles];
@@ -320,7 +366,8 @@ mod tests {
     #[test]
     fn a_kernel_that_runs_everything_gets_the_walk_and_the_adopting_passes() {
         // 6.18.44-fc-v657: tp_btf, classic and raw tracepoints, every iterator; no fentry, no kprobe.
-        let mut works = vec![Send(TcpSendmsgLocked), Send(SockSendLengthBtf), Send(SockSendLength), RetransmitBtf, Retransmit, SetState];
+        let mut works =
+            vec![Send(TcpSendmsgLocked), Send(SockSendLengthBtf), Send(SockSendLength), Path(SockSendLengthBtfMptcp), RetransmitBtf, Retransmit, SetState];
         works.extend(EVERY_ITER);
         let t = kernel(&works);
         let c = choose(&t, Want::default()).unwrap();
@@ -329,46 +376,82 @@ mod tests {
             Configuration {
                 kind: Kind::StorageWalk,
                 send: TcpSendmsgLocked,
+                paths: vec![Path(SockSendLengthBtfMptcp)],
                 lifetime: vec![RetransmitBtf],
                 startup: Some(ScanAdopt),
                 later: Some(ScanFilesAdopt)
             }
         );
-        assert!(not_best(&t, &c).is_empty(), "{:?}", not_best(&t, &c));
-        assert_eq!(c.hooks(), vec![Send(TcpSendmsgLocked), RetransmitBtf, Walk, ScanAdopt, ScanFilesAdopt]);
+        // MPTCP through sock_send_length, which runs on every send: fentry would cost less.
+        assert_eq!(not_best(&t, &c), vec!["fentry mptcp_sendmsg: refused: EPERM".to_string()]);
+        assert_eq!(c.hooks(), vec![Send(TcpSendmsgLocked), Path(SockSendLengthBtfMptcp), RetransmitBtf, Walk, ScanAdopt, ScanFilesAdopt]);
+        // `--mptcp off` leaves the program on every send out.
+        assert!(choose(&t, Want { no_mptcp: true, ..Want::default() }).unwrap().paths.is_empty());
+        // The hash map's classic tracepoint takes MPTCP sockets itself.
+        assert!(choose(&t, Want { kind: Some(Kind::HashMap), send: None, ..Want::default() }).unwrap().paths.is_empty());
     }
 
     #[test]
     fn a_build_that_refuses_the_map_iterator_samples_storage_through_sock_diag() {
         // 6.18.44-fc-v1252 and v1272: the map iterator refused before verification; the
         // adopting pass over files refused at its helper call; the plain one loads.
-        let t =
-            kernel(&[Send(TcpSendmsgLocked), Send(SockSendLengthBtf), Send(SockSendLength), RetransmitBtf, Retransmit, SetState, ScanAdopt, Scan, ScanFiles]);
+        let t = kernel(&[
+            Send(TcpSendmsgLocked),
+            Send(SockSendLengthBtf),
+            Send(SockSendLength),
+            Path(SockSendLengthBtfMptcp),
+            RetransmitBtf,
+            Retransmit,
+            SetState,
+            ScanAdopt,
+            Scan,
+            ScanFiles,
+        ]);
         let c = choose(&t, Want::default()).unwrap();
         assert_eq!(
             c,
-            Configuration { kind: Kind::StorageDiag, send: TcpSendmsgLocked, lifetime: vec![RetransmitBtf], startup: Some(Scan), later: Some(ScanFiles) }
+            Configuration {
+                kind: Kind::StorageDiag,
+                send: TcpSendmsgLocked,
+                paths: vec![Path(SockSendLengthBtfMptcp)],
+                lifetime: vec![RetransmitBtf],
+                startup: Some(Scan),
+                later: Some(ScanFiles)
+            }
         );
         let why = not_best(&t, &c);
-        assert_eq!(why.len(), 1, "{why:?}");
+        assert_eq!(why.len(), 2, "{why:?}");
         assert!(why[0].starts_with("storage-walk") && why[0].contains("iter bpf_sk_storage_map: refused: EPERM"), "{why:?}");
         // Forcing the hash map still works there; forcing the walk names what it lacks.
-        assert_eq!(choose(&t, Want { kind: Some(Kind::HashMap), send: None }).unwrap().send, SockSendLength);
-        let e = choose(&t, Want { kind: Some(Kind::StorageWalk), send: None }).unwrap_err();
+        assert_eq!(choose(&t, Want { kind: Some(Kind::HashMap), send: None, ..Want::default() }).unwrap().send, SockSendLength);
+        let e = choose(&t, Want { kind: Some(Kind::StorageWalk), send: None, ..Want::default() }).unwrap_err();
         assert!(e.to_string().contains("--configuration storage-walk") && e.to_string().contains("iter bpf_sk_storage_map"), "{e}");
     }
 
     #[test]
     fn debian_kernels_take_fentry_and_a_kernel_without_btf_hooks_the_hash_map() {
         // 6.1 / 6.12 in the VMs: fentry and kprobes, every iterator (6.1 lacks tp_btf
-        // tcp_sendmsg_locked and sock_send_length).
-        let mut works = vec![Send(FentryTcpSendmsg), Send(KprobeTcpSendmsg), RetransmitBtf, Retransmit, SetState];
+        // tcp_sendmsg_locked and sock_send_length); 6.1 sends pages through do_tcp_sendpages.
+        let mut works = vec![Send(FentryTcpSendmsgLocked), Send(KprobeTcpSendmsg), RetransmitBtf, Retransmit, SetState];
+        works.extend([Path(FentryDoTcpSendpages), Path(KprobeDoTcpSendpages), Path(FentryMptcpSendmsg), Path(KprobeMptcpSendmsg)]);
         works.extend(EVERY_ITER);
         let c = choose(&kernel(&works), Want::default()).unwrap();
-        assert_eq!((c.kind, c.send), (Kind::StorageWalk, FentryTcpSendmsg));
+        assert_eq!((c.kind, c.send, c.paths.clone()), (Kind::StorageWalk, FentryTcpSendmsgLocked, vec![Path(FentryDoTcpSendpages), Path(FentryMptcpSendmsg)]));
+        let c = choose(&kernel(&works), Want { kind: Some(Kind::HashMap), send: None, ..Want::default() }).unwrap();
+        assert_eq!((c.send, c.paths), (KprobeTcpSendmsg, vec![Path(KprobeDoTcpSendpages), Path(KprobeMptcpSendmsg)]));
         // No BTF program at all (no BTF, or a verifier refusing tracing programs).
         let c = choose(&kernel(&[Send(KprobeTcpSendmsg), Retransmit, SetState, Scan]), Want::default()).unwrap();
-        assert_eq!(c, Configuration { kind: Kind::HashMap, send: KprobeTcpSendmsg, lifetime: vec![SetState, Retransmit], startup: Some(Scan), later: None });
+        assert_eq!(
+            c,
+            Configuration {
+                kind: Kind::HashMap,
+                send: KprobeTcpSendmsg,
+                paths: vec![],
+                lifetime: vec![SetState, Retransmit],
+                startup: Some(Scan),
+                later: None
+            }
+        );
         // The hash map cannot run without its close hook.
         let e = choose(&kernel(&[Send(KprobeTcpSendmsg)]), Want::default()).unwrap_err();
         assert!(e.missing.iter().any(|(k, why)| *k == Kind::HashMap && why.contains("raw_tp inet_sock_set_state")), "{e}");
@@ -378,11 +461,11 @@ mod tests {
     fn confidentiality_lockdown_keeps_the_btf_programs() {
         // 6.12 with lockdown=confidentiality: no tracefs and no probe reads, so neither the
         // classic tracepoints nor kprobes; BTF programs load.
-        let mut works = vec![Send(FentryTcpSendmsg), RetransmitBtf, SetState];
+        let mut works = vec![Send(FentryTcpSendmsgLocked), RetransmitBtf, SetState];
         works.extend(EVERY_ITER);
         let t = kernel(&works);
         let c = choose(&t, Want::default()).unwrap();
-        assert_eq!((c.kind, c.send, c.startup, c.later), (Kind::StorageWalk, FentryTcpSendmsg, Some(ScanAdopt), Some(ScanFilesAdopt)));
+        assert_eq!((c.kind, c.send, c.startup, c.later), (Kind::StorageWalk, FentryTcpSendmsgLocked, Some(ScanAdopt), Some(ScanFilesAdopt)));
     }
 
     #[test]
@@ -412,7 +495,7 @@ mod tests {
 
     #[test]
     fn every_kind_and_every_send_hook_a_kernel_runs_is_an_alternative_once() {
-        let want = |kind, send| Want { kind: Some(kind), send: Some(send) };
+        let want = |kind, send| Want { kind: Some(kind), send: Some(send), ..Want::default() };
         // v657: the walk with tcp_sendmsg_locked is chosen.
         let mut works = vec![Send(TcpSendmsgLocked), Send(SockSendLengthBtf), Send(SockSendLength), SetState, RetransmitBtf, Retransmit];
         works.extend(EVERY_ITER);
@@ -434,13 +517,13 @@ mod tests {
         let mut works = vec![Send(TcpSendmsgLocked), Send(SockSendLengthBtf), Send(SockSendLength), SetState, RetransmitBtf, Retransmit];
         works.extend(EVERY_ITER);
         let t = kernel(&works);
-        let c = choose(&t, Want { send: Some(SockSendLength), kind: None }).unwrap();
+        let c = choose(&t, Want { send: Some(SockSendLength), kind: None, ..Want::default() }).unwrap();
         assert_eq!((c.kind, c.lifetime.clone(), c.startup, c.later), (Kind::HashMap, vec![SetState, Retransmit], Some(Scan), Some(ScanFiles)));
-        let c = choose(&t, Want { send: Some(SockSendLengthBtf), kind: Some(Kind::StorageDiag) }).unwrap();
+        let c = choose(&t, Want { send: Some(SockSendLengthBtf), kind: Some(Kind::StorageDiag), ..Want::default() }).unwrap();
         assert_eq!((c.kind, c.send, c.startup), (Kind::StorageDiag, SockSendLengthBtf, Some(Scan)));
-        let e = choose(&t, Want { send: Some(FentryTcpSendmsg), kind: None }).unwrap_err();
-        assert!(e.to_string().contains("--send-hook fentry") && e.to_string().contains("fentry tcp_sendmsg: refused: EPERM"), "{e}");
-        let e = choose(&t, Want { send: Some(SockSendLength), kind: Some(Kind::StorageWalk) }).unwrap_err();
+        let e = choose(&t, Want { send: Some(FentryTcpSendmsgLocked), kind: None, ..Want::default() }).unwrap_err();
+        assert!(e.to_string().contains("--send-hook fentry") && e.to_string().contains("fentry tcp_sendmsg_locked: refused: EPERM"), "{e}");
+        let e = choose(&t, Want { send: Some(SockSendLength), kind: Some(Kind::StorageWalk), ..Want::default() }).unwrap_err();
         assert!(e.to_string().contains("keeps its state elsewhere"), "{e}");
     }
 

@@ -10,6 +10,8 @@ use serde::Serialize;
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Send,
+    /// A send path the main send hook does not see (pages before 6.5, Multipath TCP).
+    Path,
     Lifetime,
     Sample,
     Reconcile,
@@ -19,6 +21,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Send => "send",
+            Role::Path => "send path",
             Role::Lifetime => "lifetime",
             Role::Sample => "sample",
             Role::Reconcile => "reconcile",
@@ -30,6 +33,8 @@ impl Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HookId {
     Send(SendHook),
+    /// A hook of another send path, beside the main one.
+    Path(SendHook),
     RetransmitBtf,
     Retransmit,
     SetState,
@@ -79,6 +84,10 @@ const fn send(hook: SendHook, flag: &'static str, label: &'static str, program: 
     HookSpec { id: HookId::Send(hook), role: Role::Send, label, program, flag: Some(flag), attach }
 }
 
+const fn path(hook: SendHook, label: &'static str, program: &'static str, attach: Attach) -> HookSpec {
+    HookSpec { id: HookId::Path(hook), role: Role::Path, label, program, flag: None, attach }
+}
+
 const fn other(id: HookId, role: Role, label: &'static str, program: &'static str, attach: Attach) -> HookSpec {
     HookSpec { id, role, label, program, flag: None, attach }
 }
@@ -87,14 +96,20 @@ const fn iter(target: &'static str) -> Attach {
     Attach::Iter { target, map: None }
 }
 
-/// Every hook: send hooks in order of preference, lifetime hooks, then the iterators (each
-/// variant of a reconcile pass its own row, the better one first).
-pub const HOOKS: [HookSpec; 13] = [
+/// Every hook: send hooks in order of preference, the other send paths' (each path's best
+/// first), lifetime hooks, then the iterators (each variant of a reconcile pass its own row,
+/// the better one first).
+pub const HOOKS: [HookSpec; 18] = [
     send(SendHook::TcpSendmsgLocked, "tcp-sendmsg-locked", "tp_btf tcp_sendmsg_locked", "tcp_sendmsg_locked", Attach::TpBtf("tcp_sendmsg_locked")),
-    send(SendHook::FentryTcpSendmsg, "fentry", "fentry tcp_sendmsg", "fentry_tcp_sendmsg", Attach::Fentry("tcp_sendmsg")),
+    send(SendHook::FentryTcpSendmsgLocked, "fentry", "fentry tcp_sendmsg_locked", "fentry_tcp_sendmsg_locked", Attach::Fentry("tcp_sendmsg_locked")),
     send(SendHook::SockSendLengthBtf, "sock-send-length-btf", "tp_btf sock_send_length", "sock_send_length_btf", Attach::TpBtf("sock_send_length")),
     send(SendHook::SockSendLength, "sock-send-length", "tracepoint sock:sock_send_length", "sock_send_length", Attach::Tracepoint("sock", "sock_send_length")),
     send(SendHook::KprobeTcpSendmsg, "kprobe", "kprobe tcp_sendmsg", "kprobe_tcp_sendmsg", Attach::Kprobe("tcp_sendmsg")),
+    path(SendHook::FentryDoTcpSendpages, "fentry do_tcp_sendpages", "fentry_do_tcp_sendpages", Attach::Fentry("do_tcp_sendpages")),
+    path(SendHook::KprobeDoTcpSendpages, "kprobe do_tcp_sendpages", "kprobe_do_tcp_sendpages", Attach::Kprobe("do_tcp_sendpages")),
+    path(SendHook::FentryMptcpSendmsg, "fentry mptcp_sendmsg", "fentry_mptcp_sendmsg", Attach::Fentry("mptcp_sendmsg")),
+    path(SendHook::SockSendLengthBtfMptcp, "tp_btf sock_send_length (MPTCP)", "sock_send_length_mptcp", Attach::TpBtf("sock_send_length")),
+    path(SendHook::KprobeMptcpSendmsg, "kprobe mptcp_sendmsg", "kprobe_mptcp_sendmsg", Attach::Kprobe("mptcp_sendmsg")),
     other(HookId::RetransmitBtf, Role::Lifetime, "tp_btf tcp_retransmit_skb", "tcp_retransmit_skb_btf", Attach::TpBtf("tcp_retransmit_skb")),
     other(HookId::SetState, Role::Lifetime, "raw_tp inet_sock_set_state", "inet_sock_set_state", Attach::RawTp("inet_sock_set_state")),
     other(HookId::Retransmit, Role::Lifetime, "tracepoint tcp:tcp_retransmit_skb", "tcp_retransmit_skb", Attach::Tracepoint("tcp", "tcp_retransmit_skb")),
@@ -107,6 +122,16 @@ pub const HOOKS: [HookSpec; 13] = [
 
 pub fn spec(id: HookId) -> &'static HookSpec {
     HOOKS.iter().find(|h| h.id == id).expect("every HookId has a row in HOOKS")
+}
+
+/// How people call the program that made a record with `hook`.
+pub fn send_label(hook: SendHook) -> &'static str {
+    match hook {
+        // The main classic tracepoint's program, on an MPTCP socket: no row of its own.
+        SendHook::SockSendLengthMptcp => "tracepoint sock:sock_send_length (MPTCP)",
+        h if SendHook::ALL.contains(&h) => spec(HookId::Send(h)).label,
+        h => spec(HookId::Path(h)).label,
+    }
 }
 
 /// What the kernel said of one hook.
@@ -208,7 +233,11 @@ mod tests {
         for h in HOOKS {
             assert_eq!(spec(h.id).program, h.program);
             assert_eq!(h.role == Role::Send, matches!(h.id, HookId::Send(_)));
+            assert_eq!(h.role == Role::Path, matches!(h.id, HookId::Path(_)));
             assert_eq!(HOOKS.iter().filter(|o| o.id == h.id).count(), 1, "{:?}", h.id);
+        }
+        for h in SendHook::EVERY {
+            assert!(!send_label(h).is_empty());
         }
     }
 

@@ -76,18 +76,40 @@ pub fn kernel_config(tracefs: Option<&Tracefs>, btf: &KernelBtf) -> Result<Kerne
     c.sk_cookie = btf.member_offset("sock_common", "skc_cookie").unwrap_or(OFFSET_ABSENT);
     // Optional: without them, the iterators are refused.
     let _ = btf.tcp_offsets(&mut c);
+    // Optional: without MPTCP, its hooks have nothing to follow; without the task's flags, a
+    // kernel thread's send is taken for its owner's.
+    c.mptcp_first = btf.member_offset("mptcp_sock", "first").unwrap_or(OFFSET_ABSENT);
+    c.task_flags = btf.member_offset("task_struct", "flags").unwrap_or(OFFSET_ABSENT);
     c.agent_tgid = std::process::id();
     Ok(c)
 }
 
+/// Kernel functions some hooks follow, which not every kernel has (from its BTF).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Functions {
+    /// Before 6.5: pages (sendfile, splice, kTLS) are sent here, not through
+    /// `tcp_sendmsg_locked`.
+    pub do_tcp_sendpages: bool,
+}
+
+impl Functions {
+    pub fn of(btf: &KernelBtf) -> Self {
+        Functions { do_tcp_sendpages: btf.has_function("do_tcp_sendpages") }
+    }
+}
+
 /// Tries every hook of the table alone, in one object loaded with the smallest maps: each is
 /// loaded and attached, then detached. What the kernel said of each, with the verifier's log
-/// of a refusal when it wrote one.
-pub fn probe(object: &[u8], cfg: &KernelConfig) -> Result<Vec<HookStatus>, LoadError> {
-    let mut ebpf = open(object, cfg, Sizes { max_sockets: 1, ring_buffer_bytes: 4096 })?;
+/// of a refusal when it wrote one; a hook with nothing to follow here is not tried.
+pub fn probe(object: &[u8], cfg: &KernelConfig, functions: Functions) -> Result<Vec<HookStatus>, LoadError> {
+    let mut ebpf = open(object, cfg, Sizes { max_sockets: 1, ring_buffer_bytes: 4096 }, 1)?;
     let btf = Btf::from_sys_fs().map_err(|e| e.to_string());
     let mut out = Vec::with_capacity(HOOKS.len());
     for h in &HOOKS {
+        if let Some(why) = not_applicable(h.id, cfg, functions) {
+            out.push(HookStatus::of(h.id, HookState::NotTried(why)));
+            continue;
+        }
         let tried = precondition(h.id, cfg).and_then(|()| match h.attach {
             Attach::Iter { .. } => link_iter(&mut ebpf, &btf, h).map(drop),
             _ => attach(&mut ebpf, h, &btf, false),
@@ -130,11 +152,19 @@ pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes, c: &Configuration) 
     let mut cfg = *cfg;
     cfg.announce = u32::from(c.kind == Kind::StorageDiag);
     let sizes = Sizes { max_sockets: if c.kind.socket_storage() { 1 } else { sizes.max_sockets }, ..sizes };
-    let mut ebpf = open(object, &cfg, sizes).map_err(|e| (HookId::Send(c.send), e.to_string()))?;
+    let mptcp_lru = if c.paths.contains(&HookId::Path(SendHook::KprobeMptcpSendmsg)) || c.send == SendHook::SockSendLength { MPTCP_LRU } else { 1 };
+    let mut ebpf = open(object, &cfg, sizes, mptcp_lru).map_err(|e| (HookId::Send(c.send), e.to_string()))?;
     let btf = Btf::from_sys_fs().map_err(|e| e.to_string());
     let send = HookId::Send(c.send);
     attach(&mut ebpf, spec(send), &btf, true).map_err(required(send))?;
     let mut refused = Vec::new();
+    let mut paths = Vec::new();
+    for &id in &c.paths {
+        match attach(&mut ebpf, spec(id), &btf, true) {
+            Ok(()) => paths.push(id),
+            Err(why) => refused.push(refusal(id, &why)),
+        }
+    }
     let mut lifetime = Vec::new();
     for &id in &c.lifetime {
         match attach(&mut ebpf, spec(id), &btf, true) {
@@ -146,7 +176,7 @@ pub fn load(object: &[u8], cfg: &KernelConfig, sizes: Sizes, c: &Configuration) 
     let walk = if c.kind.walks() { Some(link_iter(&mut ebpf, &btf, spec(HookId::Walk)).map_err(required(HookId::Walk))?) } else { None };
     let (scan, startup) = link_first(&mut ebpf, &btf, c.startup, &mut refused);
     let (scan_files, later) = link_first(&mut ebpf, &btf, c.later, &mut refused);
-    let configuration = Configuration { lifetime, startup, later, ..c.clone() };
+    let configuration = Configuration { paths, lifetime, startup, later, ..c.clone() };
     Ok(Loaded { ebpf, configuration, refused, walk, scan, scan_files })
 }
 
@@ -169,12 +199,28 @@ fn link_first(ebpf: &mut Ebpf, btf: &Result<Btf, String>, chosen: Option<HookId>
     (None, None)
 }
 
-fn open(object: &[u8], cfg: &KernelConfig, sizes: Sizes) -> Result<Ebpf, LoadError> {
+/// The MPTCP LRU map's size where a fallback hook uses it (see `maps::MPTCP_LRU`).
+const MPTCP_LRU: u32 = 4096;
+
+fn open(object: &[u8], cfg: &KernelConfig, sizes: Sizes, mptcp_lru: u32) -> Result<Ebpf, LoadError> {
     Ok(EbpfLoader::new()
         .override_global("CONFIG", cfg, true)
         .map_max_entries("SOCKS", sizes.max_sockets)
+        .map_max_entries("MPTCP_LRU", mptcp_lru)
         .map_max_entries("EVENTS", sizes.ring_buffer_bytes)
         .load(object)?)
+}
+
+/// Why `id` has nothing to do on this kernel, if so: the function or protocol it follows is
+/// not there (not a refusal: nothing is missing).
+fn not_applicable(id: HookId, cfg: &KernelConfig, functions: Functions) -> Option<&'static str> {
+    match id {
+        HookId::Path(SendHook::FentryDoTcpSendpages | SendHook::KprobeDoTcpSendpages) if !functions.do_tcp_sendpages => {
+            Some("no do_tcp_sendpages: this kernel sends pages (sendfile, splice, kTLS) through tcp_sendmsg_locked (6.5+)")
+        }
+        HookId::Path(h) if h.mptcp() && cfg.mptcp_first == OFFSET_ABSENT => Some("this kernel has no Multipath TCP (CONFIG_MPTCP)"),
+        _ => None,
+    }
 }
 
 /// What the programs of `id` read that this kernel must have.

@@ -65,7 +65,10 @@ pub fn verify_owner(s: &StalledSocket) -> Result<VerifiedOwner, ActionError> {
     // SAFETY: a new descriptor owned by no one else.
     let dup = unsafe { OwnedFd::from_raw_fd(dup as RawFd) };
     let (ino, cookie) = socket_identity(&dup);
-    if ino != Some(u64::from(s.inode)) || cookie != Some(s.socket_cookie) {
+    // An MPTCP connection is sampled by its subflow; the owner holds the MPTCP socket (same
+    // inode, its own cookie), which must still have that subflow.
+    let same = if s.mptcp { mptcp_has_subflow(&dup, s.local, s.remote) } else { cookie == Some(s.socket_cookie) };
+    if ino != Some(u64::from(s.inode)) || !same {
         return Err(ActionError::Skip(
             SkipWhy::FdChanged,
             format!("fd {fd} of pid {pid} is no longer socket {} (cookie {}): inode {ino:?}, cookie {cookie:?}", s.inode, s.socket_cookie),
@@ -101,6 +104,55 @@ pub fn holder_in_repair(pid: u32, fd: i32) -> bool {
     }
     // SAFETY: a new descriptor owned by no one else.
     in_repair(&unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
+}
+
+/// `SOL_MPTCP` and its `MPTCP_SUBFLOW_ADDRS` (include/uapi/linux/mptcp.h, 5.16+).
+const SOL_MPTCP: libc::c_int = 284;
+const MPTCP_SUBFLOW_ADDRS: libc::c_int = 3;
+/// Subflows asked about at most (the kernel's own limit is 8 per connection).
+const MPTCP_SUBFLOWS: usize = 8;
+
+/// `struct mptcp_subflow_data`, then `struct mptcp_subflow_addrs` (two sockaddr_storage) each.
+#[repr(C)]
+struct SubflowAddrs {
+    size_subflow_data: u32,
+    num_subflows: u32,
+    size_kernel: u32,
+    size_user: u32,
+    addrs: [[libc::sockaddr_storage; 2]; MPTCP_SUBFLOWS],
+}
+
+/// Whether the MPTCP socket behind `fd` has a subflow from `local` to `remote`.
+fn mptcp_has_subflow(fd: &OwnedFd, local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
+    // SAFETY: an all-zero buffer of plain integers is valid.
+    let mut data: SubflowAddrs = unsafe { std::mem::zeroed() };
+    data.size_subflow_data = 16;
+    data.size_user = std::mem::size_of::<[libc::sockaddr_storage; 2]>() as u32;
+    let mut len = std::mem::size_of::<SubflowAddrs>() as libc::socklen_t;
+    // SAFETY: MPTCP_SUBFLOW_ADDRS fills at most `len` bytes of our buffer.
+    if unsafe { libc::getsockopt(fd.as_raw_fd(), SOL_MPTCP, MPTCP_SUBFLOW_ADDRS, (&raw mut data).cast(), &mut len) } != 0 {
+        return false;
+    }
+    let n = (data.num_subflows as usize).min(MPTCP_SUBFLOWS);
+    data.addrs[..n].iter().any(|[l, r]| sockaddr(l) == Some(local) && sockaddr(r) == Some(remote))
+}
+
+/// A `sockaddr_storage` as an address, v4-mapped peers as IPv4 (as the report shows them).
+fn sockaddr(ss: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
+    let canon = |a: std::net::SocketAddr| std::net::SocketAddr::new(a.ip().to_canonical(), a.port());
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says it is a sockaddr_in, which fits in the storage.
+            let sin = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(std::net::SocketAddr::from((u32::from_be(sin.sin_addr.s_addr).to_be_bytes(), u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(canon(std::net::SocketAddr::from((sin6.sin6_addr.s6_addr, u16::from_be(sin6.sin6_port)))))
+        }
+        _ => None,
+    }
 }
 
 /// Inode and socket cookie of a descriptor (`None` when it is not a socket).

@@ -217,6 +217,9 @@ impl Reaper {
             Stage::Report { .. } => Ok("reported".to_string()),
             Stage::Signal { signal, .. } => actions::signal(s, *signal),
             Stage::Shutdown { .. } => actions::shutdown(s),
+            // The kernel has no SOCK_DESTROY for an MPTCP socket, and destroying its subflow
+            // leaves the sender blocked on the MPTCP socket: that socket is shut down instead.
+            Stage::Destroy { .. } if s.mptcp => actions::shutdown(s).map(|m| format!("{m}: an MPTCP connection, which SOCK_DESTROY cannot end")),
             Stage::Destroy { .. } => destroy(s).map(|()| "destroyed by SOCK_DESTROY".into()),
             Stage::Rpc { target: Some(target), timeout, retries, .. } => match actions::verify_owner(s) {
                 Ok(owner) => {

@@ -237,7 +237,7 @@ fn close_wait_held_idle_is_a_leak_suspect_from_the_fin() {
 
 /// The grace of a leak suspect (`--close-wait-grace`, 5 minutes by default) is its own: a
 /// half-closed client waiting for its answer longer than the stall grace is not reported.
-const CLOSE_WAIT_GRACE: Grace = Grace { stuck_ms: GRACE, close_wait_idle_ms: 300_000 };
+const CLOSE_WAIT_GRACE: Grace = Grace { stuck_ms: GRACE, close_wait_idle_ms: 300_000, trickle: TrickleRule::DEFAULT };
 
 #[test]
 fn a_half_closed_client_waiting_for_its_answer_longer_than_grace_is_not_stalled() {
@@ -452,4 +452,110 @@ fn a_closed_socket_is_never_stuck_whatever_its_sequence_gap() {
     s.state = TCP_CLOSE_WAIT;
     s.queued = 0;
     assert!(stuck(&s), "CLOSE_WAIT held by its owner is, even with nothing queued");
+}
+
+/// A long trickle test's grace: 30 s, the default trickle rule (5 minutes, 1 KiB/s).
+const TRICKLE: Grace = Grace { stuck_ms: 30_000, close_wait_idle_ms: 300_000, trickle: TrickleRule::DEFAULT };
+
+/// The window nearly closed (one segment), nothing in flight, bytes queued; `acked` so far.
+fn nearly_closed(at_ms: u64, acked: u64) -> Sample {
+    Sample { unacked: 0, snd_wnd: Some(1448), ..sample(at_ms, 50_000, acked) }
+}
+
+/// Feeds one sample a second from `from` to `to` (seconds), `acked(t)` bytes acknowledged at
+/// second t; the transitions seen.
+fn feed(t: &mut StallTracker, from: u64, to: u64, acked: impl Fn(u64) -> u64, wnd: impl Fn(u64) -> u32) -> Vec<(u64, Transition)> {
+    (from..=to)
+        .map(|sec| (sec, t.observe(&Sample { snd_wnd: Some(wnd(sec)), ..nearly_closed(sec * 1_000, acked(sec)) }, TRICKLE)))
+        .filter(|(_, tr)| *tr != Transition::None)
+        .collect()
+}
+
+#[test]
+fn a_peer_that_frees_a_little_before_each_grace_ends_is_trickling_after_the_window() {
+    let mut t = StallTracker::new();
+    // 100 bytes every 20 s (grace 30 s): never a stall of the grace rule.
+    let seen = feed(&mut t, 0, 299, |s| 10_000 + s / 20 * 100, |_| 1448);
+    assert!(seen.is_empty(), "{seen:?}");
+    let seen = feed(&mut t, 300, 300, |s| 10_000 + s / 20 * 100, |_| 1448);
+    let st = stalled(seen[0].1);
+    assert_eq!((st.reason, st.proof, st.since_ms), (Reason::PeerTrickling, OnsetProof::DrainRate, 0));
+    let d = st.drain.unwrap();
+    assert_eq!((d.bytes, d.over_ms, d.floor_bytes_per_s), (1_500, 300_000, 1024));
+    // It goes on trickling: progress does not end it, nothing is reported twice.
+    assert!(feed(&mut t, 301, 600, |s| 10_000 + s / 20 * 100, |_| 1448).is_empty());
+    assert_eq!(t.stall().unwrap().reason, Reason::PeerTrickling);
+    assert!(!Reason::PeerTrickling.acted_on_unnamed(), "slow is not gone: only a selector naming it acts");
+}
+
+#[test]
+fn a_slow_reader_that_keeps_up_with_its_stream_never_trickles() {
+    let mut t = StallTracker::new();
+    // 50 KiB/s of a paced stream, its window nearly closed all along (the sender is ahead).
+    assert!(feed(&mut t, 0, 900, |s| s * 51_200, |_| 1448).is_empty());
+    // Just over the floor, a little at a time: not trickling either.
+    let mut t = StallTracker::new();
+    assert!(feed(&mut t, 0, 900, |s| s * 1_100, |_| 0).is_empty());
+    assert!(t.stall().is_none());
+}
+
+#[test]
+fn a_paused_reader_that_resumes_opens_its_window_and_never_trickles() {
+    let mut t = StallTracker::new();
+    // 20 s paused (under grace), then it reads its backlog: its window opens wide and the
+    // sender's queue drains at once.
+    let acked = |s: u64| s / 20 * 200_000;
+    let wnd = |s: u64| if s.is_multiple_of(20) { 200_000 } else { 0 };
+    assert!(feed(&mut t, 0, 1_200, acked, wnd).is_empty());
+    // Few bytes, but the window seen open wide within every window: the sender is not held
+    // back by this reader, no trickle.
+    let mut t = StallTracker::new();
+    let wnd = |s: u64| if s % 240 == 100 { 200_000 } else { 1448 };
+    assert!(feed(&mut t, 0, 1_200, |s| 10_000 + s / 20 * 100, wnd).is_empty());
+    // A window the sample cannot tell (no tcpi_snd_wnd, no walk): no trickle is judged.
+    let mut t = StallTracker::new();
+    for sec in 0..=900 {
+        let s = Sample { snd_wnd: None, ..nearly_closed(sec * 1_000, 10_000 + sec / 20 * 100) };
+        assert_eq!(t.observe(&s, TRICKLE), Transition::None);
+    }
+}
+
+#[test]
+fn a_trickle_that_speeds_up_recovers_and_one_that_stops_is_not_reading() {
+    let mut t = StallTracker::new();
+    let trickle = |s: u64| 10_000 + s / 20 * 100;
+    feed(&mut t, 0, 300, trickle, |_| 1448);
+    assert_eq!(t.stall().unwrap().reason, Reason::PeerTrickling);
+    // 100 KB/s for a few seconds: over the window the floor is passed.
+    let fast = |s: u64| trickle(300) + (s - 300) * 100_000;
+    let seen = feed(&mut t, 301, 305, fast, |_| 1448);
+    assert!(matches!(seen[..], [(_, Transition::Recovered { .. })]), "{seen:?}");
+    // Trickling again, then nothing at all: trickling while the window still holds its last
+    // bytes, then not reading (one stall all along).
+    let mut t = StallTracker::new();
+    feed(&mut t, 0, 300, trickle, |_| 0);
+    let seen = feed(&mut t, 301, 550, |_| trickle(300), |_| 0);
+    assert!(seen.is_empty(), "the same stall goes on: {seen:?}");
+    assert_eq!(t.stall().unwrap().reason, Reason::PeerTrickling);
+    let seen = feed(&mut t, 551, 700, |_| trickle(300), |_| 0);
+    assert!(seen.is_empty(), "the same stall goes on: {seen:?}");
+    let st = t.stall().unwrap();
+    assert_eq!((st.reason, st.since_ms, st.drain), (Reason::PeerNotReading, 0, None));
+}
+
+#[test]
+fn a_peer_not_reading_that_then_trickles_stays_one_stall() {
+    let mut t = StallTracker::new();
+    // 100 bytes every 40 s, grace 30 s: a stall, a recovery, a stall... until the window
+    // proves a trickle; from then on one stall, whatever the gaps.
+    let acked = |s: u64| 10_000 + s / 40 * 100;
+    let early = feed(&mut t, 0, 299, acked, |_| 1448);
+    assert!(early.iter().any(|(_, tr)| matches!(tr, Transition::Recovered { .. })));
+    let late = feed(&mut t, 330, 900, acked, |_| 1448);
+    assert!(late.iter().all(|(_, tr)| matches!(tr, Transition::Stalled(_))) && late.len() <= 1, "{late:?}");
+    // And it reads as trickling all along, in the gaps too.
+    for sec in 901..=1_000 {
+        assert_eq!(t.observe(&Sample { snd_wnd: Some(1448), ..nearly_closed(sec * 1_000, acked(sec)) }, TRICKLE), Transition::None);
+        assert_eq!(t.stall().map(|s| s.reason), Some(Reason::PeerTrickling), "at {sec} s");
+    }
 }

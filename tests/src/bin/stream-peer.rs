@@ -63,6 +63,9 @@
 //!       half-close:<r>  shutdown(SHUT_WR) at once (the server sees EOF), then read r bytes per
 //!                     second (0: never read) until EOF; prints `EOF local=<addr>` then
 //!       slow:<r>      read r bytes per second
+//!       slow-rcvbuf:<r>:<n>  as slow, with the receive buffer fixed at n bytes before connecting: the
+//!                     window reopens by a segment as soon as one is free (an autotuned buffer
+//!                     reopens it only once a sixteenth of it is)
 //!       late:<ms>     read nothing for ms milliseconds (the server's bytes wait), then read
 //!                     everything as fast as it comes
 //!       late-close:<ms>  as late, but close (FIN) once 500 ms pass without data
@@ -72,6 +75,8 @@
 //!       gate-all-close  as gate-close, but one SIGUSR1 releases every connection at once
 //!       close:<ms>    read for ms milliseconds, then close (FIN)
 //!       rst:<ms>      read for ms milliseconds, then abort the connection (RST)
+//!       get:<n>       send `GET /big HTTP/1.1` (an HTTP server's large file), read n bytes of
+//!                     the answer, then never read again; prints `READ <n>` then
 //!     Prints `CONNECTED local=<addr>` per connection.
 use std::{
     io::{Read, Write},
@@ -384,6 +389,27 @@ fn fill_exec(mut s: TcpStream, ms: u64) -> std::io::Result<()> {
     Err(std::io::Error::last_os_error())
 }
 
+/// Connects to `addr`; for `slow-rcvbuf`, with the receive buffer fixed before the handshake
+/// (set after it, the window already offered exceeds the buffer and the peer's bytes beyond it
+/// are dropped and sent again).
+fn connect(addr: &str, mode: &str) -> TcpStream {
+    let Some(rcvbuf) = mode.strip_prefix("slow-rcvbuf:").and_then(|m| m.split_once(':')).map(|(_, n)| n.parse::<libc::c_int>().expect("rcvbuf")) else {
+        return TcpStream::connect(addr).expect("connect");
+    };
+    let a: std::net::SocketAddr = addr.parse().expect("a numeric address");
+    let family = if a.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket calls on a descriptor handed to TcpStream.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let r = libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const rcvbuf).cast(), 4);
+        assert!(r == 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+        let (sa, len) = sockaddr(&a);
+        assert!(libc::connect(fd, (&raw const sa).cast(), len) == 0, "connect: {}", std::io::Error::last_os_error());
+        <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    }
+}
+
 fn client(addr: &str, mode: &str, conns: usize) {
     if mode.starts_with("gate-") {
         // Blocked before any thread starts, so every thread inherits it and the signal waits
@@ -400,7 +426,7 @@ fn client(addr: &str, mode: &str, conns: usize) {
     }
     let mut threads = Vec::new();
     for _ in 0..conns {
-        let s = TcpStream::connect(addr).expect("connect");
+        let s = connect(addr, mode);
         say(format!("CONNECTED local={}", s.local_addr().expect("local addr")));
         let mode = mode.to_string();
         threads.push(std::thread::spawn(move || read_one(s, &mode)));
@@ -441,6 +467,10 @@ fn read_one(mut s: TcpStream, mode: &str) {
         "slow" => {
             read_at(&mut s, arg_num(mode));
         }
+        "slow-rcvbuf" => {
+            let (r, _) = mode.trim_start_matches("slow-rcvbuf:").split_once(':').expect("slow-rcvbuf:<r>:<n>");
+            read_at(&mut s, r.parse().expect("rate"));
+        }
         "late" => {
             std::thread::sleep(Duration::from_millis(arg_num(mode)));
             while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
@@ -460,6 +490,18 @@ fn read_one(mut s: TcpStream, mode: &str) {
         "gate-rst" => {
             wait_for_sigusr1();
             linger_zero(&s);
+        }
+        "get" => {
+            s.write_all(b"GET /big HTTP/1.1\r\nHost: detector-test\r\n\r\n").expect("request");
+            let mut left = arg_num(mode) as usize;
+            while left > 0 {
+                match s.read(&mut buf[..left.min(64 * 1024)]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left -= n,
+                }
+            }
+            say(format!("READ {}", arg_num(mode) as usize - left));
+            hold()
         }
         "close" | "rst" => {
             read_for(&mut s, Duration::from_millis(arg_num(mode)));
