@@ -424,6 +424,9 @@ impl Vm {
     fn boot(&self, root: &Path, kernel: &Path, append: Option<&str>, out: &Path, limit: Duration) -> anyhow::Result<()> {
         let console = std::fs::File::create(out.join("console.log")).context("creating console.log")?;
         let mut cmd = self.vng();
+        // The guest kernel's log on the console too: a guest that dies before its script ends
+        // (vng's exit status 255) leaves why in console.log.
+        cmd.arg("--verbose");
         if !self.kvm {
             cmd.arg("--disable-kvm");
         }
@@ -440,9 +443,10 @@ impl Vm {
             .stdout(console.try_clone()?)
             .stderr(console);
         eprintln!("xtask vmtest: booting {} (console: {})", kernel.display(), out.join("console.log").display());
-        match run_for(cmd, limit)? {
-            Some(true) => Ok(()),
-            Some(false) => bail!("vng exited with an error (see console.log)"),
+        match run_for_status(cmd, limit)? {
+            Some(0) => Ok(()),
+            Some(255) => bail!("the guest died before its script ended (vng exit 255: a kernel panic or a QEMU crash; see console.log)"),
+            Some(code) => bail!("vng exited with status {code} (see console.log)"),
             None => bail!("the VM did not finish within {} min and was killed", limit.as_secs() / 60),
         }
     }
@@ -450,12 +454,17 @@ impl Vm {
 
 /// Runs `cmd` in its own process group for at most `limit`: `Some(success)`, or `None` when
 /// it was killed (with everything it started) at the limit.
-fn run_for(mut cmd: Command, limit: Duration) -> anyhow::Result<Option<bool>> {
+fn run_for(cmd: Command, limit: Duration) -> anyhow::Result<Option<bool>> {
+    Ok(run_for_status(cmd, limit)?.map(|code| code == 0))
+}
+
+/// As [`run_for`], with the exit status (-1 for a signal).
+fn run_for_status(mut cmd: Command, limit: Duration) -> anyhow::Result<Option<i32>> {
     let mut child = cmd.process_group(0).spawn().context("starting it")?;
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait()? {
-            return Ok(Some(status.success()));
+            return Ok(Some(status.code().unwrap_or(-1)));
         }
         if Instant::now() > deadline {
             // SAFETY: signals the process group this function created.

@@ -1,7 +1,8 @@
-//! The send path: what the agent adds to every send on the node. Four configurations,
+//! The send path: what the agent adds to every send on the node. Five configurations,
 //! interleaved in every round (the start rotating): off, off again (the noise floor), an empty
-//! program on the agent's send hook (the kernel's dispatch cost, before any code of ours), and
-//! the agent. Each round measures, with `kernel.bpf_stats_enabled` off:
+//! program on the agent's send hook (the kernel's dispatch cost, before any code of ours), the
+//! agent, and the agent with `--mptcp off` (where no fentry loads, following Multipath TCP costs
+//! a program on every socket's send). Each round measures, with `kernel.bpf_stats_enabled` off:
 //! - CPU per send: `loadgen sendcost`, the writer's own thread CPU time per send (the send path
 //!   and any hook on it run there), writer and reader pinned to separate CPUs, 64 B and 16 KiB;
 //! - real peers: `iperf3 -l 64` (sends/s) and `redis-benchmark` with 64-byte values, one client,
@@ -30,9 +31,10 @@ enum Config {
     OffAgain,
     Empty,
     Agent,
+    AgentNoMptcp,
 }
 
-const CONFIGS: [Config; 4] = [Config::Off, Config::OffAgain, Config::Empty, Config::Agent];
+const CONFIGS: [Config; 5] = [Config::Off, Config::OffAgain, Config::Empty, Config::Agent, Config::AgentNoMptcp];
 
 /// What one configuration measured in one round.
 #[derive(Default, Clone, Copy)]
@@ -62,6 +64,8 @@ pub struct Send {
     /// BPF ns per run: the agent's send program, and the empty one.
     pub bpf_agent: f64,
     pub bpf_empty: f64,
+    /// The agent's other send-path programs (MPTCP): (program, runs per send, ns per run).
+    pub bpf_paths: Vec<(String, f64, f64)>,
 }
 
 struct Row {
@@ -73,12 +77,16 @@ struct Row {
     control: Spread,
     empty: Spread,
     agent: Spread,
+    /// The agent with `--mptcp off`.
+    no_mptcp: Spread,
     /// Agent minus off, in the quantity's unit (CPU rows only).
     agent_delta: Option<Spread>,
     /// The empty program minus off, and the agent minus the empty program (CPU rows only):
     /// the hook's dispatch, and what our code adds to it.
     empty_delta: Option<Spread>,
     over_empty: Option<Spread>,
+    /// The agent minus the agent with `--mptcp off` (CPU rows only): the MPTCP path's cost.
+    mptcp_delta: Option<Spread>,
 }
 
 impl Send {
@@ -181,15 +189,19 @@ fn one(b: &Bins, s: &Servers, c: Config, flag: &str) -> anyhow::Result<Round> {
             let _agent = host::agent(b, "30s", &["--interval", "1s"]);
             measure(b, s)
         }
+        Config::AgentNoMptcp => {
+            let _agent = host::agent(b, "30s", &["--interval", "1s", "--mptcp", "off"]);
+            measure(b, s)
+        }
     }
 }
 
 pub fn run(b: &Bins, rounds: usize) -> anyhow::Result<Send> {
     let flag = host::default_send_hook(b)?.context("the agent's send hook has no empty control program")?;
     let s = servers()?;
-    let mut all: Vec<[Round; 4]> = Vec::new();
+    let mut all: Vec<[Round; 5]> = Vec::new();
     for round in 0..rounds {
-        let mut r = [Round::default(); 4];
+        let mut r = [Round::default(); 5];
         for k in 0..CONFIGS.len() {
             let i = (k + round) % CONFIGS.len();
             r[i] = one(b, &s, CONFIGS[i], &flag)?;
@@ -197,11 +209,11 @@ pub fn run(b: &Bins, rounds: usize) -> anyhow::Result<Send> {
         eprintln!("bench: send round {}/{rounds}: cpu/send 64 B off {:.0} ns, agent {:.0} ns", round + 1, r[0].cpu64, r[3].cpu64);
         all.push(r);
     }
-    let (bpf_agent, bpf_empty) = bpf_per_run(b, &flag)?;
-    Ok(Send { rounds, hook: flag, rows: rows(&all), bpf_agent, bpf_empty })
+    let (bpf_agent, bpf_empty, bpf_paths) = bpf_per_run(b, &flag)?;
+    Ok(Send { rounds, hook: flag, rows: rows(&all), bpf_agent, bpf_empty, bpf_paths })
 }
 
-fn rows(all: &[[Round; 4]]) -> Vec<Row> {
+fn rows(all: &[[Round; 5]]) -> Vec<Row> {
     let spec: [(&str, &str, bool); Round::FIELDS] = [
         ("CPU per 64 B send (loadgen)", "ns", true),
         ("CPU per 16 KiB send (loadgen)", "ns", true),
@@ -223,50 +235,63 @@ fn rows(all: &[[Round; 4]]) -> Vec<Row> {
                 control: change(1),
                 empty: change(2),
                 agent: change(3),
+                no_mptcp: change(4),
                 agent_delta: delta(3, 0),
                 empty_delta: delta(2, 0),
                 over_empty: delta(3, 2),
+                mptcp_delta: delta(3, 4),
             }
         })
         .collect()
 }
 
 /// BPF ns per run of the agent's send program and of the empty one, under 64-byte sends, in
-/// runs of their own with the kernel's accounting on.
-fn bpf_per_run(b: &Bins, flag: &str) -> anyhow::Result<(f64, f64)> {
+/// runs of their own with the kernel's accounting on; and each other send-path program's runs
+/// per send and ns per run.
+fn bpf_per_run(b: &Bins, flag: &str) -> anyhow::Result<(f64, f64, Vec<(String, f64, f64)>)> {
     let _stats = BpfStats::enable()?;
     let agent = host::agent(b, "30s", &["--interval", "1s"]);
     let send = host::programs_of(&agent, "send")?;
+    let paths = host::programs_of(&agent, "path")?;
     let before = host::program_stats(&agent)?;
     sendcost(b, SENDS_64, 64)?;
     let after = host::program_stats(&agent)?;
-    let (mut runs, mut ns) = (0.0, 0.0);
-    for p in &send {
+    let delta = |p: &String| {
         let ((c0, t0), (c1, t1)) = (before.get(p).copied().unwrap_or_default(), after.get(p).copied().unwrap_or_default());
-        runs += c1 - c0;
-        ns += t1 - t0;
-    }
+        (c1 - c0, t1 - t0)
+    };
+    let (runs, ns) = send.iter().map(delta).fold((0.0, 0.0), |(r, n), (dr, dn)| (r + dr, n + dn));
+    let on_paths = paths
+        .iter()
+        .map(|p| {
+            let (r, n) = delta(p);
+            (p.clone(), r / SENDS_64 as f64, n / r.max(1.0))
+        })
+        .collect();
     drop(agent);
     let control = Control::attach(b, flag)?;
     sendcost(b, SENDS_64, 64)?;
     let (cr, cns) = control.stop()?;
-    Ok((ns / runs.max(1.0), cns / cr.max(1.0)))
+    Ok((ns / runs.max(1.0), cns / cr.max(1.0), on_paths))
 }
 
 pub fn report(s: &mut String, x: &Send) {
     let _ = writeln!(s, "## 1. Send path\n");
     let _ = writeln!(
         s,
-        "{} rounds; in each, four configurations in rotating order: off, off again (the noise floor), an empty program on the agent's send hook (`--send-hook {}`: the kernel's dispatch, before any code of ours) and the agent (release build, default flags). CPU per send is the writer thread's own CPU time (`loadgen sendcost`: writer on CPU 0, reader on CPU 1, {SENDS_64} sends of 64 B, {SENDS_16K} of 16 KiB); iperf3 and redis-benchmark (Debian's packages) run server on CPU 1, client on CPU 0. `kernel.bpf_stats_enabled` stays off in these runs. Changes are against the same round's off run: median [quartiles] (range).\n",
+        "{} rounds; in each, five configurations in rotating order: off, off again (the noise floor), an empty program on the agent's send hook (`--send-hook {}`: the kernel's dispatch, before any code of ours), the agent (release build, default flags) and the agent with `--mptcp off` (where no fentry loads, following Multipath TCP costs a program on every socket's send: the last column). CPU per send is the writer thread's own CPU time (`loadgen sendcost`: writer on CPU 0, reader on CPU 1, {SENDS_64} sends of 64 B, {SENDS_16K} of 16 KiB); iperf3 and redis-benchmark (Debian's packages) run server on CPU 1, client on CPU 0. `kernel.bpf_stats_enabled` stays off in these runs. Changes are against the same round's off run: median [quartiles] (range).\n",
         x.rounds, x.hook
     );
-    let _ = writeln!(s, "| quantity | off | off/off | empty program | agent | empty − off (dispatch) | agent − off | agent − empty (our code) |");
-    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        s,
+        "| quantity | off | off/off | empty program | agent | agent --mptcp off | empty − off (dispatch) | agent − off | agent − empty (our code) | agent − agent --mptcp off (MPTCP) |"
+    );
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &x.rows {
         let ns = |d: Option<Spread>| d.map_or(String::new(), |d| format!("{} {}", Show(d, 1), r.unit));
-        let (off, control, empty, agent) = (Show(r.off, 0), ShowPct(r.control), ShowPct(r.empty), ShowPct(r.agent));
-        let (dispatch, total, ours) = (ns(r.empty_delta), ns(r.agent_delta), ns(r.over_empty));
-        let _ = writeln!(s, "| {} | {off} {} | {control} | {empty} | {agent} | {dispatch} | {total} | {ours} |", r.what, r.unit);
+        let (off, control, empty, agent, no_mptcp) = (Show(r.off, 0), ShowPct(r.control), ShowPct(r.empty), ShowPct(r.agent), ShowPct(r.no_mptcp));
+        let (dispatch, total, ours, mptcp) = (ns(r.empty_delta), ns(r.agent_delta), ns(r.over_empty), ns(r.mptcp_delta));
+        let _ = writeln!(s, "| {} | {off} {} | {control} | {empty} | {agent} | {no_mptcp} | {dispatch} | {total} | {ours} | {mptcp} |", r.what, r.unit);
     }
     let _ = writeln!(s, "\nTargets:\n");
     if let Some(cpu) = x.rows.first() {
@@ -290,6 +315,9 @@ pub fn report(s: &mut String, x: &Send) {
         x.bpf_empty,
         x.bpf_agent - x.bpf_empty
     );
+    for (p, per_send, ns) in &x.bpf_paths {
+        let _ = writeln!(s, "Send-path program `{p}` in the same run: {per_send:.2} runs per send × {ns:.0} ns.\n");
+    }
 }
 
 /// The 25 ns target against the agent's cost over off (`total`), the empty program's
