@@ -46,7 +46,12 @@ struct Served {
 /// A `send-peer <path>` server with one client; `None` when this kernel lacks the path (named
 /// as refused, never skipped silently).
 fn serve(path: &str, client: Client) -> Option<Served> {
-    let server = Peer::spawn(SEND_PEER, &[path, "127.0.0.1:0"]);
+    serve_on(path, "127.0.0.1:0", client)
+}
+
+/// [`serve`], listening on `listen`.
+fn serve_on(path: &str, listen: &str, client: Client) -> Option<Served> {
+    let server = Peer::spawn(SEND_PEER, &[path, listen]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
     let client = match client {
         Client::Stops => Peer::spawn(STREAM_PEER, &["client", &addr, "none"]),
@@ -146,17 +151,25 @@ fn an_mptcp_fallback_connection_to_a_reader_that_stopped_is_found() {
 
 // `destroy` on an MPTCP connection: the kernel has no SOCK_DESTROY for an MPTCP socket (and
 // destroying its subflow leaves the sender blocked), so the MPTCP socket is shut down through
-// the owner's fd: the blocked send fails, the server lives.
+// the owner's fd: the blocked send fails, the server lives. The agent acts on its own server's
+// port only: the other tests' stalls run side by side and are theirs to find.
 #[test]
 fn destroy_ends_an_mptcp_connection_through_its_owners_socket() {
     if !privileged("mptcp destroy") {
         return;
     }
-    let a = agent(&["--action", "destroy"]);
-    let Some(mut dead) = serve("mptcp", Client::MptcpStops) else { return };
+    let port = free_port();
+    let dir = Scratch::new("mptcp-destroy");
+    let policy = dir.0.join("policy.toml");
+    let body = format!("[[selector]]\nname = \"this-test\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"destroy\" }}]\n");
+    std::fs::write(&policy, body).unwrap();
+    let a = agent(&["--policy", &policy.display().to_string()]);
+    let Some(mut dead) = serve_on("mptcp", &format!("127.0.0.1:{port}"), Client::MptcpStops) else { return };
     let err = dead.server.expect_where("SEND_ERROR", patient(GRACE + SLACK + Duration::from_secs(2)), |_| true);
     assert!(err.is_some(), "the MPTCP sender is still blocked:\n{}", a.log());
-    assert!(a.log().contains("an MPTCP connection, which SOCK_DESTROY cannot end"), "{}", a.log());
+    // The reap is logged once the action returned: after the sender saw its error.
+    let logged = poll(Duration::from_secs(4), || a.log().contains("an MPTCP connection, which SOCK_DESTROY cannot end").then_some(()));
+    assert!(logged.is_some(), "{}", a.log());
     assert!(!dead.server.wait_exit(Duration::from_millis(300)), "the server died");
 }
 
