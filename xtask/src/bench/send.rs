@@ -65,7 +65,7 @@ pub struct Send {
     pub bpf_agent: f64,
     pub bpf_empty: f64,
     /// The agent's other send-path programs (MPTCP): (program, runs per send, ns per run).
-    pub bpf_paths: Vec<(String, f64, f64)>,
+    pub bpf_paths: Vec<PathCost>,
 }
 
 struct Row {
@@ -245,10 +245,17 @@ fn rows(all: &[[Round; 5]]) -> Vec<Row> {
         .collect()
 }
 
+/// A send-path program's share under 64-byte sends.
+pub struct PathCost {
+    pub program: String,
+    pub runs_per_send: f64,
+    pub ns_per_run: f64,
+}
+
 /// BPF ns per run of the agent's send program and of the empty one, under 64-byte sends, in
 /// runs of their own with the kernel's accounting on; and each other send-path program's runs
 /// per send and ns per run.
-fn bpf_per_run(b: &Bins, flag: &str) -> anyhow::Result<(f64, f64, Vec<(String, f64, f64)>)> {
+fn bpf_per_run(b: &Bins, flag: &str) -> anyhow::Result<(f64, f64, Vec<PathCost>)> {
     let _stats = BpfStats::enable()?;
     let agent = host::agent(b, "30s", &["--interval", "1s"]);
     let send = host::programs_of(&agent, "send")?;
@@ -265,7 +272,7 @@ fn bpf_per_run(b: &Bins, flag: &str) -> anyhow::Result<(f64, f64, Vec<(String, f
         .iter()
         .map(|p| {
             let (r, n) = delta(p);
-            (p.clone(), r / SENDS_64 as f64, n / r.max(1.0))
+            PathCost { program: p.clone(), runs_per_send: r / SENDS_64 as f64, ns_per_run: n / r.max(1.0) }
         })
         .collect();
     drop(agent);
@@ -315,7 +322,7 @@ pub fn report(s: &mut String, x: &Send) {
         x.bpf_empty,
         x.bpf_agent - x.bpf_empty
     );
-    for (p, per_send, ns) in &x.bpf_paths {
+    for PathCost { program: p, runs_per_send: per_send, ns_per_run: ns } in &x.bpf_paths {
         let _ = writeln!(s, "Send-path program `{p}` in the same run: {per_send:.2} runs per send × {ns:.0} ns.\n");
     }
 }
