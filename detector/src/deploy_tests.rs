@@ -16,10 +16,8 @@ fn docs(file: &str) -> Vec<Value> {
 /// What a running agent exports (the hook series appear when the agent attaches its hooks;
 /// the pod family when it is asked for and a pod holds a stall).
 fn exported_series() -> String {
-    let m = Metrics::new().with_pod_series(10).with_configuration("storage-diag", false);
-    let mut s = crate::report::StalledSocket::example();
-    (s.pod_namespace, s.pod_name) = (Some("shop".into()), Some("ws-1".into()));
-    m.set_pod_stalls(&[s]);
+    let m = Metrics::new().with_known_labels(&crate::agent::known_labels()).with_pod_series(10).with_configuration("storage-diag", false);
+    m.set_pod_stalls([crate::metrics::PodStall { namespace: "shop", pod: "ws-1", reason: "peer_not_reading" }]);
     m.hook_attached.get_or_create(&crate::metrics::HookLabel { role: "send".into(), hook: "tracepoint sock:sock_send_length".into() }).set(1);
     m.render()
 }

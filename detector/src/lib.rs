@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod daemon;
 pub mod kernel;
+pub mod logging;
 pub mod metrics;
 pub mod output;
 pub mod owner;

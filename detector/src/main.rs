@@ -16,7 +16,7 @@ use detector::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    detector::daemon::init_logging(cli.log_format);
+    detector::logging::init(cli.log_format == detector::cli::LogFormat::Json);
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

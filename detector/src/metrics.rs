@@ -1,5 +1,6 @@
 //! Prometheus metrics (OpenMetrics text) on `--metrics-addr`. Labels are bounded: reasons,
-//! hooks and counters, never a socket, a peer address or a pid.
+//! hooks and counters, never a socket, a peer address or a pid. A leaf: it names no type of
+//! the domain; the agent hands it the label values (`KnownLabels`) and counts by their names.
 use std::{net::SocketAddr, sync::Arc};
 
 use http_body_util::Full;
@@ -23,9 +24,30 @@ pub struct ReasonLabel {
 }
 
 impl ReasonLabel {
-    pub fn of(r: crate::verdict::Reason) -> Self {
-        Self { reason: r.as_str().into() }
+    pub fn of(reason: &str) -> Self {
+        Self { reason: reason.into() }
     }
+}
+
+/// Every value a bounded label can take, known up front: every series an alert may look for
+/// is exported (as zero) from the start.
+#[derive(Debug, Clone, Default)]
+pub struct KnownLabels {
+    pub reasons: Vec<&'static str>,
+    /// Why a socket left the table.
+    pub forgotten: Vec<&'static str>,
+    pub actions: Vec<&'static str>,
+    /// Why an action was skipped.
+    pub skip_whys: Vec<&'static str>,
+    pub kernel: String,
+}
+
+/// A stalled socket whose pod is named, for the opt-in pod family.
+#[derive(Debug, Clone, Copy)]
+pub struct PodStall<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub reason: &'a str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,12 +95,10 @@ pub struct PodLabel {
 /// The pod series of a report: stalled sockets per (namespace, pod, reason) for sockets whose
 /// pod is named, at most `max` series (the pods with the most stalls first, then by name, so
 /// the same series stay while nothing changes), and how many stalled sockets did not fit.
-pub fn pod_series(report: &[crate::report::StalledSocket], max: usize) -> (Vec<(PodLabel, i64)>, i64) {
+pub fn pod_series<'a>(stalls: impl IntoIterator<Item = PodStall<'a>>, max: usize) -> (Vec<(PodLabel, i64)>, i64) {
     let mut by: std::collections::BTreeMap<PodLabel, i64> = std::collections::BTreeMap::new();
-    for s in report {
-        if let (Some(ns), Some(pod)) = (&s.pod_namespace, &s.pod_name) {
-            *by.entry(PodLabel { namespace: ns.clone(), pod: pod.clone(), reason: s.reason.as_str().into() }).or_default() += 1;
-        }
+    for s in stalls {
+        *by.entry(PodLabel { namespace: s.namespace.into(), pod: s.pod.into(), reason: s.reason.into() }).or_default() += 1;
     }
     let mut series: Vec<(PodLabel, i64)> = by.into_iter().collect();
     series.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -142,9 +162,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Every family registered, no series yet (`with_known_labels` adds the zeros).
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("detector");
-        let m = Self {
+        let mut m = Self {
             stalls_detected: Family::default(),
             stalls_open: Family::default(),
             stalls_recovered: Counter::default(),
@@ -174,6 +194,14 @@ impl Metrics {
             heartbeat_ms: std::sync::atomic::AtomicU64::new(0),
             heartbeat_limit_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
         };
+        m.registry = Registry::with_prefix("detector");
+        m.register();
+        m
+    }
+
+    fn register(&mut self) {
+        let mut registry = std::mem::take(&mut self.registry);
+        let m = &*self;
         registry.register("stalls_detected", "Stalls detected, by reason", m.stalls_detected.clone());
         registry.register("stalled_sockets", "Sockets stalled now, by reason", m.stalls_open.clone());
         registry.register("stalls_recovered", "Stalls that ended because progress resumed", m.stalls_recovered.clone());
@@ -221,28 +249,29 @@ impl Metrics {
             m.metrics_connections_refused.clone(),
         );
         registry.register("build_info", "Agent version and kernel release", m.build_info.clone());
-        for r in crate::verdict::Reason::ALL {
-            // Export zeros from the start so alerts see every series.
-            let l = ReasonLabel { reason: r.as_str().into() };
-            let _ = m.stalls_detected.get_or_create(&l);
-            let _ = m.stalls_open.get_or_create(&l);
+        self.registry = registry;
+    }
+
+    /// Exports a zero for every series an alert may look for, and the build's labels.
+    pub fn with_known_labels(self, k: &KnownLabels) -> Self {
+        for r in &k.reasons {
+            let _ = self.stalls_detected.get_or_create(&ReasonLabel::of(r));
+            let _ = self.stalls_open.get_or_create(&ReasonLabel::of(r));
         }
-        for why in crate::tracker::Forget::ALL {
-            let _ = m.sockets_forgotten.get_or_create(&WhyLabel { why: why.as_str().into() });
+        for why in &k.forgotten {
+            let _ = self.sockets_forgotten.get_or_create(&WhyLabel { why: (*why).into() });
         }
-        for action in crate::reaper::Action::ALL {
+        for action in &k.actions {
             for result in ["ok", "failed", "dry_run"] {
-                let _ = m.reaps.get_or_create(&ActionLabel { action: action.as_str().into(), result: result.into(), why: "none".into() });
+                let _ = self.reaps.get_or_create(&ActionLabel { action: (*action).into(), result: result.into(), why: "none".into() });
+            }
+            // Bounded: 5 actions × 10 whys.
+            for why in &k.skip_whys {
+                let _ = self.reaps.get_or_create(&ActionLabel { action: (*action).into(), result: "skipped".into(), why: (*why).into() });
             }
         }
-        // Every series an alert may look for exists from the start (bounded: 5 actions × 10 whys).
-        for action in crate::reaper::Action::ALL {
-            for why in crate::reaper::SkipWhy::ALL {
-                let _ = m.reaps.get_or_create(&ActionLabel { action: action.as_str().into(), result: "skipped".into(), why: why.as_str().into() });
-            }
-        }
-        m.build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION").into(), kernel: crate::kernel::kernel_release() }).set(1);
-        Self { registry, ..m }
+        self.build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION").into(), kernel: k.kernel.clone() }).set(1);
+        self
     }
 
     /// Adds `configuration{configuration,best}` = 1 for the configuration the agent runs: a
@@ -271,9 +300,9 @@ impl Metrics {
     }
 
     /// Sets the pod family from a pass's report; series whose stalls ended are removed.
-    pub fn set_pod_stalls(&self, report: &[crate::report::StalledSocket]) {
+    pub fn set_pod_stalls<'a>(&self, stalls: impl IntoIterator<Item = PodStall<'a>>) {
         let Some(p) = &self.pods else { return };
-        let (series, overflow) = pod_series(report, p.max);
+        let (series, overflow) = pod_series(stalls, p.max);
         let mut shown = p.shown.lock().unwrap_or_else(|e| e.into_inner());
         for gone in shown.iter().filter(|l| !series.iter().any(|(s, _)| s == *l)) {
             p.stalled.remove(gone);
@@ -286,8 +315,8 @@ impl Metrics {
     }
 
     /// Counts one reaping decision (the audit line goes out separately).
-    pub fn reaped(&self, action: crate::reaper::Action, result: &str, why: Option<crate::reaper::SkipWhy>) {
-        let label = ActionLabel { action: action.as_str().into(), result: result.into(), why: why.map_or("none", |w| w.as_str()).into() };
+    pub fn reaped(&self, action: &str, result: &str, why: Option<&str>) {
+        let label = ActionLabel { action: action.into(), result: result.into(), why: why.unwrap_or("none").into() };
         self.reaps.get_or_create(&label).inc();
     }
 
@@ -306,8 +335,8 @@ impl Metrics {
         last == 0 || monotonic_ms().saturating_sub(last) <= self.heartbeat_limit_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn forgot(&self, why: crate::tracker::Forget) {
-        self.sockets_forgotten.get_or_create(&WhyLabel { why: why.as_str().into() }).inc();
+    pub fn forgot(&self, why: &str) {
+        self.sockets_forgotten.get_or_create(&WhyLabel { why: why.into() }).inc();
     }
 
     pub fn render(&self) -> String {
@@ -441,7 +470,7 @@ mod tests {
     #[test]
     fn the_text_format_declares_every_sample_under_its_own_name() {
         let m = Metrics::new();
-        m.reaped(crate::reaper::Action::Destroy, "ok", None);
+        m.reaped("destroy", "ok", None);
         m.sweep_duration.observe(0.01);
         let text = prometheus_text(&m.render());
         assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
@@ -457,30 +486,27 @@ mod tests {
         assert!(text.contains("detector_reaps_total{action=\"destroy\",result=\"ok\",why=\"none\"} 1"));
     }
 
-    fn stalled_in(ns: &str, pod: &str) -> crate::report::StalledSocket {
-        let mut s = crate::report::StalledSocket::example();
-        (s.pod_namespace, s.pod_name) = (Some(ns.into()), Some(pod.into()));
-        s
+    fn stalled_in<'a>(namespace: &'a str, pod: &'a str) -> PodStall<'a> {
+        PodStall { namespace, pod, reason: "peer_not_reading" }
     }
 
     #[test]
     fn pod_series_are_capped_busiest_first_and_count_what_did_not_fit() {
-        let mut report = vec![stalled_in("shop", "b"), stalled_in("shop", "a"), stalled_in("shop", "b"), stalled_in("web", "c")];
-        report.push(crate::report::StalledSocket { pod_name: None, pod_namespace: None, ..crate::report::StalledSocket::example() });
-        let (series, overflow) = pod_series(&report, 2);
+        let report = [stalled_in("shop", "b"), stalled_in("shop", "a"), stalled_in("shop", "b"), stalled_in("web", "c")];
+        let (series, overflow) = pod_series(report, 2);
         let names: Vec<(&str, i64)> = series.iter().map(|(l, n)| (l.pod.as_str(), *n)).collect();
         assert_eq!(names, [("b", 2), ("a", 1)]);
-        assert_eq!(overflow, 1, "web/c did not fit; a socket with no pod is no pod's");
+        assert_eq!(overflow, 1, "web/c did not fit");
     }
 
     #[test]
     fn pod_family_is_absent_by_default_and_its_series_leave_when_stalls_end() {
         assert!(!Metrics::new().render().contains("pod_stalled"), "opt-in");
         let m = Metrics::new().with_pod_series(200);
-        m.set_pod_stalls(&[stalled_in("shop", "a"), stalled_in("web", "c")]);
+        m.set_pod_stalls([stalled_in("shop", "a"), stalled_in("web", "c")]);
         let text = m.render();
         assert!(text.contains("detector_pod_stalled_sockets{namespace=\"shop\",pod=\"a\",reason="), "{text}");
-        m.set_pod_stalls(&[stalled_in("web", "c")]);
+        m.set_pod_stalls([stalled_in("web", "c")]);
         let text = m.render();
         assert!(!text.contains("pod=\"a\""), "{text}");
         assert!(text.contains("pod=\"c\""), "{text}");

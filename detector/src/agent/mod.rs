@@ -30,7 +30,7 @@ use crate::{
         loader,
         tracefs::Tracefs,
     },
-    metrics::{HookLabel, Metrics},
+    metrics::{HookLabel, KnownLabels, Metrics},
     reaper::{Reaper, config::Policy},
     report::{AgentSetup, Explain, Published, TrackedSocket},
     sample::{scan::Scanner, walk::Walker},
@@ -110,6 +110,17 @@ pub struct Agent {
     _ebpf: aya::Ebpf,
 }
 
+/// Every value of the metrics' bounded labels, from the domain's own lists.
+pub fn known_labels() -> KnownLabels {
+    KnownLabels {
+        reasons: crate::verdict::Reason::ALL.iter().map(|r| r.as_str()).collect(),
+        forgotten: crate::tracker::Forget::ALL.iter().map(|f| f.as_str()).collect(),
+        actions: crate::reaper::Action::ALL.iter().map(|a| a.as_str()).collect(),
+        skip_whys: crate::reaper::SkipWhy::ALL.iter().map(|w| w.as_str()).collect(),
+        kernel: crate::kernel::kernel_release(),
+    }
+}
+
 impl Agent {
     /// Checks privileges, loads the best configuration the kernel runs, and starts the sweep
     /// thread.
@@ -123,6 +134,7 @@ impl Agent {
         log_hooks(&status);
         let metrics = Arc::new(
             Metrics::new()
+                .with_known_labels(&known_labels())
                 .with_pod_series(opts.pod_metrics_max_series)
                 .with_configuration(k.loaded.configuration.kind.as_str(), k.loaded.configuration.kind == Kind::ALL[0]),
         );

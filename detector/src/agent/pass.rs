@@ -6,7 +6,7 @@ use super::{detail, kernel_side::KernelSide, sweep::Sweep};
 use detector_common::SockState;
 
 use crate::{
-    metrics::{Metrics, ReasonLabel},
+    metrics::{Metrics, PodStall, ReasonLabel},
     owner,
     report::{self, StalledSocket},
     sample::{
@@ -82,7 +82,7 @@ impl Sweep {
                 continue;
             }
             if let Some(old) = self.tracker.adopt(sk, &st) {
-                m.forgot(Forget::Replaced);
+                m.forgot(Forget::Replaced.as_str());
                 if let Some(age) = old.verdict.and_then(|v| v.stalled_for_ms(now)) {
                     m.stall_duration.observe(age as f64 / 1e3);
                 }
@@ -207,7 +207,7 @@ impl Sweep {
             *self.undetailed.entry(r).or_default() += 1;
         }
         for (r, n) in open {
-            m.stalls_open.get_or_create(&ReasonLabel::of(r)).set(n);
+            m.stalls_open.get_or_create(&ReasonLabel::of(r.as_str())).set(n);
         }
         m.stalls_undetailed.set(rest.len() as i64);
         let live: HashSet<u64> = detailed.iter().copied().collect();
@@ -216,7 +216,7 @@ impl Sweep {
         self.full_scan.retain(|sk| live.contains(sk));
         let held: HashSet<(u32, u64)> = self.holders.values().flat_map(|hs| hs.list.iter().map(|h| (h.pid, h.start_time))).collect();
         self.pinned.retain(|pid, start| held.contains(&(pid, start)));
-        m.set_pod_stalls(&out);
+        m.set_pod_stalls(pod_stalls(&out));
         out
     }
 
@@ -242,6 +242,11 @@ fn owner_key(t: &Tracked) -> u64 {
 /// a socket it never reported is idle (nothing waited at the walk; bytes waiting later bring it
 /// back through `take_up`); one reported before and not now is looked up by cookie instead
 /// (see `sample_all`); one reported with none waiting leaves as idle once judged.
+/// The stalls whose pod is named, for the opt-in pod family (a socket with no pod is no pod's).
+fn pod_stalls(report: &[StalledSocket]) -> impl Iterator<Item = PodStall<'_>> {
+    report.iter().filter_map(|s| Some(PodStall { namespace: s.pod_namespace.as_deref()?, pod: s.pod_name.as_deref()?, reason: s.reason.as_str() }))
+}
+
 fn from_walk(t: &mut Tracked, walked: Option<(DiagSocket, SockState)>, grace: Grace, m: &Metrics) -> Option<Forget> {
     let Some((d, st)) = walked else {
         return Some(Forget::Idle);
@@ -337,7 +342,7 @@ fn observe(t: &mut Tracked, d: DiagSocket, grace: Grace, m: &Metrics) {
                 ),
                 t.detailed,
             );
-            m.stalls_detected.get_or_create(&ReasonLabel::of(stall.reason)).inc();
+            m.stalls_detected.get_or_create(&ReasonLabel::of(stall.reason.as_str())).inc();
             log::info!(
                 "stalled: {} -> {} sender {} ({}) reason {} queued {}",
                 t.local_addr(),

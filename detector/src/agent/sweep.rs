@@ -196,7 +196,7 @@ impl Sweep {
     pub(super) fn drain(&mut self, kernel: &mut KernelSide, m: &Metrics) {
         let now = self.now_ms();
         kernel.drain(&mut self.tracker, |t, why| {
-            m.forgot(why);
+            m.forgot(why.as_str());
             if let Some(age) = t.verdict.and_then(|v| v.stalled_for_ms(now)) {
                 m.stall_duration.observe(age as f64 / 1e3);
             }
@@ -209,12 +209,12 @@ impl Sweep {
         m.sockets_refused.inc_by(self.tracker.refused - std::mem::replace(&mut self.refused_seen, self.tracker.refused));
         let now = self.now_ms();
         for t in std::mem::take(&mut self.tracker.evicted) {
-            m.forgot(Forget::Evicted);
+            m.forgot(Forget::Evicted.as_str());
             if let Some(age) = t.verdict.and_then(|v| v.stalled_for_ms(now)) {
                 m.stall_duration.observe(age as f64 / 1e3);
             }
         }
-        let dropped = crate::daemon::LOG_LINES_DROPPED.swap(0, Ordering::Relaxed);
+        let dropped = crate::logging::LOG_LINES_DROPPED.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             m.log_lines_dropped.inc_by(dropped);
         }
@@ -322,7 +322,7 @@ impl Sweep {
         let now = self.now_ms();
         for (sk, why) in gone {
             let Some(t) = self.tracker.remove(sk) else { continue };
-            m.forgot(why);
+            m.forgot(why.as_str());
             if why == Forget::Gone {
                 // Its kernel entry, if any (hash map), goes too: see `KernelSide::prune`.
                 self.gone_hooked.push((sk, t.tuple));

@@ -10,7 +10,10 @@ use std::{
 
 use serde::Serialize;
 
-use super::{SkipWhy, config::Sig};
+use super::{
+    SkipWhy,
+    targets::{RpcTarget, Sig},
+};
 use crate::report::StalledSocket;
 
 #[derive(Debug)]
@@ -225,43 +228,6 @@ pub fn shutdown(s: &StalledSocket) -> Result<String, ActionError> {
     Ok(format!("shut down fd {} of pid {}", o.fd, o.pid))
 }
 
-/// Where an RPC goes.
-#[derive(Debug, Clone)]
-pub enum RpcTarget {
-    /// `host:port`, connected from inside the owner's network namespace.
-    Http { authority: String, path: String },
-    /// A socket path in the owner's view of the filesystem (its mount namespace and root).
-    Unix { socket: std::path::PathBuf, path: String },
-}
-
-impl RpcTarget {
-    pub fn from_url(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| format!("`{url}` is not an http:// URL"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() {
-            return Err(format!("`{url}` has no host"));
-        }
-        let authority = match authority.rsplit_once(':').filter(|(h, _)| !h.ends_with(']') || authority.starts_with('[')) {
-            Some((_, port)) if !port.contains(']') => {
-                port.parse::<u16>().map_err(|_| format!("`{url}`: `{port}` is not a port (1-65535)"))?;
-                authority.to_string()
-            }
-            _ => format!("{authority}:80"),
-        };
-        Ok(RpcTarget::Http { authority, path: path.to_string() })
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            RpcTarget::Http { authority, path } => format!("http://{authority}{path}"),
-            RpcTarget::Unix { socket, path } => format!("unix:{}{path}", socket.display()),
-        }
-    }
-}
-
 /// What the RPC endpoint receives.
 #[derive(Debug, Clone, Serialize)]
 pub struct RpcBody {
@@ -415,25 +381,6 @@ pub async fn rpc(target: &RpcTarget, owner: &VerifiedOwner, body: &RpcBody, time
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() {
-        match RpcTarget::from_url("http://127.0.0.1:9000/reap").unwrap() {
-            RpcTarget::Http { authority, path } => assert_eq!((authority.as_str(), path.as_str()), ("127.0.0.1:9000", "/reap")),
-            other => panic!("{other:?}"),
-        }
-        match RpcTarget::from_url("http://svc").unwrap() {
-            RpcTarget::Http { authority, path } => assert_eq!((authority.as_str(), path.as_str()), ("svc:80", "/")),
-            other => panic!("{other:?}"),
-        }
-        match RpcTarget::from_url("http://[::1]:81/x").unwrap() {
-            RpcTarget::Http { authority, .. } => assert_eq!(authority, "[::1]:81"),
-            other => panic!("{other:?}"),
-        }
-        assert!(RpcTarget::from_url("ftp://x").is_err());
-        assert!(RpcTarget::from_url("http://h:70000/").unwrap_err().contains("port"));
-        assert!(RpcTarget::from_url("http:///x").is_err());
-    }
 
     /// This very process as the owner of a listening socket it holds.
     fn own_socket() -> (std::net::TcpListener, StalledSocket) {

@@ -111,7 +111,7 @@ impl AuditSink {
 
     /// Counts the decision and queues its line; a full queue drops the line, counted.
     pub fn send(&self, a: Audit) {
-        self.metrics.reaped(a.action, a.result, a.why);
+        self.metrics.reaped(a.action.as_str(), a.result, a.why.map(SkipWhy::as_str));
         let Ok(line) = serde_json::to_string(&a) else { return };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(line) {
             self.metrics.audit_lines_dropped.inc();

@@ -1,13 +1,16 @@
 //! The reaping policy file (TOML). Every value is checked while parsing, so a mistake is
 //! reported with the file, line, column and field, and the agent refuses to start.
 //! `deploy/policy.example.toml` is the commented example.
-use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+use std::{fmt, path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 use thiserror::Error;
 
-use super::{Action, actions::RpcTarget};
+use super::{
+    Action,
+    targets::{RpcTarget, Sig},
+};
 use crate::verdict::Reason;
 
 #[derive(Debug, Error)]
@@ -59,77 +62,6 @@ impl<'de> Deserialize<'de> for Glob {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         glob::Pattern::new(&s).map(Glob).map_err(|e| de::Error::custom(format!("`{s}` is not a valid pattern: {e}")))
-    }
-}
-
-/// A signal by name (`SIGUSR1`, `TERM`, `SIGRTMIN+2`) or number.
-///
-/// Real-time signals follow glibc's numbering whatever libc the agent was built with: SIGRTMIN
-/// is 34 and SIGRTMAX 64, as glibc programs (and Go, Java, Rust on glibc) see them. 32 and 33
-/// are reserved by glibc for its threads and refused. (The agent's own image is static musl,
-/// whose SIGRTMIN is 35: resolving the name with its libc would send the wrong signal.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sig(pub i32);
-
-/// glibc's SIGRTMIN and SIGRTMAX as applications see them.
-pub const SIGRTMIN: i32 = 34;
-pub const SIGRTMAX: i32 = 64;
-
-impl Sig {
-    pub fn is_realtime(self) -> bool {
-        (SIGRTMIN..=SIGRTMAX).contains(&self.0)
-    }
-}
-
-impl FromStr for Sig {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let up = s.trim().to_ascii_uppercase();
-        let name = up.strip_prefix("SIG").unwrap_or(&up);
-        let n = if let Ok(n) = name.parse::<i32>() {
-            n
-        } else if let Some(off) = name.strip_prefix("RTMIN") {
-            let off: i32 =
-                if off.is_empty() { 0 } else { off.strip_prefix('+').and_then(|o| o.parse().ok()).ok_or_else(|| format!("`{s}` is not a signal"))? };
-            SIGRTMIN + off
-        } else if let Some(off) = name.strip_prefix("RTMAX") {
-            let off: i32 =
-                if off.is_empty() { 0 } else { off.strip_prefix('-').and_then(|o| o.parse().ok()).ok_or_else(|| format!("`{s}` is not a signal"))? };
-            SIGRTMAX - off
-        } else {
-            match name {
-                "HUP" => libc::SIGHUP,
-                "INT" => libc::SIGINT,
-                "QUIT" => libc::SIGQUIT,
-                "KILL" => libc::SIGKILL,
-                "USR1" => libc::SIGUSR1,
-                "USR2" => libc::SIGUSR2,
-                "PIPE" => libc::SIGPIPE,
-                "ALRM" => libc::SIGALRM,
-                "TERM" => libc::SIGTERM,
-                _ => return Err(format!("`{s}` is not a signal; use a name like SIGUSR1 or SIGRTMIN+1, or a number")),
-            }
-        };
-        match n {
-            32 | 33 => Err(format!("`{s}` (signal {n}) is reserved by glibc for its threads; use SIGRTMIN (34) or above")),
-            1..=SIGRTMAX => Ok(Sig(n)),
-            _ => Err(format!("`{s}` is out of range (1 to {SIGRTMAX})")),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Sig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(i32),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => n.to_string().parse().map_err(de::Error::custom),
-            Raw::S(s) => s.parse().map_err(de::Error::custom),
-        }
     }
 }
 

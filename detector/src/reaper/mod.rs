@@ -8,6 +8,7 @@ pub mod audit;
 pub mod config;
 pub mod policy;
 pub mod state;
+pub mod targets;
 
 use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
