@@ -1,18 +1,16 @@
-//! Who holds each stalled socket, and handing stalls to the reaper.
+//! Who holds each stalled socket: the attribution, owned by the sweep and asked through a
+//! narrow interface (find the holders of these sockets, name them, prove them before an
+//! action, forget the sockets no longer stalled). It knows no socket table: the sweep hands it
+//! each stalled socket's id, inode and last sender.
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use super::sweep::Sweep;
-use crate::{
-    owner,
-    reaper::{
-        Reaper, SkipWhy,
-        actions::{self, ActionError},
-    },
-    report::StalledSocket,
-    sample::netns::NetnsPool,
+use crate::owner::{
+    self,
+    pods::{PodName, PodNames},
 };
 
 /// How long a stalled socket's holders are trusted without reading their fd again. Whether
@@ -20,7 +18,7 @@ use crate::{
 /// [`owner::Pinned`]) is checked every pass; the readlink of its fd, one per socket, only
 /// this often.
 /// Actions do not rely on it: each one proves its target right before acting (see
-/// `reaper::actions` and [`Sweep::reap`]).
+/// `reaper::actions` and `agent::reap`).
 pub const HOLDERS_RECHECK: Duration = Duration::from_secs(30);
 
 /// The processes found holding a stalled socket, and when their fds were last read.
@@ -50,31 +48,66 @@ impl Holders {
     }
 }
 
-impl Sweep {
+/// A stalled socket to attribute: its id in the table, its inode (0: no file, closed by its
+/// owner) and its last sender's pid (0: none known).
+#[derive(Debug, Clone, Copy)]
+pub struct Stalled {
+    pub sk: u64,
+    pub inode: u32,
+    pub sender: u32,
+}
+
+/// The holders of the stalled sockets, what pins them, and the pods they run in.
+pub struct Attribution {
+    /// Stalled socket → its holders (re-verified as `HOLDERS_RECHECK` says).
+    holders: HashMap<u64, Holders>,
+    /// The processes among those holders, pinned by pidfds (see [`owner::Pinned`]).
+    pinned: owner::Pinned,
+    /// Stalled sockets no process was found to hold: not scanned for again before this time.
+    unknown_until: HashMap<u64, Instant>,
+    /// Stalled sockets an action found held by a process their attribution did not name: their
+    /// holders are found by a pass over /proc next time.
+    full_scan: HashSet<u64>,
+    pods: PodNames,
+    /// Sender pid → its pod (`namespace/name`), for `detector sockets`.
+    pod_of: HashMap<u32, Option<String>>,
+}
+
+impl Attribution {
+    pub fn new(pod_logs_dir: std::path::PathBuf) -> Self {
+        Attribution {
+            holders: HashMap::new(),
+            pinned: owner::Pinned::default(),
+            unknown_until: HashMap::new(),
+            full_scan: HashSet::new(),
+            pods: PodNames::new(pod_logs_dir),
+            pod_of: HashMap::new(),
+        }
+    }
+
     /// Finds who holds each stalled socket. Cached holders are re-verified (see
     /// [`Holders::still_valid`]); else the fds of each last sender and of its relatives (the
     /// processes a fork can have handed the socket to: its workers, its parent) are read once
     /// for all its sockets. Sockets none of them holds, and those an action found held by
     /// another process too (`full_scan`: an fd passed to an unrelated process), go into one
     /// /proc scan; a socket nobody holds is not scanned for again for 30 s.
-    pub(super) fn attribute(&mut self, stalled: &[u64]) {
+    pub fn attribute(&mut self, stalled: impl IntoIterator<Item = Stalled>) {
         let now = Instant::now();
         // Sender → (inode → socket) of the sockets whose holders must be found again.
         let mut by_sender: HashMap<u32, HashMap<u32, u64>> = HashMap::new();
         let mut starts = owner::StartTimes::default();
         self.pinned.refresh();
-        for &sk in stalled {
-            let Some(t) = self.tracker.get(sk) else { continue };
-            let Some(inode) = t.last.map(|d| d.inode).filter(|&i| i != 0) else {
+        for Stalled { sk, inode, sender } in stalled {
+            if inode == 0 {
                 // No file (closed by its owner): nobody can hold it.
                 self.holders.remove(&sk);
                 continue;
-            };
+            }
             if self.holders.get_mut(&sk).is_some_and(|hs| hs.still_valid(inode, &mut self.pinned, &mut starts, now)) {
                 continue;
             }
             self.holders.remove(&sk);
-            let pid = if self.full_scan.contains(&sk) { 0 } else { t.sender.tgid };
+            let pid = if self.full_scan.contains(&sk) { 0 } else { sender };
             by_sender.entry(pid).or_default().insert(inode, sk);
         }
         let mut scan: HashMap<u32, u64> = HashMap::new();
@@ -96,10 +129,37 @@ impl Sweep {
         self.scan_for(scan, now);
     }
 
+    /// The holders found for `sk` (none known: empty).
+    pub fn holders_of(&self, sk: u64) -> Arc<[owner::Holder]> {
+        self.holders.get(&sk).map_or_else(|| Arc::new([]) as Arc<[owner::Holder]>, |h| h.list.clone())
+    }
+
+    /// The pod a holder's cgroup names, if the node's pod logs know it.
+    pub fn pod(&mut self, uid: &str) -> Option<&PodName> {
+        self.pods.get(uid)
+    }
+
+    /// Forgets every socket but `live` (the stalled sockets reported in detail), and unpins the
+    /// processes no remaining socket names.
+    pub fn keep_only(&mut self, live: &HashSet<u64>) {
+        self.holders.retain(|sk, _| live.contains(sk));
+        self.unknown_until.retain(|sk, _| live.contains(sk));
+        self.full_scan.retain(|sk| live.contains(sk));
+        let held: HashSet<(u32, u64)> = self.holders.values().flat_map(|hs| hs.list.iter().map(|h| (h.pid, h.start_time))).collect();
+        self.pinned.retain(|pid, start| held.contains(&(pid, start)));
+    }
+
+    /// An action found `sk` held by a process its attribution did not name: its holders are
+    /// found afresh at the next pass, by a pass over /proc.
+    pub fn suspect(&mut self, sk: u64) {
+        self.holders.remove(&sk);
+        self.full_scan.insert(sk);
+    }
+
     /// Whether every holder of the stalled socket `sk` holds it right now (one readlink each,
     /// whatever `HOLDERS_RECHECK` says): what a destroy proves before it runs, since its
     /// selector may have matched on them. A socket held by nobody known has nothing to prove.
-    fn holders_hold_now(&self, sk: u64, inode: u32) -> Result<(), String> {
+    pub fn hold_now(&self, sk: u64, inode: u32) -> Result<(), String> {
         let mut starts = owner::StartTimes::default();
         match self.holders.get(&sk) {
             Some(hs) if !hs.list.iter().all(|h| owner::still_holds(h, inode, &mut starts)) => {
@@ -107,6 +167,40 @@ impl Sweep {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether the holders the report names are every process holding the socket right now:
+    /// one pass over /proc, made before any action (so the protected list and the selector saw
+    /// them all, an fd passed to an unrelated process included). Actions are rate-limited, and
+    /// so is this.
+    pub fn are_all(&self, sk: u64, inode: u32) -> Result<(), String> {
+        let known: HashSet<u32> = self.holders.get(&sk).map(|hs| hs.list.iter().map(|h| h.pid).collect()).unwrap_or_default();
+        let mut found = owner::scan_holders(&HashSet::from([inode]));
+        let now: HashSet<u32> = found.remove(&inode).unwrap_or_default().iter().map(|h| h.pid).collect();
+        if now.is_subset(&known) {
+            return Ok(());
+        }
+        let extra: Vec<u32> = now.difference(&known).copied().collect();
+        Err(format!("held also by pid {extra:?}, not among its holders yet; attributed again next pass"))
+    }
+
+    /// The pod (`namespace/name`) of a sender, for `detector sockets`: resolved once per pid,
+    /// all forgotten when `refresh` says so (every minute of passes).
+    pub fn pod_of_sender(&mut self, pid: u32, refresh: bool) -> Option<String> {
+        if refresh {
+            self.pod_of.clear();
+        }
+        if pid == 0 {
+            return None;
+        }
+        let pods = &mut self.pods;
+        self.pod_of
+            .entry(pid)
+            .or_insert_with(|| {
+                let uid = owner::cgroup_of(pid).and_then(|p| owner::cgroup::pod_uid(&p))?;
+                pods.get(&uid).map(|p| format!("{}/{}", p.namespace, p.name))
+            })
+            .clone()
     }
 
     /// One /proc pass for the sockets their sender does not hold.
@@ -128,54 +222,6 @@ impl Sweep {
                 }
             }
         }
-    }
-
-    /// Hands this pass's stalled sockets to the reaper; destroy runs here, in each socket's
-    /// own network namespace (the sweep owns the namespace sockets). A socket whose action was
-    /// skipped because its owner or holders changed is attributed afresh at the next pass, by a
-    /// pass over /proc (a holder outside its sender's family was seen).
-    pub(super) fn reap(&mut self, reaper: &mut Reaper, stalled: &[StalledSocket], pool: &mut NetnsPool) {
-        for cookie in self.reap_once(reaper, stalled, pool) {
-            if let Some(sk) = self.by_cookie(cookie).map(|t| t.sk) {
-                self.holders.remove(&sk);
-                self.full_scan.insert(sk);
-            }
-        }
-    }
-
-    fn reap_once(&self, reaper: &mut Reaper, stalled: &[StalledSocket], pool: &mut NetnsPool) -> Vec<u64> {
-        let mut prove = |s: &StalledSocket| -> Result<(), ActionError> {
-            let t = self.by_cookie(s.socket_cookie).ok_or_else(|| ActionError::Failed("socket no longer tracked".into()))?;
-            if let Some(h) = s.holders.iter().find(|h| h.fds.first().is_some_and(|&fd| actions::holder_in_repair(h.pid, fd))) {
-                return Err(ActionError::Skip(SkipWhy::InRepair, format!("pid {} holds it in TCP_REPAIR: a checkpoint holds it", h.pid)));
-            }
-            self.holders_are_all(t.sk, s.inode).map_err(|why| ActionError::Skip(SkipWhy::OwnerChanged, why))
-        };
-        let mut destroy = |s: &StalledSocket| -> Result<(), ActionError> {
-            let failed = |e: String| ActionError::Failed(e);
-            let t = self.by_cookie(s.socket_cookie).ok_or_else(|| failed("socket no longer tracked".into()))?;
-            self.holders_hold_now(t.sk, s.inode).map_err(|why| ActionError::Skip(SkipWhy::OwnerChanged, why))?;
-            // A process in the socket's namespace: the one that found it, its owner, its sender.
-            let hint = t.netns_hint.or(s.pid).unwrap_or(t.sender.tgid);
-            let conn = pool.conn(t.tuple.netns, Some(hint)).map_err(|e| failed(e.to_string()))?;
-            conn.destroy(&t.lookup()).map_err(|e| failed(e.to_string()))
-        };
-        reaper.tick(stalled, self.now_ms(), &mut prove, &mut destroy)
-    }
-
-    /// Whether the holders the report names are every process holding the socket right now:
-    /// one pass over /proc, made before any action (so the protected list and the selector saw
-    /// them all, an fd passed to an unrelated process included). Actions are rate-limited, and
-    /// so is this.
-    fn holders_are_all(&self, sk: u64, inode: u32) -> Result<(), String> {
-        let known: HashSet<u32> = self.holders.get(&sk).map(|hs| hs.list.iter().map(|h| h.pid).collect()).unwrap_or_default();
-        let mut found = owner::scan_holders(&HashSet::from([inode]));
-        let now: HashSet<u32> = found.remove(&inode).unwrap_or_default().iter().map(|h| h.pid).collect();
-        if now.is_subset(&known) {
-            return Ok(());
-        }
-        let extra: Vec<u32> = now.difference(&known).copied().collect();
-        Err(format!("held also by pid {extra:?}, not among its holders yet; attributed again next pass"))
     }
 }
 
@@ -225,22 +271,13 @@ mod tests {
 
     #[test]
     fn a_destroy_proves_the_holders_again_whatever_the_recheck_window_says() {
-        use super::super::sweep::{Config, Sweep};
-        let mut s = Sweep::new(Config {
-            grace: Duration::from_secs(3),
-            close_wait_grace: Duration::from_secs(300),
-            trickle: Default::default(),
-            max_tracked: 25_000,
-            interval: Duration::from_secs(1),
-            reconcile_cpu: 0.001,
-            pod_logs_dir: "/nonexistent".into(),
-        });
+        let mut a = super::Attribution::new("/nonexistent".into());
         let (sock, inode, hs) = me_holding();
-        s.holders.insert(7, hs);
-        assert!(s.holders_hold_now(7, inode).is_ok());
-        assert!(s.holders_hold_now(8, inode).is_ok(), "held by nobody known: nothing to prove");
+        a.holders.insert(7, hs);
+        assert!(a.hold_now(7, inode).is_ok());
+        assert!(a.hold_now(8, inode).is_ok(), "held by nobody known: nothing to prove");
         drop(sock);
-        let err = s.holders_hold_now(7, inode).unwrap_err();
+        let err = a.hold_now(7, inode).unwrap_err();
         assert!(err.contains("holders changed"), "{err}");
     }
 }

@@ -5,6 +5,7 @@ mod attribute;
 mod detail;
 pub mod kernel_side;
 mod pass;
+mod reap;
 pub mod reconcile;
 pub mod sweep;
 

@@ -2,12 +2,11 @@
 //! the verdict, note what changed, forget what is gone, and assemble the report.
 use std::collections::{HashMap, HashSet};
 
-use super::{detail, kernel_side::KernelSide, sweep::Sweep};
+use super::{attribute::Stalled, detail, kernel_side::KernelSide, sweep::Sweep};
 use detector_common::SockState;
 
 use crate::{
     metrics::{Metrics, PodStall, ReasonLabel},
-    owner,
     report::{self, StalledSocket},
     sample::{
         DiagSocket, Lookup,
@@ -188,15 +187,18 @@ impl Sweep {
         let order = detail::fair_order(&stalled);
         let (detailed, rest) = order.split_at(order.len().min(detail::DETAIL_MAX));
         self.mark_detailed(detailed);
-        self.attribute(detailed);
+        let tracker = &self.tracker;
+        self.attribution.attribute(detailed.iter().filter_map(|&sk| {
+            let t = tracker.get(sk)?;
+            Some(Stalled { sk, inode: t.last.map_or(0, |d| d.inode), sender: t.sender.tgid })
+        }));
         let mut open: HashMap<Reason, i64> = Reason::ALL.iter().map(|&r| (r, 0)).collect();
         let mut out = Vec::with_capacity(detailed.len());
-        let nobody: std::sync::Arc<[owner::Holder]> = std::sync::Arc::new([]);
         for sk in detailed {
             let Some(t) = self.tracker.get(*sk) else { continue };
-            let holders = self.holders.get(sk).map_or(&nobody, |h| &h.list);
-            let pod = holders.first().and_then(|h| h.pod_uid.as_deref()).and_then(|u| self.pods.get(u));
-            if let Some(line) = report::stalled(t, holders, pod) {
+            let holders = self.attribution.holders_of(*sk);
+            let pod = holders.first().and_then(|h| h.pod_uid.as_deref()).and_then(|u| self.attribution.pod(u));
+            if let Some(line) = report::stalled(t, &holders, pod) {
                 *open.entry(line.reason).or_default() += 1;
                 out.push(line);
             }
@@ -210,12 +212,7 @@ impl Sweep {
             m.stalls_open.get_or_create(&ReasonLabel::of(r.as_str())).set(n);
         }
         m.stalls_undetailed.set(rest.len() as i64);
-        let live: HashSet<u64> = detailed.iter().copied().collect();
-        self.holders.retain(|sk, _| live.contains(sk));
-        self.unknown_until.retain(|sk, _| live.contains(sk));
-        self.full_scan.retain(|sk| live.contains(sk));
-        let held: HashSet<(u32, u64)> = self.holders.values().flat_map(|hs| hs.list.iter().map(|h| (h.pid, h.start_time))).collect();
-        self.pinned.retain(|pid, start| held.contains(&(pid, start)));
+        self.attribution.keep_only(&detailed.iter().copied().collect());
         m.set_pod_stalls(pod_stalls(&out));
         out
     }
@@ -237,16 +234,16 @@ fn owner_key(t: &Tracked) -> u64 {
     if t.sender.tgid != 0 { u64::from(t.sender.tgid) } else { 1 << 63 | u64::from(t.tuple.netns) << 16 | u64::from(t.tuple.sport) }
 }
 
-/// A socket in socket storage, as the walk saw it: judged, or why it leaves the table. The
-/// walk reports every socket with bytes waiting, and once more the first time it has none, so
-/// a socket it never reported is idle (nothing waited at the walk; bytes waiting later bring it
-/// back through `take_up`); one reported before and not now is looked up by cookie instead
-/// (see `sample_all`); one reported with none waiting leaves as idle once judged.
 /// The stalls whose pod is named, for the opt-in pod family (a socket with no pod is no pod's).
 fn pod_stalls(report: &[StalledSocket]) -> impl Iterator<Item = PodStall<'_>> {
     report.iter().filter_map(|s| Some(PodStall { namespace: s.pod_namespace.as_deref()?, pod: s.pod_name.as_deref()?, reason: s.reason.as_str() }))
 }
 
+/// A socket in socket storage, as the walk saw it: judged, or why it leaves the table. The
+/// walk reports every socket with bytes waiting, and once more the first time it has none, so
+/// a socket it never reported is idle (nothing waited at the walk; bytes waiting later bring it
+/// back through `take_up`); one reported before and not now is looked up by cookie instead
+/// (see `sample_all`); one reported with none waiting leaves as idle once judged.
 fn from_walk(t: &mut Tracked, walked: Option<(DiagSocket, SockState)>, grace: Grace, m: &Metrics) -> Option<Forget> {
     let Some((d, st)) = walked else {
         return Some(Forget::Idle);

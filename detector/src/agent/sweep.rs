@@ -15,10 +15,9 @@ use std::{
 use anyhow::Context as _;
 use detector_common::SockTuple;
 
-use super::{Answer, Query, QueryRequest, attribute::Holders, kernel_side::KernelSide};
+use super::{Answer, Query, QueryRequest, attribute::Attribution, kernel_side::KernelSide};
 use crate::{
     metrics::Metrics,
-    owner::{self, pods::PodNames},
     reaper::Reaper,
     report::{self, Published},
     sample::netns::NetnsPool,
@@ -59,18 +58,8 @@ pub struct Context {
 pub struct Sweep {
     pub(super) cfg: Config,
     pub(super) tracker: Tracker,
-    /// Stalled socket → its holders (see `attribute` for how often they are re-verified).
-    pub(super) holders: HashMap<u64, Holders>,
-    /// The processes among those holders, pinned by pidfds (see [`owner::Pinned`]).
-    pub(super) pinned: owner::Pinned,
-    /// Stalled sockets no process was found to hold: not scanned for again before this time.
-    pub(super) unknown_until: HashMap<u64, Instant>,
-    /// Stalled sockets an action found held by a process their attribution did not name: their
-    /// holders are found by a pass over /proc next time.
-    pub(super) full_scan: std::collections::HashSet<u64>,
-    pub(super) pods: PodNames,
-    /// Sender pid → its pod (`namespace/name`), for `detector sockets`.
-    pod_of: HashMap<u32, Option<String>>,
+    /// Who holds the stalled sockets (see `attribute`).
+    pub(super) attribution: Attribution,
     /// The earliest grace deadline, as of the last pass (see `next_due`).
     pub(super) due: Option<u64>,
     /// What the last pass's sampling and judging took (not its report: new stalls' owners are
@@ -122,16 +111,10 @@ pub fn run(cfg: Config, mut ctx: Context) -> anyhow::Result<()> {
 
 impl Sweep {
     pub fn new(cfg: Config) -> Self {
-        let pods = PodNames::new(cfg.pod_logs_dir.clone());
         Sweep {
             tracker: Tracker::with_cap(cfg.max_tracked),
+            attribution: Attribution::new(cfg.pod_logs_dir.clone()),
             cfg,
-            holders: HashMap::new(),
-            pinned: owner::Pinned::default(),
-            unknown_until: HashMap::new(),
-            full_scan: std::collections::HashSet::new(),
-            pods,
-            pod_of: HashMap::new(),
             due: None,
             sampling_took: Duration::ZERO,
             last_reconcile: Instant::now(),
@@ -294,24 +277,10 @@ impl Sweep {
     /// Every tracked socket, for `detector sockets`.
     fn rows(&mut self) -> Vec<report::TrackedSocket> {
         // Pods of senders, resolved once per pid and forgotten every minute.
-        if self.sweeps.is_multiple_of(60) {
-            self.pod_of.clear();
-        }
+        let mut refresh = self.sweeps.is_multiple_of(60);
         let mut out = Vec::with_capacity(self.tracker.len());
         for t in self.tracker.iter() {
-            let pid = t.sender.tgid;
-            let pods = &mut self.pods;
-            let pod = (pid != 0)
-                .then(|| {
-                    self.pod_of
-                        .entry(pid)
-                        .or_insert_with(|| {
-                            let uid = owner::cgroup_of(pid).and_then(|p| owner::cgroup::pod_uid(&p))?;
-                            pods.get(&uid).map(|p| format!("{}/{}", p.namespace, p.name))
-                        })
-                        .clone()
-                })
-                .flatten();
+            let pod = self.attribution.pod_of_sender(t.sender.tgid, std::mem::take(&mut refresh));
             out.push(report::tracked(t, pod));
         }
         out
