@@ -10,5 +10,7 @@ fn main() -> anyhow::Result<()> {
     // concurrently.
     unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../detector-ebpf");
-    aya_build::build_ebpf([Package { name: "detector-ebpf", root_dir: root, ..Default::default() }], Toolchain::default())
+    // The bench's empty control programs go into the object only with the agent's feature.
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_BENCH_CONTROL").is_some() { &["bench-control"] } else { &[] };
+    aya_build::build_ebpf([Package { name: "detector-ebpf", root_dir: root, features, ..Default::default() }], Toolchain::default())
 }

@@ -13,6 +13,7 @@
 #![no_main]
 
 mod config;
+#[cfg(feature = "bench-control")]
 mod control;
 mod maps;
 mod retransmit;

@@ -50,6 +50,7 @@ pub enum Command {
     /// would use, for real; exits non-zero if `run` could not start.
     Check(CheckArgs),
     /// For `cargo xtask bench`: attach an empty program to a send hook until SIGTERM.
+    #[cfg(feature = "bench-control")]
     #[command(hide = true)]
     BenchControl {
         #[arg(long, value_enum)]

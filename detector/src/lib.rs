@@ -9,6 +9,7 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod daemon;
+pub mod fault;
 pub mod kernel;
 pub mod logging;
 pub mod metrics;

@@ -74,6 +74,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "bench-control")]
         Command::BenchControl { hook } => {
             let hook = hook.hook().ok_or_else(|| anyhow::anyhow!("name a hook"))?;
             let attached = detector::agent::attach_control(hook)?;

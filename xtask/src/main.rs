@@ -104,7 +104,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Bench { quick, only } => {
             setup::ensure()?;
-            cargo(&root, &["build", "--release", "--package", "detector", "--package", "detector-tests", "--bins"])?;
+            cargo(&root, &["build", "--release", "--package", "detector", "--package", "detector-tests", "--bins", "--features", "detector/bench-control"])?;
             bench::run(&root, quick, only.as_deref())
         }
         Cmd::Vmtest { kernel, subset } => {
@@ -122,6 +122,11 @@ fn main() -> anyhow::Result<()> {
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
+
+/// The agent's feature the suite needs: fault injection (`DETECTOR_FAULT`). Production builds
+/// have none; `cargo test` builds the agent with it too (see `test::cargo_test`), so the
+/// binary the tests run keeps it.
+pub(crate) const TEST_FEATURES: &str = "detector/fault-injection";
 
 pub(crate) fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new(env!("CARGO")).current_dir(root).args(args).status().with_context(|| format!("running cargo {}", args.join(" ")))?;

@@ -19,7 +19,7 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         lint(root)?;
     }
     // The integration tests start the real agent binary and the peer helpers.
-    cargo(root, &["build", "--package", "detector", "--package", "detector-tests", "--bins"])?;
+    cargo(root, &["build", "--package", "detector", "--package", "detector-tests", "--bins", "--features", crate::TEST_FEATURES])?;
     // The real Prometheus and promtool the fleet-surface tests drive.
     crate::packages::ensure("prometheus", "prometheus")?;
     crate::packages::ensure("promtool", "prometheus")?;
@@ -35,7 +35,8 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     // The eBPF crate only builds for the BPF target (build.rs does that).
     let refusals = root.join("target/test-refusals.txt");
     let _ = std::fs::remove_file(&refusals);
-    let mut test = vec!["test", "--workspace", "--exclude", "detector-ebpf"];
+    // Testing the agent's crate builds its binary again: with the suite's feature, as above.
+    let mut test = vec!["test", "--workspace", "--exclude", "detector-ebpf", "--features", crate::TEST_FEATURES];
     test.extend(args.iter().map(String::as_str));
     cargo_test(root, &test, None, &refusals)?;
     if !args.is_empty() {
@@ -65,7 +66,9 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
 fn lint(root: &Path) -> anyhow::Result<()> {
     crate::setup::ensure_lint_tools()?;
     cargo(root, &["fmt", "--all", "--check"]).context("code not formatted: run `cargo fmt --all`")?;
-    cargo(root, &["clippy", "--workspace", "--exclude", "detector-ebpf", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(root, &["clippy", "--workspace", "--exclude", "detector-ebpf", "--all-targets", "--all-features", "--", "-D", "warnings"])?;
+    // The agent as production builds it: none of the test and bench features.
+    cargo(root, &["clippy", "--package", "detector", "--all-targets", "--", "-D", "warnings"])?;
     let status = Command::new("cargo")
         .current_dir(root.join("detector-ebpf"))
         .env_remove("RUSTC")

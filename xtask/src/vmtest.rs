@@ -322,14 +322,15 @@ pub fn run(root: &Path, kernels: &[Kernel], sel: Selection) -> anyhow::Result<()
 /// Builds the agent, the peer helpers and the integration test binaries; returns the test
 /// binaries by name.
 fn build(root: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
-    crate::cargo(root, &["build", "--package", "detector", "--package", "detector-tests", "--bins"])?;
+    crate::cargo(root, &["build", "--package", "detector", "--package", "detector-tests", "--bins", "--features", crate::TEST_FEATURES])?;
     // The agent as nodes run it: a debug build starts several times slower, which emulation
     // multiplies again.
-    crate::cargo(root, &["build", "--release", "--package", "detector"])?;
+    crate::cargo(root, &["build", "--release", "--package", "detector", "--features", crate::TEST_FEATURES])?;
     crate::cargo(root, &["build", "--package", "xtask"])?;
     let mut bins = BTreeMap::new();
     // The scenario tests, and the agent crate's own test of the kernel iterators.
-    for args in [&["--package", "detector-tests"][..], &["--package", "detector", "--test", "kernel_iterators"]] {
+    // (Testing the agent's crate builds its binary again: with the suite's feature, as above.)
+    for args in [&["--package", "detector-tests"][..], &["--package", "detector", "--test", "kernel_iterators", "--features", crate::TEST_FEATURES]] {
         let out = Command::new(env!("CARGO"))
             .current_dir(root)
             .arg("test")

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray, RingBuf};
-use detector_common::{KernelConfig, SendHook, SockState};
+use detector_common::{KernelConfig, SockState};
 
 use crate::{
     kernel::{
@@ -127,6 +127,9 @@ impl Agent {
     /// thread.
     pub fn start(opts: &Options, rt: tokio::runtime::Handle) -> anyhow::Result<Agent> {
         caps::check_self()?;
+        if let Some(w) = crate::fault::ignored() {
+            log::warn!("{w}");
+        }
         let sizes = loader::Sizes { max_sockets: opts.max_sockets, ring_buffer_bytes: opts.ring_buffer_bytes };
         let mut k = start_kernel(opts.want, sizes)?;
         // The kernel's BTF, parsed to find offsets (tens of MiB), is freed by now.
@@ -406,7 +409,8 @@ pub fn give_back_memory() {
 
 /// For `detector bench-control`: the empty program of `hook`, attached with this kernel's
 /// offsets.
-pub fn attach_control(hook: SendHook) -> anyhow::Result<aya::Ebpf> {
+#[cfg(feature = "bench-control")]
+pub fn attach_control(hook: detector_common::SendHook) -> anyhow::Result<aya::Ebpf> {
     let tracefs = Tracefs::find_or_mount().ok();
     let cfg = loader::kernel_config(tracefs.as_ref(), &KernelBtf::load()?)?;
     loader::attach_control(kernel::object(), &cfg, hook).map_err(|e| anyhow::anyhow!(e))

@@ -96,7 +96,7 @@ pub fn run(cfg: Config, mut ctx: Context) -> anyhow::Result<()> {
     super::give_back_memory();
     ctx.kernel.resync(&mut s.tracker);
     // Fault injection for the tests: the agent must exit, not serve a frozen report.
-    let panic_after_first = std::env::var("DETECTOR_FAULT").is_ok_and(|f| f == "sweep-panic");
+    let panic_after_first = crate::fault::sweep_panic();
     while !ctx.stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         s.full_pass(&mut ctx, &mut pool);

@@ -261,6 +261,7 @@ fn link_iter(ebpf: &mut Ebpf, btf: &Result<Btf, String>, h: &HookSpec) -> Result
 
 /// Loads the empty control program of send hook `hook` and attaches it alone (for `cargo xtask
 /// bench`: the dispatch cost of the hook itself). Dropping the result detaches it.
+#[cfg(feature = "bench-control")]
 pub fn attach_control(object: &[u8], cfg: &KernelConfig, hook: SendHook) -> Result<Ebpf, String> {
     let (program, attach_as) = match hook {
         SendHook::TcpSendmsgLocked => ("control_tcp_sendmsg_locked", Attach::TpBtf("tcp_sendmsg_locked")),

@@ -114,21 +114,6 @@ pub struct DiagConn {
     seq: u32,
 }
 
-/// Fault injection for the tests: with `DETECTOR_FAULT=diag-error:<path>`, every sock_diag
-/// lookup fails as a netlink error would, for as long as `<path>` exists.
-fn injected_diag_error() -> bool {
-    static PATH: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| std::env::var("DETECTOR_FAULT").ok()?.strip_prefix("diag-error:").map(Into::into)).as_ref().is_some_and(|p| p.exists())
-}
-
-/// Fault injection for the tests: with `DETECTOR_FAULT=lookup-delay:<ms>`, every batch of
-/// lookups waits that long first, widening the window in which a socket closes between the
-/// sweep's last look at the events and its lookup.
-fn injected_lookup_delay() -> Option<std::time::Duration> {
-    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
-    *DELAY.get_or_init(|| std::env::var("DETECTOR_FAULT").ok()?.strip_prefix("lookup-delay:")?.parse().ok().map(std::time::Duration::from_millis))
-}
-
 /// Lookups sent in one `sendmsg`, their answers read back by sequence number.
 const BATCH: usize = 64;
 
@@ -298,10 +283,10 @@ impl DiagConn {
     }
 
     fn batch(&mut self, ls: &[Lookup]) -> Vec<Result<Option<DiagSocket>, SampleError>> {
-        if injected_diag_error() {
+        if crate::fault::diag_error() {
             return ls.iter().map(|_| Err(SampleError::Io(io::Error::other("DETECTOR_FAULT=diag-error: injected netlink error")))).collect();
         }
-        if let Some(d) = injected_lookup_delay() {
+        if let Some(d) = crate::fault::lookup_delay() {
             std::thread::sleep(d);
         }
         let first = self.seq.wrapping_add(1);

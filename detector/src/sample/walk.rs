@@ -156,7 +156,7 @@ impl Walker {
     pub fn walk(&mut self) -> Result<Walk, WalkError> {
         self.link.read(&mut self.buf).map_err(|e| WalkError::Read(e.to_string()))?;
         let mut walk = parse(&self.buf)?;
-        if let Some(port) = injected_walk_skip() {
+        if let Some(port) = crate::fault::walk_skip() {
             self.walks += 1;
             if self.walks.is_multiple_of(2) {
                 walk.records.retain(|r| r.st.tuple.sport != port);
@@ -168,14 +168,6 @@ impl Walker {
     pub fn hz(&self) -> u32 {
         self.hz
     }
-}
-
-/// Fault injection for the tests: with `DETECTOR_FAULT=walk-skip:<port>`, every other walk
-/// leaves out the records of the sockets on that local port, as an iterator resumed after a
-/// read may skip entries when others are freed.
-fn injected_walk_skip() -> Option<u16> {
-    static PORT: std::sync::OnceLock<Option<u16>> = std::sync::OnceLock::new();
-    *PORT.get_or_init(|| std::env::var("DETECTOR_FAULT").ok()?.strip_prefix("walk-skip:")?.parse().ok())
 }
 
 /// The HZ values Linux is built with.
