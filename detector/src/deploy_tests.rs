@@ -4,7 +4,7 @@
 use clap::Parser as _;
 use serde_norway::Value;
 
-use crate::{cli::Cli, metrics::Metrics};
+use crate::{metrics::Metrics, surfaces::cli::Cli};
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
 
@@ -62,7 +62,7 @@ fn daemonset_arguments_are_flags_the_agent_accepts() {
         assert!(c[probe]["httpGet"]["path"].as_str().is_some(), "{probe}");
     }
     // Every env var the manifest sets is one the CLI reads.
-    let help = crate::cli::env_vars();
+    let help = crate::surfaces::cli::env_vars();
     for e in c["env"].as_sequence().unwrap() {
         let name = e["name"].as_str().unwrap();
         assert!(name == "RUST_LOG" || help.iter().any(|h| h == name), "env {name} is read by no flag");

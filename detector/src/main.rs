@@ -6,17 +6,17 @@ use serde::de::DeserializeOwned;
 
 use detector::{
     agent::Options,
-    api::{Request, Status, client},
-    cli::{Cli, Command, Output, QueryArgs, RunArgs},
     kernel::configuration::Want,
-    output,
     reaper::{Action, config::Policy},
     report::{Explain, StalledSocket, TrackedSocket},
+    surfaces::api::{Request, Status, client},
+    surfaces::cli::{Cli, Command, Output, QueryArgs, RunArgs},
+    surfaces::output,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    detector::logging::init(cli.log_format == detector::cli::LogFormat::Json);
+    detector::logging::init(cli.log_format == detector::surfaces::cli::LogFormat::Json);
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -31,7 +31,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => {
             let opts = options(a)?;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-            rt.block_on(detector::daemon::run(opts))
+            rt.block_on(detector::surfaces::daemon::run(opts))
         }
         Command::Stalled(q) => watch(&q, || {
             let rows: Vec<StalledSocket> = ask(&q, &Request::Stalled)?;
@@ -56,7 +56,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Scan(a) => {
-            let rows = detector::scan::run(a.grace, a.interval, a.pod_logs_dir)?;
+            let rows = detector::surfaces::scan::run(a.grace, a.interval, a.pod_logs_dir)?;
             match a.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Output::Table => print!("{}", output::stalled_table(&rows)),
@@ -64,12 +64,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Check(c) => {
-            let checks = detector::check::run();
+            let checks = detector::surfaces::check::run();
             match c.o.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
-                Output::Table => print!("{}", detector::check::table(&checks, c.verbose)),
+                Output::Table => print!("{}", detector::surfaces::check::table(&checks, c.verbose)),
             }
-            if !detector::check::can_run(&checks) {
+            if !detector::surfaces::check::can_run(&checks) {
                 anyhow::bail!("the agent cannot run on this machine (see above)");
             }
             Ok(())
@@ -79,7 +79,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let hook = hook.hook().ok_or_else(|| anyhow::anyhow!("name a hook"))?;
             let attached = detector::agent::attach_control(hook)?;
             println!("attached");
-            detector::daemon::wait_for_termination();
+            detector::surfaces::daemon::wait_for_termination();
             // What the kernel accounted for it (kernel.bpf_stats_enabled), for the benchmark.
             let (runs, ns) = detector::agent::program_runs(&attached);
             println!("run_count={runs} run_time_ns={ns}");
@@ -111,7 +111,7 @@ fn options(a: RunArgs) -> anyhow::Result<Options> {
         max_sockets: a.max_sockets,
         max_tracked: a.max_tracked,
         ring_buffer_bytes: a.ring_buffer_bytes,
-        want: Want { send: a.send_hook.hook(), kind: a.configuration.kind(), no_mptcp: a.mptcp == detector::cli::OnOff::Off },
+        want: Want { send: a.send_hook.hook(), kind: a.configuration.kind(), no_mptcp: a.mptcp == detector::surfaces::cli::OnOff::Off },
         pod_logs_dir: a.pod_logs_dir,
         pod_metrics_max_series: a.pod_metrics_max_series as usize,
         state_file: (a.state_file.as_os_str() != "off").then_some(a.state_file),

@@ -9,10 +9,10 @@
 use std::{path::Path, time::Duration};
 
 use detector::{
-    api::{Request, parse_request},
     kernel::tracefs::Format,
     reaper::config::Policy,
     sample::{first_with_seq, lookup_answer, tcp_info::TcpInfo},
+    surfaces::api::{Request, parse_request},
 };
 use netlink_packet_core::NetlinkMessage;
 use netlink_packet_sock_diag::SockDiagMessage;

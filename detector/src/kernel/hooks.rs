@@ -242,16 +242,6 @@ mod tests {
     }
 
     #[test]
-    fn send_hook_flags_are_the_cli_values() {
-        use clap::ValueEnum as _;
-        for h in HOOKS.iter().filter(|h| h.role == Role::Send) {
-            let flag = h.flag.expect("every send hook has a flag");
-            let choice = crate::cli::SendHookChoice::from_str(flag, false).unwrap_or_else(|e| panic!("{flag}: {e}"));
-            assert_eq!(choice.hook().map(HookId::Send), Some(h.id), "{flag}");
-        }
-    }
-
-    #[test]
     fn a_refusal_is_one_line_and_its_log_is_kept_apart() {
         // Seen on 6.18.44-fc-v1252: the map iterator, refused before verification.
         let map_iter = "the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1). Verifier output: verification time 35 usec\nstack depth 0+0\nprocessed 0 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n: Operation not permitted (os error 1)";

@@ -9,6 +9,29 @@ use std::{
 
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 
+/// What the kernel accounted for one of the agent's programs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramRuns {
+    pub name: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    pub recursion_misses: u64,
+}
+
+/// The kernel's accounting of the agent's `programs` (name, id), as loaded now (run counts and
+/// times only while kernel.bpf_stats_enabled=1).
+pub fn program_runs(programs: &[(String, u32)]) -> Vec<ProgramRuns> {
+    use std::os::fd::AsFd as _;
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|info| {
+            let (name, _) = programs.iter().find(|(_, id)| *id == info.id())?;
+            let recursion_misses = info.fd().ok().and_then(|fd| recursion_misses(fd.as_fd()).ok()).unwrap_or(0);
+            Some(ProgramRuns { name: name.clone(), run_count: info.run_count(), run_time_ns: info.run_time().as_nanos() as u64, recursion_misses })
+        })
+        .collect()
+}
+
 /// The `info` member of `union bpf_attr` (include/uapi/linux/bpf.h), for
 /// `BPF_OBJ_GET_INFO_BY_FD`.
 #[repr(C)]

@@ -6,7 +6,7 @@ use detector_common::SendHook;
 
 use crate::{kernel::configuration::Kind, reaper::Action};
 
-use crate::api::DEFAULT_SOCKET;
+use crate::surfaces::api::DEFAULT_SOCKET;
 
 #[derive(Debug, Parser)]
 #[command(name = "detector", version, about = "Finds TCP connections whose send queue never drains (dead or frozen peers) and reports them")]
@@ -396,6 +396,17 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn send_hook_flags_are_the_hook_tables_flags() {
+        use crate::kernel::hooks::{HOOKS, HookId, Role};
+        use clap::ValueEnum as _;
+        for h in HOOKS.iter().filter(|h| h.role == Role::Send) {
+            let flag = h.flag.expect("every send hook has a flag");
+            let choice = SendHookChoice::from_str(flag, false).unwrap_or_else(|e| panic!("{flag}: {e}"));
+            assert_eq!(choice.hook().map(HookId::Send), Some(h.id), "{flag}");
+        }
+    }
 
     #[test]
     fn durations_are_human() {

@@ -4,8 +4,8 @@
 
 use crate::{
     agent::{Agent, Options},
-    api::server::{self, Api, SocketFile},
-    metrics,
+    surfaces::api::server::{self, Api, SocketFile},
+    surfaces::metrics_http,
 };
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -13,7 +13,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let listener = server::bind(&opts.api_socket)?;
     let _socket_file = SocketFile(opts.api_socket.clone());
     let metrics_listener = match opts.metrics_addr {
-        Some(addr) => Some(metrics::bind(addr).await?),
+        Some(addr) => Some(metrics_http::bind(addr).await?),
         None => None,
     };
     if let Some(l) = &metrics_listener {
@@ -21,7 +21,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     log::info!("API on {}; grace {:?}", opts.api_socket.display(), opts.grace);
     let api_task = tokio::spawn(server::serve(listener, Api(agent.handle.clone())));
-    let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, agent.handle.metrics.clone())));
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics_http::serve(l, agent.handle.metrics.clone())));
     let failed = tokio::select! {
         _ = wait_for_signal() => None,
         why = watch(&mut agent) => Some(why),

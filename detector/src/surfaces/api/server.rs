@@ -2,7 +2,7 @@
 //! stalled list and status from what the sweep published, the socket table and explanations
 //! from the sweep thread itself (it owns the table).
 use std::{
-    os::{fd::AsFd as _, unix::fs::PermissionsExt},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -164,14 +164,11 @@ fn hook_line(h: &crate::kernel::hooks::HookStatus) -> HookLine {
 
 /// Kernel accounting per program (counted only while kernel.bpf_stats_enabled=1).
 fn program_stats(programs: &[(String, u32)]) -> Vec<ProgramStats> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|info| {
-            let (name, _) = programs.iter().find(|(_, id)| *id == info.id())?;
-            let (runs, ns) = (info.run_count(), info.run_time().as_nanos() as u64);
-            let misses = info.fd().ok().and_then(|fd| crate::kernel::prog_info::recursion_misses(fd.as_fd()).ok()).unwrap_or(0);
-            let avg_ns = if runs > 0 { ns as f64 / runs as f64 } else { 0.0 };
-            Some(ProgramStats { name: name.clone(), run_count: runs, run_time_ns: ns, avg_ns, recursion_misses: misses })
+    crate::kernel::prog_info::program_runs(programs)
+        .into_iter()
+        .map(|p| {
+            let avg_ns = if p.run_count > 0 { p.run_time_ns as f64 / p.run_count as f64 } else { 0.0 };
+            ProgramStats { name: p.name, run_count: p.run_count, run_time_ns: p.run_time_ns, avg_ns, recursion_misses: p.recursion_misses }
         })
         .collect()
 }

@@ -3,8 +3,8 @@
 //! a control character prints as `\x1b`, never reaching the terminal.
 pub use crate::text::printable;
 use crate::{
-    api::Status,
     report::{Explain, StalledSocket, TrackedSocket},
+    surfaces::api::Status,
 };
 
 fn opt(v: Option<impl ToString>) -> String {
