@@ -7,7 +7,7 @@
 //! state in socket storage, which the kernel frees with the socket; the fallback hooks keep it
 //! in the `SOCKS` hash map, which `set_state` cleans at TCP_CLOSE. With socket storage, `walk`
 //! samples the tracked sockets in the kernel once per pass and tells the agent about the ones
-//! that look stuck; `scan` is the reconcile's pass over each namespace's TCP sockets, `scan_files` its pass
+//! that look stuck; `iter_tcp` is the reconcile's pass over each namespace's TCP sockets, `iter_task_file` its pass
 //! over every process's files (every namespace at once).
 #![no_std]
 #![no_main]
@@ -15,10 +15,10 @@
 mod config;
 #[cfg(feature = "bench-control")]
 mod control;
+mod iter_task_file;
+mod iter_tcp;
 mod maps;
 mod retransmit;
-mod scan;
-mod scan_files;
 mod send_fentry;
 mod send_kprobe;
 mod send_mptcp;

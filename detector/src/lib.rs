@@ -5,6 +5,7 @@
 //! writing its log through `logging`. `surfaces` (the command line, the API, the metrics
 //! endpoint, the daemon's wiring) read the report and never the reverse.
 pub mod agent;
+pub mod escape;
 pub mod fault;
 pub mod kernel;
 pub mod logging;
@@ -15,7 +16,6 @@ pub mod report;
 pub mod sample;
 pub mod surfaces;
 pub mod tcp;
-pub mod text;
 pub mod tracker;
 pub mod verdict;
 

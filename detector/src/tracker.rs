@@ -9,7 +9,7 @@ use detector_common::{AF_INET6, EventKind, SockEvent, SockState, SockTuple, TASK
 
 use crate::{
     sample::{DiagSocket, Lookup},
-    verdict::StallTracker,
+    verdict::SocketVerdict,
 };
 
 /// Who sent on the socket when tracking began or its owner last changed, as the send hook saw
@@ -33,12 +33,12 @@ pub struct Tracked {
     pub first_send_ns: u64,
     /// The agent's epoch it was last announced in (`Tracked` or `Waiting`): announced in the
     /// current one, it may have taken that epoch's one announcement, so it is not forgotten
-    /// as idle yet (see `kernel_side::Epochs`).
+    /// as idle yet (see `kernel_link::Epochs`).
     pub announced_epoch: u32,
     pub tcp_state: u8,
     /// From the last sample.
     pub last: Option<DiagSocket>,
-    pub verdict: Option<StallTracker>,
+    pub verdict: Option<SocketVerdict>,
     /// Stalls of this socket that ended because progress resumed.
     pub recoveries: u32,
     /// A process in the socket's network namespace, for sockets found at start-up (no sender).
@@ -211,7 +211,7 @@ pub enum Forget {
     Closed,
     /// A socket the hash map tracks was found closed by a sample, its close event never came:
     /// lost to a full ring buffer, or a close program run the kernel skipped. Its kernel entry
-    /// is removed then (`KernelSide::prune`).
+    /// is removed then (`KernelLink::prune`).
     Gone,
     /// Nothing stuck any more (found by a dump or the walk), or dropped by the kernel side the
     /// instant tracking began (`Untracked`).

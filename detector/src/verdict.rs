@@ -308,7 +308,7 @@ fn progress_bound(s: &Sample) -> (u64, OnsetProof) {
 
 /// Per-socket progress state, fed one sample per pass.
 #[derive(Debug, Clone)]
-pub struct StallTracker {
+pub struct SocketVerdict {
     acked: u64,
     /// The previous sample, if any: its time, and whether it saw the socket stuck.
     prev: Option<(u64, bool)>,
@@ -327,7 +327,7 @@ pub struct StallTracker {
     meter: TrickleMeter,
 }
 
-impl StallTracker {
+impl SocketVerdict {
     pub fn new() -> Self {
         Self {
             acked: 0,
@@ -481,7 +481,7 @@ impl StallTracker {
     }
 }
 
-impl Default for StallTracker {
+impl Default for SocketVerdict {
     fn default() -> Self {
         Self::new()
     }

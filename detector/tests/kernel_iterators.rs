@@ -24,8 +24,8 @@ use detector::{
     },
     sample::{
         DiagConn, DiagSocket, Dumped, Lookup,
+        kernel_dump::KernelDump,
         netns::{NetnsPool, netns_of},
-        scan::Scanner,
         walk::Walker,
     },
     tracker::addr,
@@ -274,16 +274,16 @@ fn the_tcp_pass_finds_what_a_dump_finds_in_every_namespace() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut k) = start_with(Kind::StorageDiag, HookId::Scan, "the plain TCP pass") else { return };
     assert_eq!(k.loaded.configuration.startup, Some(HookId::Scan), "where sock_diag samples, the plain pass");
-    let mut scanner = Scanner::new(k.loaded.scan.take().unwrap(), None);
+    let mut kernel_dump = KernelDump::new(k.loaded.scan.take().unwrap(), None);
     let pool = NetnsPool::new().unwrap();
     // Here.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let here = kinds(&l);
     std::thread::sleep(Duration::from_millis(100));
-    check(&mut scanner, &pool, pool.own(), None, &here);
+    check(&mut kernel_dump, &pool, pool.own(), None, &here);
     // In a namespace of its own (a process lives there, so the agent can find it).
     let there = Elsewhere::new("iter", &pool);
-    check(&mut scanner, &pool, there.inum, Some(there.holder.pid()), &there.kinds);
+    check(&mut kernel_dump, &pool, there.inum, Some(there.holder.pid()), &there.kinds);
 }
 
 // With socket storage, the pass writes nothing out for the stuck sockets it finds: it gives each
@@ -296,14 +296,14 @@ fn the_adopting_tcp_pass_hands_stuck_sockets_to_the_walk_in_every_namespace() {
     }
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut k) = start_with(Kind::StorageWalk, HookId::ScanAdopt, "the adopting TCP pass") else { return };
-    let mut scanner = Scanner::new(k.loaded.scan.take().unwrap(), None);
+    let mut kernel_dump = KernelDump::new(k.loaded.scan.take().unwrap(), None);
     let mut walker = k.walker.take().unwrap();
     let pool = NetnsPool::new().unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let here = kinds(&l);
     let there = Elsewhere::new("adopt", &pool);
     for (ns, hint, k) in [(pool.own(), None, &here), (there.inum, Some(there.holder.pid()), &there.kinds)] {
-        let scanned = scanner.stuck(&pool, ns, hint).unwrap();
+        let scanned = kernel_dump.stuck(&pool, ns, hint).unwrap();
         check_adopted(&pool, ns, hint, k, &scanned, &walker.walk().unwrap().records);
     }
 }
@@ -344,17 +344,17 @@ fn the_pass_over_files_finds_in_one_pass_what_the_tcp_passes_find_in_each_namesp
     let Some(tcp) = k.loaded.scan.take() else {
         return detector_tests::refused("iter tcp, which the pass over files is compared with");
     };
-    let mut scanner = Scanner::new(tcp, k.loaded.scan_files.take());
+    let mut kernel_dump = KernelDump::new(tcp, k.loaded.scan_files.take());
     let mut pool = NetnsPool::new().unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let here = kinds(&l);
     let there = Elsewhere::new("files", &pool);
     std::thread::sleep(Duration::from_millis(100));
-    let held = scanner.stuck_held(&mut pool).expect("the pass over files is loaded").unwrap();
+    let held = kernel_dump.stuck_held(&mut pool).expect("the pass over files is loaded").unwrap();
     for (ns, hint, k) in [(pool.own(), None, &here), (there.inum, Some(there.holder.pid()), &there.kinds)] {
         let (want, idle) = k.ports();
         let rows: Vec<Dumped> = held.iter().filter(|h| h.netns == ns).map(|h| h.row).collect();
-        let tcp = scanner.stuck(&pool, ns, hint).unwrap();
+        let tcp = kernel_dump.stuck(&pool, ns, hint).unwrap();
         assert_eq!(keyed(&rows, &want).len(), 2, "the stuck and the CLOSE_WAIT socket of namespace {ns}: {held:?}");
         assert_eq!(keyed(&rows, &want), keyed(&tcp, &want), "the pass over files and the TCP pass of namespace {ns} disagree");
         assert!(!rows.iter().any(|r| (r.local_port, r.remote_port) == idle), "an idle socket was written out");
@@ -376,13 +376,13 @@ fn the_adopting_pass_over_files_hands_stuck_sockets_of_every_namespace_to_the_wa
     let Some(tcp) = k.loaded.scan.take() else {
         return detector_tests::refused("iter tcp, which the adopting pass over files is checked beside");
     };
-    let mut scanner = Scanner::new(tcp, k.loaded.scan_files.take());
+    let mut kernel_dump = KernelDump::new(tcp, k.loaded.scan_files.take());
     let mut walker = k.walker.take().unwrap();
     let mut pool = NetnsPool::new().unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let here = kinds(&l);
     let there = Elsewhere::new("files-adopt", &pool);
-    let held = scanner.stuck_held(&mut pool).expect("the pass over files is loaded").unwrap();
+    let held = kernel_dump.stuck_held(&mut pool).expect("the pass over files is loaded").unwrap();
     let walked = walker.walk().unwrap().records;
     for (ns, hint, k) in [(pool.own(), None, &here), (there.inum, Some(there.holder.pid()), &there.kinds)] {
         let written: Vec<Dumped> = held.iter().filter(|h| h.netns == ns).map(|h| h.row).collect();
@@ -423,9 +423,9 @@ impl Elsewhere {
 }
 
 /// The pass against a sock_diag dump of the same namespace.
-fn check(scanner: &mut Scanner, pool: &NetnsPool, inum: u32, hint: Option<u32>, k: &Kinds) {
+fn check(kernel_dump: &mut KernelDump, pool: &NetnsPool, inum: u32, hint: Option<u32>, k: &Kinds) {
     let (want, idle) = k.ports();
-    let scanned = scanner.stuck(pool, inum, hint).unwrap();
+    let scanned = kernel_dump.stuck(pool, inum, hint).unwrap();
     let dumped = pool.within(inum, hint, || DiagConn::open().unwrap().dump_judged().unwrap()).unwrap();
     let (s, d) = (keyed(&scanned, &want), keyed(&dumped, &want));
     assert_eq!(s.len(), 2, "the stuck and the CLOSE_WAIT socket: {s:?}");

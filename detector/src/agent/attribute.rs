@@ -175,7 +175,7 @@ impl Attribution {
     /// so is this.
     pub fn are_all(&self, sk: u64, inode: u32) -> Result<(), String> {
         let known: HashSet<u32> = self.holders.get(&sk).map(|hs| hs.list.iter().map(|h| h.pid).collect()).unwrap_or_default();
-        let mut found = owner::scan_holders(&HashSet::from([inode]));
+        let mut found = owner::holders_anywhere(&HashSet::from([inode]));
         let now: HashSet<u32> = found.remove(&inode).unwrap_or_default().iter().map(|h| h.pid).collect();
         if now.is_subset(&known) {
             return Ok(());
@@ -209,7 +209,7 @@ impl Attribution {
             return;
         }
         let inodes: HashSet<u32> = scan.keys().copied().collect();
-        let mut found = owner::scan_holders(&inodes);
+        let mut found = owner::holders_anywhere(&inodes);
         for (inode, sk) in scan {
             self.full_scan.remove(&sk);
             match found.remove(&inode) {

@@ -3,7 +3,7 @@
 //! surfaces (API, metrics, CLI) live elsewhere and are wired to it by `daemon`.
 mod attribute;
 mod detail;
-pub mod kernel_side;
+pub mod kernel_link;
 mod pass;
 mod reap;
 pub mod reconcile;
@@ -34,7 +34,7 @@ use crate::{
     metrics::{HookLabel, KnownLabels, Metrics},
     reaper::{Reaper, config::Policy},
     report::{AgentSetup, Explain, Published, TrackedSocket},
-    sample::{scan::Scanner, walk::Walker},
+    sample::{kernel_dump::KernelDump, walk::Walker},
 };
 
 #[derive(Debug, Clone)]
@@ -146,7 +146,7 @@ impl Agent {
             metrics.hook_attached.get_or_create(&HookLabel { role: h.role.as_str().into(), hook: h.hook.into() }).set(h.attached() as i64);
         }
         let programs = k.loaded.ebpf.programs().filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i.id()))).collect();
-        let kernel = kernel_side(&mut k)?;
+        let kernel = kernel_link(&mut k)?;
         let (query_tx, query_rx) = mpsc::channel();
         let published = Arc::new(RwLock::new(Published::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -376,7 +376,7 @@ fn hook_table(probed: &[HookStatus], trials: &Trials, loaded: &loader::Loaded) -
         .collect()
 }
 
-fn kernel_side(k: &mut KernelStart) -> anyhow::Result<kernel_side::KernelSide> {
+fn kernel_link(k: &mut KernelStart) -> anyhow::Result<kernel_link::KernelLink> {
     let loaded = &mut k.loaded;
     let kind = loaded.configuration.kind;
     let mut take = |name: &str| loaded.ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"));
@@ -386,13 +386,13 @@ fn kernel_side(k: &mut KernelStart) -> anyhow::Result<kernel_side::KernelSide> {
     // Where sock_diag samples socket storage, and for MPTCP connections' records, which it
     // samples whatever the configuration.
     let epochs =
-        if kind == Kind::StorageDiag || loaded.configuration.mptcp() { Some(kernel_side::Epochs::new(Array::try_from(take("EPOCH")?)?)) } else { None };
+        if kind == Kind::StorageDiag || loaded.configuration.mptcp() { Some(kernel_link::Epochs::new(Array::try_from(take("EPOCH")?)?)) } else { None };
     let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take("COUNTERS")?)?;
     let programs = loaded.ebpf.programs().filter_map(|(name, p)| Some((name.to_string(), p.fd().ok()?.try_clone().ok()?))).collect();
-    let mut side = kernel_side::KernelSide::new(ring, socks, counters, programs);
+    let mut side = kernel_link::KernelLink::new(ring, socks, counters, programs);
     side.walker = k.walker.take();
     side.epochs = epochs;
-    side.scanner = loaded.scan.take().map(|tcp| Scanner::new(tcp, loaded.scan_files.take()));
+    side.kernel_dump = loaded.scan.take().map(|tcp| KernelDump::new(tcp, loaded.scan_files.take()));
     Ok(side)
 }
 

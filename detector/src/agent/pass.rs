@@ -2,7 +2,7 @@
 //! the verdict, note what changed, forget what is gone, and assemble the report.
 use std::collections::{HashMap, HashSet};
 
-use super::{attribute::Stalled, detail, kernel_side::KernelSide, sweep::Sweep};
+use super::{attribute::Stalled, detail, kernel_link::KernelLink, sweep::Sweep};
 use detector_common::SockState;
 
 use crate::{
@@ -14,7 +14,7 @@ use crate::{
         walk::{Samples, Walker},
     },
     tracker::{Forget, Tracked},
-    verdict::{self, Grace, Reason, StallTracker, Transition},
+    verdict::{self, Grace, Reason, SocketVerdict, Transition},
 };
 
 impl Sweep {
@@ -22,7 +22,7 @@ impl Sweep {
     /// by then. `kernel` (none for `detector scan`): its walk, when the kernel walks socket
     /// storage, samples the sockets it keeps, and its events have the last word on sockets a
     /// sample found gone.
-    pub fn pass(&mut self, pool: &mut NetnsPool, mut kernel: Option<&mut KernelSide>, m: &Metrics, only_due: Option<u64>) -> Vec<StalledSocket> {
+    pub fn pass(&mut self, pool: &mut NetnsPool, mut kernel: Option<&mut KernelLink>, m: &Metrics, only_due: Option<u64>) -> Vec<StalledSocket> {
         let (started, started_ms) = (std::time::Instant::now(), self.now_ms());
         let mut walked = kernel.as_deref_mut().and_then(|k| k.walker.as_mut()).and_then(|w| self.walk(w, m));
         let epoch = kernel.as_deref().and_then(|k| k.epochs.as_ref()).map(|e| e.value());
@@ -48,7 +48,7 @@ impl Sweep {
     /// so it is there by the time a lookup misses): the ring is drained again first, and only
     /// the entries it left as they were leave as `gone`. So `gone` keeps meaning "ended without
     /// its close event" (a close the programs missed, or a socket tracked again after it).
-    fn settle(&mut self, gone: Vec<(u64, Forget)>, kernel: &mut KernelSide, m: &Metrics) -> Vec<(u64, Forget)> {
+    fn settle(&mut self, gone: Vec<(u64, Forget)>, kernel: &mut KernelLink, m: &Metrics) -> Vec<(u64, Forget)> {
         if !gone.iter().any(|&(_, why)| why == Forget::Gone) {
             return gone;
         }
@@ -96,7 +96,7 @@ impl Sweep {
     /// Samples and judges; returns the sockets to forget. Sockets in socket storage take their
     /// sample from `walked` (and leave it); the others are looked up through sock_diag, in
     /// batches per network namespace. `epoch`: where sock_diag samples socket storage, the
-    /// agent's current epoch (see `kernel_side::Epochs`).
+    /// agent's current epoch (see `kernel_link::Epochs`).
     fn sample_all(
         &mut self,
         pool: &mut NetnsPool,
@@ -272,7 +272,7 @@ fn repair_sender(t: &mut Tracked, st: &SockState) {
 const LOOKUP_CHUNK: usize = 1024;
 
 /// A socket sampled through sock_diag that went idle but is kept one more epoch: it was
-/// announced in the current one (see `kernel_side::Epochs`).
+/// announced in the current one (see `kernel_link::Epochs`).
 struct IdleKept;
 
 /// A socket sampled through sock_diag: judged, or why it leaves the table: not found (gone if
@@ -325,7 +325,7 @@ fn observe(t: &mut Tracked, d: DiagSocket, grace: Grace, m: &Metrics) {
         return;
     }
     let now = d.sample.at_ms;
-    match t.verdict.get_or_insert_with(StallTracker::new).observe(&d.sample, grace) {
+    match t.verdict.get_or_insert_with(SocketVerdict::new).observe(&d.sample, grace) {
         Transition::Stalled(stall) => {
             let age = now.saturating_sub(stall.since_ms);
             t.history.note(
@@ -345,7 +345,7 @@ fn observe(t: &mut Tracked, d: DiagSocket, grace: Grace, m: &Metrics) {
                 t.local_addr(),
                 t.remote_addr(),
                 t.sender.tgid,
-                crate::text::printable(&t.sender.comm),
+                crate::escape::printable(&t.sender.comm),
                 stall.reason.as_str(),
                 d.sample.queued
             );

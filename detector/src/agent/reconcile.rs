@@ -9,8 +9,8 @@ use detector_common::{SockTuple, TCP_CLOSE_WAIT};
 use super::sweep::Sweep;
 use crate::sample::{
     Dumped,
+    kernel_dump::KernelDump,
     netns::{self, NetnsPool},
-    scan::Scanner,
 };
 
 /// The reconcile's CPU budget by default: 0.1 % of a core (`--reconcile-cpu`). Measured here:
@@ -46,18 +46,18 @@ impl Sweep {
     /// wedged before the agent started, CLOSE_WAIT sockets that never sent, sends that block on
     /// their first call; the first one also sockets no process holds any more (owners that
     /// closed with data queued) and kernel sockets. Returns how many it added.
-    pub fn reconcile(&mut self, pool: &mut NetnsPool, scanner: Option<&mut Scanner>) -> usize {
+    pub fn reconcile(&mut self, pool: &mut NetnsPool, kernel_dump: Option<&mut KernelDump>) -> usize {
         self.last_reconcile = Instant::now();
-        let (first, over_files) = (!self.reconciled, scanner.as_ref().is_some_and(|s| s.over_files()));
+        let (first, over_files) = (!self.reconciled, kernel_dump.as_ref().is_some_and(|s| s.over_files()));
         // CPU time, not wall time: a busy machine that delays the thread costs it nothing.
         let cpu = thread_cpu();
-        let seeded = self.reconcile_all(pool, scanner);
+        let seeded = self.reconcile_all(pool, kernel_dump);
         self.reconcile_took = pace_from(first, over_files, thread_cpu().saturating_sub(cpu));
         seeded
     }
 
-    fn reconcile_all(&mut self, pool: &mut NetnsPool, scanner: Option<&mut Scanner>) -> usize {
-        let found = match scanner {
+    fn reconcile_all(&mut self, pool: &mut NetnsPool, kernel_dump: Option<&mut KernelDump>) -> usize {
+        let found = match kernel_dump {
             // The pass over files sees only sockets some process holds; the first reconcile
             // also finds those stuck before the agent started that nobody holds any more.
             Some(s) if self.reconciled => match s.stuck_held(pool) {
@@ -103,10 +103,10 @@ fn pace_from(first: bool, over_files: bool, took: Duration) -> Duration {
 }
 
 /// One pass per network namespace that has a process in it: (namespace, a pid in it, row).
-fn per_namespace(pool: &mut NetnsPool, mut scanner: Option<&mut Scanner>) -> Vec<(u32, u32, Dumped)> {
+fn per_namespace(pool: &mut NetnsPool, mut kernel_dump: Option<&mut KernelDump>) -> Vec<(u32, u32, Dumped)> {
     let mut found = Vec::new();
     for (inum, pid) in netns::all_netns() {
-        let dumped = match scanner.as_deref_mut() {
+        let dumped = match kernel_dump.as_deref_mut() {
             Some(s) => s.stuck(pool, inum, Some(pid)),
             None => pool.conn(inum, Some(pid)).and_then(|c| Ok(c.dump_judged()?)),
         };

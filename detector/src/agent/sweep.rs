@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context as _;
 use detector_common::SockTuple;
 
-use super::{Answer, Query, QueryRequest, attribute::Attribution, kernel_side::KernelSide};
+use super::{Answer, Query, QueryRequest, attribute::Attribution, kernel_link::KernelLink};
 use crate::{
     metrics::Metrics,
     reaper::Reaper,
@@ -47,7 +47,7 @@ pub struct Config {
 
 /// Everything the loop works with besides its own state.
 pub struct Context {
-    pub kernel: KernelSide,
+    pub kernel: KernelLink,
     pub queries: Receiver<QueryRequest>,
     pub published: Arc<RwLock<Published>>,
     pub metrics: Arc<Metrics>,
@@ -75,7 +75,7 @@ pub struct Sweep {
     /// Sockets announced by a send hook that samples found gone since the last full pass.
     pub(super) gone_hooked: Vec<(u64, SockTuple)>,
     /// Sockets the last pass found idle but kept, announced in the current epoch (see
-    /// `kernel_side::Epochs`): a new epoch lets the next pass forget them.
+    /// `kernel_link::Epochs`): a new epoch lets the next pass forget them.
     pub(super) idle_kept: usize,
     /// Stalled sockets past the detail cap, by reason (see `detail`).
     pub(super) undetailed: HashMap<crate::verdict::Reason, usize>,
@@ -91,7 +91,7 @@ pub fn run(cfg: Config, mut ctx: Context) -> anyhow::Result<()> {
     let mut s = Sweep::new(cfg);
     // Sockets wedged before the agent started (a send blocked since then fires no hook) are
     // found by one dump per network namespace.
-    let found = s.reconcile(&mut pool, ctx.kernel.scanner.as_mut());
+    let found = s.reconcile(&mut pool, ctx.kernel.kernel_dump.as_mut());
     log::info!("start-up scan: {found} sockets stuck (bytes queued, or in CLOSE_WAIT)");
     super::give_back_memory();
     ctx.kernel.resync(&mut s.tracker);
@@ -142,7 +142,7 @@ impl Sweep {
     fn full_pass(&mut self, ctx: &mut Context, pool: &mut NetnsPool) {
         self.drain(&mut ctx.kernel, &ctx.metrics);
         if self.last_reconcile.elapsed() >= self.reconcile_every() {
-            let found = self.reconcile(pool, ctx.kernel.scanner.as_mut());
+            let found = self.reconcile(pool, ctx.kernel.kernel_dump.as_mut());
             ctx.metrics.reconcile_cpu.observe(self.reconcile_took.as_secs_f64());
             super::give_back_memory();
             if found > 0 {
@@ -165,7 +165,7 @@ impl Sweep {
 
     /// Where sock_diag samples socket storage: a new epoch when the last pass kept idle
     /// sockets (at most every `EPOCH_AT_LEAST`), so this pass may forget them.
-    fn next_epoch(&mut self, kernel: &mut KernelSide) {
+    fn next_epoch(&mut self, kernel: &mut KernelLink) {
         let Some(e) = kernel.epochs.as_mut() else { return };
         if self.idle_kept > 0
             && e.due()
@@ -176,7 +176,7 @@ impl Sweep {
     }
 
     /// Applies the kernel's waiting events to the table.
-    pub(super) fn drain(&mut self, kernel: &mut KernelSide, m: &Metrics) {
+    pub(super) fn drain(&mut self, kernel: &mut KernelLink, m: &Metrics) {
         let now = self.now_ms();
         kernel.drain(&mut self.tracker, |t, why| {
             m.forgot(why.as_str());
@@ -255,7 +255,7 @@ impl Sweep {
     }
 
     /// A question about the table (`detector sockets`, `detector explain`).
-    fn answer(&mut self, q: Query, kernel: &KernelSide) -> Answer {
+    fn answer(&mut self, q: Query, kernel: &KernelLink) -> Answer {
         match q {
             Query::Sockets => Answer::Sockets(self.rows()),
             Query::Explain(id) => {
@@ -293,7 +293,7 @@ impl Sweep {
             let Some(t) = self.tracker.remove(sk) else { continue };
             m.forgot(why.as_str());
             if why == Forget::Gone {
-                // Its kernel entry, if any (hash map), goes too: see `KernelSide::prune`.
+                // Its kernel entry, if any (hash map), goes too: see `KernelLink::prune`.
                 self.gone_hooked.push((sk, t.tuple));
             }
             if let Some(age) = t.verdict.and_then(|v| v.stalled_for_ms(now)) {
@@ -332,7 +332,7 @@ mod tests {
     use detector_common::{SockState, TCP_ESTABLISHED};
 
     use super::{Config, Sweep, early_gap};
-    use crate::{sample::Sample, verdict::StallTracker};
+    use crate::{sample::Sample, verdict::SocketVerdict};
 
     #[test]
     fn early_passes_take_a_tenth_of_a_core_at_most_and_wait_10_ms_at_least() {
@@ -353,7 +353,7 @@ mod tests {
         });
         s.tracker.adopt(1, &SockState::default());
         // Bytes in flight, first seen at 1,000 ms: due at 4,000 ms.
-        let mut v = StallTracker::new();
+        let mut v = SocketVerdict::new();
         v.observe(&Sample { at_ms: 1_000, state: TCP_ESTABLISHED, queued: 10, unacked: 1, snd_wnd: Some(100), rto_ms: 204, ..Default::default() }, 3_000);
         s.tracker.get_mut(1).unwrap().verdict = Some(v);
         assert_eq!(s.next_due(3_999), Some(4_000));

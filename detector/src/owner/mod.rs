@@ -310,7 +310,7 @@ pub fn holders_near(pid: u32, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>
 }
 
 /// One pass over /proc: every process holding any of `inodes`.
-pub fn scan_holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
+pub fn holders_anywhere(inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
     let mut found: HashMap<u32, Vec<Holder>> = HashMap::new();
     if inodes.is_empty() {
         return found;

@@ -246,7 +246,7 @@ impl Reaper {
 
     fn record(&self, line: Audit) {
         if line.result == "failed" {
-            log::warn!("{} for {} -> {} failed: {}", line.action.as_str(), line.local, line.remote, crate::text::printable(&line.detail));
+            log::warn!("{} for {} -> {} failed: {}", line.action.as_str(), line.local, line.remote, crate::escape::printable(&line.detail));
         }
         self.audit.send(line);
     }

@@ -6,7 +6,7 @@ use super::*;
 use crate::{
     sample::{DiagSocket, Sample},
     tracker::{Sender, Tracked},
-    verdict::{StallTracker, Transition},
+    verdict::{SocketVerdict, Transition},
 };
 
 const GRACE: u64 = 3_000;
@@ -29,7 +29,7 @@ fn sample(at_ms: u64, queued: u32) -> Sample {
 fn entry(t: SockTuple, stall: bool) -> Tracked {
     let sender = Sender { tgid: 42, tid: 43, comm: "ws".into(), cgroup_id: 7 };
     let mut x = Tracked::new(0xffff_8880_0000_1000, t, sender, 1, 1, TCP_ESTABLISHED);
-    let mut v = StallTracker::new();
+    let mut v = SocketVerdict::new();
     v.observe(&sample(0, 0), GRACE);
     let last = if stall { 4_000 } else { 1_000 };
     for at in [500, last] {

@@ -8,8 +8,8 @@
 //!   socket's own network namespace, with INET_DIAG_INFO for `tcp_info`: one hash-table probe
 //!   per socket (~5 µs each, measured on this machine kind). It samples the sockets the walk
 //!   cannot see (found by a dump, or hash-map hooks), destroys, and serves `detector scan`.
+pub mod kernel_dump;
 pub mod netns;
-pub mod scan;
 pub mod tcp_info;
 pub mod walk;
 

@@ -132,11 +132,11 @@ pub fn table(checks: &[Check], verbose: bool) -> String {
             (false, true) => "FAIL",
             (false, false) => "warn",
         };
-        let detail = crate::text::printable(&c.detail);
+        let detail = crate::escape::printable(&c.detail);
         s.push_str(&format!("{mark}  {:<w$}  {}\n", c.name, detail.replace('\n', &format!("\n      {:w$}  ", ""))));
         if let Some(log) = c.log.as_deref().filter(|_| verbose) {
             for line in log.lines() {
-                s.push_str(&format!("      {:w$}    | {}\n", "", crate::text::printable(line)));
+                s.push_str(&format!("      {:w$}    | {}\n", "", crate::escape::printable(line)));
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Rendering answers for people (tables). Process names, command lines and pod names are
 //! chosen by whoever runs the process (`prctl(PR_SET_NAME)`), so every such field is escaped:
 //! a control character prints as `\x1b`, never reaching the terminal.
-pub use crate::text::printable;
+pub use crate::escape::printable;
 use crate::{
     report::{Explain, StalledSocket, TrackedSocket},
     surfaces::api::Status,
@@ -178,7 +178,7 @@ fn not_best(why: &[String]) -> String {
     if why.is_empty() {
         return "(the best configuration the agent knows)\n".into();
     }
-    why.iter().map(|w| format!("  not the best: {}\n", crate::text::printable(w))).collect()
+    why.iter().map(|w| format!("  not the best: {}\n", crate::escape::printable(w))).collect()
 }
 
 fn render<const N: usize>(header: &[&str; N], cells: &[[String; N]]) -> String {

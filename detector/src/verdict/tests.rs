@@ -30,7 +30,7 @@ fn serial_arithmetic_handles_wrap() {
 
 #[test]
 fn queued_without_progress_for_grace_is_stalled_once() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     t.observe(&sample(0, 0, 100), GRACE);
     assert_eq!(t.observe(&sample(1_000, 5_000, 100), GRACE), Transition::None);
     assert_eq!(t.observe(&sample(3_999, 5_000, 100), GRACE), Transition::None);
@@ -42,13 +42,13 @@ fn queued_without_progress_for_grace_is_stalled_once() {
 
 #[test]
 fn progress_resets_the_clock_and_recovers() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     t.observe(&sample(0, 10, 100), GRACE);
     for at in (500..=6_000).step_by(500) {
         // Acked advances a little every sample: a slow reader, never a stall.
         assert_eq!(t.observe(&sample(at, 10_000, 100 + at), GRACE), Transition::None);
     }
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     t.observe(&sample(0, 0, 100), GRACE);
     t.observe(&sample(1, 10, 100), GRACE);
     assert!(matches!(t.observe(&sample(3_001, 10, 100), GRACE), Transition::Stalled(_)));
@@ -58,7 +58,7 @@ fn progress_resets_the_clock_and_recovers() {
 
 #[test]
 fn progress_across_counter_wrap_is_progress() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     t.observe(&sample(0, 0, u64::MAX - 1), GRACE);
     t.observe(&sample(1, 10, u64::MAX - 1), GRACE);
     assert_eq!(t.observe(&sample(2_000, 10, 3), GRACE), Transition::None);
@@ -68,7 +68,7 @@ fn progress_across_counter_wrap_is_progress() {
 
 #[test]
 fn the_clock_starts_at_the_last_ack_never_before_it() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     t.observe(&sample(0, 10, 100), GRACE);
     // Progress seen at 1000 ms; the ACK that carried it came 700 ms earlier, none since.
     let mut s = sample(1_000, 10, 200);
@@ -87,7 +87,7 @@ fn the_clock_starts_at_the_last_ack_never_before_it() {
 
 #[test]
 fn idle_socket_is_never_stalled() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     for at in (0..100_000).step_by(1_000) {
         let mut s = sample(at, 0, 100);
         s.last_ack_recv_ms = at as u32;
@@ -97,7 +97,7 @@ fn idle_socket_is_never_stalled() {
 
 #[test]
 fn burst_after_long_idle_is_not_an_old_stall() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     t.observe(&sample(0, 0, 100), GRACE);
     let mut idle = sample(60_000, 0, 100);
     idle.last_ack_recv_ms = 60_000;
@@ -116,7 +116,7 @@ fn burst_after_long_idle_is_not_an_old_stall() {
 
 #[test]
 fn writing_into_a_window_closed_long_ago_is_dated_from_the_closing() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     let mut idle = zero_window(60_000, 100, 60_000);
     idle.queued = 0;
     t.observe(&idle, GRACE);
@@ -129,7 +129,7 @@ fn writing_into_a_window_closed_long_ago_is_dated_from_the_closing() {
 #[test]
 fn a_frozen_reader_whose_queue_was_empty_at_the_last_sample_is_dated_from_its_last_data() {
     // A fast reader (queue empty at the sample before) freezes; its window closes at once.
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     t.observe(&sample(0, 0, 100), GRACE);
     let s = zero_window(1_000, 5_000, 750);
     assert_eq!(t.observe(&s, GRACE), Transition::None);
@@ -140,7 +140,7 @@ fn a_frozen_reader_whose_queue_was_empty_at_the_last_sample_is_dated_from_its_la
 fn a_closed_window_walked_in_the_kernel_is_dated_from_its_last_delivery() {
     // A frozen reader: its kernel acknowledged the last data 750 ms before the sample, with the
     // window closed; its probes are answered since (the last ACK just now).
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     t.observe(&sample(0, 0, 100), GRACE);
     let s = Sample { last_delivery_ms: Some(749), ..zero_window(1_000, 5_000, 750) };
     assert_eq!(t.observe(&s, GRACE), Transition::None);
@@ -184,7 +184,7 @@ fn the_last_delivery_bounds_only_a_closed_window_with_nothing_in_flight() {
 
 #[test]
 fn clock_going_backwards_never_fires() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     t.observe(&sample(10_000, 10, 100), GRACE);
     assert_eq!(t.observe(&sample(5_000, 10, 100), GRACE), Transition::None);
     assert_eq!(t.observe(&sample(u64::MIN, 10, 100), GRACE), Transition::None);
@@ -193,7 +193,7 @@ fn clock_going_backwards_never_fires() {
 #[test]
 fn an_old_non_reading_stall_seen_first_is_stalled_at_once_with_its_age() {
     // The agent (re)started: its first sample of a socket whose window closed ~8 s ago.
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     let s = zero_window(100_000, 5_000, 8_000);
     let st = stalled(t.observe(&s, GRACE));
     assert_eq!(st.proof, OnsetProof::LastDataPlusRto);
@@ -203,7 +203,7 @@ fn an_old_non_reading_stall_seen_first_is_stalled_at_once_with_its_age() {
 
 #[test]
 fn an_old_unreachable_stall_seen_first_is_stalled_at_once_from_its_last_ack() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     let mut s = sample(100_000, 40_000, 5_000);
     (s.last_ack_recv_ms, s.last_data_sent_ms, s.retransmits, s.backoff, s.rto_ms, s.total_retrans) = (9_000, 1_500, 5, 5, 6_528, 9);
     let st = stalled(t.observe(&s, GRACE));
@@ -213,7 +213,7 @@ fn an_old_unreachable_stall_seen_first_is_stalled_at_once_from_its_last_ack() {
 
 #[test]
 fn a_fresh_stream_seen_first_is_not_an_old_stall() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     // Bytes in flight and ACKs arriving: nothing proves an earlier start than now.
     assert_eq!(t.observe(&sample(50_000, 100_000, 7), GRACE), Transition::None);
     assert_eq!(t.onset(), Some((50_000, OnsetProof::FirstSample)));
@@ -221,7 +221,7 @@ fn a_fresh_stream_seen_first_is_not_an_old_stall() {
 
 #[test]
 fn close_wait_held_idle_is_a_leak_suspect_from_the_fin() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     t.observe(&sample(0, 0, 100), GRACE);
     // The FIN came 400 ms before this sample, with the last ACK.
     let mut s = Sample { state: TCP_CLOSE_WAIT, unacked: 0, last_ack_recv_ms: 400, ..sample(1_000, 0, 100) };
@@ -241,7 +241,7 @@ const CLOSE_WAIT_GRACE: Grace = Grace { stuck_ms: GRACE, close_wait_idle_ms: 300
 
 #[test]
 fn a_half_closed_client_waiting_for_its_answer_longer_than_grace_is_not_stalled() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     let mut s = Sample { state: TCP_CLOSE_WAIT, unacked: 0, last_ack_recv_ms: 0, ..sample(0, 0, 100) };
     for at in (0..299_000).step_by(1_000) {
         (s.at_ms, s.last_ack_recv_ms) = (at, at as u32);
@@ -257,7 +257,7 @@ fn an_answer_queued_after_a_half_close_is_judged_from_when_it_was_queued() {
     // The client half-closed at 0 and waited 40 s (past the stall grace of 3 s); the server
     // then writes its answer: its bytes are a stuck period of their own, never dated from the
     // FIN, so the answer on its way is not a stall.
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     let idle = Sample { state: TCP_CLOSE_WAIT, unacked: 0, last_ack_recv_ms: 0, ..sample(0, 0, 100) };
     for at in (0..40_000).step_by(1_000) {
         assert_eq!(t.observe(&Sample { at_ms: at, last_ack_recv_ms: at as u32, ..idle }, CLOSE_WAIT_GRACE), Transition::None);
@@ -272,7 +272,7 @@ fn an_answer_queued_after_a_half_close_is_judged_from_when_it_was_queued() {
 
 #[test]
 fn a_leak_suspect_whose_owner_answers_is_no_longer_stalled() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     let idle = Sample { state: TCP_CLOSE_WAIT, unacked: 0, last_ack_recv_ms: 0, ..sample(0, 0, 100) };
     t.observe(&idle, GRACE);
     assert_eq!(stalled(t.observe(&Sample { at_ms: 4_000, last_ack_recv_ms: 4_000, ..idle }, GRACE)).reason, Reason::CloseWaitIdle);
@@ -284,7 +284,7 @@ fn a_leak_suspect_whose_owner_answers_is_no_longer_stalled() {
 #[test]
 fn close_wait_that_still_drains_is_healthy() {
     // A half-closed peer downloading: CLOSE_WAIT with bytes queued, acknowledged bit by bit.
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     for (i, at) in (0..20_000).step_by(500).enumerate() {
         let s = Sample { state: TCP_CLOSE_WAIT, ..sample(at, 1_000_000, 100 + i as u64 * 4_096) };
         assert_eq!(t.observe(&s, GRACE), Transition::None, "a draining download at {at} ms");
@@ -293,7 +293,7 @@ fn close_wait_that_still_drains_is_healthy() {
 
 #[test]
 fn close_wait_that_stops_draining_is_peer_closed() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     let mut s = Sample { state: TCP_CLOSE_WAIT, ..sample(0, 1_000_000, 100) };
     t.observe(&s, GRACE);
     s.bytes_acked = 5_000;
@@ -388,7 +388,7 @@ fn liveness_by_probes_answered_and_retransmits_unanswered() {
 
 #[test]
 fn stall_counts_retransmits_and_probes_since_onset() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     let mut s = sample(0, 10, 0);
     (s.total_retrans, s.segs_out) = (5, 100);
     t.observe(&s, GRACE);
@@ -412,7 +412,7 @@ fn stall_counts_retransmits_and_probes_since_onset() {
 fn a_stream_that_wedges_between_samples_counts_no_data_segment_as_a_probe() {
     // Streaming at one sample (18,000 segments sent by the next), the window closed at the
     // next: the probes are counted from there.
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     let mut s = sample(0, 4_000_000, 1_000);
     s.segs_out = 100;
     t.observe(&s, GRACE);
@@ -464,7 +464,7 @@ fn nearly_closed(at_ms: u64, acked: u64) -> Sample {
 
 /// Feeds one sample a second from `from` to `to` (seconds), `acked(t)` bytes acknowledged at
 /// second t; the transitions seen.
-fn feed(t: &mut StallTracker, from: u64, to: u64, acked: impl Fn(u64) -> u64, wnd: impl Fn(u64) -> u32) -> Vec<(u64, Transition)> {
+fn feed(t: &mut SocketVerdict, from: u64, to: u64, acked: impl Fn(u64) -> u64, wnd: impl Fn(u64) -> u32) -> Vec<(u64, Transition)> {
     (from..=to)
         .map(|sec| (sec, t.observe(&Sample { snd_wnd: Some(wnd(sec)), ..nearly_closed(sec * 1_000, acked(sec)) }, TRICKLE)))
         .filter(|(_, tr)| *tr != Transition::None)
@@ -473,7 +473,7 @@ fn feed(t: &mut StallTracker, from: u64, to: u64, acked: impl Fn(u64) -> u64, wn
 
 #[test]
 fn a_peer_that_frees_a_little_before_each_grace_ends_is_trickling_after_the_window() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     // 100 bytes every 20 s (grace 30 s): never a stall of the grace rule.
     let seen = feed(&mut t, 0, 299, |s| 10_000 + s / 20 * 100, |_| 1448);
     assert!(seen.is_empty(), "{seen:?}");
@@ -490,18 +490,18 @@ fn a_peer_that_frees_a_little_before_each_grace_ends_is_trickling_after_the_wind
 
 #[test]
 fn a_slow_reader_that_keeps_up_with_its_stream_never_trickles() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     // 50 KiB/s of a paced stream, its window nearly closed all along (the sender is ahead).
     assert!(feed(&mut t, 0, 900, |s| s * 51_200, |_| 1448).is_empty());
     // Just over the floor, a little at a time: not trickling either.
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     assert!(feed(&mut t, 0, 900, |s| s * 1_100, |_| 0).is_empty());
     assert!(t.stall().is_none());
 }
 
 #[test]
 fn a_paused_reader_that_resumes_opens_its_window_and_never_trickles() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     // 20 s paused (under grace), then it reads its backlog: its window opens wide and the
     // sender's queue drains at once.
     let acked = |s: u64| s / 20 * 200_000;
@@ -509,11 +509,11 @@ fn a_paused_reader_that_resumes_opens_its_window_and_never_trickles() {
     assert!(feed(&mut t, 0, 1_200, acked, wnd).is_empty());
     // Few bytes, but the window seen open wide within every window: the sender is not held
     // back by this reader, no trickle.
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     let wnd = |s: u64| if s % 240 == 100 { 200_000 } else { 1448 };
     assert!(feed(&mut t, 0, 1_200, |s| 10_000 + s / 20 * 100, wnd).is_empty());
     // A window the sample cannot tell (no tcpi_snd_wnd, no walk): no trickle is judged.
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     for sec in 0..=900 {
         let s = Sample { snd_wnd: None, ..nearly_closed(sec * 1_000, 10_000 + sec / 20 * 100) };
         assert_eq!(t.observe(&s, TRICKLE), Transition::None);
@@ -522,7 +522,7 @@ fn a_paused_reader_that_resumes_opens_its_window_and_never_trickles() {
 
 #[test]
 fn a_trickle_that_speeds_up_recovers_and_one_that_stops_is_not_reading() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     let trickle = |s: u64| 10_000 + s / 20 * 100;
     feed(&mut t, 0, 300, trickle, |_| 1448);
     assert_eq!(t.stall().unwrap().reason, Reason::PeerTrickling);
@@ -532,7 +532,7 @@ fn a_trickle_that_speeds_up_recovers_and_one_that_stops_is_not_reading() {
     assert!(matches!(seen[..], [(_, Transition::Recovered { .. })]), "{seen:?}");
     // Trickling again, then nothing at all: trickling while the window still holds its last
     // bytes, then not reading (one stall all along).
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     feed(&mut t, 0, 300, trickle, |_| 0);
     let seen = feed(&mut t, 301, 550, |_| trickle(300), |_| 0);
     assert!(seen.is_empty(), "the same stall goes on: {seen:?}");
@@ -545,7 +545,7 @@ fn a_trickle_that_speeds_up_recovers_and_one_that_stops_is_not_reading() {
 
 #[test]
 fn a_peer_not_reading_that_then_trickles_stays_one_stall() {
-    let mut t = StallTracker::new();
+    let mut t = SocketVerdict::new();
     // 100 bytes every 40 s, grace 30 s: a stall, a recovery, a stall... until the window
     // proves a trickle; from then on one stall, whatever the gaps.
     let acked = |s: u64| 10_000 + s / 40 * 100;

@@ -1,6 +1,6 @@
 //! The reconcile's pass over every process's open files, in place of one pass per network
 //! namespace: every TCP socket some process holds is looked at once, whatever its namespace,
-//! and only the stuck ones are written out (or adopted into socket storage), as `scan` does.
+//! and only the stuck ones are written out (or adopted into socket storage), as `iter_tcp` does.
 //! A pass over one namespace's TCP sockets walks the kernel's established hash table, which
 //! all namespaces share, so N namespaces cost N walks of every socket of the node; this pass
 //! costs one look at each open file of the node.
@@ -29,7 +29,7 @@ use detector_common::{AF_INET, AF_INET6, IPPROTO_TCP, OFFSET_ABSENT, ScanRecord,
 
 use crate::{
     config::conf,
-    scan::{judged_state, scan_sock},
+    iter_tcp::{judged_state, scan_sock},
     sock::{btf_load as load, netns_of},
     walk::{IterMeta, write},
 };

@@ -12,16 +12,16 @@ use crate::{
     kernel::{events, prog_info},
     metrics::{Metrics, ProgramLabel},
     report::KernelRecord,
-    sample::{scan::Scanner, walk::Walker},
+    sample::{kernel_dump::KernelDump, walk::Walker},
     tracker::{Forget, Tracked, Tracker},
 };
 
-pub struct KernelSide {
+pub struct KernelLink {
     pub ring: RingBuf<MapData>,
     /// The sampling walk (socket storage); without it, sock_diag samples every socket.
     pub walker: Option<Walker>,
     /// The reconcile's pass over TCP sockets; without it, sock_diag dumps.
-    pub scanner: Option<Scanner>,
+    pub kernel_dump: Option<KernelDump>,
     /// The hash map of the fallback hooks (socket storage cannot be read from here).
     pub socks: Option<BpfHashMap<MapData, u64, SockState>>,
     /// Where sock_diag samples socket storage: the epochs that let the agent forget a socket
@@ -82,8 +82,8 @@ impl Epochs {
     }
 }
 
-impl KernelSide {
-    /// The programs' maps; the iterators (`walker`, `scanner`) are set when the kernel runs them.
+impl KernelLink {
+    /// The programs' maps; the iterators (`walker`, `kernel_dump`) are set when the kernel runs them.
     pub fn new(
         ring: RingBuf<MapData>,
         socks: Option<BpfHashMap<MapData, u64, SockState>>,
@@ -91,7 +91,7 @@ impl KernelSide {
         programs: Vec<(String, ProgramFd)>,
     ) -> Self {
         let programs = programs.into_iter().map(|(name, fd)| (name, fd, 0)).collect();
-        Self { ring, walker: None, scanner: None, socks, epochs: None, counters, seen: [0; COUNTER_SLOTS as usize], pruned: 0, programs }
+        Self { ring, walker: None, kernel_dump: None, socks, epochs: None, counters, seen: [0; COUNTER_SLOTS as usize], pruned: 0, programs }
     }
 
     /// Applies every waiting event to the table; `ended` gets each entry an event ended.

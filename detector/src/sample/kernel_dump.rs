@@ -97,17 +97,17 @@ fn dumped(r: &ScanRecord) -> Dumped {
 
 /// The passes, as the reconcile uses them.
 #[derive(Debug)]
-pub struct Scanner {
+pub struct KernelDump {
     link: IterLink,
     files: Option<IterLink>,
     buf: Vec<u8>,
 }
 
-impl Scanner {
+impl KernelDump {
     /// `link`: the pass over a namespace's TCP sockets; `files`: the pass over every process's
     /// files, when the kernel runs it.
     pub fn new(link: IterLink, files: Option<IterLink>) -> Self {
-        Scanner { link, files, buf: Vec::new() }
+        KernelDump { link, files, buf: Vec::new() }
     }
 
     /// Whether the pass over every process's files serves (after start-up).
