@@ -32,12 +32,6 @@ use detector::{
 };
 use detector_common::WalkRecord;
 
-fn privileged() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    assert!(root || std::env::var_os("DETECTOR_REQUIRE_PRIVILEGED").is_none(), "this test needs root");
-    root
-}
-
 /// A connection whose server side wrote until its send buffer was full.
 struct Filled {
     server: TcpStream,
@@ -124,9 +118,7 @@ fn start_with(kind: Kind, id: HookId, what: &str) -> Option<KernelStart> {
 /// tried whole (the refusal is named), and the one chosen loads. No piece is assumed to load.
 #[test]
 fn the_agent_runs_the_best_configuration_this_kernel_accepts() {
-    if !privileged() {
-        return;
-    }
+    detector_tests::require_root!();
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut p = agent::probe_kernel_ignoring(0).unwrap();
     for h in p.hooks.iter().filter(|h| !h.state.works()) {
@@ -153,9 +145,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn the_walk_reports_what_sock_diag_reports_and_only_sockets_with_bytes_waiting() {
-    if !privileged() {
-        return;
-    }
+    detector_tests::require_root!();
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut k) = start(Kind::StorageWalk, "the walk") else { return };
     let mut walker = k.walker.take().expect("storage-walk runs with its walk started");
@@ -268,9 +258,7 @@ fn keyed(rows: &[Dumped], ports: &[(u16, u16)]) -> Vec<(u16, u16, u8, u64, Strin
 
 #[test]
 fn the_tcp_pass_finds_what_a_dump_finds_in_every_namespace() {
-    if !privileged() {
-        return;
-    }
+    detector_tests::require_root!();
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut k) = start_with(Kind::StorageDiag, HookId::Scan, "the plain TCP pass") else { return };
     assert_eq!(k.loaded.configuration.startup, Some(HookId::Scan), "where sock_diag samples, the plain pass");
@@ -291,9 +279,7 @@ fn the_tcp_pass_finds_what_a_dump_finds_in_every_namespace() {
 // them with the others. Idle sockets get nothing.
 #[test]
 fn the_adopting_tcp_pass_hands_stuck_sockets_to_the_walk_in_every_namespace() {
-    if !privileged() {
-        return;
-    }
+    detector_tests::require_root!();
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut k) = start_with(Kind::StorageWalk, HookId::ScanAdopt, "the adopting TCP pass") else { return };
     let mut kernel_dump = KernelDump::new(k.loaded.scan.take().unwrap(), None);
@@ -336,9 +322,7 @@ fn check_adopted(pool: &NetnsPool, ns: u32, hint: Option<u32>, k: &Kinds, writte
 // sockets from a thread that entered it) and the process holding it; idle ones are not written.
 #[test]
 fn the_pass_over_files_finds_in_one_pass_what_the_tcp_passes_find_in_each_namespace() {
-    if !privileged() {
-        return;
-    }
+    detector_tests::require_root!();
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut k) = start_with(Kind::StorageDiag, HookId::ScanFiles, "the plain pass over files") else { return };
     let Some(tcp) = k.loaded.scan.take() else {
@@ -368,9 +352,7 @@ fn the_pass_over_files_finds_in_one_pass_what_the_tcp_passes_find_in_each_namesp
 // (as the adopting TCP pass does), writing none of them out: the walk then samples them.
 #[test]
 fn the_adopting_pass_over_files_hands_stuck_sockets_of_every_namespace_to_the_walk() {
-    if !privileged() {
-        return;
-    }
+    detector_tests::require_root!();
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut k) = start_with(Kind::StorageWalk, HookId::ScanFilesAdopt, "the adopting pass over files") else { return };
     let Some(tcp) = k.loaded.scan.take() else {
@@ -442,9 +424,7 @@ fn lookup_of(s: &TcpStream, cookie: Option<u64>) -> Lookup {
 /// lookup, across batches, with missing sockets and a reused tuple (wrong cookie) in between.
 #[test]
 fn batched_lookups_answer_each_socket_as_a_single_lookup_does() {
-    if !privileged() {
-        return;
-    }
+    detector_tests::require_root!();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let pairs: Vec<(TcpStream, TcpStream)> = (0..150)
         .map(|_| {

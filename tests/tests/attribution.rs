@@ -2,16 +2,13 @@
 //! hold it, or is honestly marked unknown.
 use std::{os::unix::fs::MetadataExt, time::Duration};
 
-use detector_tests::{Agent, KillOnDrop, NS_A_ADDR, NetnsPair, Peer, Scratch, TestCgroup, field, free_port, http_get, metric, poll, privileged};
+use detector_tests::{Agent, KillOnDrop, NS_A_ADDR, NetnsPair, Peer, Scratch, TestCgroup, field, free_port, http_get, metric, poll, require_root, stream_peer};
 
-const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
 const WITHIN: Duration = Duration::from_secs(6);
 
 #[test]
 fn pod_container_cgroup_and_netns_of_a_stalled_socket() {
-    if !privileged("pod_container_cgroup_and_netns") {
-        return;
-    }
+    require_root!();
     let uid = format!("{:08x}-5f60-4a1b-9c8d-7e6f5a4b3c2d", std::process::id());
     let container = format!("{:0>64}", format!("{:x}", std::process::id()));
     let rel = format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container}.scope", uid.replace('-', "_"));
@@ -26,11 +23,11 @@ fn pod_container_cgroup_and_netns_of_a_stalled_socket() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let agent = Agent::start("2s", &["--pod-logs-dir", &pods_dir, "--metrics-addr", &metrics, "--pod-metrics-max-series", "5"]);
 
-    let server = net.peer(&net.a, PEER, &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
+    let server = net.peer(&net.a, &stream_peer(), &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
     // Into the pod's container cgroup before it sends anything.
     cg.add(server.pid());
-    let _client = net.peer(&net.b, PEER, &["client", &addr, "none"]);
+    let _client = net.peer(&net.b, &stream_peer(), &["client", &addr, "none"]);
     let accepted = server.expect("ACCEPTED", Duration::from_secs(5));
     let local = field(&accepted, "local").to_string();
 
@@ -63,13 +60,11 @@ fn pod_container_cgroup_and_netns_of_a_stalled_socket() {
 
 #[test]
 fn a_socket_handed_to_a_child_is_attributed_to_the_child() {
-    if !privileged("a_socket_handed_to_a_child") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start("2s", &[]);
-    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "fill-handoff"]);
+    let server = Peer::stream(&["server", "127.0.0.1:0", "fill-handoff"]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
-    let _client = Peer::spawn(PEER, &["client", &addr, "none"]);
+    let _client = Peer::stream(&["client", &addr, "none"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     let handoff = server.expect("HANDOFF", Duration::from_secs(10));
     let child: u32 = field(&handoff, "child").parse().unwrap();
@@ -88,13 +83,11 @@ fn a_socket_handed_to_a_child_is_attributed_to_the_child() {
 // sharing the connection): every process holding it is listed, not the sender alone.
 #[test]
 fn a_socket_held_by_the_sender_and_its_child_lists_both() {
-    if !privileged("a_socket_held_by_the_sender_and_its_child") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start("2s", &[]);
-    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "fill-fork"]);
+    let server = Peer::stream(&["server", "127.0.0.1:0", "fill-fork"]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
-    let _client = Peer::spawn(PEER, &["client", &addr, "none"]);
+    let _client = Peer::stream(&["client", &addr, "none"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     let child: u32 = field(&server.expect("HANDOFF", Duration::from_secs(10)), "child").parse().unwrap();
     let _reap = KillOnDrop(child);
@@ -108,13 +101,11 @@ fn a_socket_held_by_the_sender_and_its_child_lists_both() {
 
 #[test]
 fn a_socket_no_process_holds_is_owner_unknown_never_a_wrong_pid() {
-    if !privileged("a_socket_no_process_holds") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start("2s", &[]);
-    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "fill-inflight"]);
+    let server = Peer::stream(&["server", "127.0.0.1:0", "fill-inflight"]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
-    let _client = Peer::spawn(PEER, &["client", &addr, "none"]);
+    let _client = Peer::stream(&["client", &addr, "none"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     server.expect("INFLIGHT", Duration::from_secs(10));
 
@@ -134,13 +125,11 @@ fn a_socket_no_process_holds_is_owner_unknown_never_a_wrong_pid() {
 /// process that now wears the old pid.
 #[test]
 fn a_reused_sender_pid_is_never_reported_as_owner() {
-    if !privileged("a_reused_sender_pid_is_never_reported_as_owner") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start("2s", &[]);
-    let mut server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "fill-handoff"]);
+    let mut server = Peer::stream(&["server", "127.0.0.1:0", "fill-handoff"]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
-    let _client = Peer::spawn(PEER, &["client", &addr, "none"]);
+    let _client = Peer::stream(&["client", &addr, "none"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     let handoff = server.expect("HANDOFF", Duration::from_secs(10));
     let child: u32 = field(&handoff, "child").parse().unwrap();

@@ -3,9 +3,7 @@
 //! hears again of a socket it forgot.
 use std::time::{Duration, Instant};
 
-use detector_tests::{Agent, Peer, field, kernel_runs, patient, poll, privileged, refused};
-
-const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
+use detector_tests::{Agent, Peer, field, kernel_runs, patient, poll, refused, require_root};
 
 // Where sock_diag samples socket storage, the agent forgets a tracked socket that went idle
 // (else every socket that once filled its buffer would be sampled until it closes), and the
@@ -16,9 +14,7 @@ const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
 // has no sender).
 #[test]
 fn storage_diag_forgets_an_idle_socket_and_hears_of_it_again_when_it_wedges() {
-    if !privileged("storage_diag_forgets_an_idle_socket") {
-        return;
-    }
+    require_root!();
     if !kernel_runs("storage-diag") {
         return refused("configuration storage-diag (detector check did not load it): its epochs are not proven here");
     }
@@ -26,9 +22,9 @@ fn storage_diag_forgets_an_idle_socket_and_hears_of_it_again_when_it_wedges() {
     // 4 MiB bursts 12 s apart: the first fills the send buffer while the client is late (the
     // socket is tracked), then drains; the client is frozen before the second.
     let gap = patient(Duration::from_secs(12));
-    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", &format!("bursts:4194304:{}", gap.as_millis())]);
+    let server = Peer::stream(&["server", "127.0.0.1:0", &format!("bursts:4194304:{}", gap.as_millis())]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
-    let client = Peer::spawn(PEER, &["client", &addr, "late:1000"]);
+    let client = Peer::stream(&["client", &addr, "late:1000"]);
     let local = field(&server.expect("BURST 1", Duration::from_secs(5)), "local").to_string();
     let burst1 = Instant::now();
     let first = poll(Duration::from_secs(3), || agent.tracked(&local)).unwrap_or_else(|| panic!("the first burst was not tracked:\n{}", agent.log()));

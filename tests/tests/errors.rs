@@ -1,16 +1,12 @@
 //! Clear errors for the ways the agent cannot run or cannot be reached.
 use std::process::Command;
 
-use detector_tests::{Agent, Scratch, privileged};
-
-fn detector() -> Command {
-    detector_tests::detector_cmd()
-}
+use detector_tests::{Agent, Scratch, detector_cmd, require_root};
 
 #[test]
 fn query_without_a_running_agent_says_so() {
     let dir = Scratch::new("noagent");
-    let out = detector().args(["stalled", "--api-socket"]).arg(dir.0.join("none.sock")).output().expect("running detector");
+    let out = detector_cmd().args(["stalled", "--api-socket"]).arg(dir.0.join("none.sock")).output().expect("running detector");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("agent is not running") && err.contains("detector run"), "{err}");
@@ -18,9 +14,7 @@ fn query_without_a_running_agent_says_so() {
 
 #[test]
 fn unprivileged_run_names_the_missing_capabilities() {
-    if !privileged("unprivileged_run_names_the_missing_capabilities") {
-        return;
-    }
+    require_root!();
     let dir = Scratch::new("unpriv");
     let bin = detector_tests::detector_bin();
     // Drop to nobody with no capabilities.
@@ -41,9 +35,7 @@ fn unprivileged_run_names_the_missing_capabilities() {
 
 #[test]
 fn forced_fallback_send_hook_attaches_and_is_reported() {
-    if !privileged("forced_fallback_send_hook") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start("3s", &["--send-hook", "sock-send-length", "--max-sockets", "4096"]);
     // The hash map is loaded again at the size asked for (the first load makes it one slot).
     assert_eq!(hash_map_slots(agent.pid()), vec![4096], "the agent's BPF hash maps");
@@ -66,9 +58,7 @@ fn forced_fallback_send_hook_attaches_and_is_reported() {
 /// bucket array (16 bytes a slot) costs nothing at any `--max-sockets`.
 #[test]
 fn the_unused_hash_map_is_one_slot_with_socket_storage() {
-    if !privileged("the_unused_hash_map_is_one_slot_with_socket_storage") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start("3s", &["--max-sockets", "262144"]);
     let status = agent.query("status").expect("status");
     if status["storage"] != "socket storage" {
@@ -98,11 +88,9 @@ fn hash_map_slots(pid: u32) -> Vec<u64> {
 /// agent must report it attached.
 #[test]
 fn forced_fentry_either_attaches_or_fails_clearly() {
-    if !privileged("forced_fentry_either_attaches_or_fails_clearly") {
-        return;
-    }
+    require_root!();
     let dir = Scratch::new("fentry");
-    let mut child = detector()
+    let mut child = detector_cmd()
         .args(["run", "--send-hook", "fentry", "--metrics-addr", "off", "--api-socket"])
         .arg(dir.0.join("api.sock"))
         .stderr(std::process::Stdio::piped())
@@ -121,7 +109,7 @@ fn forced_fentry_either_attaches_or_fails_clearly() {
             return;
         }
         if dir.0.join("api.sock").exists() {
-            let out = detector().args(["status", "-o", "json", "--api-socket"]).arg(dir.0.join("api.sock")).output().unwrap();
+            let out = detector_cmd().args(["status", "-o", "json", "--api-socket"]).arg(dir.0.join("api.sock")).output().unwrap();
             if out.status.success() {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -149,7 +137,7 @@ fn action_signal_needs_an_explicit_usable_signal() {
         (&["--action", "signal", "--signal", "33"][..], "reserved by glibc"),
         (&["--action", "signal", "--signal", "SIGRTMIN+40"][..], "out of range"),
     ] {
-        let out = detector().arg("run").args(args).arg("--api-socket").arg(dir.0.join("api.sock")).output().expect("running detector");
+        let out = detector_cmd().arg("run").args(args).arg("--api-socket").arg(dir.0.join("api.sock")).output().expect("running detector");
         assert!(!out.status.success(), "{args:?} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");

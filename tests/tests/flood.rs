@@ -4,16 +4,11 @@
 //! thousands of stalled sockets would disturb the counts of other tests run alongside.
 use std::time::{Duration, Instant};
 
-use detector_tests::{Agent, NS_A_ADDR, NetnsPair, Peer, Scratch, field, free_port, http_get, metric, pair_on, poll, privileged, stream_peer};
+use detector_tests::{Agent, NS_A_ADDR, NetnsPair, Peer, Scratch, field, free_port, http_get, metric, pair_on, poll, require_root, serial, stream_peer, toml};
 
 const GRACE: Duration = Duration::from_secs(2);
 
-/// Both tests fill the host with stalls: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+// Both tests fill the host with stalls: one at a time.
 
 /// `loadgen hold <n> 0 100`: n connections of one process whose sends fill towards a reader that
 /// never reads (all to 127.0.0.1); killed on drop.
@@ -29,9 +24,7 @@ fn flood(n: usize) -> Peer {
 // answering.
 #[test]
 fn a_flood_of_stalls_from_one_peer_is_bounded_and_hides_no_other_peer() {
-    if !privileged("a_flood_of_stalls_from_one_peer_is_bounded") {
-        return;
-    }
+    require_root!();
     let _s = serial();
     let _flood = flood(1_500);
     let maddr = format!("127.0.0.1:{}", free_port());
@@ -61,9 +54,7 @@ fn a_flood_of_stalls_from_one_peer_is_bounded_and_hides_no_other_peer() {
 // long as the flood lasts.
 #[test]
 fn a_flood_on_one_owner_does_not_hold_back_another_owners_reap() {
-    if !privileged("a_flood_on_one_owner_does_not_hold_back") {
-        return;
-    }
+    require_root!();
     let _s = serial();
     let _flood = flood(20);
     let port = free_port();
@@ -71,8 +62,19 @@ fn a_flood_on_one_owner_does_not_hold_back_another_owners_reap() {
     let policy = dir.0.join("policy.toml");
     let destroy = "actions = [{ action = \"destroy\" }]";
     let limits = "[limits]\nper_minute = 1\ncooldown = \"0s\"\nper_owner_per_minute = 100";
-    let text = format!(
-        "{limits}\n[[selector]]\nname = \"flood\"\nmatch = {{ comm = \"loadgen\" }}\n{destroy}\n[[selector]]\nname = \"other\"\nmatch = {{ local_port = {port} }}\n{destroy}\n"
+    let text = toml(
+        r#"
+$limits
+[[selector]]
+name = "flood"
+match = { comm = "loadgen" }
+$destroy
+[[selector]]
+name = "other"
+match = { local_port = $port }
+$destroy
+"#,
+        &[("limits", &limits), ("destroy", &destroy), ("port", &port)],
     );
     std::fs::write(&policy, text).unwrap();
     let a = Agent::start("2s", &["--policy", &policy.display().to_string()]);

@@ -4,7 +4,7 @@
 //! this kernel with only /proc and /sys mounted, as the DaemonSet gives it.
 use std::process::{Command, Stdio};
 
-use detector_tests::{Scratch, privileged};
+use detector_tests::{Scratch, require_root};
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
 
@@ -48,9 +48,7 @@ fn files_under(dir: &std::path::Path, base: &std::path::Path, out: &mut Vec<Stri
 
 #[test]
 fn the_scratch_image_holds_a_static_agent_that_runs_alone() {
-    if !privileged("the_scratch_image_holds_a_static_agent_that_runs_alone") {
-        return;
-    }
+    require_root!();
     let found = Command::new("podman").arg("--version").output().is_ok();
     assert!(found, "podman not found: `cargo xtask test` installs Debian's podman package");
     let bin = std::env::var("DETECTOR_MUSL_BIN").expect("DETECTOR_MUSL_BIN: the static build (`cargo xtask test` builds it)");

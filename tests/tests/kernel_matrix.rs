@@ -3,7 +3,7 @@
 //! vmtest` per hook on Debian's 6.1 and 6.12 kernels, where fentry and kprobe run).
 use std::time::Duration;
 
-use detector_tests::{Agent, AgentBuilder, NS_A_ADDR, NetnsPair, Peer, free_port, http_get, metric, poll, privileged, stream_peer};
+use detector_tests::{Agent, AgentBuilder, NS_A_ADDR, NetnsPair, Peer, free_port, http_get, metric, poll, require_root, stream_peer};
 
 const ROUNDS: usize = 10;
 const CONNS: usize = 100;
@@ -23,9 +23,7 @@ const TIMED_OUT: usize = 20;
 // none was found gone later.
 #[test]
 fn closed_sockets_that_are_sent_on_leave_nothing_tracked() {
-    if !privileged("closed_sockets_that_are_sent_on_leave_nothing_tracked") {
-        return;
-    }
+    require_root!();
     let addr = format!("127.0.0.1:{}", free_port());
     // Every batch of sock_diag lookups waits 150 ms first: a reset landing between the sweep's
     // drain of the events and its lookup (a window of microseconds on a fast host, wide in a

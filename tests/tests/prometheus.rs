@@ -8,9 +8,8 @@ use std::{
     time::Duration,
 };
 
-use detector_tests::{Agent, Peer, Scratch, field, free_port, http_get, http_get_with, poll, privileged};
+use detector_tests::{Agent, Peer, Scratch, field, free_port, http_get, http_get_with, poll, require_root};
 
-const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
 
 /// A Prometheus tool, or (outside `cargo xtask test`, which installs it) a skip.
@@ -107,7 +106,8 @@ impl Drop for Prometheus {
 
 #[test]
 fn a_real_prometheus_sees_a_stall_and_its_reap() {
-    if !privileged("a_real_prometheus_sees_a_stall_and_its_reap") || !tool("prometheus") || !tool("promtool") {
+    require_root!();
+    if !tool("prometheus") || !tool("promtool") {
         return;
     }
     let metrics = format!("127.0.0.1:{}", free_port());
@@ -116,7 +116,12 @@ fn a_real_prometheus_sees_a_stall_and_its_reap() {
     // Reported first, destroyed 4 s later: scrapes every second see the stall, then the reap.
     std::fs::write(
         &policy,
-        "[[selector]]\nname = \"peers\"\nmatch = { comm = \"stream-peer\" }\nactions = [{ action = \"report\" }, { action = \"destroy\", after = \"4s\" }]\n",
+        r#"
+[[selector]]
+name = "peers"
+match = { comm = "stream-peer" }
+actions = [{ action = "report" }, { action = "destroy", after = "4s" }]
+"#,
     )
     .unwrap();
     let agent = Agent::start("2s", &["--metrics-addr", &metrics, "--policy", policy.to_str().unwrap()]);
@@ -131,9 +136,9 @@ fn a_real_prometheus_sees_a_stall_and_its_reap() {
     let (ok, out) = promtool(&["check", "metrics"], Some(&text), &dir.0);
     assert!(ok && out.trim().is_empty(), "promtool check metrics:\n{out}\n{text}");
 
-    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "stream"]);
+    let server = Peer::stream(&["server", "127.0.0.1:0", "stream"]);
     let listen = server.expect("LISTEN", Duration::from_secs(5));
-    let _client = Peer::spawn(PEER, &["client", &listen, "none"]);
+    let _client = Peer::stream(&["client", &listen, "none"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     poll(Duration::from_secs(10), || agent.stalled(&local)).expect("stall reported");
     let held = poll(Duration::from_secs(15), || prom.value("detector_stalled_sockets{reason=\"peer_not_reading\"}").filter(|v| *v >= 1.0));

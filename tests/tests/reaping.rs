@@ -3,19 +3,12 @@
 //! server at the same time is never touched; report and dry run change nothing.
 use std::time::{Duration, Instant};
 
-use detector_tests::{Agent, NS_A_ADDR, NetnsPair, Peer, Scratch, field, patient, poll, privileged};
+use detector_tests::{Agent, NS_A_ADDR, NetnsPair, Peer, Scratch, detector_cmd, field, patient, require_root, serial, stream_peer, toml, wedged_server};
 
-const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
-const SERVER: &str = env!("CARGO_BIN_EXE_wedged-server");
 const GRACE: Duration = Duration::from_secs(2);
 
-/// These agents act on every matching socket of the node, so two at once would act on each
-/// other's servers: the tests of this file run one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+// These agents act on every matching socket of the node, so two at once would act on each
+// other's servers: the tests of this file run one at a time.
 
 struct Setup {
     server: Peer,
@@ -28,15 +21,15 @@ struct Setup {
 
 /// A server with `seats` seats: one healthy reader and `dead` clients that never read.
 fn setup(dead: usize, seats: usize) -> Setup {
-    let server = Peer::spawn(SERVER, &["127.0.0.1:0", &seats.to_string(), "--rpc", "127.0.0.1:0"]);
+    let server = Peer::wedged(&["127.0.0.1:0", &seats.to_string(), "--rpc", "127.0.0.1:0"]);
     let rpc = server.expect("RPC", Duration::from_secs(5));
     let addr = server.expect("LISTEN", Duration::from_secs(5));
-    let healthy = Peer::spawn(PEER, &["client", &addr, "read"]);
+    let healthy = Peer::stream(&["client", &addr, "read"]);
     let taken = server.expect("SEAT taken", Duration::from_secs(5));
     let healthy_fd = field(&taken, "fd").to_string();
     let dead = (0..dead)
         .map(|_| {
-            let c = Peer::spawn(PEER, &["client", &addr, "none"]);
+            let c = Peer::stream(&["client", &addr, "none"]);
             let taken = server.expect("SEAT taken", Duration::from_secs(5));
             (c, field(&taken, "fd").to_string())
         })
@@ -54,7 +47,7 @@ fn expect_reaped(agent: &Agent, s: &Setup, fd: &str, slack: Duration) -> Duratio
         .unwrap_or_else(|| panic!("seat fd={fd} not freed within grace + {slack:?}\n{}", agent.log()));
     let took = t0.elapsed();
     eprintln!("freed after {:.2} s: {freed}", took.as_secs_f64());
-    let newcomer = Peer::spawn(PEER, &["client", &s.addr, "read"]);
+    let newcomer = Peer::stream(&["client", &s.addr, "read"]);
     let taken = s.server.expect_where("SEAT taken", Duration::from_secs(5), |_| true);
     assert!(taken.is_some(), "the new client got no seat:\n{}", agent.log());
     drop(newcomer);
@@ -62,16 +55,6 @@ fn expect_reaped(agent: &Agent, s: &Setup, fd: &str, slack: Duration) -> Duratio
     let busy = s.server.saw("BUSY", |_| true);
     assert!(!healthy_freed && !busy, "the healthy client was touched ({healthy_freed}) or a client was turned away ({busy}):\n{}", agent.log());
     took
-}
-
-/// Waits (up to 3 s) until the agent's log holds every one of `needles`: an audit line is
-/// written just after the action, which the server may report first.
-fn logged(a: &Agent, needles: &[&str]) -> bool {
-    poll(Duration::from_secs(3), || {
-        let log = a.log();
-        needles.iter().all(|n| log.contains(n)).then_some(())
-    })
-    .is_some()
 }
 
 /// An agent with the reaping tests' grace, stretched by the tests' slack under emulation: a
@@ -87,28 +70,24 @@ fn grace_arg() -> String {
 
 #[test]
 fn destroy_frees_the_seat_of_a_dead_client() {
-    if !privileged("destroy_frees_the_seat") {
-        return;
-    }
+    require_root!();
     let _serial = serial();
     let a = agent(&["--action", "destroy"]);
     let s = setup(1, 2);
     expect_reaped(&a, &s, &s.dead[0].1, Duration::from_secs(3));
-    assert!(logged(&a, &["\"action\":\"destroy\"", "\"result\":\"ok\""]), "{}", a.log());
+    assert!(a.logged(&["\"action\":\"destroy\"", "\"result\":\"ok\""], Duration::from_secs(3)), "{}", a.log());
     drop(s.healthy);
 }
 
 #[test]
 fn destroy_frees_a_seat_held_by_an_unreachable_peer_in_another_namespace() {
-    if !privileged("destroy_unreachable") {
-        return;
-    }
+    require_root!();
     let _serial = serial();
     let net = NetnsPair::new();
     let a = agent(&["--action", "destroy"]);
-    let server = net.peer(&net.a, SERVER, &["0.0.0.0:0", "1"]);
+    let server = net.peer(&net.a, &wedged_server(), &["0.0.0.0:0", "1"]);
     let port = server.expect("LISTEN", Duration::from_secs(5)).rsplit(':').next().unwrap().to_string();
-    let _client = net.peer(&net.b, PEER, &["client", &format!("{NS_A_ADDR}:{port}"), "read"]);
+    let _client = net.peer(&net.b, &stream_peer(), &["client", &format!("{NS_A_ADDR}:{port}"), "read"]);
     let taken = server.expect("SEAT taken", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(500));
     net.cut_b();
@@ -116,14 +95,12 @@ fn destroy_frees_a_seat_held_by_an_unreachable_peer_in_another_namespace() {
         .expect_where("SEAT freed", GRACE + Duration::from_secs(4), |l| field(l, "fd") == field(&taken, "fd"))
         .unwrap_or_else(|| panic!("not freed:\n{}", a.log()));
     assert!(freed.contains("abort"), "the blocked send should fail with ECONNABORTED: {freed}");
-    assert!(logged(&a, &["peer_unreachable"]), "{}", a.log());
+    assert!(a.logged(&["peer_unreachable"], Duration::from_secs(3)), "{}", a.log());
 }
 
 #[test]
 fn signal_with_the_fd_lets_the_server_tear_the_session_down() {
-    if !privileged("signal_with_the_fd") {
-        return;
-    }
+    require_root!();
     let _serial = serial();
     let a = agent(&["--action", "signal", "--signal", "SIGRTMIN+1"]);
     let s = setup(1, 2);
@@ -133,15 +110,13 @@ fn signal_with_the_fd_lets_the_server_tear_the_session_down() {
 
 #[test]
 fn rpc_lets_the_server_tear_the_session_down() {
-    if !privileged("rpc_lets_the_server") {
-        return;
-    }
+    require_root!();
     let _serial = serial();
     // The RPC URL must be known before the agent starts: start the server first.
     let s = setup(0, 2);
     let url = format!("http://{}/reap", s.rpc);
     let a = agent(&["--action", "rpc", "--rpc-url", &url]);
-    let dead = Peer::spawn(PEER, &["client", &s.addr, "none"]);
+    let dead = Peer::stream(&["client", &s.addr, "none"]);
     let fd = field(&s.server.expect("SEAT taken", Duration::from_secs(5)), "fd").to_string();
     let _ = &dead;
     let freed =
@@ -158,9 +133,7 @@ fn rpc_lets_the_server_tear_the_session_down() {
 
 #[test]
 fn shutdown_through_the_owners_fd_frees_the_seat() {
-    if !privileged("shutdown_frees_the_seat") {
-        return;
-    }
+    require_root!();
     let _serial = serial();
     let a = agent(&["--action", "shutdown"]);
     let s = setup(1, 2);
@@ -169,9 +142,7 @@ fn shutdown_through_the_owners_fd_frees_the_seat() {
 
 #[test]
 fn report_and_dry_run_change_nothing() {
-    if !privileged("report_and_dry_run") {
-        return;
-    }
+    require_root!();
     let _serial = serial();
     for args in [&["--action", "report"][..], &["--action", "destroy", "--dry-run"][..]] {
         let a = agent(args);
@@ -182,7 +153,7 @@ fn report_and_dry_run_change_nothing() {
         let stalled = a.stalled(dead_local).unwrap_or_else(|| panic!("not even reported:\n{}", a.log()));
         assert_eq!(stalled["reason"], "peer_not_reading");
         let want = if args.contains(&"--dry-run") { "\"result\":\"dry_run\"" } else { "\"action\":\"report\"" };
-        assert!(logged(&a, &[want]), "{args:?}: no {want} audit line:\n{}", a.log());
+        assert!(a.logged(&[want], Duration::from_secs(3)), "{args:?}: no {want} audit line:\n{}", a.log());
     }
 }
 
@@ -196,26 +167,38 @@ fn policy_agent(policy: &str) -> (Agent, Scratch) {
 
 #[test]
 fn protected_processes_are_never_acted_on() {
-    if !privileged("protected_processes") {
-        return;
-    }
+    require_root!();
     let _serial = serial();
-    let (a, _d) = policy_agent("[protect]\ncomms = [\"wedged-server\"]\n[[selector]]\nname = \"all\"\nactions = [{ action = \"destroy\" }]\n");
+    let (a, _d) = policy_agent(
+        r#"
+[protect]
+comms = ["wedged-server"]
+[[selector]]
+name = "all"
+actions = [{ action = "destroy" }]
+"#,
+    );
     let s = setup(1, 2);
     let freed = s.server.expect_where("SEAT freed", GRACE + Duration::from_secs(3), |_| true);
     assert!(freed.is_none(), "a protected process was acted on: {freed:?}");
-    assert!(logged(&a, &["\"result\":\"skipped\"", "protected"]), "{}", a.log());
+    assert!(a.logged(&["\"result\":\"skipped\"", "protected"], Duration::from_secs(3)), "{}", a.log());
 }
 
 #[test]
 fn rate_limit_and_cooldown_hold_back_further_actions() {
-    if !privileged("rate_limit_and_cooldown") {
-        return;
-    }
+    require_root!();
     let _serial = serial();
     for (name, limits) in [("rate", "per_minute = 1\ncooldown = \"0s\""), ("cooldown", "per_minute = 100\ncooldown = \"60s\"")] {
-        let (a, _d) = policy_agent(&format!(
-            "[limits]\n{limits}\n[[selector]]\nname = \"all\"\nmatch = {{ comm = \"wedged-server\" }}\nactions = [{{ action = \"destroy\" }}]\n"
+        let (a, _d) = policy_agent(&toml(
+            r#"
+[limits]
+$limits
+[[selector]]
+name = "all"
+match = { comm = "wedged-server" }
+actions = [{ action = "destroy" }]
+"#,
+            &[("limits", &limits)],
         ));
         let s = setup(3, 4);
         let first = s.server.expect_where("SEAT freed", GRACE + Duration::from_secs(3), |_| true);
@@ -223,7 +206,7 @@ fn rate_limit_and_cooldown_hold_back_further_actions() {
         let more = s.server.expect_where("SEAT freed", Duration::from_secs(3), |_| true);
         assert!(more.is_none(), "{name}: a second action went through: {more:?}\n{}", a.log());
         let why = if name == "rate" { "rate_limited" } else { "cooldown" };
-        assert!(logged(&a, &[why]), "{name}: no {why} audit line:\n{}", a.log());
+        assert!(a.logged(&[why], Duration::from_secs(3)), "{name}: no {why} audit line:\n{}", a.log());
     }
 }
 
@@ -232,13 +215,20 @@ fn rate_limit_and_cooldown_hold_back_further_actions() {
 // taken and `DetectorReapsFailing` is what tells the operator.
 #[test]
 fn unreachable_rpc_endpoint_is_logged_counted_and_tried_again_never_skipped_past() {
-    if !privileged("unreachable_rpc_endpoint") {
-        return;
-    }
+    require_root!();
     let _serial = serial();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (a, _d) = policy_agent(&format!(
-        "[[selector]]\nname = \"ws\"\nmatch = {{ comm = \"wedged-server\" }}\nactions = [\n  {{ action = \"rpc\", url = \"http://127.0.0.1:{port}/reap\", timeout = \"300ms\", retries = 1 }},\n  {{ action = \"destroy\", after = \"2s\" }},\n]\n"
+    let (a, _d) = policy_agent(&toml(
+        r#"
+[[selector]]
+name = "ws"
+match = { comm = "wedged-server" }
+actions = [
+  { action = "rpc", url = "http://127.0.0.1:$port/reap", timeout = "300ms", retries = 1 },
+  { action = "destroy", after = "2s" },
+]
+"#,
+        &[("port", &port)],
     ));
     let s = setup(1, 2);
     let fd = s.dead[0].1.clone();
@@ -254,14 +244,16 @@ fn a_bad_policy_file_is_refused_with_file_line_and_field() {
     let _serial = serial();
     let dir = Scratch::new("badpolicy");
     let path = dir.0.join("policy.toml");
-    std::fs::write(&path, "[[selector]]\nname = \"x\"\nactions = [{ action = \"signal\", signal = \"SIGNOPE\" }]\n").unwrap();
-    let out = detector_tests::detector_cmd()
-        .args(["run", "--metrics-addr", "off", "--policy"])
-        .arg(&path)
-        .arg("--api-socket")
-        .arg(dir.0.join("api.sock"))
-        .output()
-        .unwrap();
+    std::fs::write(
+        &path,
+        r#"
+[[selector]]
+name = "x"
+actions = [{ action = "signal", signal = "SIGNOPE" }]
+"#,
+    )
+    .unwrap();
+    let out = detector_cmd().args(["run", "--metrics-addr", "off", "--policy"]).arg(&path).arg("--api-socket").arg(dir.0.join("api.sock")).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&path.display().to_string()) && err.contains("line 3") && err.contains("SIGNOPE"), "{err}");
@@ -269,21 +261,25 @@ fn a_bad_policy_file_is_refused_with_file_line_and_field() {
 
 #[test]
 fn rpc_over_a_unix_socket_from_a_policy_selector() {
-    if !privileged("rpc_over_a_unix_socket") {
-        return;
-    }
+    require_root!();
     let _serial = serial();
     let dir = Scratch::new("rpcunix");
     let sock = dir.0.join("reap.sock").display().to_string();
-    let server = Peer::spawn(SERVER, &["127.0.0.1:0", "2", "--rpc-unix", &sock]);
+    let server = Peer::wedged(&["127.0.0.1:0", "2", "--rpc-unix", &sock]);
     server.expect("RPC_UNIX", Duration::from_secs(5));
     let addr = server.expect("LISTEN", Duration::from_secs(5));
-    let (a, _d) = policy_agent(&format!(
-        "[[selector]]\nname = \"unix-rpc\"\nmatch = {{ comm = \"wedged-server\", reason = \"peer_not_reading\" }}\nactions = [{{ action = \"rpc\", unix = \"{sock}\", path = \"/reap\" }}]\n"
+    let (a, _d) = policy_agent(&toml(
+        r#"
+[[selector]]
+name = "unix-rpc"
+match = { comm = "wedged-server", reason = "peer_not_reading" }
+actions = [{ action = "rpc", unix = "$sock", path = "/reap" }]
+"#,
+        &[("sock", &sock)],
     ));
-    let _healthy = Peer::spawn(PEER, &["client", &addr, "read"]);
+    let _healthy = Peer::stream(&["client", &addr, "read"]);
     let healthy_fd = field(&server.expect("SEAT taken", Duration::from_secs(5)), "fd").to_string();
-    let _dead = Peer::spawn(PEER, &["client", &addr, "none"]);
+    let _dead = Peer::stream(&["client", &addr, "none"]);
     let fd = field(&server.expect("SEAT taken", Duration::from_secs(5)), "fd").to_string();
     let freed = server.expect_where("SEAT freed", GRACE + Duration::from_secs(4), |l| field(l, "fd") == fd);
     assert!(freed.is_some(), "not freed over the unix socket:\n{}", a.log());

@@ -9,18 +9,13 @@ use std::{
 };
 
 use detector_tests::{
-    Agent, AgentBuilder, NS_A_ADDR, NetnsPair, Peer, Scratch, field, free_port, http_get, metric, pair, pair_on, poll, privileged, stream_peer,
+    Agent, AgentBuilder, NS_A_ADDR, NetnsPair, Peer, Scratch, detector_cmd, field, free_port, http_get, metric, pair, pair_on, poll, require_root, serial,
+    stream_peer, toml, wedged_server,
 };
 
-const SERVER: &str = env!("CARGO_BIN_EXE_wedged-server");
 const GRACE: Duration = Duration::from_secs(2);
 
-/// These agents act on sockets: one at a time, each scoped to its own server by a policy.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+// These agents act on sockets: one at a time, each scoped to its own server by a policy.
 
 /// A policy file with `body`, and the `--policy` arguments for it.
 fn policy(dir: &Scratch, body: &str) -> Vec<String> {
@@ -33,17 +28,12 @@ fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// Waits up to 4 s for every one of `needles` in the agent's log.
-fn logged(a: &Agent, needles: &[&str]) -> bool {
-    poll(Duration::from_secs(4), || needles.iter().all(|n| a.log().contains(n)).then_some(())).is_some()
-}
-
 /// A wedged-server with one healthy reader and one client that never reads; returns the
 /// server, its listen address, the dead seat's fd and the healthy seat's fd.
 fn seated(extra: &[&str]) -> (Peer, String, String, String, Vec<Peer>) {
     let mut a = vec!["127.0.0.1:0", "2"];
     a.extend_from_slice(extra);
-    let server = Peer::spawn(SERVER, &a);
+    let server = Peer::wedged(&a);
     if extra.contains(&"--rpc") {
         server.expect("RPC", Duration::from_secs(5));
     }
@@ -60,9 +50,7 @@ fn seated(extra: &[&str]) -> (Peer, String, String, String, Vec<Peer>) {
 // dead session, and lives.
 #[test]
 fn the_musl_agent_sends_the_glibc_real_time_signal() {
-    if !privileged("the_musl_agent_sends_the_glibc_real_time_signal") {
-        return;
-    }
+    require_root!();
     let Some(musl) = std::env::var_os("DETECTOR_MUSL_BIN").map(std::path::PathBuf::from) else {
         assert!(std::env::var_os("DETECTOR_REQUIRE_PRIVILEGED").is_none(), "cargo xtask test builds the musl agent and sets DETECTOR_MUSL_BIN");
         eprintln!("skipped: no DETECTOR_MUSL_BIN");
@@ -82,15 +70,22 @@ fn the_musl_agent_sends_the_glibc_real_time_signal() {
 // destroyed, audited owner_unknown; a selector that allows unknown owners destroys it.
 #[test]
 fn an_unknown_owner_is_acted_on_only_where_allowed() {
-    if !privileged("an_unknown_owner_is_acted_on_only_where_allowed") {
-        return;
-    }
+    require_root!();
     let _s = serial();
     let dir = Scratch::new("unknown");
     let selector = |port: &str, allow: bool| {
         policy(
             &dir,
-            &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nallow_unknown_owner = {allow}\nactions = [{{ action = \"destroy\" }}]\n"),
+            &toml(
+                r#"
+[[selector]]
+name = "t"
+match = { local_port = $port }
+allow_unknown_owner = $allow
+actions = [{ action = "destroy" }]
+"#,
+                &[("port", &port), ("allow", &allow)],
+            ),
         )
     };
     // The agent runs first, so its send hook sees the socket's file before it goes in flight
@@ -101,7 +96,7 @@ fn an_unknown_owner_is_acted_on_only_where_allowed() {
     p.server.expect("INFLIGHT", Duration::from_secs(5));
     let e = poll(GRACE + Duration::from_secs(3), || a.stalled(&p.local)).unwrap_or_else(|| panic!("not reported:\n{}", a.log()));
     assert_eq!(e["owner_known"], false, "{e}");
-    assert!(logged(&a, &["\"why\":\"owner_unknown\""]), "{}", a.log());
+    assert!(a.logged(&["\"why\":\"owner_unknown\""], Duration::from_secs(4)), "{}", a.log());
     std::thread::sleep(Duration::from_secs(1));
     assert!(a.stalled(&p.local).is_some(), "destroyed without an owner:\n{}", a.log());
     drop((a, p));
@@ -109,7 +104,7 @@ fn an_unknown_owner_is_acted_on_only_where_allowed() {
     let a = Agent::start("2s", &args(&selector(&port, true)));
     let p = pair_on(&format!("127.0.0.1:{port}"), "fill-inflight", "none", &[]);
     p.server.expect("INFLIGHT", Duration::from_secs(5));
-    assert!(logged(&a, &["\"action\":\"destroy\"", "\"result\":\"ok\""]), "not destroyed where allowed:\n{}", a.log());
+    assert!(a.logged(&["\"action\":\"destroy\"", "\"result\":\"ok\""], Duration::from_secs(4)), "not destroyed where allowed:\n{}", a.log());
     let gone = poll(Duration::from_secs(3), || a.stalled(&p.local).is_none().then_some(()));
     assert!(gone.is_some(), "still listed after its destroy:\n{}", a.log());
 }
@@ -118,9 +113,7 @@ fn an_unknown_owner_is_acted_on_only_where_allowed() {
 // kept): nothing is sent to the new image (it would die of the signal).
 #[test]
 fn nothing_is_sent_to_an_owner_that_executed_another_image() {
-    if !privileged("nothing_is_sent_to_an_owner_that_executed") {
-        return;
-    }
+    require_root!();
     let _s = serial();
     let dir = Scratch::new("exec");
     // Filled at once; executes `stream-peer hold` 3 s later, after detection (grace 2 s) and
@@ -131,14 +124,20 @@ fn nothing_is_sent_to_an_owner_that_executed_another_image() {
         "2s",
         &args(&policy(
             &dir,
-            &format!(
-                "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"signal\", signal = \"SIGUSR2\", after = \"2s\" }}]\n"
+            &toml(
+                r#"
+[[selector]]
+name = "t"
+match = { local_port = $port }
+actions = [{ action = "signal", signal = "SIGUSR2", after = "2s" }]
+"#,
+                &[("port", &port)],
             ),
         )),
     );
     poll(GRACE + Duration::from_secs(2), || a.stalled(&p.local)).unwrap_or_else(|| panic!("not reported:\n{}", a.log()));
     p.server.expect("HOLDING", Duration::from_secs(5));
-    assert!(logged(&a, &["\"why\":\"owner_changed\""]), "no owner_changed skip:\n{}", a.log());
+    assert!(a.logged(&["\"why\":\"owner_changed\""], Duration::from_secs(4)), "no owner_changed skip:\n{}", a.log());
     assert!(!p.server.wait_exit(Duration::from_secs(1)), "the new image got the signal\n{}", a.log());
 }
 
@@ -146,13 +145,11 @@ fn nothing_is_sent_to_an_owner_that_executed_another_image() {
 // the owner's loopback, in the owner's namespace, not the agent's.
 #[test]
 fn rpc_reaches_the_owner_in_its_own_network_namespace() {
-    if !privileged("rpc_reaches_the_owner_in_its_own_network_namespace") {
-        return;
-    }
+    require_root!();
     let _s = serial();
     let net = NetnsPair::new();
     let dir = Scratch::new("rpcns");
-    let server = net.peer(&net.a, SERVER, &[&format!("{NS_A_ADDR}:0"), "2", "--rpc", "127.0.0.1:0"]);
+    let server = net.peer(&net.a, &wedged_server(), &[&format!("{NS_A_ADDR}:0"), "2", "--rpc", "127.0.0.1:0"]);
     let rpc = server.expect("RPC", Duration::from_secs(5));
     let addr = server.expect("LISTEN", Duration::from_secs(5));
     let _healthy = net.peer(&net.b, &stream_peer(), &["client", &addr, "read"]);
@@ -165,7 +162,15 @@ fn rpc_reaches_the_owner_in_its_own_network_namespace() {
         "2s",
         &args(&policy(
             &dir,
-            &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"rpc\", url = \"http://{rpc}/reap\" }}]\n"),
+            &toml(
+                r#"
+[[selector]]
+name = "t"
+match = { local_port = $port }
+actions = [{ action = "rpc", url = "http://$rpc/reap" }]
+"#,
+                &[("port", &port), ("rpc", &rpc)],
+            ),
         )),
     );
     let freed = server.expect_where("SEAT freed", GRACE + Duration::from_secs(4), |l| field(l, "fd") == dead_fd);
@@ -177,9 +182,7 @@ fn rpc_reaches_the_owner_in_its_own_network_namespace() {
 // A unix-socket endpoint that exists only in the owner's mount namespace.
 #[test]
 fn rpc_finds_a_unix_socket_in_the_owners_mount_namespace() {
-    if !privileged("rpc_finds_a_unix_socket_in_the_owners_mount_namespace") {
-        return;
-    }
+    require_root!();
     let _s = serial();
     let dir = Scratch::new("rpcmnt");
     let private = dir.0.join("private");
@@ -187,7 +190,7 @@ fn rpc_finds_a_unix_socket_in_the_owners_mount_namespace() {
     let sock = private.join("reap.sock").display().to_string();
     // The server's own mount namespace, with a tmpfs over `private`: the agent's view of that
     // directory stays empty.
-    let script = format!("mount -t tmpfs tmpfs {} && exec {SERVER} 127.0.0.1:0 2 --rpc-unix {sock}", private.display());
+    let script = format!("mount -t tmpfs tmpfs {} && exec {} 127.0.0.1:0 2 --rpc-unix {sock}", private.display(), wedged_server());
     let server = Peer::spawn("unshare", &["--mount", "--propagation", "private", "sh", "-c", &script]);
     server.expect("RPC_UNIX", Duration::from_secs(5));
     let addr = server.expect("LISTEN", Duration::from_secs(5));
@@ -201,8 +204,14 @@ fn rpc_finds_a_unix_socket_in_the_owners_mount_namespace() {
         "2s",
         &args(&policy(
             &dir,
-            &format!(
-                "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"rpc\", unix = \"{sock}\", path = \"/reap\" }}]\n"
+            &toml(
+                r#"
+[[selector]]
+name = "t"
+match = { local_port = $port }
+actions = [{ action = "rpc", unix = "$sock", path = "/reap" }]
+"#,
+                &[("port", &port), ("sock", &sock)],
             ),
         )),
     );
@@ -238,9 +247,7 @@ fn flaky_endpoint(failing: usize) -> (String, std::sync::Arc<std::sync::atomic::
 // again, the stall is listed at once, and the ladder goes on to its next stage on time.
 #[test]
 fn a_ladder_survives_an_agent_killed_mid_way() {
-    if !privileged("a_ladder_survives_an_agent_killed_mid_way") {
-        return;
-    }
+    require_root!();
     let _s = serial();
     let dir = Scratch::new("midladder");
     let state = dir.0.join("state.json").display().to_string();
@@ -249,8 +256,17 @@ fn a_ladder_survives_an_agent_killed_mid_way() {
     let port = addr.rsplit(':').next().unwrap();
     let mut args_v = policy(
         &dir,
-        &format!(
-            "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port}, reason = \"peer_not_reading\" }}\nactions = [\n  {{ action = \"rpc\", url = \"http://{endpoint}/reap\" }},\n  {{ action = \"destroy\", after = \"4s\" }},\n]\n"
+        &toml(
+            r#"
+[[selector]]
+name = "t"
+match = { local_port = $port, reason = "peer_not_reading" }
+actions = [
+  { action = "rpc", url = "http://$endpoint/reap" },
+  { action = "destroy", after = "4s" },
+]
+"#,
+            &[("port", &port), ("endpoint", &endpoint)],
         ),
     );
     args_v.extend(["--state-file".into(), state]);
@@ -269,9 +285,7 @@ fn a_ladder_survives_an_agent_killed_mid_way() {
 // socket and goes on detecting elsewhere.
 #[test]
 fn a_deleted_namespace_does_not_stop_detection() {
-    if !privileged("a_deleted_namespace_does_not_stop_detection") {
-        return;
-    }
+    require_root!();
     let a = Agent::start("2s", &[]);
     let net = NetnsPair::new();
     let server = net.peer(&net.a, &stream_peer(), &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
@@ -291,9 +305,7 @@ fn a_deleted_namespace_does_not_stop_detection() {
 // keeps answering, and once the answers come back the dead peer is found.
 #[test]
 fn failing_netlink_samples_never_read_as_no_progress() {
-    if !privileged("failing_netlink_samples_never_read_as_no_progress") {
-        return;
-    }
+    require_root!();
     let dir = Scratch::new("fault");
     let fault = dir.0.join("failing");
     std::fs::write(&fault, "").unwrap();
@@ -318,9 +330,7 @@ fn failing_netlink_samples_never_read_as_no_progress() {
 // counted, the agent keeps working, and once they are gone every entry is reclaimed.
 #[test]
 fn a_full_kernel_map_is_counted_and_reclaimed() {
-    if !privileged("a_full_kernel_map_is_counted_and_reclaimed") {
-        return;
-    }
+    require_root!();
     let maddr = format!("127.0.0.1:{}", free_port());
     let a = Agent::start("2s", &["--send-hook", "sock-send-length", "--max-sockets", "64", "--metrics-addr", &maddr]);
     let n = "300";
@@ -344,9 +354,7 @@ fn a_full_kernel_map_is_counted_and_reclaimed() {
 // frozen report.
 #[test]
 fn a_panicking_sweep_stops_the_agent_with_an_error() {
-    if !privileged("a_panicking_sweep_stops_the_agent") {
-        return;
-    }
+    require_root!();
     let mut a = AgentBuilder::new("2s").env("DETECTOR_FAULT", "sweep-panic").no_wait().start();
     let status = poll(Duration::from_secs(15), || a.exited()).unwrap_or_else(|| panic!("still running after its sweep panicked:\n{}", a.log()));
     assert!(!status.success(), "exited with {status}");
@@ -357,9 +365,7 @@ fn a_panicking_sweep_stops_the_agent_with_an_error() {
 // lines that no longer fit are counted.
 #[test]
 fn a_blocked_stdout_stalls_nothing_and_drops_are_counted() {
-    if !privileged("a_blocked_stdout_stalls_nothing") {
-        return;
-    }
+    require_root!();
     let dir = Scratch::new("stdout");
     let maddr = format!("127.0.0.1:{}", free_port());
     let n = "150";
@@ -372,8 +378,19 @@ fn a_blocked_stdout_stalls_nothing_and_drops_are_counted() {
     let stages = vec!["{ action = \"report\" }"; 40].join(", ");
     let p = policy(
         &dir,
-        &format!(
-            "dry_run = true\n[limits]\nper_minute = 100000\nper_owner_per_minute = 100000\ncooldown = \"0s\"\n[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{stages}]\n"
+        &toml(
+            r#"
+dry_run = true
+[limits]
+per_minute = 100000
+per_owner_per_minute = 100000
+cooldown = "0s"
+[[selector]]
+name = "t"
+match = { local_port = $port }
+actions = [$stages]
+"#,
+            &[("port", &port), ("stages", &stages)],
         ),
     );
     let mut all = args(&p);
@@ -394,9 +411,7 @@ fn a_blocked_stdout_stalls_nothing_and_drops_are_counted() {
 // A process names itself with control characters: tables and log lines print them escaped.
 #[test]
 fn hostile_process_names_print_escaped() {
-    if !privileged("hostile_process_names_print_escaped") {
-        return;
-    }
+    require_root!();
     let a = Agent::start("2s", &[]);
     // `env` sets the name-changing variable and executes the peer (same pid).
     let sp = stream_peer();
@@ -409,7 +424,7 @@ fn hostile_process_names_print_escaped() {
     })
     .unwrap_or_else(|| panic!("not reported:\n{}", a.log()));
     assert_eq!(e["comm"], "ev\x1b[2Jil\x07", "JSON keeps the name as it is (escaped by JSON)");
-    let table = detector_tests::detector_cmd().args(["stalled", "--api-socket"]).arg(&a.api).output().unwrap();
+    let table = detector_cmd().args(["stalled", "--api-socket"]).arg(&a.api).output().unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(!table.contains('\x1b') && !table.contains('\x07') && table.contains("ev\\x1b[2Jil\\x07"), "{table:?}");
     assert!(!a.log().contains('\x1b'), "a raw escape reached the log:\n{:?}", a.log());
@@ -419,9 +434,7 @@ fn hostile_process_names_print_escaped() {
 // oversized or malformed request gets an error without harming other clients.
 #[test]
 fn the_api_socket_refuses_what_it_should() {
-    if !privileged("the_api_socket_refuses_what_it_should") {
-        return;
-    }
+    require_root!();
     use std::os::unix::fs::PermissionsExt as _;
     let a = Agent::start("2s", &[]);
     let mode = std::fs::metadata(&a.api).unwrap().permissions().mode() & 0o777;
@@ -455,16 +468,25 @@ fn the_api_socket_refuses_what_it_should() {
 // on, and the answer arrives whole.
 #[test]
 fn a_half_closed_request_waiting_for_its_answer_is_never_torn_down() {
-    if !privileged("a_half_closed_request_waiting_for_its_answer") {
-        return;
-    }
+    require_root!();
     let _s = serial();
     let peer = stream_peer();
     let server = Peer::spawn(&peer, &["server", "127.0.0.1:0", "answer-late:7000:65536"]);
     let listen = server.expect("LISTEN", Duration::from_secs(5));
     let port = listen.rsplit(':').next().unwrap();
     let dir = Scratch::new("halfclosed-request");
-    let p = policy(&dir, &format!("[[selector]]\nname = \"this-test\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"destroy\" }}]\n"));
+    let p = policy(
+        &dir,
+        &toml(
+            r#"
+[[selector]]
+name = "this-test"
+match = { local_port = $port }
+actions = [{ action = "destroy" }]
+"#,
+            &[("port", &port)],
+        ),
+    );
     let mut a = args(&p);
     a.extend(["--close-wait-grace", "4s"]);
     let agent = Agent::start("2s", &a);
@@ -489,9 +511,7 @@ fn a_half_closed_request_waiting_for_its_answer_is_never_torn_down() {
 // never running on the ladder's clock as if the gentle one had.
 #[test]
 fn a_failing_rpc_is_tried_again_and_the_destroy_waits_for_it() {
-    if !privileged("a_failing_rpc_is_tried_again") {
-        return;
-    }
+    require_root!();
     let _s = serial();
     let dir = Scratch::new("failing-rpc");
     let (endpoint, calls) = flaky_endpoint(2);
@@ -499,8 +519,17 @@ fn a_failing_rpc_is_tried_again_and_the_destroy_waits_for_it() {
     let port = addr.rsplit(':').next().unwrap();
     let p = policy(
         &dir,
-        &format!(
-            "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port}, reason = \"peer_not_reading\" }}\nactions = [\n  {{ action = \"rpc\", url = \"http://{endpoint}/reap\", retries = 0 }},\n  {{ action = \"destroy\", after = \"2s\" }},\n]\n"
+        &toml(
+            r#"
+[[selector]]
+name = "t"
+match = { local_port = $port, reason = "peer_not_reading" }
+actions = [
+  { action = "rpc", url = "http://$endpoint/reap", retries = 0 },
+  { action = "destroy", after = "2s" },
+]
+"#,
+            &[("port", &port), ("endpoint", &endpoint)],
         ),
     );
     let a = Agent::start("2s", &args(&p));
@@ -523,9 +552,7 @@ fn a_failing_rpc_is_tried_again_and_the_destroy_waits_for_it() {
 // (`no_handler`, audited) and the process lives on.
 #[test]
 fn a_signal_is_never_sent_to_an_owner_that_does_not_catch_it() {
-    if !privileged("a_signal_is_never_sent_to_an_owner_that_does_not_catch_it") {
-        return;
-    }
+    require_root!();
     let _s = serial();
     let peer = stream_peer();
     // stream-peer installs no handler for SIGRTMIN+1 (35).
@@ -535,19 +562,22 @@ fn a_signal_is_never_sent_to_an_owner_that_does_not_catch_it() {
     let dir = Scratch::new("no-handler");
     let p = policy(
         &dir,
-        &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"signal\", signal = \"SIGRTMIN+1\" }}]\n"),
+        &toml(
+            r#"
+[[selector]]
+name = "t"
+match = { local_port = $port }
+actions = [{ action = "signal", signal = "SIGRTMIN+1" }]
+"#,
+            &[("port", &port)],
+        ),
     );
     let a = Agent::start("2s", &args(&p));
     let _client = Peer::spawn(&peer, &["client", &listen, "none"]);
-    assert!(logged_within(&a, &["\"result\":\"skipped\"", "\"why\":\"no_handler\""], GRACE + Duration::from_secs(5)), "no no_handler skip:\n{}", a.log());
+    assert!(a.logged(&["\"result\":\"skipped\"", "\"why\":\"no_handler\""], GRACE + Duration::from_secs(5)), "no no_handler skip:\n{}", a.log());
     std::thread::sleep(Duration::from_millis(500));
     assert!(server.exited().is_none(), "the server was ended by the signal:\n{}", a.log());
     assert!(!a.log().contains("\"action\":\"signal\",\"stage\":0,\"selector\":\"t\",\"result\":\"ok\""), "{}", a.log());
-}
-
-/// Waits up to `d` for every one of `needles` in the agent's log.
-fn logged_within(a: &Agent, needles: &[&str], d: Duration) -> bool {
-    poll(d, || needles.iter().all(|n| a.log().contains(n)).then_some(())).is_some()
 }
 
 // A container (here a chroot in its own mount namespace) plants its RPC "socket" as an
@@ -557,9 +587,7 @@ fn logged_within(a: &Agent, needles: &[&str], d: Duration) -> bool {
 // such socket there) and the host's socket never sees a connection.
 #[test]
 fn an_rpc_unix_path_never_leaves_the_owners_root() {
-    if !privileged("an_rpc_unix_path_never_leaves_the_owners_root") {
-        return;
-    }
+    require_root!();
     let _s = serial();
     let dir = Scratch::new("rpcroot");
     // The host's socket, which the owner must not reach.
@@ -576,7 +604,7 @@ fn an_rpc_unix_path_never_leaves_the_owners_root() {
         std::os::unix::fs::symlink(t, root.join(l)).unwrap();
     }
     std::os::unix::fs::symlink(&host_sock, root.join("run/reap.sock")).unwrap();
-    let bin_dir = std::path::Path::new(SERVER).parent().unwrap().display().to_string();
+    let bin_dir = std::path::Path::new(&wedged_server()).parent().unwrap().display().to_string();
     let script = format!("mount --bind /usr {r}/usr && mount --bind {bin_dir} {r}/srv && exec chroot {r} /srv/wedged-server 127.0.0.1:0 2", r = root.display());
     let server = Peer::spawn("unshare", &["--mount", "--propagation", "private", "sh", "-c", &script]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
@@ -587,12 +615,18 @@ fn an_rpc_unix_path_never_leaves_the_owners_root() {
     let port = addr.rsplit(':').next().unwrap();
     let p = policy(
         &dir,
-        &format!(
-            "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"rpc\", unix = \"/run/reap.sock\", path = \"/reap\", retries = 0 }}]\n"
+        &toml(
+            r#"
+[[selector]]
+name = "t"
+match = { local_port = $port }
+actions = [{ action = "rpc", unix = "/run/reap.sock", path = "/reap", retries = 0 }]
+"#,
+            &[("port", &port)],
         ),
     );
     let a = Agent::start("2s", &args(&p));
-    assert!(logged_within(&a, &["\"action\":\"rpc\"", "\"result\":\"failed\""], GRACE + Duration::from_secs(6)), "no failed rpc:\n{}", a.log());
+    assert!(a.logged(&["\"action\":\"rpc\"", "\"result\":\"failed\""], GRACE + Duration::from_secs(6)), "no failed rpc:\n{}", a.log());
     assert!(host.accept().is_err(), "the agent connected to the host's socket through the owner's symlink:\n{}", a.log());
 }
 
@@ -602,9 +636,7 @@ fn an_rpc_unix_path_never_leaves_the_owners_root() {
 // the destroy after it runs on time, never stage 0 again.
 #[test]
 fn a_walk_that_skips_a_socket_neither_forgets_it_nor_restarts_its_ladder() {
-    if !privileged("a_walk_that_skips_a_socket") {
-        return;
-    }
+    require_root!();
     if !detector_tests::kernel_runs("storage-walk") {
         return detector_tests::refused("configuration storage-walk (detector check did not load it): a walk that skips a socket is not proven here");
     }
@@ -615,8 +647,17 @@ fn a_walk_that_skips_a_socket_neither_forgets_it_nor_restarts_its_ladder() {
     let port = addr.rsplit(':').next().unwrap();
     let p = policy(
         &dir,
-        &format!(
-            "[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port}, reason = \"peer_not_reading\" }}\nactions = [\n  {{ action = \"rpc\", url = \"http://{endpoint}/reap\" }},\n  {{ action = \"destroy\", after = \"4s\" }},\n]\n"
+        &toml(
+            r#"
+[[selector]]
+name = "t"
+match = { local_port = $port, reason = "peer_not_reading" }
+actions = [
+  { action = "rpc", url = "http://$endpoint/reap" },
+  { action = "destroy", after = "4s" },
+]
+"#,
+            &[("port", &port), ("endpoint", &endpoint)],
         ),
     );
     let mut a = args(&p);
@@ -632,9 +673,7 @@ fn a_walk_that_skips_a_socket_neither_forgets_it_nor_restarts_its_ladder() {
 // protected list sees every holder, not the sender alone.
 #[test]
 fn a_socket_shared_with_a_protected_process_is_never_destroyed() {
-    if !privileged("a_socket_shared_with_a_protected_process") {
-        return;
-    }
+    require_root!();
     let _s = serial();
     let peer = stream_peer();
     let server = Peer::spawn(&peer, &["server", "127.0.0.1:0", "fill-fork"]);
@@ -647,10 +686,20 @@ fn a_socket_shared_with_a_protected_process_is_never_destroyed() {
     let dir = Scratch::new("shared-protected");
     let p = policy(
         &dir,
-        &format!("[protect]\npids = [{child}]\n[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"destroy\" }}]\n"),
+        &toml(
+            r#"
+[protect]
+pids = [$child]
+[[selector]]
+name = "t"
+match = { local_port = $port }
+actions = [{ action = "destroy" }]
+"#,
+            &[("child", &child), ("port", &port)],
+        ),
     );
     let a = Agent::start("2s", &args(&p));
-    assert!(logged_within(&a, &["\"why\":\"protected\""], GRACE + Duration::from_secs(5)), "not skipped as protected:\n{}", a.log());
+    assert!(a.logged(&["\"why\":\"protected\""], GRACE + Duration::from_secs(5)), "not skipped as protected:\n{}", a.log());
     std::thread::sleep(Duration::from_secs(1));
     assert!(a.stalled(&local).is_some(), "the shared socket was destroyed:\n{}", a.log());
     assert!(!a.log().contains("\"result\":\"ok\""), "{}", a.log());
@@ -661,16 +710,25 @@ fn a_socket_shared_with_a_protected_process_is_never_destroyed() {
 // cannot tell: the reaper asks the socket itself, through its owner's fd, before acting).
 #[test]
 fn a_socket_in_tcp_repair_is_never_acted_on() {
-    if !privileged("a_socket_in_tcp_repair_is_never_acted_on") {
-        return;
-    }
+    require_root!();
     let _s = serial();
     let peer = stream_peer();
     let server = Peer::spawn(&peer, &["server", "127.0.0.1:0", "fill-repair"]);
     let listen = server.expect("LISTEN", Duration::from_secs(5));
     let port = listen.rsplit(':').next().unwrap();
     let dir = Scratch::new("repair");
-    let p = policy(&dir, &format!("[[selector]]\nname = \"t\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"destroy\" }}]\n"));
+    let p = policy(
+        &dir,
+        &toml(
+            r#"
+[[selector]]
+name = "t"
+match = { local_port = $port }
+actions = [{ action = "destroy" }]
+"#,
+            &[("port", &port)],
+        ),
+    );
     let a = Agent::start("2s", &args(&p));
     let _client = Peer::spawn(&peer, &["client", &listen, "none"]);
     let local = field(&server.expect("REPAIR", Duration::from_secs(10)), "local").to_string();

@@ -7,11 +7,10 @@ use std::{
 
 use detector_tests::{
     Agent, NS_A_ADDR, NetnsPair, Peer, expect_never, expect_stalled, field, free_port, http_get, latency_line, metric, pair, pair_on, patient, poll,
-    privileged, wait_tracked,
+    require_root, stream_peer, wait_tracked,
 };
 use serde_json::Value;
 
-const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
 const GRACE: Duration = Duration::from_secs(3);
 const GRACE_ARG: &str = "3s";
 /// Sampling interval the test agent runs with (see `Agent::start`), plus scheduling slack.
@@ -20,9 +19,7 @@ const SLACK: Duration = Duration::from_secs(2);
 // 1. The peer becomes unreachable mid-stream (its namespace's link goes down).
 #[test]
 fn s01_peer_unreachable_mid_stream() {
-    if !privileged("s01") {
-        return;
-    }
+    require_root!();
     let e = unreachable_mid_stream("peer_unreachable", NetnsPair::cut_b);
     // The evidence: unanswered retransmits, or, when the link died while the reader's window
     // happened to be closed, unanswered window probes (which are not retransmits).
@@ -35,9 +32,7 @@ fn s01_peer_unreachable_mid_stream() {
 // last data sent stays at the last original segment, right after the last ACK).
 #[test]
 fn s01b_peer_whose_link_is_deleted_is_unreachable() {
-    if !privileged("s01b") {
-        return;
-    }
+    require_root!();
     let e = unreachable_mid_stream("peer_unreachable (link deleted)", NetnsPair::delete_link);
     // The evidence: unanswered retransmits, or, when nothing was in flight as the route went
     // (a slow reader had everything acknowledged), unanswered probes of the unsent queue.
@@ -50,9 +45,9 @@ fn s01b_peer_whose_link_is_deleted_is_unreachable() {
 fn unreachable_mid_stream(label: &str, cut: fn(&NetnsPair)) -> Value {
     let net = NetnsPair::new();
     let agent = Agent::start(GRACE_ARG, &[]);
-    let server = net.peer(&net.a, PEER, &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
+    let server = net.peer(&net.a, &stream_peer(), &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
-    let _client = net.peer(&net.b, PEER, &["client", &addr, "read"]);
+    let _client = net.peer(&net.b, &stream_peer(), &["client", &addr, "read"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     wait_tracked(&agent, &local);
     expect_never(&agent, &[&local], Duration::from_secs(1));
@@ -73,9 +68,7 @@ fn unreachable_mid_stream(label: &str, cut: fn(&NetnsPair)) -> Value {
 // 2. The peer process is frozen (SIGSTOP) while the server streams.
 #[test]
 fn s02_frozen_peer_is_not_reading() {
-    if !privileged("s02") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &[]);
     let p = pair_on("127.0.0.1:0", "stream", "read", &["watch"]);
     wait_tracked(&agent, &p.local);
@@ -107,9 +100,7 @@ fn s02_frozen_peer_is_not_reading() {
 // 3. The peer is alive but never reads.
 #[test]
 fn s03_peer_never_reads() {
-    if !privileged("s03") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &[]);
     let p = pair("stream", "none");
     let t0 = Instant::now();
@@ -129,9 +120,7 @@ fn s03_peer_never_reads() {
 // grace itself; 5 minutes by default, since a half-closed client may wait for its answer).
 #[test]
 fn s04_peer_closed_while_owner_holds_it() {
-    if !privileged("s04") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &["--close-wait-grace", GRACE_ARG]);
     let p = pair("burst:65536", "close:500");
     wait_tracked(&agent, &p.local);
@@ -148,9 +137,7 @@ fn s04_peer_closed_while_owner_holds_it() {
 // and both sides close.)
 #[test]
 fn s05_clean_close_is_never_reported_and_forgotten() {
-    if !privileged("s05") {
-        return;
-    }
+    require_root!();
     // The bytes wait until the test has seen the socket tracked (a fixed wait let a slow guest
     // drain and close it between two samples), and never longer than grace: under emulation
     // the grace grows with the slack, so a slow look cannot turn into a real stall.
@@ -169,9 +156,7 @@ fn s05_clean_close_is_never_reported_and_forgotten() {
 // 6. A fast reader is never reported.
 #[test]
 fn s06_fast_reader_never() {
-    if !privileged("s06") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &[]);
     let p = pair("stream", "read");
     let a0 = wait_tracked(&agent, &p.local)["bytes_acked"].as_u64().unwrap();
@@ -188,9 +173,7 @@ fn s06_fast_reader_never() {
 // 7. A slow reader: reads far slower than the server writes; the queue stays high but drains.
 #[test]
 fn s07_slow_reader_never() {
-    if !privileged("s07") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &[]);
     let p = pair("paced:2000000", "slow:262144");
     wait_tracked(&agent, &p.local);
@@ -202,9 +185,7 @@ fn s07_slow_reader_never() {
 // 8a. The peer pauses for less than the grace window, then resumes: never reported.
 #[test]
 fn s08a_short_pause_never() {
-    if !privileged("s08a") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &[]);
     let p = pair("stream", "read");
     wait_tracked(&agent, &p.local);
@@ -223,9 +204,7 @@ fn s08a_short_pause_never() {
 // 8b. Paused longer than grace: reported, then recovered when it resumes.
 #[test]
 fn s08b_long_pause_reported_then_recovered() {
-    if !privileged("s08b") {
-        return;
-    }
+    require_root!();
     let metrics = format!("127.0.0.1:{}", free_port());
     let agent = Agent::start(GRACE_ARG, &["--metrics-addr", &metrics]);
     let p = pair("stream", "read");
@@ -248,14 +227,12 @@ fn s08b_long_pause_reported_then_recovered() {
 // 9. Backpressure: the queue plateaus at the send buffer's size while ACKs trickle (over veth).
 #[test]
 fn s09_backpressured_plateau_never() {
-    if !privileged("s09") {
-        return;
-    }
+    require_root!();
     let net = NetnsPair::new();
     let agent = Agent::start(GRACE_ARG, &[]);
-    let server = net.peer(&net.a, PEER, &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
+    let server = net.peer(&net.a, &stream_peer(), &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
-    let _client = net.peer(&net.b, PEER, &["client", &addr, "slow:131072"]);
+    let _client = net.peer(&net.b, &stream_peer(), &["client", &addr, "slow:131072"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     wait_tracked(&agent, &local);
     std::thread::sleep(Duration::from_secs(1));
@@ -274,16 +251,14 @@ fn s09_backpressured_plateau_never() {
 // real MSS).
 #[test]
 fn s09b_trickling_peer_listed_and_a_slow_one_never() {
-    if !privileged("s09b") {
-        return;
-    }
+    require_root!();
     let net = NetnsPair::new();
     let agent = Agent::start(GRACE_ARG, &["--trickle-window", "20s", "--trickle-floor", "2KiB/s"]);
     // One server each: the report tells them apart by their local address.
     let serve = |client_mode: &str| {
-        let server = net.peer(&net.a, PEER, &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
+        let server = net.peer(&net.a, &stream_peer(), &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
         let addr = server.expect("LISTEN", Duration::from_secs(5));
-        let client = net.peer(&net.b, PEER, &["client", &addr, client_mode]);
+        let client = net.peer(&net.b, &stream_peer(), &["client", &addr, client_mode]);
         let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
         (server, client, local)
     };
@@ -313,9 +288,7 @@ fn s09b_trickling_peer_listed_and_a_slow_one_never() {
 // waits and the agent stops watching it (bytes waiting again bring it back), never reporting it.
 #[test]
 fn s10_idle_connection_never() {
-    if !privileged("s10") {
-        return;
-    }
+    require_root!();
     // The reader's pause must outlast the agent's first samples (it is tracked only while bytes
     // wait) and stay under grace: under emulation both stretch by the tests' slack.
     let grace = patient(GRACE);
@@ -332,9 +305,7 @@ fn s10_idle_connection_never() {
 // even tracked (and so cannot be reported).
 #[test]
 fn s10b_nothing_waiting_is_not_tracked() {
-    if !privileged("s10b") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &[]);
     let p = pair("burst:1000", "read");
     std::thread::sleep(Duration::from_secs(2));
@@ -344,9 +315,7 @@ fn s10b_nothing_waiting_is_not_tracked() {
 // 11. A reset from the peer: removed, never reported.
 #[test]
 fn s11_reset_from_peer_removed_never_reported() {
-    if !privileged("s11") {
-        return;
-    }
+    require_root!();
     // The reset comes when the test has seen the socket tracked (a reader that reset after a
     // fixed second left a window a busy machine could miss), well within grace.
     let grace = patient(GRACE);
@@ -376,9 +345,9 @@ struct Group {
 
 fn group(name: &'static str, n: usize, server_mode: &str, client_mode: &str, expect: Option<&'static str>) -> Group {
     let ns = n.to_string();
-    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", server_mode, &ns]);
+    let server = Peer::stream(&["server", "127.0.0.1:0", server_mode, &ns]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
-    let client = Peer::spawn(PEER, &["client", &addr, client_mode, &ns]);
+    let client = Peer::stream(&["client", &addr, client_mode, &ns]);
     let remotes = (0..n).map(|_| conn_key(&server.expect("ACCEPTED", Duration::from_secs(10)))).collect();
     Group { name, _server: server, client, remotes, expect }
 }
@@ -386,9 +355,7 @@ fn group(name: &'static str, n: usize, server_mode: &str, client_mode: &str, exp
 // Mixed: 100 healthy connections of several kinds and 10 dead ones at once.
 #[test]
 fn s12_mixed_100_healthy_10_dead() {
-    if !privileged("s12") {
-        return;
-    }
+    require_root!();
     let net = NetnsPair::new();
     let agent = Agent::start(GRACE_ARG, &["--close-wait-grace", GRACE_ARG]);
     let mut groups = vec![
@@ -400,9 +367,9 @@ fn s12_mixed_100_healthy_10_dead() {
         group("closed", 2, "burst:65536", "close:500", Some("close_wait_idle")),
     ];
     // Three connections to a peer in another namespace whose link will go down.
-    let server = net.peer(&net.a, PEER, &["server", &format!("{NS_A_ADDR}:0"), "stream", "3"]);
+    let server = net.peer(&net.a, &stream_peer(), &["server", &format!("{NS_A_ADDR}:0"), "stream", "3"]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
-    let client = net.peer(&net.b, PEER, &["client", &addr, "read", "3"]);
+    let client = net.peer(&net.b, &stream_peer(), &["client", &addr, "read", "3"]);
     let remotes = (0..3).map(|_| conn_key(&server.expect("ACCEPTED", Duration::from_secs(10)))).collect();
     groups.push(Group { name: "unreachable", _server: server, client, remotes, expect: Some("peer_unreachable") });
     let healthy: HashSet<String> = groups.iter().filter(|g| g.expect.is_none()).flat_map(|g| g.remotes.clone()).collect();

@@ -6,7 +6,7 @@
 //! that announced the socket (a socket the reconcile found has none).
 use std::time::{Duration, Instant};
 
-use detector_tests::{Agent, Peer, Scratch, expect_never, field, free_port, patient, poll, privileged, refused};
+use detector_tests::{Agent, Peer, Scratch, expect_never, field, free_port, patient, poll, refused, require_root, toml};
 use serde_json::Value;
 
 const SEND_PEER: &str = env!("CARGO_BIN_EXE_send-peer");
@@ -95,46 +95,39 @@ fn path_is_seen(path: &str, stops: Client, reads: Client) -> Option<Value> {
 
 #[test]
 fn sendfile_to_a_reader_that_stopped_is_found_from_the_send_side() {
-    if privileged("sendfile") {
-        path_is_seen("sendfile", Client::Stops, Client::Reads);
-    }
+    require_root!();
+    path_is_seen("sendfile", Client::Stops, Client::Reads);
 }
 
 #[test]
 fn splice_to_a_reader_that_stopped_is_found_from_the_send_side() {
-    if privileged("splice") {
-        path_is_seen("splice", Client::Stops, Client::Reads);
-    }
+    require_root!();
+    path_is_seen("splice", Client::Stops, Client::Reads);
 }
 
 #[test]
 fn zerocopy_sends_to_a_reader_that_stopped_are_found_from_the_send_side() {
-    if privileged("zerocopy") {
-        path_is_seen("zerocopy", Client::Stops, Client::Reads);
-    }
+    require_root!();
+    path_is_seen("zerocopy", Client::Stops, Client::Reads);
 }
 
 #[test]
 fn io_uring_sends_to_a_reader_that_stopped_are_found_from_the_send_side() {
-    if privileged("io_uring") {
-        path_is_seen("io_uring", Client::Stops, Client::Reads);
-    }
+    require_root!();
+    path_is_seen("io_uring", Client::Stops, Client::Reads);
 }
 
 #[test]
 fn kernel_tls_records_to_a_reader_that_stopped_are_found_from_the_send_side() {
-    if privileged("ktls") {
-        path_is_seen("ktls", Client::Stops, Client::Reads);
-    }
+    require_root!();
+    path_is_seen("ktls", Client::Stops, Client::Reads);
 }
 
 // The MPTCP socket's bytes wait at the MPTCP level; its first subflow (a TCP socket the MPTCP
 // layer sends on) shows the stall. Listed with the owner of the MPTCP socket.
 #[test]
 fn mptcp_to_a_reader_that_stopped_is_found_from_the_send_side() {
-    if !privileged("mptcp") {
-        return;
-    }
+    require_root!();
     if let Some(e) = path_is_seen("mptcp", Client::MptcpStops, Client::MptcpReads) {
         assert_eq!(e["mptcp"], true, "{e}");
     }
@@ -144,9 +137,8 @@ fn mptcp_to_a_reader_that_stopped_is_found_from_the_send_side() {
 // by default from 1.24): still sent on by the MPTCP layer, still found.
 #[test]
 fn an_mptcp_fallback_connection_to_a_reader_that_stopped_is_found() {
-    if privileged("mptcp fallback") {
-        path_is_seen("mptcp", Client::Stops, Client::Reads);
-    }
+    require_root!();
+    path_is_seen("mptcp", Client::Stops, Client::Reads);
 }
 
 // `destroy` on an MPTCP connection: the kernel has no SOCK_DESTROY for an MPTCP socket (and
@@ -155,13 +147,19 @@ fn an_mptcp_fallback_connection_to_a_reader_that_stopped_is_found() {
 // port only: the other tests' stalls run side by side and are theirs to find.
 #[test]
 fn destroy_ends_an_mptcp_connection_through_its_owners_socket() {
-    if !privileged("mptcp destroy") {
-        return;
-    }
+    require_root!();
     let port = free_port();
     let dir = Scratch::new("mptcp-destroy");
     let policy = dir.0.join("policy.toml");
-    let body = format!("[[selector]]\nname = \"this-test\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"destroy\" }}]\n");
+    let body = toml(
+        r#"
+[[selector]]
+name = "this-test"
+match = { local_port = $port }
+actions = [{ action = "destroy" }]
+"#,
+        &[("port", &port)],
+    );
     std::fs::write(&policy, body).unwrap();
     let a = agent(&["--policy", &policy.display().to_string()]);
     let Some(mut dead) = serve_on("mptcp", &format!("127.0.0.1:{port}"), Client::MptcpStops) else { return };
@@ -206,9 +204,7 @@ fn nginx() -> Nginx {
 // `tcp_sendmsg_locked`; either way it is found from the send side, owned by nginx.
 #[test]
 fn nginx_sendfile_to_a_client_that_stopped_reading_is_found_from_the_send_side() {
-    if !privileged("nginx sendfile") {
-        return;
-    }
+    require_root!();
     let a = agent(&[]);
     let ng = nginx();
     let client = Peer::spawn(STREAM_PEER, &["client", &format!("127.0.0.1:{}", ng.port), "get:262144"]);

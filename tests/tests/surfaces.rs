@@ -2,30 +2,20 @@
 //! check`, `detector scan`, and the CLI's queries.
 use std::{process::Command, time::Duration};
 
-use detector_tests::{Agent, Peer, field, free_port, http_get, metric, poll, privileged};
-
-const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
-
-fn detector() -> Command {
-    detector_tests::detector_cmd()
-}
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use detector_tests::{Agent, Peer, detector_cmd, field, free_port, http_get, metric, poll, require_root, serial};
 
 #[test]
 fn metrics_during_a_real_stall() {
-    if !privileged("metrics_during_a_real_stall") {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root!();
+    let _serial = serial();
     let addr = format!("127.0.0.1:{}", free_port());
     let agent = Agent::start("2s", &["--metrics-addr", &addr]);
     assert_eq!(http_get(&addr, "/healthz").0, 200);
     assert_eq!(http_get(&addr, "/readyz").0, 200, "ready after the first pass");
 
-    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "stream"]);
+    let server = Peer::stream(&["server", "127.0.0.1:0", "stream"]);
     let listen = server.expect("LISTEN", Duration::from_secs(5));
-    let client = Peer::spawn(PEER, &["client", &listen, "none"]);
+    let client = Peer::stream(&["client", &listen, "none"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     poll(Duration::from_secs(5), || agent.stalled(&local)).expect("stall reported");
 
@@ -61,10 +51,8 @@ fn metrics_during_a_real_stall() {
 
 #[test]
 fn check_reports_every_hook_and_passes_here() {
-    if !privileged("check_reports_every_hook") {
-        return;
-    }
-    let out = detector().args(["check", "--output", "json"]).output().unwrap();
+    require_root!();
+    let out = detector_cmd().args(["check", "--output", "json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     assert!(out.status.success(), "check failed: {v}");
     let names: Vec<&str> = v.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
@@ -103,9 +91,7 @@ fn check_reports_every_hook_and_passes_here() {
 
 #[test]
 fn check_fails_without_privileges() {
-    if !privileged("check_fails_without_privileges") {
-        return;
-    }
+    require_root!();
     let bin = detector_tests::detector_bin();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
@@ -120,21 +106,19 @@ fn check_fails_without_privileges() {
 
 #[test]
 fn scan_without_an_agent_finds_a_stall_and_not_a_healthy_stream() {
-    if !privileged("scan_without_an_agent") {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dead_server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "stream"]);
+    require_root!();
+    let _serial = serial();
+    let dead_server = Peer::stream(&["server", "127.0.0.1:0", "stream"]);
     let a = dead_server.expect("LISTEN", Duration::from_secs(5));
-    let _dead = Peer::spawn(PEER, &["client", &a, "none"]);
+    let _dead = Peer::stream(&["client", &a, "none"]);
     let dead_local = field(&dead_server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
-    let ok_server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "stream"]);
+    let ok_server = Peer::stream(&["server", "127.0.0.1:0", "stream"]);
     let b = ok_server.expect("LISTEN", Duration::from_secs(5));
-    let _ok = Peer::spawn(PEER, &["client", &b, "read"]);
+    let _ok = Peer::stream(&["client", &b, "read"]);
     let ok_local = field(&ok_server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     std::thread::sleep(Duration::from_millis(500));
 
-    let out = detector().args(["scan", "--grace", "2s", "--interval", "250ms", "--output", "json"]).output().unwrap();
+    let out = detector_cmd().args(["scan", "--grace", "2s", "--interval", "250ms", "--output", "json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = v.as_array().unwrap();
@@ -146,13 +130,11 @@ fn scan_without_an_agent_finds_a_stall_and_not_a_healthy_stream() {
 
 #[test]
 fn sockets_filters_explain_and_watch_against_the_agent() {
-    if !privileged("sockets_filters_explain_and_watch") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start("2s", &[]);
-    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "stream"]);
+    let server = Peer::stream(&["server", "127.0.0.1:0", "stream"]);
     let listen = server.expect("LISTEN", Duration::from_secs(5));
-    let _client = Peer::spawn(PEER, &["client", &listen, "none"]);
+    let _client = Peer::stream(&["client", &listen, "none"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     let port = local.rsplit(':').next().unwrap().to_string();
     let stalled = poll(Duration::from_secs(5), || agent.stalled(&local)).expect("stall reported");
@@ -160,7 +142,7 @@ fn sockets_filters_explain_and_watch_against_the_agent() {
     let id = cookie.to_string();
 
     let api = agent.api.display().to_string();
-    let out = detector().args(["sockets", "-o", "json", "--port", &port, "--api-socket", &api]).output().unwrap();
+    let out = detector_cmd().args(["sockets", "-o", "json", "--port", &port, "--api-socket", &api]).output().unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = rows.as_array().unwrap();
     assert!(
@@ -169,10 +151,10 @@ fn sockets_filters_explain_and_watch_against_the_agent() {
         "{rows:?}"
     );
     assert!(rows.iter().any(|r| r["id"].as_u64() == Some(cookie) && r["stalled"] == true), "{rows:?}");
-    let out = detector().args(["sockets", "-o", "json", "--pid", "1", "--port", &port, "--api-socket", &api]).output().unwrap();
+    let out = detector_cmd().args(["sockets", "-o", "json", "--pid", "1", "--port", &port, "--api-socket", &api]).output().unwrap();
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), serde_json::json!([]));
 
-    let out = detector().args(["explain", &id, "-o", "json", "--api-socket", &api]).output().unwrap();
+    let out = detector_cmd().args(["explain", &id, "-o", "json", "--api-socket", &api]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(e["verdict"]["stalled"], true, "{e}");
@@ -183,11 +165,11 @@ fn sockets_filters_explain_and_watch_against_the_agent() {
     assert!(e["kernel"]["tracked_for_ms"].as_u64().unwrap() >= 2_000, "{e}");
     let status = agent.query("status").expect("status");
     assert_eq!(e["kernel"]["send_hook"], status["send_hook"], "{e}");
-    let out = detector().args(["explain", "1", "--api-socket", &api]).output().unwrap();
+    let out = detector_cmd().args(["explain", "1", "--api-socket", &api]).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no tracked socket has id 1"));
 
     // --watch redraws until stopped.
-    let mut w = detector().args(["stalled", "--watch", "300ms", "--api-socket", &api]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut w = detector_cmd().args(["stalled", "--watch", "300ms", "--api-socket", &api]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     let _ = w.kill();
     let out = w.wait_with_output().unwrap();
@@ -197,13 +179,13 @@ fn sockets_filters_explain_and_watch_against_the_agent() {
 
 #[test]
 fn shell_completions_and_help_name_every_command() {
-    let out = detector().args(["completions", "bash"]).output().unwrap();
+    let out = detector_cmd().args(["completions", "bash"]).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for cmd in ["run", "stalled", "sockets", "explain", "status", "check", "scan"] {
         assert!(text.contains(cmd), "bash completion lacks {cmd}");
     }
-    let out = detector().args(["run", "--help"]).output().unwrap();
+    let out = detector_cmd().args(["run", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in ["--grace", "--interval", "--policy", "--action", "--dry-run", "[env: DETECTOR_GRACE="] {
         assert!(help.contains(flag), "run --help lacks {flag}");
@@ -214,14 +196,12 @@ fn shell_completions_and_help_name_every_command() {
 /// stdout) is one JSON object per line, a hostile process name included.
 #[test]
 fn json_logs_are_one_object_per_line() {
-    if !privileged("json_logs_are_one_object_per_line") {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root!();
+    let _serial = serial();
     let agent = Agent::start("1s", &["--log-format", "json"]);
-    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0", "stream"]);
+    let server = Peer::stream(&["server", "127.0.0.1:0", "stream"]);
     let listen = server.expect("LISTEN", Duration::from_secs(5));
-    let _client = Peer::spawn(PEER, &["client", &listen, "none"]);
+    let _client = Peer::stream(&["client", &listen, "none"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     poll(Duration::from_secs(5), || agent.stalled(&local)).expect("stall reported");
     let log = poll(Duration::from_secs(5), || Some(agent.log()).filter(|l| l.contains("\"action\":\"report\""))).expect("an audit line");
@@ -239,9 +219,7 @@ fn json_logs_are_one_object_per_line() {
 // answers scrapes again once they are gone: the agent's fds stay bounded.
 #[test]
 fn the_metrics_listener_bounds_connections_that_send_nothing() {
-    if !privileged("the_metrics_listener_bounds_connections") {
-        return;
-    }
+    require_root!();
     let addr = format!("127.0.0.1:{}", free_port());
     let agent = Agent::start("30s", &["--metrics-addr", &addr]);
     let fds = || std::fs::read_dir(format!("/proc/{}/fd", agent.pid())).unwrap().count();

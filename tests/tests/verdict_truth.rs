@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use detector_tests::{
     Agent, NS_A_ADDR, NS_A_ADDR6, NetnsPair, Peer, Scratch, expect_never, expect_stalled, field, free_port, http_get, latency_line, metric, pair, pair_on,
-    patient, poll, privileged, stream_peer, wait_tracked,
+    patient, poll, require_root, stream_peer, toml, wait_tracked,
 };
 use serde_json::Value;
 
@@ -24,9 +24,7 @@ fn ms(e: &Value, key: &str) -> u64 {
 // every window probe. It must be peer_not_reading, on every pass.
 #[test]
 fn live_non_reader_with_a_tiny_receive_buffer_is_not_reading() {
-    if !privileged("live_non_reader_with_a_tiny_receive_buffer_is_not_reading") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &[]);
     let p = pair("stream", "none-rcvbuf:4096");
     let (e, _) = expect_stalled(&agent, &p.local, Instant::now(), GRACE + SLACK);
@@ -43,9 +41,7 @@ fn live_non_reader_with_a_tiny_receive_buffer_is_not_reading() {
 // agent's start.
 #[test]
 fn a_non_reading_stall_older_than_the_agent_is_listed_at_once_with_its_age() {
-    if !privileged("a_non_reading_stall_older_than_the_agent") {
-        return;
-    }
+    require_root!();
     let p = pair("stream", "none");
     let connected = Instant::now();
     std::thread::sleep(GRACE * 2);
@@ -71,9 +67,7 @@ fn a_non_reading_stall_older_than_the_agent_is_listed_at_once_with_its_age() {
 // lookup, then forgotten as idle).
 #[test]
 fn a_stall_older_than_the_agent_is_sampled_by_the_kernel_walk_with_socket_storage() {
-    if !privileged("a_stall_older_than_the_agent_is_sampled_by_the_kernel_walk") {
-        return;
-    }
+    require_root!();
     let p = pair("stream", "none");
     // Older than grace when the agent starts, so it is listed at its first pass.
     std::thread::sleep(GRACE * 2);
@@ -97,9 +91,7 @@ fn a_stall_older_than_the_agent_is_sampled_by_the_kernel_walk_with_socket_storag
 // The same for an unreachable peer: the age runs from the last ACK it sent.
 #[test]
 fn an_unreachable_stall_older_than_the_agent_is_listed_at_once_with_its_age() {
-    if !privileged("an_unreachable_stall_older_than_the_agent") {
-        return;
-    }
+    require_root!();
     let net = NetnsPair::new();
     let peer = stream_peer();
     let server = net.peer(&net.a, &peer, &["server", &format!("{NS_A_ADDR}:0"), "stream"]);
@@ -123,9 +115,7 @@ fn an_unreachable_stall_older_than_the_agent_is_listed_at_once_with_its_age() {
 // pass, with an age that kept running.
 #[test]
 fn a_restarted_agent_lists_an_existing_stall_at_once_and_keeps_its_age() {
-    if !privileged("a_restarted_agent_lists_an_existing_stall") {
-        return;
-    }
+    require_root!();
     let p = pair("stream", "none");
     let mut first = Agent::start(GRACE_ARG, &[]);
     let (e, _) = expect_stalled(&first, &p.local, Instant::now(), GRACE + SLACK);
@@ -145,9 +135,7 @@ fn a_restarted_agent_lists_an_existing_stall_at_once_and_keeps_its_age() {
 // `--action destroy` never touched: the download completes.
 #[test]
 fn a_half_closed_peer_that_still_downloads_is_never_reported_nor_touched() {
-    if !privileged("a_half_closed_peer_that_still_downloads") {
-        return;
-    }
+    require_root!();
     // 8 MiB at 1 MiB/s: about 8 s of draining, first in CLOSE_WAIT while the server still
     // writes (the response is larger than its send buffer), then in LAST_ACK once it has
     // closed. The agent destroys every stalled socket of this server (and only this server:
@@ -158,8 +146,19 @@ fn a_half_closed_peer_that_still_downloads_is_never_reported_nor_touched() {
     let port = listen.rsplit(':').next().unwrap();
     let dir = Scratch::new("halfclose");
     let policy = dir.0.join("policy.toml");
-    std::fs::write(&policy, format!("[[selector]]\nname = \"this-test\"\nmatch = {{ local_port = {port} }}\nactions = [{{ action = \"destroy\" }}]\n"))
-        .unwrap();
+    std::fs::write(
+        &policy,
+        toml(
+            r#"
+[[selector]]
+name = "this-test"
+match = { local_port = $port }
+actions = [{ action = "destroy" }]
+"#,
+            &[("port", &port)],
+        ),
+    )
+    .unwrap();
     let agent = Agent::start(GRACE_ARG, &["--policy", policy.to_str().unwrap()]);
     let client = Peer::spawn(&peer, &["client", &listen, "half-close:1048576"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
@@ -183,9 +182,7 @@ fn a_half_closed_peer_that_still_downloads_is_never_reported_nor_touched() {
 // neither drains nor closes: peer_closed.
 #[test]
 fn a_half_closed_peer_that_stops_reading_is_peer_closed() {
-    if !privileged("a_half_closed_peer_that_stops_reading") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &[]);
     let p = pair("respond-after-eof:67108864", "half-close:0");
     let (e, _) = expect_stalled(&agent, &p.local, Instant::now(), GRACE + SLACK);
@@ -198,9 +195,7 @@ fn a_half_closed_peer_that_stops_reading_is_peer_closed() {
 // `--close-wait-grace` (the grace here), with its owner.
 #[test]
 fn a_close_wait_socket_that_never_sent_is_a_leak_suspect() {
-    if !privileged("a_close_wait_socket_that_never_sent") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &["--close-wait-grace", GRACE_ARG]);
     let p = pair("silent", "close:0");
     let t0 = Instant::now();
@@ -217,9 +212,7 @@ fn a_close_wait_socket_that_never_sent_is_a_leak_suspect() {
 // within grace + interval, whichever send hook the kernel gives.
 #[test]
 fn a_first_send_that_blocks_forever_is_found() {
-    if !privileged("a_first_send_that_blocks_forever") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &[]);
     let t0 = Instant::now();
     let p = pair("sendall:67108864", "none");
@@ -233,9 +226,7 @@ fn a_first_send_that_blocks_forever_is_found() {
 // FIN_WAIT1 (its owner still holds it): judged like any other.
 #[test]
 fn fin_wait1_with_stuck_data_is_judged() {
-    if !privileged("fin_wait1_with_stuck_data_is_judged") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &[]);
     let p = pair("fill-shut-wr", "none");
     p.server.expect("SHUT_WR", Duration::from_secs(5));
@@ -253,9 +244,7 @@ fn fin_wait1_with_stuck_data_is_judged() {
 // The same towards a peer whose link went down: FIN_WAIT1, peer_unreachable.
 #[test]
 fn fin_wait1_to_an_unreachable_peer_is_unreachable() {
-    if !privileged("fin_wait1_to_an_unreachable_peer") {
-        return;
-    }
+    require_root!();
     let net = NetnsPair::new();
     let agent = Agent::start(GRACE_ARG, &[]);
     let peer = stream_peer();
@@ -274,9 +263,7 @@ fn fin_wait1_to_an_unreachable_peer_is_unreachable() {
 // map holds none of them.
 #[test]
 fn closes_lost_with_dropped_events_are_reconciled_and_counted() {
-    if !privileged("closes_lost_with_dropped_events") {
-        return;
-    }
+    require_root!();
     let addr = format!("127.0.0.1:{}", free_port());
     let agent = Agent::start(GRACE_ARG, &["--send-hook", "sock-send-length", "--ring-buffer-bytes", "4096", "--metrics-addr", &addr]);
     let peer = stream_peer();
@@ -327,9 +314,7 @@ fn closes_lost_with_dropped_events_are_reconciled_and_counted() {
 // tracked and is reported, not dropped as gone after its first sample.
 #[test]
 fn a_socket_bound_to_a_device_is_judged() {
-    if !privileged("a_socket_bound_to_a_device") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &[]);
     let p = pair_on("127.0.0.1:0", "stream", "none", &["dev=lo"]);
     let (e, _) = expect_stalled(&agent, &p.local, Instant::now(), GRACE + SLACK);
@@ -341,9 +326,7 @@ fn a_socket_bound_to_a_device_is_judged() {
 // An IPv4 client of a server listening on [::] shows as IPv4 (not ::ffff:a.b.c.d).
 #[test]
 fn an_ipv4_peer_of_a_dual_stack_server_shows_as_ipv4() {
-    if !privileged("an_ipv4_peer_of_a_dual_stack_server") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start(GRACE_ARG, &[]);
     let peer = stream_peer();
     let server = Peer::spawn(&peer, &["server", "[::]:0", "stream"]);
@@ -360,9 +343,7 @@ fn an_ipv4_peer_of_a_dual_stack_server_shows_as_ipv4() {
 // IPv6 end to end: a peer on ::1 that never reads, and one across a veth whose link goes down.
 #[test]
 fn ipv6_peers_not_reading_and_unreachable() {
-    if !privileged("ipv6_peers") {
-        return;
-    }
+    require_root!();
     let net = NetnsPair::new();
     let agent = Agent::start(GRACE_ARG, &[]);
     let p = pair_on("[::1]:0", "stream", "none", &[]);

@@ -1,26 +1,23 @@
 //! End to end on the running kernel: real agent, real programs, real peer processes.
 use std::time::{Duration, Instant};
 
-use detector_tests::{Agent, Peer, field, poll, privileged};
+use detector_tests::{Agent, Peer, field, poll, require_root};
 
-const PEER: &str = env!("CARGO_BIN_EXE_stream-peer");
 const GRACE: Duration = Duration::from_secs(3);
 
 /// Starts a server peer and a client peer in `mode`; returns them with the server's
 /// accepted-socket line (fd, local, peer).
 fn pair(mode: &str) -> (Peer, Peer, String) {
-    let server = Peer::spawn(PEER, &["server", "127.0.0.1:0"]);
+    let server = Peer::stream(&["server", "127.0.0.1:0"]);
     let addr = server.expect("LISTEN", Duration::from_secs(5));
-    let client = Peer::spawn(PEER, &["client", &addr, mode]);
+    let client = Peer::stream(&["client", &addr, mode]);
     let accepted = server.expect("ACCEPTED", Duration::from_secs(5));
     (server, client, accepted)
 }
 
 #[test]
 fn non_reading_client_is_reported_with_owner_and_forgotten_on_close() {
-    if !privileged("non_reading_client_is_reported") {
-        return;
-    }
+    require_root!();
     non_reading_client_reported(&[]);
 }
 
@@ -28,9 +25,7 @@ fn non_reading_client_is_reported_with_owner_and_forgotten_on_close() {
 /// programs cannot load.
 #[test]
 fn non_reading_client_is_reported_through_the_fallback_hook() {
-    if !privileged("non_reading_client_is_reported_through_the_fallback_hook") {
-        return;
-    }
+    require_root!();
     non_reading_client_reported(&["--send-hook", "sock-send-length"]);
 }
 
@@ -64,9 +59,7 @@ fn non_reading_client_reported(agent_args: &[&str]) {
 
 #[test]
 fn reading_client_is_tracked_but_never_reported() {
-    if !privileged("reading_client_is_never_reported") {
-        return;
-    }
+    require_root!();
     let agent = Agent::start("3s", &[]);
     let (_server, _client, accepted) = pair("read");
     let local = field(&accepted, "local").to_string();
@@ -92,9 +85,7 @@ fn reading_client_is_tracked_but_never_reported() {
 /// still find it, and attribute it through /proc (there is no send-time owner).
 #[test]
 fn socket_wedged_before_the_agent_started_is_found() {
-    if !privileged("socket_wedged_before_the_agent_started_is_found") {
-        return;
-    }
+    require_root!();
     let (server, _client, accepted) = pair("none");
     let local = field(&accepted, "local").to_string();
     let fd: i64 = field(&accepted, "fd").parse().unwrap();
