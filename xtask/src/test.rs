@@ -3,7 +3,7 @@
 //! matrix and the walking skeleton run again with each other configuration this kernel runs
 //! (each other kind, each other send hook, as `detector check` finds and loads them), so every
 //! configuration a node could end up on is proven here; last, a subset in VMs booting Debian's
-//! kernels in the shapes fleets run them (`vmtest.rs`). The pieces this kernel refused, which
+//! kernels in the shapes fleets run them (`vmtest/`). The pieces this kernel refused, which
 //! the tests name instead of proving, are listed at the end.
 use std::{path::Path, process::Command};
 
