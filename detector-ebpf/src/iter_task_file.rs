@@ -19,7 +19,8 @@
 //! helpers (`bpf_skc_to_tcp_sock`, `bpf_sk_storage_get`): the verifier must accept the
 //! `struct sock *` read from the file's `struct socket`, and some builds mark any pointer read
 //! through one it does not trust (`bpf_sock_from_file`'s answer) as untrusted, which no helper
-//! takes (seen on 6.18.44-fc-v1252 and v1272). `scan_files` reads the socket with loads
+//! takes (some builds of one kernel version do, others not: README's supported-kernels notes
+//! name them). `scan_files` reads the socket with loads
 //! alone, which the verifier allows through any BTF pointer: it knows only `struct sock`
 //! there, so the queue test is `sk_wmem_queued` (memory of the write and retransmit queues,
 //! non-zero exactly while bytes or a FIN wait to be acknowledged) and the cookie is the one

@@ -311,12 +311,12 @@ fn start<S: Store, K: SendSock>(store: S, hook: SendHook, pid_tgid: u64, state: 
     }
     // The hooks on the entry of a send run before the socket lock: a reset handled on another
     // CPU meanwhile may close the socket, and its close event may pass before or after this
-    // record exists (seen on 6.12 with the kprobe: 53 of 1,000 reset connections left dead
-    // entries). Such a close empties the send queue before its event. So: announce first, then
+    // record exists (the VM suite saw reset connections leave dead entries this way with the
+    // kprobe on 6.12). Such a close empties the send queue before its event. So: announce first, then
     // look again. A close whose event was reserved in the ring before this announcement
     // emptied the queue before it (the ring's lock orders the two), so the look below sees
-    // it, and the `Untracked` after it ends the agent's entry (seen in a 6.1 guest: 60 of
-    // 1,000, when the announcement came after the look). A close after the announcement
+    // it, and the `Untracked` after it ends the agent's entry (a 6.1 guest showed the race when the
+    // announcement came after the look). A close after the announcement
     // removes the record itself and its event comes after.
     emit(store.key(), &st, EventKind::Tracked, state);
     if waiting(sock).is_none() {

@@ -13,11 +13,11 @@ use crate::sample::{
     netns::{self, NetnsPool},
 };
 
-/// The reconcile's CPU budget by default: 0.1 % of a core (`--reconcile-cpu`). Measured here:
-/// a pass per namespace over 50,000 loopback connections (100,000 sockets) in one namespace
-/// takes ~60-85 ms of CPU, most of it the kernel's walk of its established hash table (262,144
-/// buckets on this machine kind), once per namespace; the pass over every process's files that
-/// serves after start-up costs a look at each open file instead.
+/// The reconcile's CPU budget by default: 0.1 % of a core (`--reconcile-cpu`). A pass per
+/// namespace costs mostly the kernel's walk of its established hash table, which all
+/// namespaces share, once per namespace; the pass over every process's files that serves after
+/// start-up costs a look at each open file instead. What they cost is in BENCHMARKS.md (scale:
+/// the reconcile column).
 pub const RECONCILE_CPU: f64 = 0.001;
 /// ...but runs at least every 5 minutes (a socket found late is listed with its proven age).
 const RECONCILE_LONGEST: Duration = Duration::from_secs(300);

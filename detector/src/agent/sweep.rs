@@ -26,9 +26,9 @@ use crate::{
 };
 
 /// How long events may wait in the ring buffer: the sweep drains it at least this often (and at
-/// every pass). Each wake-up costs the thread a sleep and a switch (~60 µs of CPU on this
-/// machine kind: 10 a second were half of an idle agent's CPU), so the ring is sized for it
-/// instead: 1 MiB by default holds ~9,300 events, ~23,000 newly tracked sockets a second.
+/// every pass). Each wake-up costs the thread a sleep and a switch, which at a few a second is a
+/// large share of an idle agent's CPU, so the ring is sized for the wait instead: 1 MiB by
+/// default holds ~9,300 events, ~23,000 newly tracked sockets a second.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(400);
 
 #[derive(Debug, Clone)]

@@ -137,8 +137,8 @@ pub fn holds_fd(h: &Holder, inode: u32) -> bool {
 
 /// Holder processes pinned by pidfds, kept from pass to pass. A pidfd names one process for
 /// good and becomes readable when it exits, so whether every holder is still the process that
-/// was found is one `poll` over all of them per pass, where reading each one's
-/// /proc/<pid>/stat cost ~23 µs per holder per pass on this machine kind. A process is pinned
+/// was found is one `poll` over all of them per pass, instead of reading each one's
+/// /proc/<pid>/stat (an open, a read and a parse per holder per pass). A process is pinned
 /// the first time it is asked about: its pidfd is opened, then its start time read and
 /// compared (the pid could name another process by then), then the pidfd polled once (a
 /// zombie keeps its start time but holds no files).

@@ -6,7 +6,8 @@
 //!   the cost follows the stuck-looking sockets, not all the tracked ones, and needs no setns;
 //! - sock_diag (this module): an exact lookup by 4-tuple (and, once known, cookie) in the
 //!   socket's own network namespace, with INET_DIAG_INFO for `tcp_info`: one hash-table probe
-//!   per socket (~5 µs each, measured on this machine kind). It samples the sockets the walk
+//!   and one netlink round per batch of sockets (their count per second is BENCHMARKS.md's
+//!   sock_diag column). It samples the sockets the walk
 //!   cannot see (found by a dump, or hash-map hooks), destroys, and serves `detector scan`.
 pub mod kernel_dump;
 pub mod netns;

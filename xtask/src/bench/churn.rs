@@ -18,7 +18,7 @@ use super::{
     stats::{Show, ShowPct, Spread, loss_verdict},
 };
 
-/// Requests per `ab` run (about 2 s at this machine kind's ~20k req/s) and concurrency.
+/// Requests per `ab` run (a few seconds at the rates BENCHMARKS.md records) and concurrency.
 const REQUESTS: u64 = 40_000;
 const CONCURRENCY: &str = "20";
 
