@@ -7,6 +7,7 @@ pub mod kernel_link;
 mod pass;
 mod reap;
 pub mod reconcile;
+pub mod schedule;
 pub mod sweep;
 
 use std::{

@@ -38,8 +38,8 @@ impl Sweep {
         pool.retain(|inum| used.contains(&inum));
         // What this pass tried: with `only_due`, the sockets due by then (a socket the walk
         // samples is sampled anyway, at or after `started_ms`); otherwise every socket.
-        self.due = self.next_due(only_due.unwrap_or(started_ms));
-        self.sampling_took = started.elapsed();
+        let due = self.next_due(only_due.unwrap_or(started_ms));
+        self.schedule.passed(due, started.elapsed());
         self.assemble(m)
     }
 

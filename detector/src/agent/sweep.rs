@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context as _;
 use detector_common::SockTuple;
 
-use super::{Answer, Query, QueryRequest, attribute::Attribution, kernel_link::KernelLink};
+use super::{Answer, Query, QueryRequest, attribute::Attribution, kernel_link::KernelLink, schedule::Schedule};
 use crate::{
     metrics::Metrics,
     reaper::Reaper,
@@ -24,12 +24,6 @@ use crate::{
     tracker::{Forget, Tracked, Tracker},
     verdict::Grace,
 };
-
-/// How long events may wait in the ring buffer: the sweep drains it at least this often (and at
-/// every pass). Each wake-up costs the thread a sleep and a switch, which at a few a second is a
-/// large share of an idle agent's CPU, so the ring is sized for the wait instead: 1 MiB by
-/// default holds ~9,300 events, ~23,000 newly tracked sockets a second.
-pub const DRAIN_EVERY: Duration = Duration::from_millis(400);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -40,7 +34,7 @@ pub struct Config {
     /// Most sockets kept in the table (`--max-tracked`).
     pub max_tracked: usize,
     pub interval: Duration,
-    /// The reconcile's CPU budget, a fraction of a core (see `reconcile_every`).
+    /// The reconcile's CPU budget, a fraction of a core (see `Schedule::reconcile_every`).
     pub reconcile_cpu: f64,
     pub pod_logs_dir: std::path::PathBuf,
 }
@@ -60,16 +54,10 @@ pub struct Sweep {
     pub(super) tracker: Tracker,
     /// Who holds the stalled sockets (see `attribute`).
     pub(super) attribution: Attribution,
-    /// The earliest grace deadline, as of the last pass (see `next_due`).
-    pub(super) due: Option<u64>,
-    /// What the last pass's sampling and judging took (not its report: new stalls' owners are
-    /// looked for once, however the passes are spaced), which every early pass costs again.
-    pub(super) sampling_took: Duration,
-    pub(super) last_reconcile: Instant,
+    /// Deadlines, early passes, reconcile pacing.
+    pub(super) schedule: Schedule,
     /// Whether a reconcile has run (the first passes over each namespace; see `reconcile`).
     pub(super) reconciled: bool,
-    /// How long the last reconcile took (it sets how soon the next one may run).
-    pub(super) reconcile_took: Duration,
     /// Whether the last pass over every process's files failed (its warning is said once).
     pub(super) files_pass_failing: bool,
     /// Sockets announced by a send hook that samples found gone since the last full pass.
@@ -114,12 +102,9 @@ impl Sweep {
         Sweep {
             tracker: Tracker::with_cap(cfg.max_tracked),
             attribution: Attribution::new(cfg.pod_logs_dir.clone()),
+            schedule: Schedule::new(cfg.grace, cfg.reconcile_cpu),
             cfg,
-            due: None,
-            sampling_took: Duration::ZERO,
-            last_reconcile: Instant::now(),
             reconciled: false,
-            reconcile_took: Duration::ZERO,
             files_pass_failing: false,
             gone_hooked: Vec::new(),
             idle_kept: 0,
@@ -141,9 +126,9 @@ impl Sweep {
     /// attributed and reaped.
     fn full_pass(&mut self, ctx: &mut Context, pool: &mut NetnsPool) {
         self.drain(&mut ctx.kernel, &ctx.metrics);
-        if self.last_reconcile.elapsed() >= self.reconcile_every() {
+        if self.schedule.reconcile_due() {
             let found = self.reconcile(pool, ctx.kernel.kernel_dump.as_mut());
-            ctx.metrics.reconcile_cpu.observe(self.reconcile_took.as_secs_f64());
+            ctx.metrics.reconcile_cpu.observe(self.schedule.reconcile_took().as_secs_f64());
             super::give_back_memory();
             if found > 0 {
                 log::debug!("reconcile: {found} sockets no hook announced");
@@ -208,18 +193,18 @@ impl Sweep {
             p.kernel_map_entries = self.kernel_map_entries;
             p.sweeps = self.sweeps;
             p.last_sweep_ms = took.as_secs_f64() * 1e3;
-            p.reconcile_cpu_ms = self.reconcile_took.as_secs_f64() * 1e3;
-            p.reconcile_every_ms = self.reconcile_every().as_millis() as u64;
+            p.reconcile_cpu_ms = self.schedule.reconcile_took().as_secs_f64() * 1e3;
+            p.reconcile_every_ms = self.schedule.reconcile_every().as_millis() as u64;
             p.stalled_undetailed = self.undetailed.iter().map(|(r, n)| (*r, *n)).collect();
         }
     }
 
     /// Until `deadline`: answers queries (as they come), drains events (at least every
     /// `DRAIN_EVERY`), and samples a socket whose grace window ends before then right when it
-    /// does (early passes spaced by [`early_gap`]), so detection lags a deadline by
+    /// does (early passes spaced by the [`Schedule`]), so detection lags a deadline by
     /// milliseconds, not by up to an interval.
     fn wait(&mut self, ctx: &mut Context, pool: &mut NetnsPool, deadline: Instant) {
-        let mut next_early = Instant::now();
+        self.schedule.interval_began(Instant::now());
         while !ctx.stop.load(Ordering::Relaxed) {
             self.drain(&mut ctx.kernel, &ctx.metrics);
             while let Ok((q, reply)) = ctx.queries.try_recv() {
@@ -230,19 +215,16 @@ impl Sweep {
                 return;
             }
             let now_ms = self.now_ms();
-            if self.due.is_some_and(|d| d <= now_ms) && now >= next_early {
+            if self.schedule.early_pass_due(now_ms, now) {
                 let stalled = self.pass(pool, Some(&mut ctx.kernel), &ctx.metrics, Some(now_ms));
                 self.reap(&mut ctx.reaper, &stalled, pool);
                 if let Ok(mut p) = ctx.published.write() {
                     p.stalled = stalled;
                 }
-                next_early = now + early_gap(self.sampling_took);
+                self.schedule.early_pass_ran(now);
                 continue;
             }
-            let until_due = self.due.map_or(Duration::MAX, |d| {
-                Duration::from_millis(d.saturating_sub(now_ms)).max(next_early.saturating_duration_since(now)).max(Duration::from_millis(1))
-            });
-            let nap = (deadline - now).min(DRAIN_EVERY).min(until_due);
+            let nap = self.schedule.nap(now_ms, now, deadline);
             // A query wakes the thread at once; otherwise it sleeps until the next drain.
             match ctx.queries.recv_timeout(nap) {
                 Ok((q, reply)) => {
@@ -308,19 +290,6 @@ impl Sweep {
     }
 }
 
-/// Early passes take at most this share of a core: each is followed by a gap this many times
-/// its own cost.
-const EARLY_PASS_SHARE: u32 = 10;
-/// The shortest gap between early passes.
-const EARLY_GAP_MIN: Duration = Duration::from_millis(10);
-
-/// The gap after an early pass whose sampling cost `cost`: deadlines that come in a burst (a
-/// network partition) cost a tenth of a core at most in passes, and one that comes right after
-/// another waits 10 ms at most while passes are cheap.
-fn early_gap(cost: Duration) -> Duration {
-    (cost * EARLY_PASS_SHARE).max(EARLY_GAP_MIN)
-}
-
 pub(super) fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64).unwrap_or(0)
 }
@@ -331,14 +300,8 @@ mod tests {
 
     use detector_common::{SockState, TCP_ESTABLISHED};
 
-    use super::{Config, Sweep, early_gap};
+    use super::{Config, Sweep};
     use crate::{sample::Sample, verdict::SocketVerdict};
-
-    #[test]
-    fn early_passes_take_a_tenth_of_a_core_at_most_and_wait_10_ms_at_least() {
-        assert_eq!(early_gap(Duration::from_micros(300)), Duration::from_millis(10));
-        assert_eq!(early_gap(Duration::from_millis(7)), Duration::from_millis(70), "200,000 connections, 2,000 suspects");
-    }
 
     #[test]
     fn a_deadline_a_pass_has_tried_is_not_chased_by_early_passes() {

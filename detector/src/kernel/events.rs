@@ -1,7 +1,7 @@
 //! Reading the `EVENTS` ring buffer. The programs write without waking anyone (a wake-up per
 //! event is what made connection churn expensive); the sweep thread, which owns the socket
 //! table, drains the buffer every time it wakes, at least every
-//! `agent::sweep::DRAIN_EVERY` (400 ms).
+//! `agent::schedule::DRAIN_EVERY` (400 ms).
 use std::mem::size_of;
 
 use aya::maps::{MapData, RingBuf};

@@ -20,7 +20,7 @@ pub fn run(grace: Duration, interval: Duration, pod_logs_dir: std::path::PathBuf
         trickle: Default::default(),
         max_tracked: crate::tracker::TRACKED_MAX,
         interval,
-        reconcile_cpu: crate::agent::reconcile::RECONCILE_CPU,
+        reconcile_cpu: crate::agent::schedule::RECONCILE_CPU,
         pod_logs_dir,
     });
     sweep.reconcile(&mut pool, None);
