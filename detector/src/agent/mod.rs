@@ -3,6 +3,7 @@
 //! surfaces (API, metrics, CLI) live elsewhere and are wired to it by `daemon`.
 mod attribute;
 mod detail;
+mod judge;
 pub mod kernel_link;
 mod pass;
 mod reap;

@@ -18,7 +18,7 @@ impl Sweep {
     /// over /proc (a holder outside its sender's family was seen).
     pub(super) fn reap(&mut self, reaper: &mut Reaper, stalled: &[StalledSocket], pool: &mut NetnsPool) {
         for cookie in self.reap_once(reaper, stalled, pool) {
-            if let Some(sk) = self.by_cookie(cookie).map(|t| t.sk) {
+            if let Some(sk) = self.judge.by_cookie(cookie).map(|t| t.sk) {
                 self.attribution.suspect(sk);
             }
         }
@@ -26,7 +26,7 @@ impl Sweep {
 
     fn reap_once(&self, reaper: &mut Reaper, stalled: &[StalledSocket], pool: &mut NetnsPool) -> Vec<u64> {
         let mut prove = |s: &StalledSocket| -> Result<(), ActionError> {
-            let t = self.by_cookie(s.socket_cookie).ok_or_else(|| ActionError::Failed("socket no longer tracked".into()))?;
+            let t = self.judge.by_cookie(s.socket_cookie).ok_or_else(|| ActionError::Failed("socket no longer tracked".into()))?;
             if let Some(h) = s.holders.iter().find(|h| h.fds.first().is_some_and(|&fd| actions::holder_in_repair(h.pid, fd))) {
                 return Err(ActionError::Skip(SkipWhy::InRepair, format!("pid {} holds it in TCP_REPAIR: a checkpoint holds it", h.pid)));
             }
@@ -34,7 +34,7 @@ impl Sweep {
         };
         let mut destroy = |s: &StalledSocket| -> Result<(), ActionError> {
             let failed = |e: String| ActionError::Failed(e);
-            let t = self.by_cookie(s.socket_cookie).ok_or_else(|| failed("socket no longer tracked".into()))?;
+            let t = self.judge.by_cookie(s.socket_cookie).ok_or_else(|| failed("socket no longer tracked".into()))?;
             self.attribution.hold_now(t.sk, s.inode).map_err(|why| ActionError::Skip(SkipWhy::OwnerChanged, why))?;
             // A process in the socket's namespace: the one that found it, its owner, its sender.
             let hint = t.netns_hint.or(s.pid).unwrap_or(t.sender.tgid);

@@ -59,9 +59,9 @@ impl Sweep {
                 SockTuple { family: d.family, sport: d.local_port, dport: d.remote_port, netns: inum, bound_dev_if: d.ifindex, ..SockTuple::default() };
             put_addr(&mut tuple.saddr, d.local);
             put_addr(&mut tuple.daddr, d.remote);
-            seeded += usize::from(self.tracker.seed(d.cookie, tuple, d.state, pid));
+            seeded += usize::from(self.judge.tracker.seed(d.cookie, tuple, d.state, pid));
         }
-        let used: HashSet<u32> = self.tracker.iter().map(|t| t.tuple.netns).collect();
+        let used: HashSet<u32> = self.judge.tracker.iter().map(|t| t.tuple.netns).collect();
         pool.retain(|inum| used.contains(&inum));
         seeded
     }
