@@ -292,52 +292,7 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
             say(format!("ANSWERED local={}", s.local_addr()?));
             Ok(())
         }
-        "fill-abandon" => {
-            fill(&mut s)?;
-            say(format!("ABANDONED local={}", s.local_addr()?));
-            Ok(())
-        }
-        "fill-shut-wr" => {
-            fill(&mut s)?;
-            s.shutdown(std::net::Shutdown::Write)?;
-            say(format!("SHUT_WR local={}", s.local_addr()?));
-            hold()
-        }
-        "fill-exec" => fill_exec(s, arg_num(mode)),
-        "fill-idle" => {
-            fill(&mut s)?;
-            hold()
-        }
-        "fill-close" => {
-            fill(&mut s)?;
-            say(format!("FILLED local={}", s.local_addr()?));
-            s.set_nonblocking(false)?;
-            drain(&mut s);
-            say(format!("CLOSED local={}", s.local_addr()?));
-            Ok(())
-        }
-        "fill-handoff" => {
-            fill(&mut s)?;
-            handoff(s, false)
-        }
-        "fill-fork" => {
-            fill(&mut s)?;
-            handoff(s, true)
-        }
-        "fill-repair" => {
-            fill(&mut s)?;
-            let on: libc::c_int = 1;
-            // SAFETY: TCP_REPAIR (19) reads an int from our buffer.
-            if unsafe { libc::setsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, 19, (&raw const on).cast(), std::mem::size_of::<libc::c_int>() as u32) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            say(format!("REPAIR local={}", s.local_addr()?));
-            hold()
-        }
-        "fill-inflight" => {
-            fill(&mut s)?;
-            inflight(s)
-        }
+        name if name.starts_with("fill-") => serve_filled(s, name, mode),
         "burst-close" => {
             write_n(&mut s, arg_num(mode))?;
             drain(&mut s);
@@ -357,6 +312,46 @@ fn serve_one(mut s: TcpStream, mode: &str) -> std::io::Result<()> {
             }
             Ok(())
         }
+        _ => panic!("unknown server mode {mode:?}"),
+    }
+}
+
+/// The `fill-*` modes: the send buffer filled first, then what the mode does with the socket.
+fn serve_filled(mut s: TcpStream, name: &str, mode: &str) -> std::io::Result<()> {
+    if name == "fill-exec" {
+        return fill_exec(s, arg_num(mode));
+    }
+    fill(&mut s)?;
+    match name {
+        "fill-abandon" => {
+            say(format!("ABANDONED local={}", s.local_addr()?));
+            Ok(())
+        }
+        "fill-shut-wr" => {
+            s.shutdown(std::net::Shutdown::Write)?;
+            say(format!("SHUT_WR local={}", s.local_addr()?));
+            hold()
+        }
+        "fill-idle" => hold(),
+        "fill-close" => {
+            say(format!("FILLED local={}", s.local_addr()?));
+            s.set_nonblocking(false)?;
+            drain(&mut s);
+            say(format!("CLOSED local={}", s.local_addr()?));
+            Ok(())
+        }
+        "fill-handoff" => handoff(s, false),
+        "fill-fork" => handoff(s, true),
+        "fill-repair" => {
+            let on: libc::c_int = 1;
+            // SAFETY: TCP_REPAIR (19) reads an int from our buffer.
+            if unsafe { libc::setsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, 19, (&raw const on).cast(), std::mem::size_of::<libc::c_int>() as u32) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            say(format!("REPAIR local={}", s.local_addr()?));
+            hold()
+        }
+        "fill-inflight" => inflight(s),
         _ => panic!("unknown server mode {mode:?}"),
     }
 }
