@@ -13,6 +13,27 @@ pub fn toml(template: &str, vars: &[(&str, &dyn std::fmt::Display)]) -> String {
     out
 }
 
+/// A policy that destroys the stalled sockets on local port `port` and nothing else: how a test
+/// scopes an acting agent to its own server while other tests run beside it.
+pub fn destroy_on_port(port: impl std::fmt::Display) -> String {
+    toml(
+        r#"
+[[selector]]
+name = "this-test"
+match = { local_port = $port }
+actions = [{ action = "destroy" }]
+"#,
+        &[("port", &port)],
+    )
+}
+
+/// Writes `body` as `policy.toml` in `dir`; returns its path.
+pub fn policy_file(dir: &crate::Scratch, body: &str) -> String {
+    let p = dir.0.join("policy.toml");
+    std::fs::write(&p, body).unwrap_or_else(|e| panic!("writing {}: {e}", p.display()));
+    p.display().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

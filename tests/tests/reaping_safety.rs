@@ -9,8 +9,8 @@ use std::{
 };
 
 use detector_tests::{
-    Agent, AgentBuilder, NS_A_ADDR, NetnsPair, Peer, Scratch, detector_cmd, field, free_port, http_get, metric, pair, pair_on, poll, require_root, serial,
-    stream_peer, toml, wedged_server,
+    Agent, AgentBuilder, NS_A_ADDR, NetnsPair, Peer, Scratch, destroy_on_port, detector_cmd, field, free_port, http_get, metric, pair, pair_on, policy_file,
+    poll, require_root, serial, stream_peer, toml, wedged_server,
 };
 
 const GRACE: Duration = Duration::from_secs(2);
@@ -19,13 +19,27 @@ const GRACE: Duration = Duration::from_secs(2);
 
 /// A policy file with `body`, and the `--policy` arguments for it.
 fn policy(dir: &Scratch, body: &str) -> Vec<String> {
-    let p = dir.0.join("policy.toml");
-    std::fs::write(&p, body).unwrap();
-    vec!["--policy".into(), p.display().to_string()]
+    vec!["--policy".into(), policy_file(dir, body)]
 }
 
 fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
+}
+
+/// A two-stage ladder on local port `port`: an RPC to `endpoint`, then a destroy 4 s later.
+fn rpc_then_destroy(port: &str, endpoint: &str) -> String {
+    toml(
+        r#"
+[[selector]]
+name = "t"
+match = { local_port = $port, reason = "peer_not_reading" }
+actions = [
+  { action = "rpc", url = "http://$endpoint/reap" },
+  { action = "destroy", after = "4s" },
+]
+"#,
+        &[("port", &port), ("endpoint", &endpoint)],
+    )
 }
 
 /// A wedged-server with one healthy reader and one client that never reads; returns the
@@ -254,21 +268,7 @@ fn a_ladder_survives_an_agent_killed_mid_way() {
     let (endpoint, calls) = counting_endpoint();
     let (server, addr, dead_fd, _h, _clients) = seated(&[]);
     let port = addr.rsplit(':').next().unwrap();
-    let mut args_v = policy(
-        &dir,
-        &toml(
-            r#"
-[[selector]]
-name = "t"
-match = { local_port = $port, reason = "peer_not_reading" }
-actions = [
-  { action = "rpc", url = "http://$endpoint/reap" },
-  { action = "destroy", after = "4s" },
-]
-"#,
-            &[("port", &port), ("endpoint", &endpoint)],
-        ),
-    );
+    let mut args_v = policy(&dir, &rpc_then_destroy(port, &endpoint));
     args_v.extend(["--state-file".into(), state]);
     let mut first = Agent::start("2s", &args(&args_v));
     poll(GRACE + Duration::from_secs(3), || (calls.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(()))
@@ -475,18 +475,7 @@ fn a_half_closed_request_waiting_for_its_answer_is_never_torn_down() {
     let listen = server.expect("LISTEN", Duration::from_secs(5));
     let port = listen.rsplit(':').next().unwrap();
     let dir = Scratch::new("halfclosed-request");
-    let p = policy(
-        &dir,
-        &toml(
-            r#"
-[[selector]]
-name = "this-test"
-match = { local_port = $port }
-actions = [{ action = "destroy" }]
-"#,
-            &[("port", &port)],
-        ),
-    );
+    let p = policy(&dir, &destroy_on_port(port));
     let mut a = args(&p);
     a.extend(["--close-wait-grace", "4s"]);
     let agent = Agent::start("2s", &a);
@@ -645,21 +634,7 @@ fn a_walk_that_skips_a_socket_neither_forgets_it_nor_restarts_its_ladder() {
     let (endpoint, calls) = counting_endpoint();
     let (server, addr, dead_fd, _h, _clients) = seated(&[]);
     let port = addr.rsplit(':').next().unwrap();
-    let p = policy(
-        &dir,
-        &toml(
-            r#"
-[[selector]]
-name = "t"
-match = { local_port = $port, reason = "peer_not_reading" }
-actions = [
-  { action = "rpc", url = "http://$endpoint/reap" },
-  { action = "destroy", after = "4s" },
-]
-"#,
-            &[("port", &port), ("endpoint", &endpoint)],
-        ),
-    );
+    let p = policy(&dir, &rpc_then_destroy(port, &endpoint));
     let mut a = args(&p);
     a.extend(["--configuration", "storage-walk"]);
     let agent = AgentBuilder::new("2s").args(&a).env("DETECTOR_FAULT", &format!("walk-skip:{port}")).start();
@@ -717,18 +692,7 @@ fn a_socket_in_tcp_repair_is_never_acted_on() {
     let listen = server.expect("LISTEN", Duration::from_secs(5));
     let port = listen.rsplit(':').next().unwrap();
     let dir = Scratch::new("repair");
-    let p = policy(
-        &dir,
-        &toml(
-            r#"
-[[selector]]
-name = "t"
-match = { local_port = $port }
-actions = [{ action = "destroy" }]
-"#,
-            &[("port", &port)],
-        ),
-    );
+    let p = policy(&dir, &destroy_on_port(port));
     let a = Agent::start("2s", &args(&p));
     let _client = Peer::spawn(&peer, &["client", &listen, "none"]);
     let local = field(&server.expect("REPAIR", Duration::from_secs(10)), "local").to_string();

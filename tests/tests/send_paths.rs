@@ -6,7 +6,7 @@
 //! that announced the socket (a socket the reconcile found has none).
 use std::time::{Duration, Instant};
 
-use detector_tests::{Agent, Peer, Scratch, expect_never, field, free_port, patient, poll, refused, require_root, toml};
+use detector_tests::{Agent, Peer, Scratch, destroy_on_port, expect_never, field, free_port, patient, policy_file, poll, refused, require_root};
 use serde_json::Value;
 
 const SEND_PEER: &str = env!("CARGO_BIN_EXE_send-peer");
@@ -150,18 +150,7 @@ fn destroy_ends_an_mptcp_connection_through_its_owners_socket() {
     require_root!();
     let port = free_port();
     let dir = Scratch::new("mptcp-destroy");
-    let policy = dir.0.join("policy.toml");
-    let body = toml(
-        r#"
-[[selector]]
-name = "this-test"
-match = { local_port = $port }
-actions = [{ action = "destroy" }]
-"#,
-        &[("port", &port)],
-    );
-    std::fs::write(&policy, body).unwrap();
-    let a = agent(&["--policy", &policy.display().to_string()]);
+    let a = agent(&["--policy", &policy_file(&dir, &destroy_on_port(port))]);
     let Some(mut dead) = serve_on("mptcp", &format!("127.0.0.1:{port}"), Client::MptcpStops) else { return };
     let err = dead.server.expect_where("SEND_ERROR", patient(GRACE + SLACK + Duration::from_secs(2)), |_| true);
     assert!(err.is_some(), "the MPTCP sender is still blocked:\n{}", a.log());

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use detector_tests::{
-    Agent, NS_A_ADDR, NS_A_ADDR6, NetnsPair, Peer, Scratch, expect_never, expect_stalled, field, free_port, http_get, latency_line, metric, pair, pair_on,
-    patient, poll, require_root, stream_peer, toml, wait_tracked,
+    Agent, NS_A_ADDR, NS_A_ADDR6, NetnsPair, Peer, Scratch, destroy_on_port, expect_never, expect_stalled, field, free_port, http_get, latency_line, metric,
+    pair, pair_on, patient, policy_file, poll, require_root, stream_peer, wait_tracked,
 };
 use serde_json::Value;
 
@@ -145,21 +145,7 @@ fn a_half_closed_peer_that_still_downloads_is_never_reported_nor_touched() {
     let listen = server.expect("LISTEN", Duration::from_secs(5));
     let port = listen.rsplit(':').next().unwrap();
     let dir = Scratch::new("halfclose");
-    let policy = dir.0.join("policy.toml");
-    std::fs::write(
-        &policy,
-        toml(
-            r#"
-[[selector]]
-name = "this-test"
-match = { local_port = $port }
-actions = [{ action = "destroy" }]
-"#,
-            &[("port", &port)],
-        ),
-    )
-    .unwrap();
-    let agent = Agent::start(GRACE_ARG, &["--policy", policy.to_str().unwrap()]);
+    let agent = Agent::start(GRACE_ARG, &["--policy", &policy_file(&dir, &destroy_on_port(port))]);
     let client = Peer::spawn(&peer, &["client", &listen, "half-close:1048576"]);
     let local = field(&server.expect("ACCEPTED", Duration::from_secs(5)), "local").to_string();
     let t = poll(Duration::from_secs(5), || agent.tracked(&local).filter(|t| t["state"] == "CLOSE_WAIT"))
