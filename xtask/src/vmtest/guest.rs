@@ -72,6 +72,16 @@ pub(super) fn configurations(checks: &Value) -> (Vec<String>, Option<String>) {
 /// Runs one case's tests, with the configuration `forced` (`kind/send-hook`) or with none; each
 /// test's name, `ok`/`FAILED`, and the seconds the whole binary took. A test that never printed
 /// a result (the binary crashed) is `FAILED`.
+/// The file in a kernel's directory where its tests name what the kernel refused.
+pub(super) const REFUSALS: &str = "refusals.txt";
+
+/// What the tests on one kernel named as refused, each once.
+pub(super) fn refusals(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join(REFUSALS)).unwrap_or_default();
+    let set: std::collections::BTreeSet<&str> = text.lines().map(|l| l.split_once(": ").map_or(l, |(_, what)| what)).collect();
+    set.into_iter().map(str::to_string).collect()
+}
+
 pub(super) fn run_case(dir: &Path, detector: &Path, case: &Value, forced: Option<&str>, slack: u64) -> anyhow::Result<Vec<(String, String, f64)>> {
     let binary = case["binary"].as_str().context("plan: binary")?;
     let tests: Vec<&str> = case["tests"].as_array().context("plan: tests")?.iter().filter_map(Value::as_str).collect();
@@ -83,6 +93,9 @@ pub(super) fn run_case(dir: &Path, detector: &Path, case: &Value, forced: Option
         .args(&tests)
         .env("DETECTOR_BIN", detector)
         .env("DETECTOR_REQUIRE_PRIVILEGED", "1")
+        // What this kernel refused, which a test names instead of proving: kept beside the
+        // results (libtest keeps a passing test's stderr to itself).
+        .env("DETECTOR_REFUSALS", dir.join(REFUSALS))
         .env("DETECTOR_TEST_SLACK", slack.to_string())
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
@@ -124,5 +137,19 @@ mod tests {
             {"name": "configuration --configuration storage-diag", "ok": false, "detail": "refused"},
         ]);
         assert_eq!(configurations(&checks), (vec!["storage-walk/fentry".to_string(), "hash-map/kprobe".to_string()], Some("storage-walk/fentry".to_string())));
+    }
+
+    #[test]
+    fn refusals_are_listed_once_without_the_release() {
+        let dir = std::env::temp_dir().join(format!("xtask-refusals-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(REFUSALS),
+            "6.1.0-57-amd64: send path ktls: UNAVAILABLE no tls\n6.1.0-57-amd64: send path ktls: UNAVAILABLE no tls\n6.1.0-57-amd64: iter x\n",
+        )
+        .unwrap();
+        assert_eq!(refusals(&dir), ["iter x", "send path ktls: UNAVAILABLE no tls"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(refusals(&dir).is_empty(), "no file: nothing refused");
     }
 }

@@ -66,6 +66,7 @@ pub fn run(root: &Path, kernels: &[Kernel], sel: Selection) -> anyhow::Result<()
         // In the subset, each shape beyond the plain LTS kernels runs the walking skeleton.
         let sel = if sel == Selection::Subset { k.subset() } else { sel };
         write_plan(&out, root, &binaries, sel, slack, &skip)?;
+        let _ = std::fs::remove_file(out.join(REFUSALS));
         let ran = match (&vm, images.get(k.name())) {
             (Some(vm), Some(image)) => vm.boot(root, image, k.append(), &out, vm_timeout(sel)),
             _ => guest(&out),
@@ -78,6 +79,9 @@ pub fn run(root: &Path, kernels: &[Kernel], sel: Selection) -> anyhow::Result<()
         // reaches the README's table.
         std::fs::write(out.join("finished"), summary.line())?;
         eprintln!("{}", summary.line());
+        for what in refusals(&out) {
+            eprintln!("xtask vmtest: {}: REFUSED, named instead of proven: {what}", k.name());
+        }
         summaries.push(summary);
     }
     println!("{}", table(&summaries));
