@@ -51,8 +51,8 @@ pub enum SendHook {
     SockSendLengthBtf = 3,
     /// Classic tracepoint `sock:sock_send_length` (stable ABI, fields from the format file).
     SockSendLength = 4,
-    /// kprobe on `tcp_sendmsg`.
-    KprobeTcpSendmsg = 5,
+    /// kprobe on `tcp_sendmsg_locked` (the same function as fentry's, for the same reasons).
+    KprobeTcpSendmsgLocked = 5,
     /// fentry on `do_tcp_sendpages` (before 6.5: sendfile, splice, kTLS records).
     FentryDoTcpSendpages = 6,
     /// kprobe on `do_tcp_sendpages`.
@@ -70,14 +70,14 @@ pub enum SendHook {
 impl SendHook {
     /// The main hooks, best first.
     pub const ALL: [SendHook; 5] =
-        [Self::TcpSendmsgLocked, Self::FentryTcpSendmsgLocked, Self::SockSendLengthBtf, Self::SockSendLength, Self::KprobeTcpSendmsg];
+        [Self::TcpSendmsgLocked, Self::FentryTcpSendmsgLocked, Self::SockSendLengthBtf, Self::SockSendLength, Self::KprobeTcpSendmsgLocked];
     /// Every hook, main or not.
     pub const EVERY: [SendHook; 11] = [
         Self::TcpSendmsgLocked,
         Self::FentryTcpSendmsgLocked,
         Self::SockSendLengthBtf,
         Self::SockSendLength,
-        Self::KprobeTcpSendmsg,
+        Self::KprobeTcpSendmsgLocked,
         Self::FentryDoTcpSendpages,
         Self::KprobeDoTcpSendpages,
         Self::FentryMptcpSendmsg,

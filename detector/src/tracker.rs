@@ -671,7 +671,7 @@ mod tests {
     fn only_a_hash_map_record_has_a_close_event_to_miss() {
         let mut t = Tracker::default();
         let mut e = ev(EventKind::Tracked, 0xffff_8880_0000_1000, 1);
-        e.hook = SendHook::KprobeTcpSendmsg as u8;
+        e.hook = SendHook::KprobeTcpSendmsgLocked as u8;
         t.apply(&e);
         assert!(t.get(e.sk).is_some_and(Tracked::close_announced), "a kprobe's record ends with a close event");
         let mut s = ev(EventKind::Tracked, 0xffff_8880_0000_2000, 1);

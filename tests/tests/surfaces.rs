@@ -64,7 +64,7 @@ fn check_reports_every_hook_and_passes_here() {
         "hook fentry tcp_sendmsg (send)",
         "hook tp_btf sock_send_length (send)",
         "hook tracepoint sock:sock_send_length (send)",
-        "hook kprobe tcp_sendmsg (send)",
+        "hook kprobe tcp_sendmsg_locked (send)",
         "hook tp_btf tcp_retransmit_skb (lifetime)",
         "hook raw_tp inet_sock_set_state (lifetime)",
         "hook tracepoint tcp:tcp_retransmit_skb (lifetime)",

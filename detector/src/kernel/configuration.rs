@@ -432,20 +432,20 @@ mod tests {
     fn debian_kernels_take_fentry_and_a_kernel_without_btf_hooks_the_hash_map() {
         // 6.1 / 6.12 in the VMs: fentry and kprobes, every iterator (6.1 lacks tp_btf
         // tcp_sendmsg_locked and sock_send_length); 6.1 sends pages through do_tcp_sendpages.
-        let mut works = vec![Send(FentryTcpSendmsgLocked), Send(KprobeTcpSendmsg), RetransmitBtf, Retransmit, SetState];
+        let mut works = vec![Send(FentryTcpSendmsgLocked), Send(KprobeTcpSendmsgLocked), RetransmitBtf, Retransmit, SetState];
         works.extend([Path(FentryDoTcpSendpages), Path(KprobeDoTcpSendpages), Path(FentryMptcpSendmsg), Path(KprobeMptcpSendmsg)]);
         works.extend(EVERY_ITER);
         let c = choose(&kernel(&works), Want::default()).unwrap();
         assert_eq!((c.kind, c.send, c.paths.clone()), (Kind::StorageWalk, FentryTcpSendmsgLocked, vec![Path(FentryDoTcpSendpages), Path(FentryMptcpSendmsg)]));
         let c = choose(&kernel(&works), Want { kind: Some(Kind::HashMap), send: None, ..Want::default() }).unwrap();
-        assert_eq!((c.send, c.paths), (KprobeTcpSendmsg, vec![Path(KprobeDoTcpSendpages), Path(KprobeMptcpSendmsg)]));
+        assert_eq!((c.send, c.paths), (KprobeTcpSendmsgLocked, vec![Path(KprobeDoTcpSendpages), Path(KprobeMptcpSendmsg)]));
         // No BTF program at all (no BTF, or a verifier refusing tracing programs).
-        let c = choose(&kernel(&[Send(KprobeTcpSendmsg), Retransmit, SetState, Scan]), Want::default()).unwrap();
+        let c = choose(&kernel(&[Send(KprobeTcpSendmsgLocked), Retransmit, SetState, Scan]), Want::default()).unwrap();
         assert_eq!(
             c,
             Configuration {
                 kind: Kind::HashMap,
-                send: KprobeTcpSendmsg,
+                send: KprobeTcpSendmsgLocked,
                 paths: vec![],
                 lifetime: vec![SetState, Retransmit],
                 startup: Some(Scan),
@@ -453,7 +453,7 @@ mod tests {
             }
         );
         // The hash map cannot run without its close hook.
-        let e = choose(&kernel(&[Send(KprobeTcpSendmsg)]), Want::default()).unwrap_err();
+        let e = choose(&kernel(&[Send(KprobeTcpSendmsgLocked)]), Want::default()).unwrap_err();
         assert!(e.missing.iter().any(|(k, why)| *k == Kind::HashMap && why.contains("raw_tp inet_sock_set_state")), "{e}");
     }
 

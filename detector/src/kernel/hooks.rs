@@ -104,7 +104,7 @@ pub const HOOKS: [HookSpec; 18] = [
     send(SendHook::FentryTcpSendmsgLocked, "fentry", "fentry tcp_sendmsg_locked", "fentry_tcp_sendmsg_locked", Attach::Fentry("tcp_sendmsg_locked")),
     send(SendHook::SockSendLengthBtf, "sock-send-length-btf", "tp_btf sock_send_length", "sock_send_length_btf", Attach::TpBtf("sock_send_length")),
     send(SendHook::SockSendLength, "sock-send-length", "tracepoint sock:sock_send_length", "sock_send_length", Attach::Tracepoint("sock", "sock_send_length")),
-    send(SendHook::KprobeTcpSendmsg, "kprobe", "kprobe tcp_sendmsg", "kprobe_tcp_sendmsg", Attach::Kprobe("tcp_sendmsg")),
+    send(SendHook::KprobeTcpSendmsgLocked, "kprobe", "kprobe tcp_sendmsg_locked", "kprobe_tcp_sendmsg_locked", Attach::Kprobe("tcp_sendmsg_locked")),
     path(SendHook::FentryDoTcpSendpages, "fentry do_tcp_sendpages", "fentry_do_tcp_sendpages", Attach::Fentry("do_tcp_sendpages")),
     path(SendHook::KprobeDoTcpSendpages, "kprobe do_tcp_sendpages", "kprobe_do_tcp_sendpages", Attach::Kprobe("do_tcp_sendpages")),
     path(SendHook::FentryMptcpSendmsg, "fentry mptcp_sendmsg", "fentry_mptcp_sendmsg", Attach::Fentry("mptcp_sendmsg")),

@@ -172,7 +172,7 @@ pub enum SendHookChoice {
     SockSendLengthBtf,
     /// tracepoint sock:sock_send_length (hash map)
     SockSendLength,
-    /// kprobe tcp_sendmsg (hash map)
+    /// kprobe tcp_sendmsg_locked (hash map)
     Kprobe,
 }
 
@@ -185,7 +185,7 @@ impl SendHookChoice {
             Self::Fentry => Some(SendHook::FentryTcpSendmsgLocked),
             Self::SockSendLengthBtf => Some(SendHook::SockSendLengthBtf),
             Self::SockSendLength => Some(SendHook::SockSendLength),
-            Self::Kprobe => Some(SendHook::KprobeTcpSendmsg),
+            Self::Kprobe => Some(SendHook::KprobeTcpSendmsgLocked),
         }
     }
 }
