@@ -246,8 +246,8 @@ fn a_bad_policy_file_is_refused_with_file_line_and_field() {
     let path = dir.0.join("policy.toml");
     std::fs::write(
         &path,
-        r#"
-[[selector]]
+        // The bad value on line 3, which the error must name.
+        r#"[[selector]]
 name = "x"
 actions = [{ action = "signal", signal = "SIGNOPE" }]
 "#,
