@@ -40,7 +40,7 @@ impl Plan {
             Plan {
                 churn_rounds: 10,
                 send_rounds: 10,
-                scale: vec![case(50_000, 0, true), case(200_000, 0, false), case(50_000, 100, false), flood(20_000), flood(40_000)],
+                scale: vec![case(50_000, 0, true), case(200_000, 0, false), case(50_000, 100, false), flood(20_000), flood(40_000), flood(80_000)],
                 scale_window: Duration::from_secs(40),
                 latency_runs: 3,
             }

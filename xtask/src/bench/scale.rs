@@ -25,6 +25,9 @@ pub struct Case {
     pub stalled_pct: u32,
 }
 
+/// The agent's default `--max-tracked`.
+const TRACKED_MAX: usize = 25_000;
+
 pub struct Scale {
     pub case_conns: usize,
     pub stalled_pct: u32,
@@ -243,11 +246,13 @@ pub fn report(s: &mut String, all: &[Scale]) {
             x.stalled_answer_ms
         );
     }
-    if let [small, .., big] = floods[..] {
-        // Flat: past the first, more stalled sockets add at most a tenth to the RSS.
+    // Flat: once the table is full (`--max-tracked`, 25,000 by default), more stalled sockets
+    // add at most a tenth to the RSS. Rows below the cap still grow with what they track.
+    let full: Vec<&&Scale> = floods.iter().filter(|x| x.case_conns > TRACKED_MAX).collect();
+    if let [small, .., big] = full[..] {
         let _ = writeln!(
             s,
-            "- flat beyond: {} stalled sockets cost {:.1} MiB, {} cost {:.1} MiB ({:+.0} %; target ≤ +10 %): {}",
+            "- flat beyond the table's cap ({TRACKED_MAX} tracked): {} stalled sockets cost {:.1} MiB, {} cost {:.1} MiB ({:+.0} %; target ≤ +10 %): {}",
             small.case_conns,
             small.rss_mib,
             big.case_conns,
